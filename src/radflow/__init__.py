@@ -1,0 +1,1 @@
+"""radflow — MLOps for medical imaging."""

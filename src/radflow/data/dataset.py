@@ -1,0 +1,276 @@
+"""The on-disk dataset: ``manifest.parquet`` + pixel shards + ``dataset.json``.
+
+Layout of a dataset directory ``DS/``::
+
+    manifest.parquet      one row per image (see MANIFEST_COLUMNS; then one float column per label)
+    dataset.json          version, task, labels, preprocessing, counts, prevalence, skipped files
+    shards/pixels-00000.npy   uint8 arrays (n, size, size), memory-mapped by readers
+
+Pixels live in a few large ``.npy`` files rather than one file per image, because DVC and file
+systems are slow with many small files and ``np.load(mmap_mode="r")`` gives zero-copy reads to
+DataLoader workers. Label columns are floats: 1 positive, 0 negative, NaN = ignore (unknown or
+uncertain under the U-Ignore policy); for regression the single label column is the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from radflow.data.preprocess import PreprocessSpec
+from radflow.errors import DataError, NotFoundError, did_you_mean
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST_COLUMNS",
+    "SPLITS",
+    "Dataset",
+    "ShardWriter",
+    "Task",
+    "compute_version",
+    "write_dataset",
+]
+
+FORMAT_VERSION = 1
+Task = Literal["multilabel", "multiclass", "regression"]
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = [
+    "image_id",  # sha256 of the source file, first 20 hex digits
+    "source_path",  # path relative to the ingested source (never contains PHI we add)
+    "sha256",  # sha256 of the source file bytes
+    "patient_id",  # salted hash of the source's patient identifier
+    "study_id",  # salted hash of patient + study
+    "view",  # "frontal" / "lateral" / "" when unknown
+    "projection",  # "AP" / "PA" / "LL" ... / "" when unknown
+    "sex",  # "M" / "F" / "" when unknown
+    "age",  # years, NaN when unknown
+    "split",  # "train" / "val" / "test" / "" before `radflow split`
+    "official_split",  # split fixed by the source (e.g. CheXpert valid.csv -> "test"), else ""
+    "shard",  # index of the pixel shard
+    "offset",  # row of the image inside its shard
+]
+SHARD_DIR = "shards"
+DEFAULT_SHARD_IMAGES = 4096
+
+
+def _shard_path(root: Path, index: int) -> Path:
+    return root / SHARD_DIR / f"pixels-{index:05d}.npy"
+
+
+class ShardWriter:
+    """Appends ``uint8`` images to shard files of at most ``shard_images`` images each."""
+
+    def __init__(self, root: Path, size: int, shard_images: int = DEFAULT_SHARD_IMAGES):
+        self.root = Path(root)
+        self.size = size
+        self.shard_images = shard_images
+        self._buffer: list[np.ndarray] = []
+        self._shard = 0
+        (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        for stale in (self.root / SHARD_DIR).glob("pixels-*.npy"):
+            stale.unlink()
+
+    def add(self, pixels: np.ndarray) -> tuple[int, int]:
+        """Store one image; returns its (shard, offset)."""
+        if pixels.shape != (self.size, self.size) or pixels.dtype != np.uint8:
+            raise ValueError(
+                f"shard images must be uint8 ({self.size}, {self.size}), got {pixels.dtype} {pixels.shape}."
+            )
+        location = (self._shard, len(self._buffer))
+        self._buffer.append(pixels)
+        if len(self._buffer) >= self.shard_images:
+            self._flush()
+        return location
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        tmp = _shard_path(self.root, self._shard).with_suffix(".tmp.npy")
+        np.save(tmp, np.stack(self._buffer))
+        os.replace(tmp, _shard_path(self.root, self._shard))
+        self._buffer = []
+        self._shard += 1
+
+    def close(self) -> None:
+        self._flush()
+
+
+def compute_version(manifest: pd.DataFrame, spec: PreprocessSpec, labels: list[str], task: str) -> str:
+    """Content version of a dataset: hash of the manifest rows (minus storage layout) + preprocessing."""
+    content = manifest.drop(columns=["shard", "offset"], errors="ignore").sort_values("image_id")
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"spec": spec.to_dict(), "labels": labels, "task": task}, sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _prevalence(manifest: pd.DataFrame, labels: list[str], task: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    groups: list[tuple[str, pd.DataFrame]] = [("all", manifest)]
+    groups += [(s, manifest[manifest["split"] == s]) for s in SPLITS if (manifest["split"] == s).any()]
+    for name, frame in groups:
+        if task == "regression":
+            target = frame[labels[0]]
+            out[name] = {"n": int(len(frame)), "mean": _num(target.mean()), "std": _num(target.std())}
+        else:
+            out[name] = {
+                label: {"positive": int((frame[label] == 1).sum()), "known": int(frame[label].notna().sum())}
+                for label in labels
+            }
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if pd.isna(x) else round(float(x), 4)
+
+
+def write_dataset(
+    root: Path,
+    manifest: pd.DataFrame,
+    *,
+    labels: list[str],
+    task: Task,
+    spec: PreprocessSpec,
+    source: dict[str, Any],
+    skipped: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``manifest.parquet`` and ``dataset.json`` (pixels are already in the shards).
+
+    Files are written to temporary names and renamed, so a crash never leaves a half-written
+    manifest beside a good one.
+    """
+    root = Path(root)
+    missing = [c for c in [*MANIFEST_COLUMNS, *labels] if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}")
+    manifest = manifest[[*MANIFEST_COLUMNS, *labels]].reset_index(drop=True)
+    for label in labels:
+        manifest[label] = manifest[label].astype("float32")
+    version = compute_version(manifest, spec, labels, task)
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "task": task,
+        "labels": labels,
+        "preprocess": spec.to_dict(),
+        "source": source,
+        "counts": {
+            "images": int(len(manifest)),
+            "patients": int(manifest["patient_id"].nunique()),
+            "studies": int(manifest["study_id"].nunique()),
+            **{s: int((manifest["split"] == s).sum()) for s in SPLITS},
+        },
+        "prevalence": _prevalence(manifest, labels, task),
+        "skipped": skipped or [],
+        **(extra or {}),
+    }
+    tmp = root / "manifest.parquet.tmp"
+    manifest.to_parquet(tmp, index=False)
+    os.replace(tmp, root / "manifest.parquet")
+    tmp = root / "dataset.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, root / "dataset.json")
+    return info
+
+
+@dataclass
+class Dataset:
+    """A dataset directory opened for reading; pixels are memory-mapped, never copied whole."""
+
+    root: Path
+    manifest: pd.DataFrame
+    info: dict[str, Any]
+    _shards: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path) -> Dataset:
+        root = Path(root)
+        if not (root / "manifest.parquet").is_file() or not (root / "dataset.json").is_file():
+            raise NotFoundError(
+                f"{root} is not a radflow dataset (no manifest.parquet / dataset.json). "
+                "Create one with `radflow ingest SRC --format ... --out DIR`."
+            )
+        info = json.loads((root / "dataset.json").read_text())
+        if info.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"dataset format {info.get('format_version')} is not supported (expected {FORMAT_VERSION}); "
+                "re-ingest the source.",
+                path=root / "dataset.json",
+            )
+        manifest = pd.read_parquet(root / "manifest.parquet")
+        return cls(root=root, manifest=manifest, info=info)
+
+    @property
+    def version(self) -> str:
+        return str(self.info["version"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.info["labels"])
+
+    @property
+    def task(self) -> Task:
+        task: Task = self.info["task"]
+        return task
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.info["preprocess"])
+
+    @property
+    def is_split(self) -> bool:
+        return bool((self.manifest["split"] != "").all())
+
+    def shards(self) -> list[np.ndarray]:
+        """The pixel shards as read-only memory maps (opened lazily, once per process)."""
+        if not self._shards:
+            n = int(self.manifest["shard"].max()) + 1 if len(self.manifest) else 0
+            self._shards = [np.load(_shard_path(self.root, i), mmap_mode="r") for i in range(n)]
+        return self._shards
+
+    def image(self, row: int) -> np.ndarray:
+        """Pixels (uint8, size x size) of manifest row ``row``."""
+        shard, offset = self.manifest.iloc[row][["shard", "offset"]]
+        return np.asarray(self.shards()[int(shard)][int(offset)])
+
+    def images(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """Pixels of several manifest rows, stacked (n, size, size)."""
+        shards = self.shards()
+        loc = self.manifest[["shard", "offset"]].to_numpy()[np.asarray(rows, dtype=np.int64)]
+        size = self.spec.size
+        out = np.empty((len(loc), size, size), dtype=np.uint8)
+        for i, (shard, offset) in enumerate(loc):
+            out[i] = shards[shard][offset]
+        return out
+
+    def indices(self, split: str) -> np.ndarray:
+        """Manifest row numbers of a split ("train", "val", "test" or "all")."""
+        if split == "all":
+            return np.arange(len(self.manifest))
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or 'all'.{did_you_mean(split, SPLITS)}")
+        if not self.is_split and split != "all":
+            raise DataError(f"dataset {self.root} is not split yet; run `radflow split {self.root}` first.")
+        return np.flatnonzero((self.manifest["split"] == split).to_numpy())
+
+    def targets(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Label matrix float32 (n, n_labels); NaN = ignore."""
+        frame = self.manifest[self.labels]
+        values = frame.to_numpy(dtype=np.float32)
+        return values if rows is None else values[np.asarray(rows, dtype=np.int64)]
+
+    def iter_batches(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row indices, pixels) of a split in manifest order, ``batch_size`` at a time."""
+        rows = self.indices(split)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            yield chunk, self.images(chunk)

@@ -1,0 +1,124 @@
+"""Image bytes to grey levels: the one decode path for ingest, batch scoring and the server.
+
+Sniffs the format from the bytes (not the file name or Content-Type, which lie), decodes
+PNG/JPEG with Pillow and DICOM with :mod:`radflow.data.dicom`, refuses images above a pixel
+limit before decompressing them (decompression bombs), and returns a 2-D float32 image in
+[0, 1] with 0 = black, ready for :func:`radflow.data.preprocess.prepare_pixels`.
+Every failure is an :class:`~radflow.errors.ImageDecodeError` whose message suits a 4xx answer.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from radflow.errors import ImageDecodeError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodedImage", "decode_file", "decode_image", "sniff_format"]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest width x height accepted (a 8k x 8k detector image fits)."""
+
+
+@dataclass
+class DecodedImage:
+    """A decoded radiograph. ``meta`` never holds PHI; ``identifiers`` must be hashed before storage."""
+
+    pixels: np.ndarray
+    """float32 (H, W) in [0, 1], 0 = black, after any DICOM LUTs and MONOCHROME1 inversion."""
+    format: str
+    """"png", "jpeg" or "dicom"."""
+    bits: int
+    """Bit depth of the stored values (8 for JPEG, 8/16 for PNG, BitsStored for DICOM)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Non-identifying attributes: sex, age (years), view, projection, modality, photometric."""
+    identifiers: dict[str, str] = field(default_factory=dict)
+    """Raw identifiers (patient_id, study_uid, sop_instance_uid) for hashing; never written as-is."""
+
+
+def sniff_format(data: bytes) -> str | None:
+    """"png", "jpeg", "dicom" or None, from the leading bytes."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def _to_unit(arr: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0, 8
+    if arr.dtype in (np.uint16, np.int32, np.int16):
+        # 16-bit PNGs often use fewer bits (12-bit detectors); scale by the container range.
+        return arr.astype(np.float32) / 65535.0, 16
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32), 1
+    raise ImageDecodeError(f"unsupported pixel type {arr.dtype}", path=name)
+
+
+def _decode_raster(data: bytes, name: str, max_pixels: int, fmt: str) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}", path=name
+                )
+            if img.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+                img = img.convert("L")
+            elif img.mode == "I;16B":
+                img = img.convert("I;16")
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image too large to decode safely ({exc})", path=name) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated {fmt.upper()} image ({exc})", path=name) from None
+    arr = np.asarray(img)
+    if img.mode == "I":
+        arr = np.clip(arr, 0, 65535).astype(np.uint16)
+    if arr.ndim != 2:
+        raise ImageDecodeError(f"expected a grey-level image, got shape {arr.shape}", path=name)
+    pixels, bits = _to_unit(arr, name)
+    return DecodedImage(pixels=pixels, format=fmt, bits=bits)
+
+
+def decode_image(data: bytes, name: str = "<upload>", max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode PNG, JPEG or DICOM bytes; ``name`` is only used in error messages."""
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)", path=name)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError(
+            "not a PNG, JPEG or DICOM file (unrecognised leading bytes; a DICOM file needs its "
+            "128-byte preamble and 'DICM' marker)",
+            path=name,
+        )
+    if fmt == "dicom":
+        from radflow.data.dicom import decode_dicom
+
+        return decode_dicom(data, name=name, max_pixels=max_pixels)
+    return _decode_raster(data, name, max_pixels, fmt)
+
+
+def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Read and decode one image file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError("image file not found", path=path) from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read image file ({exc.strerror})", path=path) from None
+    return decode_image(data, name=str(path), max_pixels=max_pixels)

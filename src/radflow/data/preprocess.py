@@ -1,0 +1,87 @@
+"""The one preprocessing implementation, shared by ingest, training, batch scoring and serving.
+
+Two steps, so that ingest can store compact pixels once and every consumer turns them into
+model input the same way:
+
+1. :func:`prepare_pixels` — a decoded grey-level image (float in [0, 1], 0 = black) to a
+   square ``uint8`` array at training size: pad to square (anatomy keeps its proportions,
+   which matters for e.g. the cardiothoracic ratio), then area-resample.
+2. :func:`to_model_input` — a batch of those arrays to the normalised float32 NCHW tensor a
+   model takes.
+
+Nothing here imports torch: the serving runtime calls these functions directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["PreprocessSpec", "prepare_pixels", "to_model_input"]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How pixels become model input; stored in dataset.json, checkpoints and ONNX metadata."""
+
+    size: int = 256
+    """Side of the square image, in pixels, after padding and resampling."""
+    mean: float = 0.5
+    """Subtracted from pixel values scaled to [0, 1]."""
+    std: float = 0.25
+    """Divides the mean-subtracted values."""
+    channels: int = 1
+    """Channels of the model input; grey levels are repeated when > 1 (ImageNet-style nets)."""
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 4096:
+            raise ValueError(f"preprocess size must be between 16 and 4096 pixels, got {self.size}.")
+        if self.std <= 0:
+            raise ValueError(f"preprocess std must be positive, got {self.std}.")
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocess channels must be 1 or 3, got {self.channels}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = {k: data[k] for k in ("size", "mean", "std", "channels") if k in data}
+        return cls(**known)
+
+
+def prepare_pixels(image: np.ndarray, size: int) -> np.ndarray:
+    """Pad a 2-D grey image (float in [0, 1]) to a square and resample it to ``size`` x ``size``.
+
+    Returns ``uint8``. Padding is black (0), centred, so the image is not distorted.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"prepare_pixels expects a 2-D grey image, got shape {image.shape}.")
+    img = np.asarray(image, dtype=np.float32)
+    h, w = img.shape
+    side = max(h, w)
+    if h != w:
+        top, left = (side - h) // 2, (side - w) // 2
+        img = cv2.copyMakeBorder(img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
+    if side != size:
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """``uint8`` images, shape (H, W) or (N, H, W), to a normalised float32 (N, C, H, W) array."""
+    batch = pixels[None] if pixels.ndim == 2 else pixels
+    if batch.ndim != 3:
+        raise ValueError(f"to_model_input expects (H, W) or (N, H, W) pixels, got shape {pixels.shape}.")
+    x = batch.astype(np.float32)
+    x *= 1.0 / 255.0
+    x -= spec.mean
+    x *= 1.0 / spec.std
+    x = x[:, None, :, :]
+    if spec.channels > 1:
+        x = np.repeat(x, spec.channels, axis=1)
+    return np.ascontiguousarray(x)
