@@ -31,6 +31,7 @@ from radflow.errors import DataError, NotFoundError, did_you_mean
 __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_COLUMNS",
+    "SHARD_DIR",
     "SPLITS",
     "Dataset",
     "ShardWriter",
@@ -61,21 +62,25 @@ SHARD_DIR = "shards"
 DEFAULT_SHARD_IMAGES = 4096
 
 
+def _shard_name(index: int) -> str:
+    return f"pixels-{index:05d}.npy"
+
+
 def _shard_path(root: Path, index: int) -> Path:
-    return root / SHARD_DIR / f"pixels-{index:05d}.npy"
+    return root / SHARD_DIR / _shard_name(index)
 
 
 class ShardWriter:
     """Appends ``uint8`` images to shard files of at most ``shard_images`` images each."""
 
-    def __init__(self, root: Path, size: int, shard_images: int = DEFAULT_SHARD_IMAGES):
-        self.root = Path(root)
+    def __init__(self, root: Path, size: int, shard_images: int = DEFAULT_SHARD_IMAGES, subdir: str = SHARD_DIR):
+        self.dir = Path(root) / subdir
         self.size = size
         self.shard_images = shard_images
         self._buffer: list[np.ndarray] = []
         self._shard = 0
-        (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        for stale in (self.root / SHARD_DIR).glob("pixels-*.npy"):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob("pixels-*.npy"):
             stale.unlink()
 
     def add(self, pixels: np.ndarray) -> tuple[int, int]:
@@ -93,9 +98,10 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        tmp = _shard_path(self.root, self._shard).with_suffix(".tmp.npy")
+        final = self.dir / _shard_name(self._shard)
+        tmp = final.with_suffix(".tmp.npy")
         np.save(tmp, np.stack(self._buffer))
-        os.replace(tmp, _shard_path(self.root, self._shard))
+        os.replace(tmp, final)
         self._buffer = []
         self._shard += 1
 
@@ -119,7 +125,7 @@ def _prevalence(manifest: pd.DataFrame, labels: list[str], task: str) -> dict[st
     for name, frame in groups:
         if task == "regression":
             target = frame[labels[0]]
-            out[name] = {"n": int(len(frame)), "mean": _num(target.mean()), "std": _num(target.std())}
+            out[name] = {"n": len(frame), "mean": _num(target.mean()), "std": _num(target.std())}
         else:
             out[name] = {
                 label: {"positive": int((frame[label] == 1).sum()), "known": int(frame[label].notna().sum())}
@@ -164,7 +170,7 @@ def write_dataset(
         "preprocess": spec.to_dict(),
         "source": source,
         "counts": {
-            "images": int(len(manifest)),
+            "images": len(manifest),
             "patients": int(manifest["patient_id"].nunique()),
             "studies": int(manifest["study_id"].nunique()),
             **{s: int((manifest["split"] == s).sum()) for s in SPLITS},
@@ -257,7 +263,9 @@ class Dataset:
         if split == "all":
             return np.arange(len(self.manifest))
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or 'all'.{did_you_mean(split, SPLITS)}")
+            raise DataError(
+                f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or 'all'.{did_you_mean(split, SPLITS)}"
+            )
         if not self.is_split and split != "all":
             raise DataError(f"dataset {self.root} is not split yet; run `radflow split {self.root}` first.")
         return np.flatnonzero((self.manifest["split"] == split).to_numpy())

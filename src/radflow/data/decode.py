@@ -43,7 +43,7 @@ class DecodedImage:
 
 
 def sniff_format(data: bytes) -> str | None:
-    """"png", "jpeg", "dicom" or None, from the leading bytes."""
+    """ "png", "jpeg", "dicom" or None, from the leading bytes."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):

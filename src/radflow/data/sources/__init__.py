@@ -1,1 +1,44 @@
-"""Readers for each source format; each turns a source into rows for ingest."""
+"""Readers for each source format; each turns a source into a :class:`SourceTable` for ingest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radflow.data.sources.base import SourceRecord, SourceTable
+from radflow.data.sources.boneage import read_boneage
+from radflow.data.sources.chexpert import read_chexpert
+from radflow.data.sources.dicom_dir import read_dicom_dir
+from radflow.data.sources.folder import read_folder
+from radflow.data.sources.nih import read_nih
+from radflow.errors import ConfigError, did_you_mean
+
+__all__ = ["FORMATS", "SourceRecord", "SourceTable", "read_source"]
+
+FORMATS = ("chexpert", "nih", "boneage", "folder", "dicom")
+
+
+def read_source(
+    fmt: str,
+    src: Path,
+    *,
+    uncertain: str = "zeros",
+    labels: str | list[str] | None = None,
+    frontal_only: bool = False,
+    labels_csv: Path | None = None,
+) -> SourceTable:
+    """Dispatch to the reader of ``fmt``; flags a format does not use must be left at defaults."""
+    if fmt not in FORMATS:
+        raise ConfigError(
+            f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.{did_you_mean(fmt, FORMATS)}"
+        )
+    if fmt == "chexpert":
+        return read_chexpert(src, uncertain=uncertain, labels=labels, frontal_only=frontal_only)
+    if fmt == "nih":
+        return read_nih(src, labels=labels, frontal_only=frontal_only)
+    if labels is not None and fmt in ("boneage", "folder"):
+        raise ConfigError(f"--labels does not apply to --format {fmt} (its labels are fixed by the source).")
+    if fmt == "boneage":
+        return read_boneage(src)
+    if fmt == "folder":
+        return read_folder(src)
+    return read_dicom_dir(src, labels_csv=labels_csv, uncertain=uncertain, labels=labels)
