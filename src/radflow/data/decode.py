@@ -68,7 +68,7 @@ def _decode_raster(data: bytes, name: str, max_pixels: int, fmt: str) -> Decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError(

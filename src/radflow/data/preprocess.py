@@ -60,7 +60,7 @@ def prepare_pixels(image: np.ndarray, size: int) -> np.ndarray:
     """
     if image.ndim != 2:
         raise ValueError(f"prepare_pixels expects a 2-D grey image, got shape {image.shape}.")
-    img = np.asarray(image, dtype=np.float32)
+    img: np.ndarray = np.asarray(image, dtype=np.float32)
     h, w = img.shape
     side = max(h, w)
     if h != w:
