@@ -1,0 +1,123 @@
+"""Ingest of DICOM sources: identity from headers, labels CSV, equivalence of encodings, no PHI written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from radflow.data.dataset import Dataset
+from radflow.data.dicom import write_dicom
+from radflow.data.ingest import IngestOptions, ingest
+from radflow.errors import DataError
+
+PHI = {
+    "PatientName": "DOE^JANE^PHANTOMPHI",
+    "PatientBirthDate": "19450317",
+    "InstitutionName": "ST PHANTOM GENERAL HOSPITAL",
+    "PatientAddress": "12 PHANTOM LANE",
+}
+
+
+def _image(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(200, 3800, (40, 36), dtype=np.uint16)
+
+
+def _write(path: Path, seed: int, patient: str, **kw: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attributes = {"PatientID": patient, "PatientSex": "F", "PatientAge": "061Y", "ViewPosition": "PA", **PHI}
+    write_dicom(
+        path,
+        kw.pop("stored", _image(seed)),  # type: ignore[arg-type]
+        bits_stored=12,
+        window=(2000.0, 3600.0),
+        attributes=attributes,
+        uid_seed=f"{patient}-{seed}",
+        **kw,  # type: ignore[arg-type]
+    )
+    return path
+
+
+def test_dicom_dir_with_labels_by_path_and_identity_from_headers(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    for i in range(4):
+        _write(src / f"series{i // 2}" / f"img{i}", i, patient=f"MRN{i // 2:04d}")
+    (src / "notes.txt").write_text("not an image")
+    (src / "labels.csv").write_text("path,Nodule\nseries0/img0,1\nseries0/img1,0\nseries1/img2,\n")
+    info = ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=32))
+    ds = Dataset.open(tmp_path / "ds")
+    assert info["counts"]["images"] == 4 and info["counts"]["patients"] == 2
+    assert ds.labels == ["Nodule"]
+    by_path = dict(zip(ds.manifest["source_path"], ds.targets()[:, 0], strict=True))
+    assert by_path["series0/img0"] == 1 and by_path["series0/img1"] == 0
+    assert np.isnan(by_path["series1/img2"]) and np.isnan(by_path["series1/img3"])
+    assert set(ds.manifest["sex"]) == {"F"} and set(ds.manifest["age"]) == {61.0}
+    assert set(ds.manifest["projection"]) == {"PA"} and set(ds.manifest["view"]) == {"frontal"}
+
+
+def test_labels_csv_keyed_by_sop_instance_uid(tmp_path: Path) -> None:
+    import pydicom
+
+    src = tmp_path / "pacs"
+    paths = [_write(src / f"{i}.dcm", i, patient="P1") for i in range(2)]
+    uid = str(pydicom.dcmread(paths[1], stop_before_pixels=True).SOPInstanceUID)
+    (tmp_path / "labels.csv").write_text(f"SOPInstanceUID,Effusion\n{uid},1\n")
+    ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=32, labels_csv=tmp_path / "labels.csv"))
+    ds = Dataset.open(tmp_path / "ds")
+    labelled = ds.manifest.loc[ds.manifest["Effusion"] == 1, "source_path"].tolist()
+    assert labelled == ["1.dcm"]
+
+
+def test_labels_csv_without_key_column_is_a_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    _write(src / "a.dcm", 0, patient="P1")
+    (src / "labels.csv").write_text("file,Effusion\na.dcm,1\n")
+    with pytest.raises(DataError, match=r"labels\.csv.*key column named SOPInstanceUID or path"):
+        ingest(src, "dicom", tmp_path / "ds")
+
+
+def test_monochrome1_and_compressed_copies_ingest_to_the_same_pixels(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    stored = _image(7)
+    _write(src / "mono2.dcm", 7, patient="P1", stored=stored)
+    _write(src / "rle.dcm", 7, patient="P1", stored=stored, transfer_syntax=RLELossless)
+    _write(src / "j2k.dcm", 7, patient="P1", stored=stored, transfer_syntax=JPEG2000Lossless)
+    # MONOCHROME1: stored values inverted, so the window centre moves to the mirrored value
+    write_dicom(
+        src / "mono1.dcm",
+        (4095 - stored).astype(np.uint16),
+        bits_stored=12,
+        photometric="MONOCHROME1",
+        window=(4095.0 - 2000.0, 3600.0),
+        attributes={"PatientID": "P1"},
+        uid_seed="mono1",
+    )
+    info = ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=32))
+    assert info["counts"]["images"] == 4 and not info["skipped"]
+    ds = Dataset.open(tmp_path / "ds")
+    pixels = ds.images(range(4)).astype(int)
+    for other in pixels[1:]:
+        assert np.abs(other - pixels[0]).max() <= 1
+
+
+def test_no_phi_in_anything_ingest_writes(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    for i in range(3):
+        _write(src / f"{i}.dcm", i, patient=f"MRN-SECRET-{i}")
+    (src / "labels.csv").write_text("path,Nodule\n0.dcm,1\n1.dcm,0\n2.dcm,0\n")
+    ingest(src, "dicom", tmp_path / "out" / "ds", IngestOptions(size=32))
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "manifest.parquet" for p in written)
+    needles = [v.encode() for v in PHI.values()] + [b"MRN-SECRET", b"DOE^JANE", b"19450317"]
+    for path in written:
+        data = path.read_bytes()
+        for needle in needles:
+            assert needle not in data, f"{needle!r} found in {path}"
+    # parquet compresses, so also look at the decoded manifest cells
+    cells = Dataset.open(tmp_path / "out" / "ds").manifest.astype(str).to_numpy().ravel()
+    text = "\n".join(cells).encode()
+    for needle in needles:
+        assert needle not in text
