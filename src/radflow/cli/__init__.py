@@ -7,6 +7,7 @@ Errors a user can fix (:class:`radflow.errors.RadflowError`) print one line, exi
 from __future__ import annotations
 
 from radflow.cli import ingest as _ingest  # noqa: F401
+from radflow.cli import split as _split  # noqa: F401
 from radflow.cli._app import app, main
 
 __all__ = ["app", "main"]
