@@ -1,0 +1,68 @@
+"""``radflow synth chest|hand``: phantom radiographs in CheXpert's or RSNA bone age's on-disk layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from radflow.cli._app import app, console, emit, run_command
+
+__all__ = ["synth_app"]
+
+synth_app = typer.Typer(
+    help="Write phantom radiographs in a real dataset's exact layout (stand-ins where real data cannot be had).",
+    no_args_is_help=True,
+)
+app.add_typer(synth_app, name="synth")
+
+
+def _render(info: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]{info['images']} phantom {info['kind']} images[/] ({info['width']}x{info['height']} px) "
+        f"in {info['out']} · {info['seconds']} s on {info['workers']} worker(s)"
+    )
+    if info["kind"] == "chest":
+        console.print(
+            f"{info['patients']} patients · train {info['train_images']} / valid {info['valid_images']} images "
+            f"({info['valid_patients']} valid patients) · {info['dicom_images']} DICOM"
+        )
+        shares = " · ".join(f"{label} {share:.1%}" for label, share in info["prevalence"].items())
+        console.print(f"positives: {shares}")
+    else:
+        console.print(f"{info['boys']} boys · bone age mean {info['boneage_mean']} months, sd {info['boneage_sd']}")
+
+
+@synth_app.command("chest")
+def chest_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write (its name prefixes the CSV paths, as in CheXpert).")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    size: Annotated[int, typer.Option(help="Image width in pixels (height is 1.2x).")] = 256,
+    dicom_fraction: Annotated[float, typer.Option(help="Share of images written as DICOM instead of PNG.")] = 0.0,
+    valid_fraction: Annotated[float, typer.Option(help="Share of patients put in valid.csv.")] = 0.1,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Phantom frontal chest radiographs with CheXpert's train.csv / valid.csv and folder layout."""
+    from radflow.data.synth import synth_chest
+
+    info = run_command(lambda: synth_chest(out, n, seed, size, dicom_fraction, valid_fraction, workers))
+    emit(info, as_json, _render)
+
+
+@synth_app.command("hand")
+def hand_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    size: Annotated[int, typer.Option(help="Image width in pixels (height is 1.25x).")] = 256,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Phantom hand radiographs with RSNA bone age's boneage-training-dataset.csv layout."""
+    from radflow.data.synth import synth_hand
+
+    info = run_command(lambda: synth_hand(out, n, seed, size, workers))
+    emit(info, as_json, _render)
