@@ -196,6 +196,7 @@ class Dataset:
     manifest: pd.DataFrame
     info: dict[str, Any]
     _shards: list[np.ndarray] = field(default_factory=list, repr=False)
+    _location: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, root: str | Path) -> Dataset:
@@ -243,15 +244,20 @@ class Dataset:
             self._shards = [np.load(_shard_path(self.root, i), mmap_mode="r") for i in range(n)]
         return self._shards
 
+    def _locations(self) -> np.ndarray:
+        if self._location is None:
+            self._location = self.manifest[["shard", "offset"]].to_numpy(dtype=np.int64)
+        return self._location
+
     def image(self, row: int) -> np.ndarray:
         """Pixels (uint8, size x size) of manifest row ``row``."""
-        shard, offset = self.manifest.iloc[row][["shard", "offset"]]
-        return np.asarray(self.shards()[int(shard)][int(offset)])
+        shard, offset = self._locations()[row]
+        return np.asarray(self.shards()[shard][offset])
 
-    def images(self, rows: np.ndarray | list[int]) -> np.ndarray:
+    def images(self, rows: np.ndarray | list[int] | range) -> np.ndarray:
         """Pixels of several manifest rows, stacked (n, size, size)."""
         shards = self.shards()
-        loc = self.manifest[["shard", "offset"]].to_numpy()[np.asarray(rows, dtype=np.int64)]
+        loc = self._locations()[np.asarray(rows, dtype=np.int64)]
         size = self.spec.size
         out = np.empty((len(loc), size, size), dtype=np.uint8)
         for i, (shard, offset) in enumerate(loc):

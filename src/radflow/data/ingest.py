@@ -124,7 +124,7 @@ def _run_jobs(
         return
     # forkserver: safe even when the caller has already started threads (torch, pytest).
     context = mp.get_context("forkserver")
-    chunk = max(1, min(64, len(paths) // (workers * 8)))
+    chunk = max(1, min(16, len(paths) // (workers * 16)))
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=settings
     ) as pool:
