@@ -125,7 +125,7 @@ def test_empty_source_is_a_clear_error(tmp_path: Path) -> None:
     src = write_chexpert(tmp_path / "cx")
     for png in src.rglob("*.png"):
         png.unlink()
-    with pytest.raises(DataError, match="no images to ingest.*image file missing"):
+    with pytest.raises(DataError, match=r"no images to ingest.*image file missing"):
         ingest(src, "chexpert", tmp_path / "ds")
 
 

@@ -122,7 +122,7 @@ def test_folder_needs_two_classes(tmp_path: Path) -> None:
 def test_unknown_format_and_missing_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Did you mean 'chexpert'"):
         read_source("chexpret", tmp_path)
-    with pytest.raises(NotFoundError, match="expected train.csv"):
+    with pytest.raises(NotFoundError, match=r"expected train\.csv"):
         read_source("chexpert", tmp_path)
     with pytest.raises(NotFoundError, match="not found"):
         read_source("nih", tmp_path / "nope")

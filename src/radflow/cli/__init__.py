@@ -9,6 +9,7 @@ from __future__ import annotations
 from radflow.cli import ingest as _ingest  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401
 from radflow.cli import synth as _synth  # noqa: F401
+from radflow.cli import train as _train  # noqa: F401
 from radflow.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -1,0 +1,213 @@
+"""params.yaml as pydantic models: the one source of truth for training, evaluation and gate settings.
+
+Every field has a description (shown by ``radflow train --help`` readers and in the saved config),
+unknown or misspelt keys are errors that name the key and suggest the close one, and CLI flags
+override file values through :meth:`Params.with_overrides` with dotted keys (``train.epochs``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from radflow.errors import ConfigError, NotFoundError, did_you_mean
+
+__all__ = [
+    "AugmentConfig",
+    "EvaluateConfig",
+    "GateConfig",
+    "Params",
+    "TrainConfig",
+    "flatten_params",
+    "load_params",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Random training-time transforms, applied on tensors after preprocessing."""
+
+    rotation_deg: float = Field(default=5.0, ge=0, le=45, description="Maximum rotation, in degrees, either way.")
+    scale: float = Field(default=0.05, ge=0, lt=0.5, description="Maximum relative zoom in or out.")
+    brightness: float = Field(
+        default=0.1, ge=0, le=1, description="Maximum additive brightness shift (normalised units)."
+    )
+    contrast: float = Field(default=0.1, ge=0, lt=1, description="Maximum relative contrast change.")
+    hflip: bool = Field(
+        default=False, description="Random horizontal flip; off by default for chest films because laterality matters."
+    )
+    enabled: bool = Field(default=True, description="Switch all augmentation off at once.")
+
+
+class TrainConfig(_Strict):
+    """Everything that decides how a model is trained."""
+
+    arch: str = Field(default="small_cnn", description="Architecture name from radflow.train.models.list_models().")
+    epochs: int = Field(default=8, ge=1, description="Maximum number of passes over the training split.")
+    batch_size: int = Field(default=32, ge=1, description="Images per optimisation step.")
+    lr: float = Field(default=1e-3, gt=0, description="Initial learning rate.")
+    optimizer: Literal["adamw", "adam"] = Field(default="adamw", description="Optimiser (CheXNet used Adam).")
+    weight_decay: float = Field(default=1e-4, ge=0, description="Weight decay (decoupled for AdamW, L2 for Adam).")
+    scheduler: Literal["plateau", "cosine", "none"] = Field(
+        default="plateau", description="LR schedule: reduce-on-plateau of the val metric (CheXNet), cosine, or none."
+    )
+    plateau_factor: float = Field(default=0.1, gt=0, lt=1, description="LR multiplier when the val metric plateaus.")
+    plateau_patience: int = Field(default=1, ge=0, description="Epochs without improvement before the LR is reduced.")
+    early_stopping_patience: int = Field(
+        default=3, ge=0, description="Epochs without val improvement before training stops (0 = never stop early)."
+    )
+    loss: Literal["bce", "ce", "l1"] | None = Field(
+        default=None,
+        description="Loss; chosen from the task when unset (multilabel bce, multiclass ce, regression l1).",
+    )
+    pos_weight: bool = Field(
+        default=False, description="Weight positives by negatives/positives of the train split (bce)."
+    )
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(), description="Training augmentation.")
+    amp: bool = Field(default=True, description="Mixed precision on CUDA (bfloat16 autocast on CPU is not used).")
+    device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    num_workers: int = Field(
+        default=2, ge=0, description="DataLoader worker processes reading the memory-mapped shards."
+    )
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (default: all cores).")
+    seed: int = Field(default=0, description="Seed for weights, augmentation and shuffling.")
+    weights: str | None = Field(default=None, description="Local state-dict file to start from; nothing is downloaded.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop each epoch after this many steps (tests, smoke runs)."
+    )
+    in_chans: int = Field(default=1, ge=1, le=3, description="Input channels of the model (grey = 1).")
+    channels_last: bool = Field(default=False, description="Use channels-last memory format (faster on some GPUs).")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the classifier head.")
+
+
+class EvaluateConfig(_Strict):
+    """How a model is evaluated on the test split."""
+
+    threshold_method: Literal["youden", "sensitivity"] = Field(
+        default="youden", description="Operating point chosen on the val split: Youden's J or a target sensitivity."
+    )
+    target_sensitivity: float = Field(default=0.9, gt=0, le=1, description="Sensitivity aimed for by 'sensitivity'.")
+    n_bootstrap: int = Field(default=1000, ge=0, description="Bootstrap resamples for confidence intervals (0 = none).")
+    ci: float = Field(default=0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    calibration_bins: int = Field(default=10, ge=2, description="Bins of the reliability plot and ECE.")
+    age_bands: list[float] = Field(
+        default_factory=lambda: [0.0, 40.0, 60.0, 80.0, 200.0],
+        description="Subgroup band edges: patient age in years (chest) or bone age in months (regression).",
+    )
+
+
+class GateConfig(_Strict):
+    """Quality gates a run must pass to be registered as challenger."""
+
+    min_macro_auroc: float = Field(default=0.80, ge=0, le=1, description="Lowest acceptable test macro AUROC.")
+    max_label_drop: float = Field(
+        default=0.02, ge=0, description="Largest allowed per-label AUROC drop vs the champion on the same test split."
+    )
+    max_mae_months: float | None = Field(default=None, gt=0, description="Highest acceptable test MAE (regression).")
+    max_mae_increase: float = Field(
+        default=1.0, ge=0, description="Largest allowed MAE increase vs the champion (months)."
+    )
+
+
+class Params(_Strict):
+    """The whole params.yaml."""
+
+    data: dict[str, Any] = Field(default_factory=dict, description="Data source and ingest settings.")
+    split: dict[str, Any] = Field(default_factory=dict, description="Patient-level split settings.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(), description="Training settings.")
+    evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig(), description="Evaluation settings.")
+    gates: GateConfig = Field(default_factory=lambda: GateConfig(), description="Registry quality gates.")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Params:
+        """A copy with dotted keys replaced, e.g. ``{"train.epochs": 3, "train.augment.hflip": True}``.
+
+        ``None`` values are skipped, so CLI flags that were not given leave the file's value alone.
+        """
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            node: dict[str, Any] = data
+            parts = key.split(".")
+            for depth, part in enumerate(parts):
+                model_fields = _fields_at(parts[:depth])
+                if model_fields is not None and part not in model_fields:
+                    where = ".".join(parts[:depth]) or "params"
+                    raise ConfigError(
+                        f"unknown setting {key!r} (no {part!r} in {where}).{did_you_mean(part, model_fields)}"
+                    )
+                if depth == len(parts) - 1:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+        return _validate(data, "overrides")
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (what a run logs as config/params.yaml)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _fields_at(path: list[str]) -> list[str] | None:
+    """Field names of the model at a dotted path, or None inside a free-form dict."""
+    model: type[BaseModel] = Params
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return list(model.model_fields)
+
+
+def _validate(data: dict[str, Any], source: str) -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            key = ".".join(loc)
+            if err["type"] == "extra_forbidden":
+                fields = _fields_at(loc[:-1]) or []
+                problems.append(f"unknown key {key!r}.{did_you_mean(loc[-1], fields)}")
+            else:
+                problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_params(path: Path | None) -> Params:
+    """Read params.yaml (``None``: all defaults). Unknown keys and bad values raise ConfigError."""
+    if path is None:
+        return Params()
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (train:, evaluate:, ...), got {type(data).__name__}."
+        )
+    return _validate(data, str(path))
+
+
+def flatten_params(params: Params) -> dict[str, str]:
+    """``{"train.arch": "small_cnn", "train.augment.hflip": "False", ...}`` for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = str(value)
+
+    walk("", params.model_dump(mode="json"))
+    return out

@@ -1,0 +1,145 @@
+"""Where MLflow runs go: the embedded SQLite store by default, a tracking server when asked.
+
+Order of precedence: an explicit URI (``--tracking-uri``) > ``MLFLOW_TRACKING_URI`` > the
+workspace store ``sqlite:///<absolute workspace>/mlflow.db`` with artifacts in ``mlartifacts/``
+beside it. A server that cannot be reached is reported before any training starts, so a long run
+never dies at its first ``log_metric``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from radflow.errors import RadflowError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "ARTIFACT_DIR",
+    "DEFAULT_DB",
+    "artifact_root",
+    "check_tracking",
+    "client",
+    "ensure_experiment",
+    "git_state",
+    "resolve_tracking_uri",
+    "server_command",
+]
+
+# Telemetry off before mlflow is imported anywhere through this module.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+DEFAULT_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def resolve_tracking_uri(explicit: str | None = None, workspace: Path | None = None) -> str:
+    """The tracking URI to use: explicit > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<abs>/mlflow.db``."""
+    if explicit:
+        return explicit
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    root = Path(workspace) if workspace is not None else Path.cwd()
+    return f"sqlite:///{(root / DEFAULT_DB).resolve()}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifact location for new experiments: ``mlartifacts/`` beside a SQLite db; server default otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR).resolve().as_uri()
+    return None
+
+
+def check_tracking(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast with a clear message when a tracking server cannot be reached (or a local store not made)."""
+    if uri.startswith(("http://", "https://")):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            # The server answered (e.g. 404 on /health behind a proxy): it is reachable.
+            return
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RadflowError(
+                f"MLflow tracking server {uri} is unreachable ({reason}). Start it (e.g. `mlflow server` or "
+                "`radflow ui`), fix --tracking-uri / MLFLOW_TRACKING_URI, or unset them to use the local "
+                "sqlite store.",
+                status_code=503,
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.parent.is_dir():
+            raise RadflowError(f"tracking store folder {db.parent} does not exist; create it or pick another URI.")
+
+
+def client(uri: str) -> MlflowClient:
+    """An MlflowClient for ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Experiment id of ``name``, creating it (artifacts beside a SQLite db) when missing."""
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(mlflow_client.create_experiment(name, artifact_location=artifact_root(uri)))
+
+
+def git_state(path: Path | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the git checkout holding ``path`` (default: cwd); ("unknown", False) outside git."""
+    cwd = str(path) if path is not None else None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return commit or "unknown", bool(status.strip())
+
+
+def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow server`` invocation that shows the runs and models of store ``uri``."""
+    if uri.startswith(("http://", "https://")):
+        raise RadflowError(f"{uri} is already an MLflow server; open it in a browser instead of starting a UI.")
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        # One worker: a personal UI needs no more, and it starts far faster than the default four.
+        "--workers",
+        "1",
+    ]
+    artifacts = artifact_root(uri)
+    if artifacts is not None:
+        # Experiments made in the UI then keep their artifacts in mlartifacts/ too.
+        command += ["--artifacts-destination", artifacts]
+    return command

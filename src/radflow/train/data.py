@@ -1,0 +1,157 @@
+"""From a radflow dataset to training batches: memory-mapped shard reads, preprocessing, augmentation.
+
+:class:`ShardBatches` is indexed by a *list* of rows and returns a whole batch, so a DataLoader
+worker does one sorted read per shard and one vectorised normalisation per batch instead of
+per-image Python work and a collate step. Workers receive only the dataset path and row/location
+arrays; each opens the shards lazily as read-only memory maps, so no pixel array is ever pickled.
+Augmentation runs on the batched tensor (on the GPU when training there) with its own seeded
+generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+from radflow.config import AugmentConfig
+from radflow.data.dataset import SHARD_DIR, Dataset
+from radflow.data.preprocess import PreprocessSpec, to_model_input
+
+__all__ = ["Batch", "ShardBatches", "augment", "make_loader", "sex_feature"]
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def sex_feature(sex: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Sex as a model input: M = 1, F = 0, unknown = 0.5 (float32, shape (n, 1))."""
+    values = np.asarray(sex, dtype=object)
+    out = np.where(values == "M", 1.0, np.where(values == "F", 0.0, 0.5))
+    return out.astype(np.float32).reshape(-1, 1)
+
+
+class ShardBatches(torch.utils.data.Dataset[Batch]):
+    """Batches (images, targets, extra) of chosen manifest rows, read from the shards on demand."""
+
+    def __init__(
+        self,
+        ds: Dataset,
+        rows: np.ndarray,
+        spec: PreprocessSpec,
+        targets: np.ndarray | None = None,
+        extra: np.ndarray | None = None,
+    ):
+        self.root = Path(ds.root)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.locations = ds.manifest[["shard", "offset"]].to_numpy(dtype=np.int64)[self.rows]
+        self.spec = spec
+        n = len(self.rows)
+        self.targets = np.zeros((n, 0), np.float32) if targets is None else np.asarray(targets, np.float32)
+        self.extra = np.zeros((n, 0), np.float32) if extra is None else np.asarray(extra, np.float32)
+        self._shards: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers reopen the memory maps themselves; never ship mapped pages through pickle.
+        state = self.__dict__.copy()
+        state["_shards"] = {}
+        return state
+
+    def _shard(self, index: int) -> np.ndarray:
+        if index not in self._shards:
+            self._shards[index] = np.load(self.root / SHARD_DIR / f"pixels-{index:05d}.npy", mmap_mode="r")
+        return self._shards[index]
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """uint8 pixels (n, size, size) of the given positions (indices into ``rows``)."""
+        loc = self.locations[positions]
+        out = np.empty((len(loc), self.spec.size, self.spec.size), dtype=np.uint8)
+        for shard in np.unique(loc[:, 0]):
+            where = np.flatnonzero(loc[:, 0] == shard)
+            offsets = loc[where, 1]
+            order = np.argsort(offsets, kind="stable")
+            # Sorted offsets turn random access into a forward sweep over the mapped file.
+            out[where[order]] = self._shard(int(shard))[offsets[order]]
+        return out
+
+    def __getitem__(self, positions: Sequence[int] | int) -> Batch:
+        pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
+        x = torch.from_numpy(to_model_input(self.read(pos), self.spec))
+        return x, torch.from_numpy(self.targets[pos]), torch.from_numpy(self.extra[pos])
+
+
+def _worker_init(worker_id: int) -> None:
+    # Workers only copy and normalise; one thread each leaves the cores to the training step.
+    torch.set_num_threads(1)
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        np.random.seed((info.seed + worker_id) % 2**32)
+
+
+def make_loader(
+    data: ShardBatches,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader[Batch]:
+    """A DataLoader yielding whole batches from ``data`` (its own sampler; no collate step)."""
+    base = RandomSampler(range(len(data)), generator=generator) if shuffle else SequentialSampler(range(len(data)))
+    sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
+    return DataLoader(
+        data,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation/scale (one affine resample), brightness, contrast and optional flip of a batch.
+
+    Random numbers come from ``generator`` (CPU) so runs repeat exactly whatever the device.
+    """
+    if not cfg.enabled:
+        return x
+    n = x.shape[0]
+
+    def uniform(span: float) -> torch.Tensor:
+        return ((torch.rand(n, generator=generator) * 2 - 1) * span).to(x.device)
+
+    if cfg.rotation_deg or cfg.scale or cfg.hflip:
+        angle = uniform(math.radians(cfg.rotation_deg))
+        scale = 1 + uniform(cfg.scale)
+        flip = torch.ones(n, device=x.device)
+        if cfg.hflip:
+            flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).to(x.device)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin, torch.zeros_like(cos)], 1),
+                torch.stack([sin * flip, cos, torch.zeros_like(cos)], 1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.contrast:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (1 + uniform(cfg.contrast)).view(n, 1, 1, 1) + mean
+    if cfg.brightness:
+        x = x + uniform(cfg.brightness).view(n, 1, 1, 1)
+    return x

@@ -1,0 +1,71 @@
+"""Tracking store resolution, reachability check and the `radflow ui` server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.errors import RadflowError
+from radflow.tracking import check_tracking, resolve_tracking_uri, server_command
+
+
+def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(workspace=tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert resolve_tracking_uri(workspace=tmp_path) == "http://mlflow.example:5000"
+    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    started = time.perf_counter()
+    with pytest.raises(RadflowError, match=r"http://127.0.0.1:9 is unreachable.*MLFLOW_TRACKING_URI"):
+        check_tracking("http://127.0.0.1:9", timeout=1)
+    assert time.perf_counter() - started < 5
+
+
+def test_ui_command_targets_the_workspace_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(app, ["ui", "--workspace", str(tmp_path), "--port", "5123", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"--backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db" in result.output
+    assert "--port 5123" in result.output and f"file://{tmp_path.resolve()}/mlartifacts" in result.output
+    with pytest.raises(RadflowError, match="already an MLflow server"):
+        server_command("http://mlflow.example:5000")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ui_server_starts_and_answers(tmp_path: Path) -> None:
+    port = _free_port()
+    command = server_command(f"sqlite:///{tmp_path / 'mlflow.db'}", port=port)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not answer within 60 s"
+                time.sleep(0.5)
+        check_tracking(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -1,0 +1,42 @@
+"""`radflow train` parses flags, params.yaml and -S overrides, prints JSON, and reports mistakes in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from tests.fixtures import make_dataset
+
+
+def test_train_json_with_config_and_overrides(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", n=48)
+    config = tmp_path / "params.yaml"
+    config.write_text("train:\n  epochs: 5\n  batch_size: 8\n  num_workers: 0\n")
+    args = ["train", str(ds), "--config", str(config), "--epochs", "1", "-S", "train.max_steps=2", "--json"]
+    args += [
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--out-dir",
+        str(tmp_path / "ck"),
+        "--no-evaluate",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["epochs_run"] == 1  # --epochs beats the file
+    assert Path(out["checkpoint_path"]).is_file() and out["monitor"] == "val_macro_auroc"
+    assert out["model_uri"].startswith("models:/")
+
+
+def test_train_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path / "ds", n=24, split=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(ds), "--arch", "resnet_18"])
+    assert result.exit_code == 2 and "Did you mean 'resnet18'" in result.output
+    result = runner.invoke(app, ["train", str(ds)])
+    assert result.exit_code == 2 and "radflow split" in result.output
+    result = runner.invoke(app, ["train", str(ds), "-S", "train.lr"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
