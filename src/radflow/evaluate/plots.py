@@ -1,0 +1,167 @@
+"""Evaluation figures as PNG files: ROC and PR curves, reliability diagram, confusion matrices, regression plots.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly, never
+through pyplot, so plotting needs no display, keeps no global figure state and is safe in a server
+or a worker thread. Every function writes one file and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+__all__ = [
+    "confusion_matrices",
+    "pr_curves",
+    "regression_error_by_band",
+    "regression_scatter",
+    "reliability_diagram",
+    "roc_curves",
+]
+
+_DPI = 110
+
+
+def _figure(width: float = 6.0, height: float = 5.0) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def roc_curves(
+    y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], aurocs: dict[str, float | None], path: Path
+) -> Path:
+    """One ROC curve per label (labels lacking a class are listed as n/a), AUROC in the legend."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for j, label in enumerate(labels):
+        known = ~np.isnan(y_true[:, j])
+        y, s = y_true[known, j], y_score[known, j]
+        if aurocs.get(label) is None:
+            ax.plot([], [], label=f"{label} (AUROC n/a)")
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, linewidth=1.5, label=f"{label} (AUROC {_fmt(aurocs[label])})")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title("ROC curves")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def pr_curves(
+    y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], auprcs: dict[str, float | None], path: Path
+) -> Path:
+    """One precision-recall curve per label, AUPRC in the legend."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for j, label in enumerate(labels):
+        known = ~np.isnan(y_true[:, j])
+        y, s = y_true[known, j], y_score[known, j]
+        if auprcs.get(label) is None:
+            ax.plot([], [], label=f"{label} (AUPRC n/a)")
+            continue
+        precision, recall, _ = precision_recall_curve(y, s)
+        ax.step(recall, precision, where="post", linewidth=1.5, label=f"{label} (AUPRC {_fmt(auprcs[label])})")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title("Precision-recall curves")
+    ax.legend(loc="lower left", fontsize="small")
+    return _save(fig, path)
+
+
+def reliability_diagram(curves: dict[str, list[dict[str, Any]]], eces: dict[str, float | None], path: Path) -> Path:
+    """Observed positive rate against mean predicted probability per bin, one line per curve."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1, label="perfect calibration")
+    for name, bins in curves.items():
+        points = [(b["mean_predicted"], b["observed"]) for b in bins if b["n"]]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=f"{name} (ECE {_fmt(eces.get(name))})")
+    ax.set(xlabel="mean predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title("Reliability diagram")
+    ax.legend(loc="upper left", fontsize="small")
+    return _save(fig, path)
+
+
+def _matrix(ax: Any, matrix: np.ndarray, names: Sequence[str], title: str) -> None:
+    top = int(matrix.max()) if matrix.size else 0
+    # vmin 0: colour shows counts, not the spread between the smallest and largest cell.
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(top, 1))
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
+    ax.set_yticks(range(len(names)), names, fontsize="small")
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, fontsize="medium")
+
+
+def confusion_matrices(
+    matrices: Mapping[str, np.ndarray | Sequence[Sequence[int]]],
+    path: Path,
+    names: Sequence[str] = ("negative", "positive"),
+) -> Path:
+    """A grid of confusion matrices (rows true, columns predicted), one panel per entry."""
+    count = max(len(matrices), 1)
+    cols = min(count, 4)
+    rows = (count + cols - 1) // cols
+    size = 3.0 if len(names) <= 2 else 0.6 * len(names) + 2.5
+    fig = _figure(size * cols, size * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (title, matrix) in zip(axes.flat, matrices.items(), strict=False):
+        _matrix(ax, np.asarray(matrix), names, title)
+    for ax in list(axes.flat)[len(matrices) :]:
+        ax.set_axis_off()
+    return _save(fig, path)
+
+
+def regression_scatter(y_true: np.ndarray, y_pred: np.ndarray, path: Path, unit: str | None = None) -> Path:
+    """Predicted against true values with the identity line."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    ok = ~np.isnan(y_true)
+    ax.scatter(y_true[ok], y_pred[ok], s=8, alpha=0.6)
+    if ok.any():
+        lo = float(min(y_true[ok].min(), y_pred[ok].min()))
+        hi = float(max(y_true[ok].max(), y_pred[ok].max()))
+        ax.plot([lo, hi], [lo, hi], linestyle=":", color="grey")
+    suffix = f" ({unit})" if unit else ""
+    ax.set(xlabel=f"true{suffix}", ylabel=f"predicted{suffix}")
+    ax.set_title("Predicted vs true")
+    return _save(fig, path)
+
+
+def regression_error_by_band(by_band: dict[str, dict[str, Any]], path: Path, unit: str | None = None) -> Path:
+    """Bar chart of MAE per band of the true value, with the image count on each bar."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    names = list(by_band)
+    maes = [by_band[b]["mae"] or 0.0 for b in names]
+    bars = ax.bar(names, maes)
+    for bar, name in zip(bars, names, strict=True):
+        ax.annotate(
+            f"n={by_band[name]['n']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom"
+        )
+    suffix = f" ({unit})" if unit else ""
+    ax.set(xlabel=f"true value band{suffix}", ylabel=f"MAE{suffix}")
+    ax.set_title("Error by band")
+    return _save(fig, path)

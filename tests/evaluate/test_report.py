@@ -1,0 +1,147 @@
+"""The evaluation report on tiny datasets: JSON content, figures, the table and the CLI.
+
+The end-to-end run (train -> evaluate_and_log -> register) is in tests/test_registry.py, which has a store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.config import EvaluateConfig
+from radflow.data.dataset import Dataset
+from radflow.errors import DataError
+from radflow.evaluate.report import evaluate_checkpoint, render_evaluation
+from radflow.train.checkpoint import ModelMeta, save_checkpoint
+from radflow.train.models import create_model
+from tests.fixtures import make_dataset
+
+FAST = EvaluateConfig(n_bootstrap=100)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """(dataset, untrained checkpoint) per task: evaluation does not need a good model to be checked."""
+    root = tmp_path_factory.mktemp("report")
+    out = {}
+    for task in ("multilabel", "multiclass", "regression"):
+        ds_path = make_dataset(root / task, task=task, n=90, size=32)
+        ds = Dataset.open(ds_path)
+        extra = ["sex"] if task == "regression" else []
+        meta = ModelMeta(
+            arch="small_cnn",
+            task=task,
+            labels=ds.labels,
+            num_outputs=len(ds.labels),
+            extra_inputs=extra,
+            preprocess=ds.spec.to_dict(),
+            dataset_version=ds.version,
+            dataset_path=str(ds_path),
+            target_unit="months" if task == "regression" else None,
+            target_mean=110.0 if task == "regression" else None,
+            target_std=60.0 if task == "regression" else None,
+        )
+        model = create_model("small_cnn", len(ds.labels), num_extra=len(extra))
+        out[task] = (ds_path, save_checkpoint(root / f"{task}.pt", model, meta))
+    return out
+
+
+def test_multilabel_report_holds_everything(models: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    ds_path, checkpoint = models["multilabel"]
+    result = evaluate_checkpoint(checkpoint, ds_path, "test", FAST, tmp_path)
+    ds = Dataset.open(ds_path)
+    assert result["dataset"] == {
+        "path": str(ds_path.resolve()),
+        "version": ds.version,
+        "split": "test",
+        "n": len(ds.indices("test")),
+    }
+    assert result["thresholds"]["chosen_on"] == "val" and result["thresholds"]["method"] == "youden"
+    per_label = result["metrics"]["per_label"]
+    for label in ds.labels:
+        assert result["thresholds"]["per_label"][label]["source"] == "val (youden)"
+        assert per_label[label]["threshold"] == result["thresholds"]["per_label"][label]["threshold"]
+        assert {"auroc", "auroc_ci", "auprc", "sensitivity", "specificity", "ece"} <= set(per_label[label])
+    assert set(result["subgroups"]) == {"sex", "age_band", "projection"}
+    assert result["calibration"]["ece_pooled"] is not None
+    assert result["headline"]["test_macro_auroc"] == result["metrics"]["macro"]["auroc"]
+    assert "test_auroc_Pleural_Effusion" in result["headline"]
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["metrics"]["macro"] == result["metrics"]["macro"]
+    assert sorted(result["plots"]) == ["calibration.png", "confusion.png", "pr.png", "roc.png"]
+    assert all((tmp_path / name).stat().st_size > 2000 for name in result["plots"])
+
+
+def test_target_sensitivity_method_is_recorded(models: dict[str, tuple[Path, Path]]) -> None:
+    ds_path, checkpoint = models["multilabel"]
+    params = EvaluateConfig(n_bootstrap=0, threshold_method="sensitivity", target_sensitivity=0.8)
+    result = evaluate_checkpoint(checkpoint, ds_path, "test", params)
+    assert result["thresholds"]["target_sensitivity"] == 0.8
+    for entry in result["thresholds"]["per_label"].values():
+        assert entry["val_sensitivity"] >= 0.8
+
+
+def test_multiclass_and_regression_reports(models: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    ds_path, checkpoint = models["multiclass"]
+    mc = evaluate_checkpoint(checkpoint, ds_path, "test", FAST, tmp_path / "mc")
+    n_classes = len(mc["labels"])
+    assert np.asarray(mc["metrics"]["confusion"]).shape == (n_classes, n_classes)
+    assert np.asarray(mc["metrics"]["confusion"]).sum() == mc["n"]
+    assert "test_accuracy" in mc["headline"] and "confusion.png" in mc["plots"]
+
+    ds_path, checkpoint = models["regression"]
+    reg = evaluate_checkpoint(checkpoint, ds_path, "test", FAST, tmp_path / "reg")
+    m = reg["metrics"]
+    # Bone-age bands default to months when the config does not set them.
+    assert list(m["by_band"]) == ["0-60", "60-120", "120-180", "180-240"]
+    assert sum(b["n"] for b in m["by_band"].values()) == m["n"] == reg["n"]
+    assert m["mae_ci"][0] <= m["mae"] <= m["mae_ci"][1]
+    assert reg["headline"]["test_mae"] == m["mae"] and reg["unit"] == "months"
+    assert sorted(reg["plots"]) == ["error_by_band.png", "scatter.png"]
+
+
+def test_table_shows_every_label(models: dict[str, tuple[Path, Path]]) -> None:
+    ds_path, checkpoint = models["multilabel"]
+    result = evaluate_checkpoint(checkpoint, ds_path, "test", FAST)
+    console = Console(record=True, width=200)
+    render_evaluation(result, console)
+    text = console.export_text()
+    for header in ("label", "prevalence", "AUROC [95% CI]", "AUPRC", "sens", "spec", "threshold"):
+        assert header in text
+    for label in result["labels"]:
+        assert label in text
+    assert "macro" in text and "ECE" in text
+
+
+def test_mismatched_dataset_is_refused(models: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    _, checkpoint = models["multilabel"]
+    other = make_dataset(tmp_path / "other", n=30, size=32, labels=("Edema", "Atelectasis"))
+    with pytest.raises(DataError, match="lacks the model's label"):
+        evaluate_checkpoint(checkpoint, other, "test", FAST)
+    bigger = make_dataset(tmp_path / "bigger", n=30, size=48)
+    with pytest.raises(DataError, match="--size 32"):
+        evaluate_checkpoint(checkpoint, bigger, "test", FAST)
+    with pytest.raises(DataError, match="model predicts a multilabel task"):
+        evaluate_checkpoint(checkpoint, models["regression"][0], "test", FAST)
+
+
+def test_cli_evaluates_a_checkpoint_on_its_training_dataset(
+    models: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    _, checkpoint = models["multilabel"]
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app, ["evaluate", str(checkpoint), "--out", str(out), "--n-bootstrap", "50", "--split", "val", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["split"] == "val" and (out / "evaluation.json").is_file()
+    assert any("optimistic" in w for w in data["warnings"])
+    missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 2 and "not a checkpoint file" in missing.output

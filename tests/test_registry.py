@@ -1,0 +1,305 @@
+"""The gated registry against a real SQLite MLflow store: gates, aliases, promote/rollback, model lookup.
+
+Runs are made directly with mlflow (metrics and tags as the training loop logs them, a tiny torch
+model as ``model``, a real checkpoint as ``checkpoint/best.pt``), so the gate tests do not train;
+the last test trains a few steps to check the loop -> evaluate_and_log -> register chain. One store
+serves the whole module because creating an MLflow database takes seconds; each test uses its own
+registered-model name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.config import GateConfig
+from radflow.errors import NotFoundError, RadflowError
+from radflow.registry import (
+    EVAL_DATASET_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    promote,
+    register,
+    resolve_model,
+    resolve_model_run,
+    rollback,
+)
+from radflow.tracking import ensure_experiment
+from radflow.train.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from radflow.train.models import create_model
+
+LABELS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
+
+
+@dataclass
+class Store:
+    uri: str
+    experiment_id: str
+    checkpoint: Path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    import mlflow
+
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    meta = ModelMeta(arch="small_cnn", task="multilabel", labels=LABELS, num_outputs=3, preprocess={"size": 32})
+    checkpoint = save_checkpoint(root / "best.pt", create_model("small_cnn", 3), meta)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield Store(uri, ensure_experiment(uri, "registry-tests"), checkpoint)
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def _name() -> str:
+    return f"chest-{uuid.uuid4().hex[:8]}"
+
+
+def make_run(
+    store: Store,
+    aurocs: dict[str, float] | None = None,
+    *,
+    mae: float | None = None,
+    dataset_version: str = "ds-v1",
+    model: bool = True,
+) -> str:
+    """A finished run laid out like a `radflow train` run; ``aurocs`` per label -> macro is their mean."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    metrics: dict[str, float] = {}
+    if aurocs is not None:
+        metrics["test_macro_auroc"] = sum(aurocs.values()) / len(aurocs)
+        metrics.update({f"test_auroc_{label.replace(' ', '_')}": v for label, v in aurocs.items()})
+    if mae is not None:
+        metrics["test_mae"] = mae
+    with mlflow.start_run(experiment_id=store.experiment_id) as run:
+        mlflow.set_tags(
+            {
+                "radflow.dataset_version": dataset_version,
+                "radflow.git_commit": "0123abcd",
+                "radflow.task": "regression" if mae is not None else "multilabel",
+                EVAL_DATASET_TAG: dataset_version,
+            }
+        )
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(store.checkpoint), "checkpoint")
+        if model:
+            mlflow.pytorch.log_model(
+                torch.nn.Linear(2, 1), name="model", pip_requirements=["torch"], serialization_format="pickle"
+            )
+    return run.info.run_id
+
+
+def _client(store: Store):  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    return MlflowClient(store.uri)
+
+
+def _alias(client, name: str, alias: str) -> str:  # type: ignore[no-untyped-def]
+    return str(client.get_model_version_by_alias(name, alias).version)
+
+
+GOOD = {"Cardiomegaly": 0.92, "Pleural Effusion": 0.9, "Pneumothorax": 0.88}
+
+
+def test_passing_run_becomes_challenger_with_lineage_tags(store: Store) -> None:
+    name = _name()
+    run_id = make_run(store, GOOD)
+    result = register(run_id, name, GateConfig(min_macro_auroc=0.8), store.uri)
+    assert result["passed"] and result["version"] == "1" and result["alias"] == "challenger"
+    client = _client(store)
+    assert _alias(client, name, "challenger") == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["radflow.dataset_version"] == "ds-v1"
+    assert tags["radflow.git_commit"] == "0123abcd"
+    assert tags["test_macro_auroc"] == "0.9000"
+    assert tags["gate"] == "passed"
+
+
+def test_failing_macro_auroc_names_the_metric_and_sets_no_alias(store: Store) -> None:
+    name = _name()
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    weak = {"Cardiomegaly": 0.7, "Pleural Effusion": 0.72, "Pneumothorax": 0.74}
+    result = register(make_run(store, weak), name, GateConfig(min_macro_auroc=0.8), store.uri)
+    assert not result["passed"] and result["alias"] is None
+    (failure,) = result["failures"]
+    assert failure["metric"] == "test_macro_auroc"
+    assert "0.7200" in failure["message"] and "0.8" in failure["message"]
+    client = _client(store)
+    # The earlier challenger keeps its alias; the failed version stays registered, tagged.
+    assert _alias(client, name, "challenger") == "1"
+    assert client.get_model_version(name, "2").tags["gate"] == "failed"
+
+
+def test_label_drop_against_champion_on_the_same_split(store: Store) -> None:
+    name = _name()
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    promote(name, "1", store.uri)
+    worse = {**GOOD, "Pneumothorax": 0.85}  # 0.03 below the champion; macro still high
+    failed = register(make_run(store, worse), name, GateConfig(max_label_drop=0.02), store.uri)
+    assert not failed["passed"]
+    assert [f["metric"] for f in failed["failures"]] == ["test_auroc_Pneumothorax"]
+    assert "below champion v1" in failed["failures"][0]["message"]
+    slight = {**GOOD, "Pneumothorax": 0.87}
+    assert register(make_run(store, slight), name, GateConfig(max_label_drop=0.02), store.uri)["passed"]
+
+
+def test_champion_on_another_dataset_version_is_not_compared(store: Store) -> None:
+    name = _name()
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    promote(name, "1", store.uri)
+    worse = {**GOOD, "Pneumothorax": 0.81}
+    result = register(make_run(store, worse, dataset_version="ds-v2"), name, GateConfig(), store.uri)
+    assert result["passed"]
+    assert any("ds-v1" in note and "ds-v2" in note and "skipped" in note for note in result["notes"])
+
+
+def test_regression_mae_gates(store: Store) -> None:
+    name = _name()
+    assert register(make_run(store, mae=10.0), name, GateConfig(max_mae_months=12), store.uri)["passed"]
+    promote(name, "1", store.uri)
+    too_high = register(make_run(store, mae=13.0), name, GateConfig(max_mae_months=12), store.uri)
+    assert [f["gate"] for f in too_high["failures"]] == ["max_mae_months", "max_mae_increase"]
+    worse = register(make_run(store, mae=11.5), name, GateConfig(max_mae_increase=1.0), store.uri)
+    assert [f["gate"] for f in worse["failures"]] == ["max_mae_increase"]
+
+
+def test_promote_and_repeated_rollback(store: Store) -> None:
+    name = _name()
+    for _ in range(3):
+        register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    client = _client(store)
+    for version in ("1", "2", "3"):
+        promote(name, version, store.uri)
+        assert _alias(client, name, "champion") == version
+    # Promoting the challenger consumes its alias.
+    assert "challenger" not in client.get_registered_model(name).aliases
+    assert rollback(name, store.uri) == {"name": name, "version": "2", "replaced": "3", "history": ["1"]}
+    assert _alias(client, name, "champion") == "2"
+    assert rollback(name, store.uri)["version"] == "1"
+    with pytest.raises(RadflowError, match="nothing to roll back"):
+        rollback(name, store.uri)
+    assert client.get_registered_model(name).tags[PREVIOUS_CHAMPION_TAG] == "[]"
+
+
+def test_rollback_without_history_and_unknown_names(store: Store) -> None:
+    name = _name()
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    with pytest.raises(RadflowError, match="nothing to roll back"):
+        rollback(name, store.uri)
+    with pytest.raises(NotFoundError, match="no registered model"):
+        rollback(name + "x", store.uri)
+    with pytest.raises(NotFoundError, match="no version 7"):
+        promote(name, "7", store.uri)
+
+
+def test_gate_failed_version_needs_force_to_be_promoted(store: Store) -> None:
+    name = _name()
+    register(
+        make_run(store, {"Cardiomegaly": 0.5, "Pleural Effusion": 0.5, "Pneumothorax": 0.5}), name, None, store.uri
+    )
+    with pytest.raises(RadflowError, match="failed its quality gates"):
+        promote(name, "1", store.uri)
+    assert promote(name, "1", store.uri, force=True)["version"] == "1"
+
+
+def test_resolve_model_every_uri_form(store: Store) -> None:
+    name = _name()
+    first, second = make_run(store, GOOD), make_run(store, GOOD)
+    register(first, name, GateConfig(), store.uri)
+    register(second, name, GateConfig(), store.uri)
+    promote(name, "1", store.uri)
+    assert resolve_model(str(store.checkpoint)) == store.checkpoint
+    assert resolve_model(str(store.checkpoint.parent)) == store.checkpoint
+    for uri, run_id in [
+        (first, first),
+        (f"runs:/{second}", second),
+        (f"runs:/{second}/model", second),
+        (f"models:/{name}@champion", first),
+        (f"models:/{name}@challenger", second),
+        (f"models:/{name}/2", second),
+    ]:
+        path, resolved_run = resolve_model_run(uri, store.uri)
+        assert resolved_run == run_id, uri
+        assert load_checkpoint(path)["meta"]["labels"] == LABELS
+
+
+def test_resolve_model_unknown_things_are_not_found(store: Store) -> None:
+    name = _name()
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    with pytest.raises(NotFoundError, match=r"no alias 'champion'\. No version holds it yet"):
+        resolve_model(f"models:/{name}@champion", store.uri)
+    with pytest.raises(NotFoundError, match=r"no alias 'champoin'\. Did you mean 'champion'"):
+        resolve_model(f"models:/{name}@champoin", store.uri)
+    with pytest.raises(NotFoundError, match="no registered model"):
+        resolve_model(f"models:/{name[:-1]}@champion", store.uri)
+    with pytest.raises(NotFoundError, match="no MLflow run"):
+        resolve_model("0" * 32, store.uri)
+    with pytest.raises(NotFoundError, match="not a checkpoint file"):
+        resolve_model("no-such-model.pt", store.uri)
+    no_checkpoint_run = make_run(store, GOOD, model=False)
+    with pytest.raises(NotFoundError, match="no logged model"):
+        register(no_checkpoint_run, name, GateConfig(), store.uri)
+
+
+def test_cli_register_exit_code_and_promote_rollback(store: Store) -> None:
+    name = _name()
+    runner = CliRunner()
+    good = runner.invoke(app, ["register", make_run(store, GOOD), "--name", name, "--tracking-uri", store.uri])
+    assert good.exit_code == 0, good.output
+    weak = {"Cardiomegaly": 0.6, "Pleural Effusion": 0.6, "Pneumothorax": 0.6}
+    bad = runner.invoke(app, ["register", make_run(store, weak), "--name", name, "--tracking-uri", store.uri])
+    assert bad.exit_code == 1
+    assert "test_macro_auroc 0.6000 < min_macro_auroc 0.8" in bad.output
+    promoted = runner.invoke(app, ["promote", name, "1", "--tracking-uri", store.uri, "--json"])
+    assert promoted.exit_code == 0 and '"version": "1"' in promoted.stdout
+    nothing = runner.invoke(app, ["rollback", name, "--tracking-uri", store.uri])
+    assert nothing.exit_code == 2 and "nothing to roll back" in nothing.output
+
+
+def test_training_run_is_evaluated_logged_and_registered(store: Store, tmp_path: Path) -> None:
+    """A's loop calls evaluate_and_log; the run then carries what `radflow register` gates on."""
+    from radflow.config import Params
+    from radflow.data.dataset import Dataset
+    from radflow.train.loop import train
+    from tests.fixtures import make_dataset
+
+    ds_path = make_dataset(tmp_path / "ds", n=90, size=32)
+    uri = store.uri
+    params = Params().with_overrides(
+        {
+            "train.epochs": 2,
+            "train.batch_size": 16,
+            "train.num_workers": 0,
+            "train.max_steps": 2,
+            "evaluate.n_bootstrap": 50,
+            "gates.min_macro_auroc": 0.0,
+        }
+    )
+    result = train(ds_path, params, uri, out_dir=tmp_path / "ck", progress=False)
+    client = _client(store)
+    run = client.get_run(result.run_id)
+    assert 0.0 <= run.data.metrics["test_macro_auroc"] <= 1.0
+    assert run.data.tags["radflow.eval_dataset_version"] == Dataset.open(ds_path).version
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"evaluation/evaluation.json", "evaluation/roc.png", "evaluation/calibration.png"} <= artifacts
+
+    registered = register(result.run_id, name := _name(), params.gates, uri)
+    assert registered["passed"] and registered["alias"] == "challenger"
+    checkpoint, run_id = resolve_model_run(f"models:/{name}@challenger", uri)
+    assert run_id == result.run_id
+    # The re-logged checkpoint carries the thresholds chosen on val.
+    thresholds = load_checkpoint(checkpoint)["meta"]["thresholds"]
+    assert set(thresholds) == set(Dataset.open(ds_path).labels)
