@@ -7,6 +7,7 @@ Errors a user can fix (:class:`radflow.errors.RadflowError`) print one line, exi
 from __future__ import annotations
 
 from radflow.cli import evaluate as _evaluate  # noqa: F401
+from radflow.cli import export as _export  # noqa: F401
 from radflow.cli import ingest as _ingest  # noqa: F401
 from radflow.cli import registry as _registry  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401

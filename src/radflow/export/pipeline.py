@@ -1,0 +1,148 @@
+"""``radflow export`` as a library call: checkpoint -> ONNX (+ INT8, + Triton repository) -> MLflow.
+
+Steps, each of which stops the export with a clear error when it fails:
+
+1. resolve MODEL (checkpoint, run id, ``runs:/``, ``models:/NAME@ALIAS``) to a checkpoint;
+2. export ONNX with metadata and check parity with PyTorch on real dataset images;
+3. optionally quantize to INT8 and accept it only within the validation-metric tolerance;
+4. optionally write a Triton model repository (the INT8 model when accepted, else FP32);
+5. when the model came from MLflow, log the ONNX file(s) to its run under ``onnx/`` and tag the
+   run and every registered version made from it with the artifact paths, so the server and
+   :meth:`radflow.runtime.RadflowModel.load` find them from ``models:/NAME@ALIAS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from radflow.data.dataset import Dataset
+from radflow.errors import NotFoundError
+from radflow.export.onnx import DEFAULT_OPSET, check_parity, export_onnx, parity_images, read_metadata
+from radflow.export.quantize import DEFAULT_MAE_TOLERANCE, DEFAULT_TOLERANCE, Int8RefusedError, quantize_model
+from radflow.export.triton import DEFAULT_MAX_BATCH_SIZE, DEFAULT_QUEUE_DELAY_US, write_triton_repo
+from radflow.runtime.session import ONNX_ARTIFACT_DIR, ONNX_INT8_TAG, ONNX_TAG
+
+__all__ = ["export_model", "int8_path", "log_onnx_to_mlflow"]
+
+
+def int8_path(out: Path) -> Path:
+    """Where the INT8 model of ``out`` goes: ``model.onnx`` -> ``model.int8.onnx``."""
+    return out.with_name(f"{out.stem}.int8{out.suffix or '.onnx'}")
+
+
+def _triton_name(model: str, out: Path) -> str:
+    base = re.split(r"[@/]", model.removeprefix("models:/"))[0] if model.startswith("models:/") else out.stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "radflow"
+
+
+def _dataset(explicit: Path | None, stored: str) -> Dataset | None:
+    if explicit is not None:
+        return Dataset.open(explicit)
+    if stored and (Path(stored) / "manifest.parquet").is_file():
+        return Dataset.open(stored)
+    return None
+
+
+def log_onnx_to_mlflow(run_id: str, files: dict[str, Path], tracking_uri: str | None = None) -> dict[str, Any]:
+    """Log ``files`` ({tag: path}) under the run's ``onnx/`` and tag the run and its registered versions."""
+    from radflow.tracking import client as make_client
+    from radflow.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = make_client(uri)
+    artifacts = {}
+    for tag, path in files.items():
+        client.log_artifact(run_id, str(path), ONNX_ARTIFACT_DIR)
+        artifacts[tag] = f"{ONNX_ARTIFACT_DIR}/{path.name}"
+        client.set_tag(run_id, tag, artifacts[tag])
+    versions = []
+    for version in client.search_model_versions(f"run_id='{run_id}'"):
+        for tag, artifact in artifacts.items():
+            client.set_model_version_tag(version.name, version.version, tag, artifact)
+        versions.append(f"{version.name}/{version.version}")
+    return {"run_id": run_id, "tracking_uri": uri, "artifacts": artifacts, "versions": versions}
+
+
+def export_model(
+    model: str,
+    out: Path,
+    *,
+    dataset: Path | None = None,
+    int8: bool = False,
+    force: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    mae_tolerance: float = DEFAULT_MAE_TOLERANCE,
+    triton_repo: Path | None = None,
+    triton_name: str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    opset: int = DEFAULT_OPSET,
+    tracking_uri: str | None = None,
+    parity_n: int = 64,
+    calibration_images: int = 64,
+    latency_time: float = 0.5,
+) -> dict[str, Any]:
+    """Export ``model`` to ``out`` (see the module docstring); returns a JSON-ready report."""
+    from radflow.registry import resolve_model_run
+    from radflow.train.checkpoint import load_model
+
+    out = Path(out)
+    if out.is_dir():
+        raise NotFoundError(f"--out {out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}.")
+    checkpoint, run_id = resolve_model_run(model, tracking_uri)
+    net, meta = load_model(checkpoint)
+    export_onnx(net, meta, out, opset=opset)
+    pixels, extra, source = parity_images(meta, dataset, n=parity_n)
+    try:
+        parity = check_parity(net, meta, out, pixels, extra)
+    except Exception:
+        out.unlink(missing_ok=True)  # never leave a model that failed its parity check where a server finds it
+        raise
+    parity["source"] = source
+    report: dict[str, Any] = {
+        "model": model,
+        "checkpoint": str(checkpoint),
+        "run_id": run_id,
+        "onnx": str(out),
+        "size_bytes": out.stat().st_size,
+        "opset": opset,
+        "metadata": dataclasses.asdict(read_metadata(out)),
+        "parity": parity,
+        "int8": None,
+        "triton": None,
+        "mlflow": None,
+    }
+    files = {ONNX_TAG: out}
+    served = out
+    if int8:
+        target = int8_path(out)
+        try:
+            report["int8"] = quantize_model(
+                out,
+                target,
+                _dataset(dataset, meta.dataset_path),
+                tolerance=tolerance,
+                mae_tolerance=mae_tolerance,
+                force=force,
+                calibration_images=calibration_images,
+                latency_time=latency_time,
+            )
+        except Int8RefusedError as exc:
+            raise Int8RefusedError(f"{exc} The FP32 model is at {out}.", exc.report) from None
+        files[ONNX_INT8_TAG] = target
+        served = target
+    if triton_repo is not None:
+        folder = write_triton_repo(
+            served,
+            triton_repo,
+            triton_name or _triton_name(model, out),
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+        )
+        report["triton"] = str(folder)
+    if run_id is not None:
+        report["mlflow"] = log_onnx_to_mlflow(run_id, files, tracking_uri)
+    return report

@@ -1,0 +1,394 @@
+"""The torch-free inference core: an exported ONNX model behind one object that serving and scoring share.
+
+:class:`RadflowModel` loads an ONNX file made by ``radflow export`` (from a path, an MLflow run or
+``models:/NAME@ALIAS``), reads the metadata stored inside it, and runs an ONNX Runtime session
+tuned for the machine. Images go through the one decode and preprocessing implementation of the
+data layer (:func:`radflow.data.decode.decode_image`, :func:`~radflow.data.preprocess.prepare_pixels`,
+:func:`~radflow.data.preprocess.to_model_input`), so a served image gives the tensor training saw.
+
+Nothing on this module's import path imports torch: the serving process stays small and starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from radflow.data.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from radflow.data.preprocess import PreprocessSpec, prepare_pixels, to_model_input
+from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError, did_you_mean
+from radflow.runtime.cam import DEFAULT_ALPHA, DEFAULT_MAX_SIDE, encode_png, render_overlay
+from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "ONNX_ARTIFACT_DIR",
+    "ONNX_INT8_TAG",
+    "ONNX_TAG",
+    "Finding",
+    "InvalidInputError",
+    "MissingOnnxError",
+    "Prediction",
+    "RadflowModel",
+    "available_cores",
+    "session_options",
+    "to_model_size",
+]
+
+DEFAULT_THRESHOLD = 0.5
+"""Decision threshold for labels the evaluation chose none for."""
+ONNX_ARTIFACT_DIR = "onnx"
+"""Run artifact folder of exported models."""
+ONNX_TAG = "radflow.onnx"
+"""Run and model-version tag: artifact path (in the run) of the FP32 ONNX model."""
+ONNX_INT8_TAG = "radflow.onnx_int8"
+"""Run and model-version tag: artifact path (in the run) of the accepted INT8 ONNX model."""
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class InvalidInputError(RadflowError):
+    """A request the model cannot answer as given (unknown label, wrong array shape or type, bad extra input)."""
+
+    status_code = 422
+
+
+class MissingOnnxError(NotFoundError):
+    """The run or registered version exists but has no exported ONNX model yet."""
+
+
+@dataclass
+class Finding:
+    """One label's probability and decision at the model's threshold."""
+
+    label: str
+    probability: float
+    positive: bool
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "positive": self.positive,
+            "threshold": self.threshold,
+        }
+
+
+@dataclass
+class Prediction:
+    """The answer for one image: findings (classification) or a value with its unit (regression)."""
+
+    findings: list[Finding] | None = None
+    value: float | None = None
+    unit: str | None = None
+
+    @property
+    def positives(self) -> list[str]:
+        return [f.label for f in self.findings or [] if f.positive]
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.findings is None:
+            return {"prediction": {"value": self.value, "unit": self.unit}}
+        return {"findings": [f.to_dict() for f in self.findings]}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects affinity masks and container CPU sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """ONNX Runtime options for a CPU-bound image model on this machine.
+
+    One intra-op thread per core (ORT's default can oversubscribe a container's CPU quota), all
+    graph optimisations (conv/BN/activation fusion, QDQ folding for INT8) and sequential execution:
+    these CNNs are a chain, so parallel branch execution only adds scheduling overhead.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or available_cores()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return opts
+
+
+def to_model_size(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``uint8`` images ``(N, H, W)`` at ``size`` x ``size``; others are padded and resampled by ``prepare_pixels``.
+
+    Dataset shards are already at their size, so this is a no-op for a model trained on the same
+    size and the ingest resampling otherwise (from 8-bit pixels, as a PNG upload would be).
+    """
+    if pixels.shape[1:] == (size, size):
+        return pixels
+    return np.stack([prepare_pixels(p.astype(np.float32) / 255.0, size) for p in pixels])
+
+
+def _cache_dir(run_id: str) -> Path:
+    path = Path(tempfile.gettempdir()) / "radflow-models" / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _download_run_onnx(client: Any, run_id: str, artifact: str | None, what: str, int8: bool) -> Path:
+    if artifact is None:
+        run = client.get_run(run_id)
+        artifact = run.data.tags.get(ONNX_INT8_TAG if int8 else ONNX_TAG)
+    if artifact is None:
+        kind = "INT8 " if int8 else ""
+        flag = " --int8" if int8 else ""
+        raise MissingOnnxError(
+            f"{what} has no exported {kind}ONNX model; run `radflow export {run_id} --out model.onnx{flag}` first."
+        )
+    try:
+        return Path(client.download_artifacts(run_id, artifact, str(_cache_dir(run_id))))
+    except Exception as exc:  # MLflow raises several types for a missing artifact
+        raise MissingOnnxError(f"{what}: artifact {artifact} cannot be downloaded ({exc}).") from None
+
+
+def _resolve_mlflow(source: str, tracking_uri: str | None, int8: bool) -> Path:
+    """A local ONNX file for ``models:/...``, ``runs:/ID[/path]`` or a bare run id."""
+    from mlflow.exceptions import MlflowException
+
+    from radflow.tracking import client as make_client
+    from radflow.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = make_client(uri)
+    try:
+        if source.startswith("models:/"):
+            rest = source.removeprefix("models:/")
+            if "@" in rest:
+                name, alias = rest.rsplit("@", 1)
+                version = client.get_model_version_by_alias(name, alias)
+            elif "/" in rest:
+                name, number = rest.rsplit("/", 1)
+                version = client.get_model_version(name, number)
+            else:
+                raise NotFoundError(f"{source}: give models:/NAME@ALIAS or models:/NAME/VERSION.")
+            if not version.run_id:
+                raise MissingOnnxError(f"{source} was not registered from a run; it has no exported ONNX model.")
+            artifact = (version.tags or {}).get(ONNX_INT8_TAG if int8 else ONNX_TAG)
+            return _download_run_onnx(client, version.run_id, artifact, source, int8)
+        run_id, _, artifact = source.removeprefix("runs:/").partition("/")
+        client.get_run(run_id)
+        return _download_run_onnx(client, run_id, artifact or None, f"run {run_id}", int8)
+    except MlflowException as exc:
+        raise NotFoundError(f"{source} not found in tracking store {uri} ({exc.message}).") from None
+
+
+def _resolve_source(source: str | Path, tracking_uri: str | None, int8: bool) -> Path:
+    text = str(source)
+    if text.startswith(("models:/", "runs:/")) or _RUN_ID.match(text):
+        return _resolve_mlflow(text, tracking_uri, int8)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise NotFoundError(
+            f"{text!r} is not an ONNX file, an MLflow run id, runs:/RUN_ID, models:/NAME@ALIAS or models:/NAME/N."
+        )
+    if path.suffix in _CHECKPOINT_SUFFIXES:
+        raise MissingOnnxError(
+            f"{path} is a PyTorch checkpoint; the runtime runs ONNX. "
+            f"Export it: `radflow export {path} --out model.onnx`."
+        )
+    return path
+
+
+class RadflowModel:
+    """An exported radflow model ready to answer images; safe to share between threads (ORT sessions are)."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        meta: OnnxMetadata,
+        source: str = "<model>",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.session = session
+        self.meta = meta
+        self.source = source
+        self.max_pixels = max_pixels
+        self.spec = PreprocessSpec.from_dict(meta.preprocess or {"size": meta.input_size})
+        names = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        if IMAGE_INPUT not in names or meta.output not in outputs:
+            raise DataError(
+                f"the graph lacks input {IMAGE_INPUT!r} or output {meta.output!r} (it has inputs {sorted(names)}, "
+                f"outputs {sorted(outputs)}); re-export it with `radflow export`.",
+                path=source,
+            )
+        self.has_cam = CAM_OUTPUT in outputs
+        self.needs_sex = SEX_INPUT in names
+        self.thresholds = {label: float((meta.thresholds or {}).get(label, DEFAULT_THRESHOLD)) for label in meta.labels}
+
+    @classmethod
+    def load(
+        cls,
+        source: str | Path,
+        *,
+        tracking_uri: str | None = None,
+        int8: bool = False,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        providers: list[str] | None = None,
+    ) -> RadflowModel:
+        """Open an ONNX file, ``runs:/ID``, a run id or ``models:/NAME@ALIAS`` (``int8``: its INT8 export).
+
+        ``max_pixels`` bounds decoded images (decompression bombs); ``threads`` defaults to the cores.
+        """
+        path = _resolve_source(source, tracking_uri, int8)
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(threads), providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types, not exported stably
+            raise DataError(f"not a readable ONNX model ({str(exc).splitlines()[0][:300]}).", path=path) from None
+        props = session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise DataError(
+                f"this ONNX model has no {METADATA_KEY!r} metadata (labels, preprocessing); "
+                "export models with `radflow export`.",
+                path=path,
+            )
+        return cls(session, OnnxMetadata.from_json(props[METADATA_KEY], str(path)), str(path), max_pixels)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta.labels)
+
+    @property
+    def task(self) -> str:
+        return self.meta.task
+
+    # -- input -----------------------------------------------------------------------------
+
+    def decode(self, data: bytes, name: str = "<upload>") -> DecodedImage:
+        """Decode PNG/JPEG/DICOM bytes (ImageDecodeError on bad input, with a 4xx-fit message)."""
+        return decode_image(data, name=name, max_pixels=self.max_pixels)
+
+    def prepare(self, image: DecodedImage | np.ndarray) -> np.ndarray:
+        """A decoded image (or float [0, 1] / uint8 grey array) as model-size ``uint8`` pixels."""
+        pixels = image.pixels if isinstance(image, DecodedImage) else np.asarray(image)
+        if pixels.ndim != 2:
+            raise InvalidInputError(f"expected a 2-D grey image, got an array of shape {pixels.shape}.")
+        if pixels.dtype == np.uint8:
+            if pixels.shape == (self.spec.size, self.spec.size):
+                return pixels
+            pixels = pixels.astype(np.float32) / 255.0
+        return prepare_pixels(pixels, self.spec.size)
+
+    def model_input(self, data: bytes, name: str = "<upload>") -> np.ndarray:
+        """The float32 ``(1, C, S, S)`` tensor the model receives for image bytes."""
+        return to_model_input(self.prepare(self.decode(data, name)), self.spec)
+
+    def _batch(self, pixels: np.ndarray) -> np.ndarray:
+        arr = np.asarray(pixels)
+        if arr.dtype != np.uint8:
+            raise InvalidInputError(f"pixels must be uint8 grey images (N, H, W), got dtype {arr.dtype}.")
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[0] == 0:
+            raise InvalidInputError(f"pixels must be uint8 grey images (N, H, W), got shape {arr.shape}.")
+        return to_model_size(arr, self.spec.size)
+
+    def _extra(self, n: int, extra: np.ndarray | None) -> dict[str, np.ndarray]:
+        if not self.needs_sex:
+            if extra is not None:
+                raise InvalidInputError("this model takes only the image; drop the extra input.")
+            return {}
+        if extra is None:
+            return {SEX_INPUT: np.full((n, 1), 0.5, np.float32)}  # unknown sex, as in training
+        arr = np.asarray(extra, dtype=np.float32).reshape(-1, 1) if np.ndim(extra) < 2 else np.asarray(extra)
+        if arr.shape != (n, 1):
+            raise InvalidInputError(f"extra input 'sex' must have shape ({n}, 1), got {arr.shape}.")
+        return {SEX_INPUT: arr.astype(np.float32)}
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def run(
+        self, pixels: np.ndarray, extra: np.ndarray | None = None, cam: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(predictions ``(N, L)``, CAMs ``(N, L, h, w)`` or None) for ``uint8`` pixels ``(N, H, W)``.
+
+        Pixels not at the model's size are padded and resampled by ``prepare_pixels``; ``extra`` is
+        the regression model's sex feature ``(N, 1)`` (unknown = 0.5 when omitted).
+        """
+        batch = self._batch(pixels)
+        feeds = {IMAGE_INPUT: to_model_input(batch, self.spec), **self._extra(len(batch), extra)}
+        names = [self.meta.output, *([CAM_OUTPUT] if cam and self.has_cam else [])]
+        outs = self.session.run(names, feeds)
+        return outs[0], outs[1] if len(outs) > 1 else None
+
+    def to_prediction(self, scores: np.ndarray) -> Prediction:
+        """One image's output row as findings at the thresholds (argmax for multi-class) or a value."""
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if self.meta.is_regression:
+            return Prediction(value=round(float(scores[0]), 4), unit=self.meta.target_unit)
+        top = int(np.argmax(scores))
+        findings = []
+        for i, label in enumerate(self.meta.labels):
+            threshold = self.thresholds[label]
+            positive = i == top if self.task == "multiclass" else bool(scores[i] >= threshold)
+            findings.append(Finding(label, round(float(scores[i]), 6), positive, threshold))
+        return Prediction(findings=findings)
+
+    def predict_batch(self, pixels: np.ndarray, extra: np.ndarray | None = None) -> list[Prediction]:
+        """Predictions for a batch of ``uint8`` grey images ``(N, H, W)``."""
+        scores, _ = self.run(pixels, extra, cam=False)
+        return [self.to_prediction(row) for row in scores]
+
+    def predict_bytes(self, data: bytes, name: str = "<upload>", sex: str | None = None) -> Prediction:
+        """Decode, preprocess and predict one PNG/JPEG/DICOM image.
+
+        For a regression model ``sex`` ("M"/"F") is taken from the argument, else from the DICOM header.
+        """
+        image = self.decode(data, name)
+        extra = None
+        if self.needs_sex:
+            extra = sex_feature([sex if sex is not None else image.meta.get("sex", "")])
+        return self.predict_batch(self.prepare(image)[None], extra)[0]
+
+    def cam(self, image: bytes | DecodedImage | np.ndarray, label: str, sex: str | None = None) -> np.ndarray:
+        """The raw class activation map ``(h, w)`` of ``label`` for one image."""
+        if label not in self.meta.labels:
+            raise InvalidInputError(
+                f"unknown label {label!r}; this model predicts {', '.join(self.meta.labels)}."
+                f"{did_you_mean(label, self.meta.labels)}"
+            )
+        if not self.has_cam:
+            raise ConfigError(f"{self.source} was exported without a 'cam' output; re-export it with `radflow export`.")
+        decoded = self.decode(image) if isinstance(image, bytes) else image
+        extra = None
+        if self.needs_sex:
+            found = decoded.meta.get("sex", "") if isinstance(decoded, DecodedImage) else ""
+            extra = sex_feature([sex if sex is not None else found])
+        _, cams = self.run(self.prepare(decoded)[None], extra)
+        assert cams is not None
+        return cams[0, self.meta.labels.index(label)]
+
+    def heatmap_png(
+        self,
+        image: bytes | DecodedImage | np.ndarray,
+        label: str,
+        *,
+        alpha: float = DEFAULT_ALPHA,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+    ) -> bytes:
+        """PNG bytes of ``label``'s CAM blended over the image, at the image's own size (capped at ``max_side``)."""
+        decoded = self.decode(image) if isinstance(image, bytes) else image
+        cam = self.cam(decoded, label)
+        pixels = decoded.pixels if isinstance(decoded, DecodedImage) else np.asarray(decoded)
+        if pixels.ndim != 2:
+            raise InvalidInputError(f"expected a 2-D grey image, got an array of shape {pixels.shape}.")
+        return encode_png(render_overlay(pixels, cam, alpha, max_side))

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from radflow.errors import ConfigError
+from radflow.export import export_model, write_triton_repo
+from tests.export.checkpoints import make_checkpoint
+
+
+def test_triton_repository_layout_and_config(tmp_path: Path) -> None:
+    checkpoint, _ = make_checkpoint(tmp_path, task="regression", size=64)
+    repo = tmp_path / "triton"
+    report = export_model(str(checkpoint), tmp_path / "boneage.onnx", triton_repo=repo)
+    folder = repo / "boneage"
+    assert report["triton"] == str(folder)
+    assert (folder / "1" / "model.onnx").read_bytes() == (tmp_path / "boneage.onnx").read_bytes()
+    assert (folder / "labels.txt").read_text().split("\n")[0] == "boneage"
+
+    config = (folder / "config.pbtxt").read_text()
+    assert 'name: "boneage"' in config and 'platform: "onnxruntime_onnx"' in config
+    assert "max_batch_size: 32" in config
+    assert "dynamic_batching {" in config and "max_queue_delay_microseconds: 2000" in config
+    # dims come from the graph, without the batch dimension Triton adds itself
+    blocks = config.split("name: ")
+    dims = {b.split("\n")[0].strip('"'): b.split("dims: ")[1].split("\n")[0] for b in blocks[2:]}
+    assert dims == {"image": "[ 1, 64, 64 ]", "sex": "[ 1 ]", "value": "[ 1 ]", "cam": "[ 1, 2, 2 ]"}
+    assert config.count("data_type: TYPE_FP32") == 4
+
+    session = ort.InferenceSession(str(folder / "1" / "model.onnx"))
+    value, cam = session.run(None, {"image": np.zeros((3, 1, 64, 64), np.float32), "sex": np.ones((3, 1), np.float32)})
+    assert value.shape == (3, 1) and cam.shape == (3, 1, 2, 2)
+
+
+def test_triton_options_are_checked(tmp_path: Path) -> None:
+    checkpoint, _ = make_checkpoint(tmp_path)
+    onnx_path = Path(export_model(str(checkpoint), tmp_path / "m.onnx")["onnx"])
+    folder = write_triton_repo(onnx_path, tmp_path / "repo", "chest", max_batch_size=8, max_queue_delay_us=500)
+    config = (folder / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in config and "max_queue_delay_microseconds: 500" in config
+    assert 'label_filename: "labels.txt"' in config
+    with pytest.raises(ConfigError, match="Triton model name"):
+        write_triton_repo(onnx_path, tmp_path / "repo", "bad name/")
+    with pytest.raises(ConfigError, match="max-batch-size"):
+        write_triton_repo(onnx_path, tmp_path / "repo", "chest", max_batch_size=0)

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from radflow.data.dataset import Dataset
+from radflow.data.dicom import write_dicom
+from radflow.data.ingest import IngestOptions, ingest
+from radflow.data.preprocess import PreprocessSpec, to_model_input
+from radflow.errors import ImageDecodeError
+from radflow.export import export_model, export_onnx
+from radflow.runtime import InvalidInputError, MissingOnnxError, RadflowModel
+from radflow.train.checkpoint import ModelMeta
+from tests.export.checkpoints import PoolNet, make_checkpoint, png_bytes
+
+
+@pytest.fixture(scope="module")
+def chest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An exported multi-label small_cnn at 64 px (CAM 2x2)."""
+    root = tmp_path_factory.mktemp("chest")
+    checkpoint, _ = make_checkpoint(root, size=64, n=30)
+    return Path(export_model(str(checkpoint), root / "chest.onnx", parity_n=8)["onnx"])
+
+
+def _disc_image(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((h, w), 40, np.uint8)
+    img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 230
+    return img
+
+
+def test_runtime_path_never_imports_torch(chest: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from PIL import Image
+        import io
+        from radflow.runtime import RadflowModel, score_dataset
+        model = RadflowModel.load({str(chest)!r})
+        buf = io.BytesIO()
+        Image.fromarray(np.full((80, 50), 120, np.uint8)).save(buf, format="PNG")
+        prediction = model.predict_bytes(buf.getvalue())
+        assert len(prediction.findings) == 3
+        assert model.heatmap_png(buf.getvalue(), "Cardiomegaly").startswith(b"\\x89PNG")
+        leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+        print("LEAKED" if leaked else "CLEAN", leaked[:5])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("CLEAN"), result.stdout
+
+
+def test_runtime_tensor_equals_the_ingested_dataset_tensor(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for cls in ("normal", "abnormal"):
+        (src / cls).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    jpeg = cv2.imencode(".jpg", rng.integers(0, 256, (50, 50), dtype=np.uint8))[1].tobytes()
+    files = {
+        src / "normal" / "wide.png": png_bytes(rng.integers(0, 256, (40, 70), dtype=np.uint8)),
+        src / "abnormal" / "deep16.png": png_bytes((rng.integers(0, 4096, (90, 60)) * 16).astype(np.uint16)),
+        src / "abnormal" / "photo.jpg": jpeg,
+    }
+    for path, data in files.items():
+        path.write_bytes(data)
+    info = ingest(src, "folder", tmp_path / "ds", IngestOptions(size=32, workers=1))
+    assert info["counts"]["images"] == 3
+    ds = Dataset.open(tmp_path / "ds")
+
+    meta = ModelMeta(arch="pool", task="multilabel", labels=["a", "b"], num_outputs=2, preprocess=ds.spec.to_dict())
+    model = RadflowModel.load(export_onnx(PoolNet(), meta, tmp_path / "pool.onnx"))
+    for row, source in enumerate(ds.manifest["source_path"]):
+        path = next(p for p in files if p.name == Path(source).name)
+        expected = to_model_input(ds.image(row), ds.spec)
+        np.testing.assert_array_equal(model.model_input(path.read_bytes(), path.name), expected)
+
+
+def test_cam_peaks_on_the_bright_disc_of_the_original_image(tmp_path: Path) -> None:
+    meta = ModelMeta(
+        arch="pool",
+        task="multilabel",
+        labels=["Nodule", "Background"],
+        num_outputs=2,
+        preprocess=PreprocessSpec(size=64).to_dict(),
+    )
+    model = RadflowModel.load(export_onnx(PoolNet(), meta, tmp_path / "pool.onnx"))
+    # A wide image: the model sees it padded to a square, the heatmap must land on the original.
+    image = _disc_image(60, 120, cy=30, cx=95, r=12)
+    data = png_bytes(image)
+
+    _, cams = model.run(model.prepare(model.decode(data))[None])
+    assert cams is not None and cams.shape == (1, 2, 8, 8)
+    cam = model.cam(data, "Nodule")
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert peak[1] >= 5 and 3 <= peak[0] <= 4  # right-hand side, vertical middle of the padded square
+
+    png = model.heatmap_png(data, "Nodule")
+    overlay = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape == (60, 120, 3)
+    # JET: hot = red; the reddest pixel lies on the disc
+    redness = overlay[:, :, 2].astype(int) - overlay[:, :, 0].astype(int)
+    y, x = np.unravel_index(np.argmax(redness), redness.shape)
+    assert (y - 30) ** 2 + (x - 95) ** 2 < 20**2
+    # the negatively weighted label is coldest there
+    background = model.cam(data, "Background")
+    assert np.unravel_index(np.argmin(background), background.shape) == peak
+
+
+def _dicom_without_pixels(tmp_path: Path) -> bytes:
+    path = tmp_path / "x.dcm"
+    write_dicom(path, np.zeros((16, 16), np.uint16), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_bad_input_raises_4xx_errors(chest: Path, tmp_path: Path) -> None:
+    model = RadflowModel.load(chest, max_pixels=50 * 50)
+    good = png_bytes(np.full((40, 40), 100, np.uint8))
+    cases = {
+        "empty": (b"", "empty file"),
+        "unreadable": (b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20, "corrupt or truncated PNG"),
+        "unsupported": (b"GIF89a" + b"\x00" * 200, "not a PNG, JPEG or DICOM"),
+        "dicom without pixels": (_dicom_without_pixels(tmp_path), "without pixel data"),
+        "over the pixel limit": (png_bytes(np.zeros((60, 60), np.uint8)), "above the limit"),
+    }
+    for name, (data, message) in cases.items():
+        with pytest.raises(ImageDecodeError, match=message) as err:
+            model.predict_bytes(data, name=name)
+        assert 400 <= err.value.status_code < 500 and name in str(err.value)
+
+    with pytest.raises(InvalidInputError, match=r"unknown label 'Cardiomegally'.*Did you mean 'Cardiomegaly'") as err:
+        model.heatmap_png(good, "Cardiomegally")
+    assert err.value.status_code == 422
+    with pytest.raises(InvalidInputError, match="uint8"):
+        model.predict_batch(np.zeros((2, 64, 64), np.float32))
+    with pytest.raises(InvalidInputError, match="only the image"):
+        model.predict_batch(np.zeros((2, 64, 64), np.uint8), extra=np.zeros((2, 1), np.float32))
+    (tmp_path / "model.pt").write_bytes(b"not onnx")
+    with pytest.raises(MissingOnnxError, match="radflow export"):
+        RadflowModel.load(tmp_path / "model.pt")
+
+
+def test_predictions_from_bytes_and_arrays_agree(chest: Path) -> None:
+    model = RadflowModel.load(chest, threads=1)
+    image = _disc_image(64, 64, 20, 20, 8)
+    from_bytes = model.predict_bytes(png_bytes(image))
+    from_array = model.predict_batch(image[None])[0]
+    assert from_bytes == from_array
+    assert [f.label for f in from_bytes.findings or []] == model.labels
+    assert from_bytes.to_dict()["findings"][0].keys() == {"label", "probability", "positive", "threshold"}
+    # a non-model-size array is padded and resampled like an upload of the same pixels
+    wide = _disc_image(30, 90, 15, 30, 6)
+    assert model.predict_batch(wide[None])[0] == model.predict_bytes(png_bytes(wide))
