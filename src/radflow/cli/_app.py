@@ -43,6 +43,8 @@ def _root(
     show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """MLOps for medical imaging: data, training, registry, serving and monitoring for radiograph models."""
+
+
 T = TypeVar("T")
 
 
