@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _table import print_ratio, print_table
-from radflow.data.synth import synth_chest
-
 from radflow.data.decode import decode_file
 from radflow.data.ingest import IngestOptions, ingest
 from radflow.data.preprocess import prepare_pixels
+from radflow.data.synth import synth_chest
+
+from _table import print_ratio, print_table
 
 
 def _raw(args: tuple[str, int]) -> int:

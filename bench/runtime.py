@@ -27,7 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _table import print_ratio, print_table
 from onnxruntime.quantization import CalibrationDataReader
 
 from radflow.data.preprocess import PreprocessSpec, to_model_input
@@ -36,6 +35,8 @@ from radflow.export.quantize import cpu_int8_features, quantize_int8
 from radflow.runtime.session import RadflowModel, available_cores
 from radflow.train.checkpoint import ModelMeta
 from radflow.train.models import create_model
+
+from _table import print_ratio, print_table
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 

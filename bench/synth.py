@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _table import print_ratio, print_table
-
 from radflow.data.synth import synth_chest, synth_hand
 from radflow.data.synth.common import available_cores
+
+from _table import print_ratio, print_table
 
 
 def _time(fn: object, *args: object, **kwargs: object) -> float:

@@ -24,15 +24,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _table import print_ratio, print_table
-from tests.fixtures import make_dataset
-
 from radflow.config import AugmentConfig
 from radflow.data.dataset import Dataset
 from radflow.data.preprocess import to_model_input
 from radflow.train.data import ShardBatches, augment, make_loader
 from radflow.train.losses import masked_bce
 from radflow.train.models import create_model
+from tests.fixtures import make_dataset
+
+from _table import print_ratio, print_table
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

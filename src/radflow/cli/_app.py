@@ -10,10 +10,11 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from radflow.errors import RadflowError
 
-__all__ = ["app", "console", "emit", "main", "run_command"]
+__all__ = ["app", "console", "emit", "main", "progress_bar", "run_command"]
 
 # Telemetry off before MLflow or DVC is ever imported by a command.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -63,6 +64,19 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     else:
         render(result)
+
+
+def progress_bar(name: str, quiet: bool = False) -> Progress:
+    """A progress bar on stderr (count, bar, time left); ``quiet`` hides it, e.g. under --json."""
+    return Progress(
+        TextColumn(name),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    )
 
 
 def main() -> None:

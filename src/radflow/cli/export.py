@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, progress_bar, run_command
 from radflow.errors import ConfigError, RadflowError
 
 if TYPE_CHECKING:
@@ -234,15 +233,7 @@ def score_command(
         ds = Dataset.open(dataset)
         total = len(ds.indices(split))
         runtime = load_runtime(model, tracking_uri, int8)
-        with Progress(
-            TextColumn("score"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=as_json,
-        ) as bar:
+        with progress_bar("score", quiet=as_json) as bar:
             task = bar.add_task("score", total=total)
             frame = score_dataset(
                 runtime, ds, split, batch_size, progress=lambda done: bar.update(task, completed=done)

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, progress_bar, run_command
 from radflow.data.ingest import IngestOptions, ingest
 from radflow.data.sources import FORMATS
 
@@ -83,15 +82,7 @@ def ingest_command(
     )
 
     def body() -> dict[str, Any]:
-        with Progress(
-            TextColumn("ingest"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=as_json,
-        ) as bar:
+        with progress_bar("ingest", quiet=as_json) as bar:
             task = bar.add_task("ingest", total=None)
             return ingest(
                 src, fmt, out, options, progress=lambda done, total: bar.update(task, completed=done, total=total)
