@@ -1,4 +1,5 @@
-"""params.yaml as pydantic models: the one source of truth for training, evaluation and gate settings.
+"""params.yaml as pydantic models: the one source of truth for data, split, training, evaluation, gates,
+export and serving settings.
 
 Every field has a description (shown by ``radflow train --help`` readers and in the saved config),
 unknown or misspelt keys are errors that name the key and suggest the close one, and CLI flags
@@ -16,10 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from radflow.errors import ConfigError, NotFoundError, did_you_mean
 
 __all__ = [
+    "SOURCES",
     "AugmentConfig",
+    "DataConfig",
     "EvaluateConfig",
+    "ExportConfig",
     "GateConfig",
     "Params",
+    "RegistryConfig",
+    "ServeConfig",
+    "SplitConfig",
+    "SynthConfig",
     "TrainConfig",
     "flatten_params",
     "load_params",
@@ -28,6 +36,86 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SOURCES = ("synthetic", "chexpert", "nih", "boneage", "folder", "dicom")
+"""Where a workspace's raw data comes from (``radflow init --source``); synthetic is phantom CheXpert."""
+
+
+class _Section(_Strict):
+    """A section that older params.yaml files held as a free-form mapping.
+
+    It still compares equal to the mapping of the keys a file set, so code written against the
+    dict (``params.data == {"source": "synthetic"}``) keeps working.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return self.model_dump(exclude_unset=True) == other
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class SynthConfig(_Strict):
+    """Phantom chest radiographs written by the ``synth`` stage of a synthetic workspace."""
+
+    n: int = Field(default=2000, ge=10, description="Number of phantom images.")
+    seed: int = Field(default=0, description="Seed: the same seed writes the same bytes.")
+    size: int = Field(default=256, ge=16, description="Phantom image width in pixels (height is 1.2x).")
+    dicom_fraction: float = Field(default=0.0, ge=0, le=1, description="Share of images written as DICOM.")
+
+
+class DataConfig(_Section):
+    """Where the raw data comes from and how it is ingested into a dataset."""
+
+    source: Literal["synthetic", "chexpert", "nih", "boneage", "folder", "dicom"] = Field(
+        default="synthetic", description="Raw data source; synthetic writes phantom CheXpert-layout images."
+    )
+    raw: str = Field(default="data/raw", description="Raw data folder in the workspace (tracked by DVC).")
+    size: int = Field(default=256, ge=16, description="Side of the square training image, in pixels.")
+    uncertain: str = Field(
+        default="zeros",
+        description="CheXpert uncertain (-1) policy: zeros|ones|ignore, or per label: 'zeros,Edema=ones'.",
+    )
+    labels: list[str] | None = Field(default=None, description="Label columns to keep (default: all).")
+    frontal_only: bool = Field(default=False, description="Keep frontal views only.")
+    labels_csv: str | None = Field(default=None, description="DICOM: labels CSV keyed by SOPInstanceUID or path.")
+    synth: SynthConfig = Field(default_factory=lambda: SynthConfig(), description="Phantom data (source synthetic).")
+
+    @property
+    def format(self) -> str:
+        """The ingest format of the source (phantom data is written in CheXpert's layout)."""
+        return "chexpert" if self.source == "synthetic" else self.source
+
+
+class SplitConfig(_Section):
+    """Patient-level train/val/test split."""
+
+    val: float = Field(default=0.1, ge=0, lt=1, description="Fraction of images for validation.")
+    test: float = Field(default=0.15, ge=0, lt=1, description="Fraction of images for the test set.")
+    seed: int = Field(default=0, description="Seed; the same seed gives the same split.")
+
+
+class ExportConfig(_Strict):
+    """ONNX export of the trained model."""
+
+    opset: int = Field(default=17, ge=17, description="ONNX opset.")
+    int8: bool = Field(default=False, description="Also write a checked INT8 model.")
+    triton: bool = Field(default=False, description="Also write a Triton model repository (models/triton).")
+
+
+class RegistryConfig(_Strict):
+    """Where the register stage puts the model."""
+
+    name: str = Field(default="chest-xray", min_length=1, description="Registered model name.")
+
+
+class ServeConfig(_Strict):
+    """How ``radflow serve --workspace`` serves the champion."""
+
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port to listen on.")
 
 
 class AugmentConfig(_Strict):
@@ -118,11 +206,14 @@ class GateConfig(_Strict):
 class Params(_Strict):
     """The whole params.yaml."""
 
-    data: dict[str, Any] = Field(default_factory=dict, description="Data source and ingest settings.")
-    split: dict[str, Any] = Field(default_factory=dict, description="Patient-level split settings.")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(), description="Data source and ingest settings.")
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig(), description="Patient-level split settings.")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(), description="Training settings.")
     evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig(), description="Evaluation settings.")
     gates: GateConfig = Field(default_factory=lambda: GateConfig(), description="Registry quality gates.")
+    export: ExportConfig = Field(default_factory=lambda: ExportConfig(), description="ONNX export settings.")
+    registry: RegistryConfig = Field(default_factory=lambda: RegistryConfig(), description="Model registry settings.")
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig(), description="Serving settings.")
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:
         """A copy with dotted keys replaced, e.g. ``{"train.epochs": 3, "train.augment.hflip": True}``.

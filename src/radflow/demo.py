@@ -1,12 +1,14 @@
-"""``radflow demo``: the main job end to end on embedded defaults, in a scratch workspace.
+"""``radflow demo``: the main job end to end on embedded defaults, through a reproducible workspace.
 
-Phantom chest radiographs -> ingest -> patient-level split -> train (small CNN) with the run
-in MLflow -> clinician-grade evaluation -> register through the quality gates -> promote
-to champion -> export to ONNX with a parity check. Each step is timed.
+``radflow init DIR --source synthetic`` with the demo's sizes -> ``radflow run`` (phantom chest
+radiographs -> ingest -> patient-level split -> train -> evaluate -> export -> register, as a DVC
+experiment) -> promote the registered version to champion when it passed its gates. Each step is
+timed. Serving the champion is the caller's next step (``radflow serve --workspace DIR``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -14,16 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radflow.config import Params
-from radflow.data.ingest import IngestOptions, ingest
-from radflow.data.split import split_dataset
-from radflow.data.synth import synth_chest
-from radflow.export.pipeline import export_model
-from radflow.registry import promote, register
-from radflow.tracking import resolve_tracking_uri
-from radflow.train.loop import train
-
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["MODEL_NAME", "DemoConfig", "DemoResult", "run_demo", "serve_command"]
 
 MODEL_NAME = "chest-xray"
 
@@ -41,42 +34,52 @@ class DemoConfig:
     """The five findings the phantom draws (CheXpert names)."""
     fresh: bool = True
     """Start from an empty workspace (the demo's MLflow store and registry included)."""
+    sets: tuple[str, ...] = ()
+    """Further params as ``key=value`` (``train.arch=resnet18``), written into the workspace's params.yaml."""
 
 
 @dataclass
 class DemoResult:
     workdir: Path
     steps: list[dict[str, Any]] = field(default_factory=list)
-    dataset: dict[str, Any] = field(default_factory=dict)
-    split: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     registration: dict[str, Any] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)
+    promotion: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "workdir": str(self.workdir),
             "steps": self.steps,
-            "dataset": {k: self.dataset[k] for k in ("version", "task", "labels", "counts")},
-            "split": self.split,
-            "training": self.training,
+            "run": self.run,
             "evaluation": self.evaluation,
             "registration": self.registration,
-            "export": self.export,
+            "promotion": self.promotion,
         }
 
 
-def run_demo(config: DemoConfig, on_step: Callable[[str], None] | None = None) -> DemoResult:
-    """Run the demo pipeline in ``config.workdir``; ``on_step(name)`` is called as each step starts."""
+def serve_command(workdir: Path) -> str:
+    """The command that serves the demo's champion with the UI."""
+    return f"radflow serve --workspace {workdir}"
+
+
+def run_demo(
+    config: DemoConfig, on_step: Callable[[str], None] | None = None, on_line: Callable[[str], None] | None = None
+) -> DemoResult:
+    """Run the demo in ``config.workdir``; ``on_step(name)`` is called as each step starts.
+
+    ``on_line`` receives the pipeline's (DVC's) output line by line.
+    """
+    from radflow.pipeline.dvc_yaml import EVAL_DIR
+    from radflow.pipeline.run import parse_sets, run_pipeline
+    from radflow.pipeline.workspace import init_workspace
+    from radflow.registry import promote
+    from radflow.tracking import resolve_tracking_uri
+
     workdir = config.workdir.resolve()
     if config.fresh and workdir.exists():
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     result = DemoResult(workdir=workdir)
-    raw = workdir / "data" / "raw" / "CheXpert-v1.0-phantom"
-    dataset = workdir / "data" / "dataset"
-    tracking_uri = resolve_tracking_uri(workspace=workdir)
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
         if on_step:
@@ -86,28 +89,28 @@ def run_demo(config: DemoConfig, on_step: Callable[[str], None] | None = None) -
         result.steps.append({"step": name, "seconds": round(time.perf_counter() - start, 2)})
         return value
 
-    step("synth", lambda: synth_chest(raw, n=config.n, seed=config.seed, size=max(config.size * 2, 256)))
-    result.dataset = step(
-        "ingest",
-        lambda: ingest(raw, "chexpert", dataset, IngestOptions(size=config.size, labels=list(config.labels))),
-    )
-    result.split = step("split", lambda: split_dataset(dataset, val=0.1, test=0.15, seed=config.seed))
-    params = Params().with_overrides({"train.epochs": config.epochs, "train.seed": config.seed})
-    trained = step(
-        "train + evaluate",
-        lambda: train(dataset, params, tracking_uri=tracking_uri, out_dir=workdir / "checkpoints"),
-    )
-    result.training = {k: v for k, v in trained.to_dict().items() if k != "evaluation"}
-    result.evaluation = trained.evaluation or {}
-    result.registration = step(
-        "register", lambda: register(trained.run_id, MODEL_NAME, params.gates, tracking_uri=tracking_uri)
-    )
-    if result.registration["passed"]:
-        step("promote", lambda: promote(MODEL_NAME, result.registration["version"], tracking_uri=tracking_uri))
-        result.export = step(
-            "export",
-            lambda: export_model(
-                f"models:/{MODEL_NAME}@champion", workdir / "models" / "model.onnx", tracking_uri=tracking_uri
-            ),
-        )
+    overrides: dict[str, Any] = {
+        "data.synth.n": config.n,
+        "data.synth.seed": config.seed,
+        # Phantoms are drawn at twice the training size (at least 256 px), as a scanner's film would be.
+        "data.synth.size": max(config.size * 2, 256),
+        "data.size": config.size,
+        "data.labels": list(config.labels),
+        "split.seed": config.seed,
+        "train.epochs": config.epochs,
+        "train.seed": config.seed,
+        "registry.name": MODEL_NAME,
+        **parse_sets(list(config.sets)),
+    }
+    if not (workdir / "dvc.yaml").is_file():
+        step("init", lambda: init_workspace(workdir, "synthetic", overrides=overrides))
+    result.run = step("pipeline", lambda: run_pipeline(workdir, on_line=on_line))
+    evaluation = workdir / EVAL_DIR / "evaluation.json"
+    if evaluation.is_file():
+        result.evaluation = json.loads(evaluation.read_text())
+    result.registration = result.run.get("registration", {})
+    reg = result.registration
+    if reg.get("passed"):
+        uri = resolve_tracking_uri(workspace=workdir)
+        result.promotion = step("promote", lambda: promote(reg["name"], reg["version"], tracking_uri=uri))
     return result

@@ -14,6 +14,7 @@ from radflow.cli import registry as _registry  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401
 from radflow.cli import synth as _synth  # noqa: F401
 from radflow.cli import train as _train  # noqa: F401
+from radflow.cli import workspace as _workspace  # noqa: F401
 from radflow.cli._app import app, main
 
 __all__ = ["app", "main"]

@@ -1,53 +1,47 @@
-"""``radflow demo``: what ``make demo`` runs — the main job on embedded defaults."""
+"""``radflow demo``: what ``make demo`` runs — the main job on embedded defaults, through a workspace."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from radflow.cli._app import app, console, emit, run_command
-from radflow.demo import MODEL_NAME, DemoConfig, DemoResult, run_demo
-from radflow.evaluate.report import render_evaluation
+
+if TYPE_CHECKING:
+    from radflow.demo import DemoResult
 
 __all__ = ["demo_command"]
 
 
 def _render(result: DemoResult) -> None:
-    info = result.dataset
-    counts = result.split["counts"]
-    table = Table("split", "images", "patients", title=f"dataset {result.split['version']} ({info['task']})")
-    for split in ("train", "val", "test"):
-        table.add_row(split, str(counts[split]["images"]), str(counts[split]["patients"]))
-    console.print(table)
-    positives = Table("label", "train", "val", "test", title="positive images per split")
-    for label, per_split in result.split["positives"].items():
-        positives.add_row(label, *(str(per_split[s]) for s in ("train", "val", "test")))
-    console.print(positives)
+    from radflow.cli.workspace import render_results
+    from radflow.demo import serve_command
+    from radflow.evaluate.report import render_evaluation
+
+    render_results(result.run)
     if result.evaluation:
         render_evaluation(result.evaluation, console)
-    reg = result.registration
-    if reg:
-        verdict = "[green]passed[/]" if reg["passed"] else "[red]failed[/]"
-        console.print(f"registered {reg['name']} version {reg['version']}: gates {verdict}")
-        for failure in reg.get("failures", []):
-            console.print(f"[red]  {failure}[/]")
-        if reg["passed"]:
-            console.print(f"promoted to models:/{MODEL_NAME}@champion")
-    if result.export:
-        console.print(f"exported ONNX: {result.export.get('onnx') or result.export}")
+    if result.promotion:
+        console.print(
+            f"promoted to models:/{result.promotion['name']}@champion (version {result.promotion['version']})"
+        )
+    elif result.registration:
+        console.print("[yellow]not promoted:[/] the model failed its quality gates (see above)")
     timing = Table("step", "seconds", title="timing")
     for step in result.steps:
         timing.add_row(step["step"], f"{step['seconds']:.1f}")
     timing.add_row("[bold]total[/]", f"{sum(s['seconds'] for s in result.steps):.1f}")
     console.print(timing)
     console.print(
-        f"workspace: {result.workdir}\n"
+        f"workspace: {result.workdir}  (cd there: radflow run -S train.lr=3e-4 · dvc exp show)\n"
+        f"lineage:   radflow lineage models:/{result.registration.get('name', 'chest-xray')}@champion "
+        f"--workspace {result.workdir}\n"
         f"browse runs: radflow ui --workspace {result.workdir}\n"
-        f"predict:     radflow predict models:/{MODEL_NAME}@champion IMAGE "
-        f"--tracking-uri sqlite:///{result.workdir}/mlflow.db"
+        f"serve:     {serve_command(result.workdir)}",
+        highlight=False,
     )
 
 
@@ -58,14 +52,31 @@ def demo_command(
     size: Annotated[int, typer.Option(help="Training image size in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for data generation, splitting and training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs (early stopping may end sooner).")] = 12,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", "-S", help="Any other param for the workspace: -S train.lr=3e-4.")
+    ] = None,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Stop after the pipeline; do not serve.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run the main job: phantom X-rays -> dataset -> trained, evaluated, registered, exported model."""
-    config = DemoConfig(workdir=workdir, n=n, size=size, seed=seed, epochs=epochs)
+    """Run the main job in a workspace: phantom X-rays -> dataset -> trained, evaluated, registered champion."""
+    from radflow.demo import DemoConfig, run_demo, serve_command
+
+    config = DemoConfig(workdir=workdir, n=n, size=size, seed=seed, epochs=epochs, sets=tuple(sets or []))
+
+    def show(line: str) -> None:
+        if not as_json:
+            console.print(line, highlight=False, markup=False)
 
     def body() -> DemoResult:
-        return run_demo(config, on_step=lambda name: console.print(f"[bold cyan]==>[/] {name}"))
+        return run_demo(config, on_step=lambda name: console.print(f"[bold cyan]==>[/] {name}"), on_line=show)
 
     result = run_command(body)
     payload: dict[str, Any] = result.to_dict()
     emit(payload if as_json else result, as_json, _render)
+    if not no_serve:
+        # Serving is wired in separately; say what would serve the champion.
+        console.print(
+            f"next: {serve_command(result.workdir)}  (UI at http://127.0.0.1:8000; `radflow demo --no-serve` "
+            "stops here)",
+            highlight=False,
+        )

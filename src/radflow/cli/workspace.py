@@ -1,0 +1,161 @@
+"""``radflow init`` / ``run`` / ``lineage``: reproducible workspaces on DVC (and the hidden ``stage`` command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from radflow.cli._app import app, console, emit, run_command
+
+__all__ = ["init_command", "lineage_command", "run_pipeline_command", "stage_command"]
+
+
+def _render_init(info: dict[str, Any]) -> None:
+    console.print(f"[bold green]workspace[/] {info['workspace']} ({info['source']}) · commit {info['commit'][:8]}")
+    console.print(f"stages: {' -> '.join(info['stages'])}")
+    if info["raw_data"]:
+        console.print(f"raw data {info['raw_data']} tracked by DVC (md5 {info['raw_md5']})", highlight=False)
+    console.print(f"DVC remote: {info['remote']}  (dvc push / dvc pull)", highlight=False)
+    console.print(f"next: cd {info['workspace']} && radflow run", highlight=False)
+
+
+@app.command("init")
+def init_command(
+    directory: Annotated[Path, typer.Argument(help="New (or empty) folder for the workspace.")],
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="synthetic, chexpert, nih, boneage, folder or dicom.")
+    ] = "synthetic",
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Raw data folder (or label CSV) for a real source.")
+    ] = None,
+    remote: Annotated[str | None, typer.Option(help="DVC remote URL or path (default: DIR/.dvc-remote).")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", "-S", help="Write a param into params.yaml: -S train.epochs=3.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Create a workspace: git + DVC, params.yaml with every tunable, and the radflow pipeline in dvc.yaml."""
+    from radflow.pipeline.run import parse_sets
+    from radflow.pipeline.workspace import init_workspace
+
+    info = run_command(lambda: init_workspace(directory, source, data, remote=remote, overrides=parse_sets(sets or [])))
+    emit(info, as_json, _render_init)
+
+
+def render_results(result: dict[str, Any]) -> None:
+    """The table ``radflow run`` prints: which stages ran, the test metrics and the registration."""
+    stages = Table("stage", "status", "seconds", title=f"pipeline ({result['seconds']:.1f} s)")
+    timing = result.get("stage_seconds", {})
+    for name in result["ran"]:
+        stages.add_row(name, "[green]ran[/]", f"{timing[name]:.1f}" if name in timing else "")
+    for name in result["skipped"]:
+        stages.add_row(name, "unchanged", "")
+    console.print(stages)
+    metrics = result["metrics"]
+    if metrics:
+        table = Table("metric", "value", title=f"test metrics (dataset {metrics.get('dataset_version', '?')[:12]})")
+        from radflow.registry import HEADLINE_METRICS
+
+        # The headline only; per-label numbers are in reports/evaluation and `dvc metrics show`.
+        for key in HEADLINE_METRICS:
+            value = metrics.get(key)
+            if isinstance(value, float | int):
+                table.add_row(key, f"{value:.4f}")
+        console.print(table)
+    reg = result["registration"]
+    if reg:
+        verdict = "[green]passed[/] -> @challenger" if reg["passed"] else "[red]failed[/] (no alias)"
+        console.print(f"registered {reg['name']} version {reg['version']}: gates {verdict}")
+        for failure in reg.get("failures", []):
+            console.print(f"[red]  {failure}[/]", highlight=False)
+    if result.get("experiment"):
+        console.print(f"experiment {result['experiment']} · compare: dvc exp show · dvc metrics diff · dvc plots show")
+
+
+@app.command("run")
+def run_pipeline_command(
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", "-S", help="Change a param for this run: -S train.lr=3e-4.")
+    ] = None,
+    workspace: Annotated[
+        Path | None, typer.Option(help="Workspace folder (default: the one holding the current folder).")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Experiment name (default: DVC picks one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the workspace pipeline as a DVC experiment; only stages whose inputs changed rerun."""
+    from radflow.pipeline.run import run_pipeline
+
+    def show(line: str) -> None:
+        if not as_json:
+            console.print(line, highlight=False, markup=False)
+
+    result = run_command(lambda: run_pipeline(workspace, sets or [], name=name, on_line=show))
+    emit(result, as_json, render_results)
+
+
+def _render_lineage(info: dict[str, Any]) -> None:
+    git = info["git"]
+    dirty = " [yellow](dirty tree)[/]" if git["dirty"] else ""
+    console.print(f"[bold]{info['model']}[/] ({info['asked']}) · run {info['run_id']}", highlight=False)
+    console.print(f"git commit {git['commit']}{dirty}", highlight=False)
+    if info.get("dvc_experiment"):
+        console.print(f"DVC experiment {info['dvc_experiment']}", highlight=False)
+    console.print(f"dataset version {info['dataset']['version']} ({info['dataset']['task']})", highlight=False)
+    hashes = Table("stage", "path", "md5", title="data and outputs (dvc.lock)")
+    for stage, outs in info["data_hashes"].items():
+        for path, md5 in outs.items():
+            hashes.add_row(stage, path, md5)
+    console.print(hashes)
+    if info["params_changed"]:
+        console.print("params set for this run: " + ", ".join(info["params_changed"]), highlight=False)
+    console.print("[bold]reproduce[/] (in a clone of the workspace):")
+    for command in info["reproduce"]:
+        console.print(f"  {command}", highlight=False, markup=False)
+
+
+@app.command("lineage")
+def lineage_command(
+    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    workspace: Annotated[
+        Path | None, typer.Option(help="Workspace whose mlflow.db holds the registry (default: current one).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the workspace's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lineage as JSON.")] = False,
+) -> None:
+    """Where a registered model came from: git commit, DVC data hashes, dataset version, params; how to rebuild it."""
+    from radflow.errors import NotFoundError
+    from radflow.pipeline.lineage import show_lineage
+    from radflow.pipeline.workspace import find_workspace
+    from radflow.tracking import resolve_tracking_uri
+
+    def body() -> dict[str, Any]:
+        uri = tracking_uri
+        if uri is None and workspace is not None:
+            uri = resolve_tracking_uri(None, find_workspace(workspace))
+        elif uri is None:
+            try:
+                uri = resolve_tracking_uri(None, find_workspace())
+            except NotFoundError:
+                uri = None  # outside a workspace: MLFLOW_TRACKING_URI or ./mlflow.db
+        return show_lineage(model, uri)
+
+    emit(run_command(body), as_json, _render_lineage)
+
+
+@app.command("stage", hidden=True)
+def stage_command(
+    name: Annotated[
+        str, typer.Argument(help="Pipeline stage: synth, ingest, split, train, evaluate, export, register.")
+    ],
+) -> None:
+    """Run one pipeline stage in the current workspace (what dvc.yaml calls; use `radflow run` instead)."""
+    from radflow.pipeline.stages import run_stage
+
+    run_command(lambda: run_stage(name))
+    console.print(f"stage {name} done")

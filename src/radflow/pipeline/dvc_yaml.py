@@ -1,0 +1,107 @@
+"""The workspace's ``dvc.yaml``: one stage per radflow step, with the exact deps, outs, params and metrics.
+
+Every stage runs ``radflow stage NAME``, which reads ``params.yaml`` and calls the same library
+function as the matching user command (``radflow synth``, ``ingest``, ``split``, ``train``,
+``evaluate``, ``export``, ``register``). DVC decides what to rerun from what is declared here, so
+each stage lists only the params sections it reads: changing ``train.lr`` reruns train and what
+follows it, never ingest or split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from radflow.config import Params
+
+__all__ = [
+    "CHECKPOINTS",
+    "DATASET",
+    "EVAL_DIR",
+    "EXPORT_DIR",
+    "METRICS",
+    "MODEL",
+    "ONNX",
+    "REGISTRATION",
+    "ROC",
+    "SPLIT_DATASET",
+    "STAGES",
+    "SYNTH_DIR",
+    "TRAIN_METRICS",
+    "dvc_yaml",
+    "raw_path",
+]
+
+SYNTH_DIR = "data/raw/CheXpert-v1.0-phantom"
+"""Where the synth stage writes phantom data (the folder name prefixes CheXpert's CSV paths)."""
+DATASET = "data/dataset"
+SPLIT_DATASET = "data/split"
+CHECKPOINTS = "models/checkpoints"
+TRAIN_METRICS = "metrics/train.json"
+MODEL = "models/model.pt"
+EVAL_DIR = "reports/evaluation"
+METRICS = "metrics/evaluation.json"
+ROC = "plots/roc.json"
+EXPORT_DIR = "models/export"
+ONNX = f"{EXPORT_DIR}/model.onnx"
+REGISTRATION = "models/registration.json"
+STAGES = ("synth", "ingest", "split", "train", "evaluate", "export", "register")
+
+_INGEST_PARAMS = [
+    "data.source",
+    "data.raw",
+    "data.size",
+    "data.uncertain",
+    "data.labels",
+    "data.frontal_only",
+    "data.labels_csv",
+]
+
+
+def raw_path(params: Params) -> str:
+    """The raw data folder ingest reads: the synth stage's output for phantom data, else ``data.raw``."""
+    return SYNTH_DIR if params.data.source == "synthetic" else params.data.raw
+
+
+def _stage(name: str, deps: list[str], params: list[str], outs: list[Any], **extra: Any) -> dict[str, Any]:
+    stage: dict[str, Any] = {"cmd": f"radflow stage {name}"}
+    if deps:
+        stage["deps"] = deps
+    stage["params"] = params
+    if outs:
+        stage["outs"] = outs
+    stage.update(extra)
+    return stage
+
+
+def dvc_yaml(params: Params) -> dict[str, Any]:
+    """The ``dvc.yaml`` content for a workspace with these params (the synth stage only for phantom data)."""
+    stages: dict[str, Any] = {}
+    raw = raw_path(params)
+    if params.data.source == "synthetic":
+        stages["synth"] = _stage("synth", [], ["data.synth"], [raw])
+    stages["ingest"] = _stage("ingest", [raw], _INGEST_PARAMS, [DATASET])
+    stages["split"] = _stage("split", [DATASET], ["split"], [SPLIT_DATASET])
+    stages["train"] = _stage(
+        "train",
+        [SPLIT_DATASET],
+        ["train"],
+        # Checkpoints persist between runs: last.pt is what an interrupted training resumes from.
+        [{CHECKPOINTS: {"persist": True, "cache": False}}],
+        metrics=[{TRAIN_METRICS: {"cache": False}}],
+    )
+    stages["evaluate"] = _stage(
+        "evaluate",
+        [SPLIT_DATASET, f"{CHECKPOINTS}/best.pt", TRAIN_METRICS],
+        ["evaluate"],
+        [MODEL, EVAL_DIR],
+        metrics=[{METRICS: {"cache": False}}],
+        plots=[{ROC: {"cache": False, "x": "fpr", "y": "tpr", "template": "simple", "title": "ROC (test split)"}}],
+    )
+    stages["export"] = _stage("export", [MODEL, SPLIT_DATASET, TRAIN_METRICS], ["export"], [EXPORT_DIR])
+    stages["register"] = _stage(
+        "register",
+        [MODEL, EXPORT_DIR, TRAIN_METRICS, METRICS],
+        ["gates", "registry"],
+        [{REGISTRATION: {"cache": False}}],
+    )
+    return {"stages": stages}

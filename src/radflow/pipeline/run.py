@@ -1,0 +1,179 @@
+"""``radflow run``: the workspace pipeline as a DVC experiment, and what it produced.
+
+Parameters given as ``-S key=value`` are checked against :class:`radflow.config.Params` first (a
+misspelt key fails with a suggestion before DVC starts), then handed to ``dvc exp run``, which
+reruns only the stages whose deps or params changed. DVC's log says which stages ran and which
+were skipped; the result also carries the metrics, the registration and the timing.
+
+A run with nothing changed must be quick, but DVC needs several seconds just to walk a raw
+dataset of a few thousand per-study folders. So after each successful run radflow records a
+signature of the pipeline's inputs and outputs (params.yaml, dvc.yaml, dvc.lock, and path, size,
+mtime and inode of every file under a stage's deps and outs, the same facts DVC's own state cache
+trusts); when a plain ``radflow run`` finds the same signature, nothing can rerun and DVC is not
+started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from radflow.config import load_params
+from radflow.errors import ConfigError, RadflowError
+from radflow.pipeline import dvc_yaml as paths
+from radflow.pipeline.workspace import find_workspace, git_env
+
+__all__ = ["SIGNATURE_FILE", "parse_sets", "pipeline_signature", "run_pipeline"]
+
+SIGNATURE_FILE = ".dvc/tmp/radflow-run.json"
+
+_RAN = re.compile(r"Running stage '([^']+)'")
+_SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
+_EXP = re.compile(r"Ran experiment\(s\): (\S+)|Experiment '?([\w-]+)'? (?:is|was)")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4"]`` to ``{"train.lr": 3e-4}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"-S expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}.")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data
+
+
+def _stage_paths(root: Path) -> tuple[list[str], list[str]]:
+    """(stage names, every dep/out/metric/plot path) of ``dvc.yaml``."""
+    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    found: set[str] = set()
+    for stage in stages.values():
+        for kind in ("deps", "outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                found.add(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return list(stages), sorted(found)
+
+
+def pipeline_signature(root: Path) -> str:
+    """A digest that changes when anything a stage reads or writes may have changed (see the module docstring)."""
+    digest = hashlib.sha256()
+    for name in (
+        "params.yaml",
+        "dvc.yaml",
+        "dvc.lock",
+        *sorted(str(p.relative_to(root)) for p in [*root.glob("*.dvc"), *root.glob("data/*.dvc")]),
+    ):
+        path = root / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    for rel in _stage_paths(root)[1]:
+        top = root / rel
+        files = [top] if top.is_file() else []
+        for folder, dirs, names in os.walk(top):
+            dirs.sort()
+            files += [Path(folder) / n for n in sorted(names)]
+        if not files and not top.exists():
+            digest.update(f"{rel}:missing\0".encode())
+        for file in files:
+            st = file.stat()
+            digest.update(f"{file.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}\0".encode())
+    return digest.hexdigest()
+
+
+def _unchanged(root: Path) -> bool:
+    try:
+        recorded = json.loads((root / SIGNATURE_FILE).read_text()).get("signature")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(recorded) and recorded == pipeline_signature(root)
+
+
+def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | None, seconds: float) -> dict[str, Any]:
+    return {
+        "workspace": str(root),
+        "ran": ran,
+        "skipped": skipped,
+        "experiment": experiment,
+        "seconds": round(seconds, 2),
+        "metrics": _read(root / paths.METRICS),
+        "training": _read(root / paths.TRAIN_METRICS),
+        "registration": _read(root / paths.REGISTRATION),
+    }
+
+
+def run_pipeline(
+    workspace: Path | None = None,
+    sets: list[str] | None = None,
+    *,
+    name: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline of ``workspace`` (default: the one holding cwd) as a DVC experiment.
+
+    ``on_line`` receives DVC's output line by line as it comes. Returns ``{"workspace", "ran",
+    "skipped", "experiment", "seconds", "stage_seconds", "metrics", "training", "registration"}``.
+    """
+    root = find_workspace(workspace)
+    sets = list(sets or [])
+    # Validate before DVC sees anything: the file itself, then each override's key and value.
+    load_params(root / "params.yaml").with_overrides(parse_sets(sets))
+    started = time.perf_counter()
+    if not sets and not name and _unchanged(root):
+        if on_line:
+            on_line("Nothing changed since the last run: every stage is up to date.")
+        return {**_result(root, [], _stage_paths(root)[0], None, time.perf_counter() - started), "stage_seconds": {}}
+    command = [sys.executable, "-m", "dvc", "exp", "run"]
+    for item in sets:
+        command += ["-S", item]
+    if name:
+        command += ["--name", name]
+    lines: list[str] = []
+    # When each stage started (from DVC's "Running stage" lines), for the per-stage timing.
+    marks: list[tuple[str, float]] = []
+    with subprocess.Popen(
+        command, cwd=root, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            stage = _RAN.search(line)
+            if stage:
+                marks.append((stage.group(1), time.perf_counter()))
+            if on_line:
+                on_line(line.rstrip("\n"))
+        code = proc.wait()
+    ended = time.perf_counter()
+    seconds = ended - started
+    stage_seconds = {
+        name: round((marks[i + 1][1] if i + 1 < len(marks) else ended) - at, 1) for i, (name, at) in enumerate(marks)
+    }
+    text = "\n".join(lines)
+    if code != 0:
+        tail = "\n".join(line for line in lines[-15:] if line.strip())
+        raise RadflowError(f"the pipeline failed (dvc exp run exited {code}) in {root}:\n{tail}")
+    ran = _RAN.findall(text)
+    skipped = [s for s in _SKIPPED.findall(text) if s not in ran]
+    experiment = None
+    for match in _EXP.finditer(text):
+        experiment = match.group(1) or match.group(2)
+    stamp = root / SIGNATURE_FILE
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"signature": pipeline_signature(root)}))
+    return {**_result(root, ran, skipped, experiment, seconds), "stage_seconds": stage_seconds}

@@ -1,0 +1,187 @@
+"""``radflow init``: a workspace is a git repo + DVC project with ``params.yaml`` and the radflow pipeline.
+
+Layout (see ARCHITECTURE.md): ``params.yaml`` (every tunable), ``dvc.yaml`` (the stages),
+``data/raw`` (raw images, tracked by DVC: the synth stage's output for phantom data, ``dvc add``-ed
+otherwise), ``data/dataset`` and ``data/split`` (stage outputs), ``models/``, ``metrics/``,
+``plots/``, ``reports/``, and ``mlflow.db`` / ``mlartifacts/`` (the MLflow store, not in git).
+The DVC cache links files (hardlink, else symlink) instead of storing images twice; a local
+remote (``.dvc-remote/`` unless ``--remote`` says otherwise) makes ``dvc push`` / ``dvc pull`` work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from radflow.config import SOURCES, Params, load_params
+from radflow.errors import ConfigError, NotFoundError, RadflowError, did_you_mean
+from radflow.pipeline.dvc_yaml import SYNTH_DIR, dvc_yaml
+
+__all__ = ["DEFAULT_REMOTE", "find_workspace", "git_env", "init_workspace", "run_git"]
+
+DEFAULT_REMOTE = ".dvc-remote"
+GIT_USER = ("radflow", "radflow@localhost")
+_GITIGNORE = """\
+# MLflow store, pseudonymisation key, DVC's default local remote, checkpoints (kept out of git)
+/mlflow.db
+/mlartifacts/
+/.radflow-salt
+/.dvc-remote/
+/models/checkpoints/
+"""
+
+
+def git_env() -> dict[str, str]:
+    """The environment for git and DVC subprocesses: telemetry off, radflow's interpreter first on PATH."""
+    env = dict(os.environ)
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Stages run `radflow stage NAME`: make that the radflow of this interpreter even without an active venv.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``git ARGS`` in ``root``; a failure raises RadflowError with git's message."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, env=git_env(), timeout=120)
+    except FileNotFoundError:
+        raise RadflowError("git is not installed; a radflow workspace is a git repository. Install git.") from None
+    if check and done.returncode != 0:
+        raise RadflowError(f"git {' '.join(args)} failed in {root}: {done.stderr.strip() or done.stdout.strip()}")
+    return done
+
+
+def find_workspace(start: Path | None = None) -> Path:
+    """The workspace holding ``start`` (default: cwd): the nearest folder up with params.yaml, dvc.yaml and .dvc/."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / ".dvc").is_dir() and (folder / "params.yaml").is_file():
+            return folder
+    raise NotFoundError(
+        f"{here} is not inside a radflow workspace (no params.yaml + dvc.yaml + .dvc/ here or above). "
+        "Create one with `radflow init DIR --source synthetic` and run commands inside it, or pass --workspace DIR."
+    )
+
+
+def _copy_raw(src: Path, dst: Path) -> None:
+    """Bring the raw data into the workspace, hard-linking files where the filesystem allows."""
+
+    def link_or_copy(a: str, b: str) -> object:
+        try:
+            os.link(a, b)
+            return b
+        except OSError:
+            return shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link_or_copy)
+    else:  # a label CSV: take the folder it sits in, images and all
+        shutil.copytree(src.parent, dst, copy_function=link_or_copy)
+
+
+@contextlib.contextmanager
+def _quiet_dvc() -> Iterator[None]:
+    """Keep DVC's in-process logging (its "Initialized DVC repository" banner) off our stdout.
+
+    DVC's handlers hold the stream they first saw; under a test runner that stream may be closed by now.
+    """
+    import dvc  # noqa: F401  # importing dvc installs its handlers: do it before they are swapped out
+
+    logger = logging.getLogger("dvc")
+    saved = (logger.handlers[:], logger.propagate)
+    logger.handlers, logger.propagate = [logging.NullHandler()], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
+def _setup_dvc(root: Path, params: Params, remote_url: str, data: Path | None) -> None:
+    from dvc.repo import Repo
+
+    repo = Repo.init(str(root))
+    try:
+        with repo.config.edit() as conf:
+            conf["core"]["analytics"] = False
+            # Link files from the cache instead of copying: images are not stored twice.
+            conf["cache"]["type"] = "hardlink,symlink"
+            conf["remote"]["local"] = {"url": remote_url}
+            conf["core"]["remote"] = "local"
+        if data is not None:
+            _copy_raw(Path(data), root / params.data.raw)
+            repo.add(str(root / params.data.raw))
+    finally:
+        repo.close()
+
+
+def _raw_md5(root: Path, params: Params) -> str | None:
+    outs = (yaml.safe_load((root / f"{params.data.raw}.dvc").read_text()) or {}).get("outs", [])
+    return str(outs[0].get("md5")) if outs else None
+
+
+def init_workspace(
+    directory: Path,
+    source: str = "synthetic",
+    data: Path | None = None,
+    *,
+    remote: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create a workspace in ``directory`` (new or empty); returns a summary of what was made.
+
+    ``overrides`` are dotted params (``{"train.epochs": 1}``) written into params.yaml.
+    """
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}.{did_you_mean(source, SOURCES)} Sources: {', '.join(SOURCES)}.")
+    root = Path(directory).resolve()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(f"{root} exists and is not an empty folder; pick a new directory for the workspace.")
+    if source != "synthetic":
+        if data is None:
+            raise ConfigError(f"--source {source} needs --data PATH: the folder (or label CSV) of the raw images.")
+        if not Path(data).exists():
+            raise NotFoundError(f"--data {data} does not exist.")
+    elif data is not None:
+        raise ConfigError("--source synthetic generates its own data; drop --data or name the source it is in.")
+    data_section: dict[str, Any] = {"source": source}
+    if source == "synthetic":
+        data_section["raw"] = SYNTH_DIR
+    params = Params.model_validate({"data": data_section}).with_overrides(overrides or {})
+    root.mkdir(parents=True, exist_ok=True)
+    run_git(root, "init", "-q")
+    for key, value in zip(("user.name", "user.email"), GIT_USER, strict=True):
+        # Commits need an identity; set one in this repository only when git has none at all.
+        if not run_git(root, "config", key, check=False).stdout.strip():
+            run_git(root, "config", "--local", key, value)
+    (root / "params.yaml").write_text(params.to_yaml())
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(params), sort_keys=False))
+    (root / ".gitignore").write_text(_GITIGNORE)
+    remote_url = remote or str(root / DEFAULT_REMOTE)
+    if remote is None:
+        (root / DEFAULT_REMOTE).mkdir()
+    with _quiet_dvc():
+        _setup_dvc(root, params, remote_url, data)
+    load_params(root / "params.yaml")  # what we wrote must read back
+    run_git(root, "add", "-A")
+    run_git(root, "commit", "-q", "-m", f"radflow workspace ({source})")
+    commit = run_git(root, "rev-parse", "HEAD").stdout.strip()
+    return {
+        "workspace": str(root),
+        "source": source,
+        "stages": list(dvc_yaml(params)["stages"]),
+        "remote": remote_url,
+        "raw_data": params.data.raw if data is not None else None,
+        "raw_md5": _raw_md5(root, params) if data is not None else None,
+        "commit": commit,
+    }
