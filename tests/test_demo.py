@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from radflow.pipeline.dvc_yaml import REGISTRATION
 from tests.pipeline.tiny import TinyDemo, tiny_demo
 
 
@@ -24,6 +21,5 @@ def test_demo_runs_the_workspace_pipeline_and_promotes(demo: TinyDemo) -> None:
     assert "AUROC" in text  # the evaluation table
     assert "promoted to models:/chest-xray@champion (version 1)" in text
     assert "radflow serve --workspace" in text and "next:" not in text  # --no-serve: says how, serves nothing
-    registration = json.loads((demo.workdir / REGISTRATION).read_text())
-    assert registration["name"] == "chest-xray" and registration["passed"] is True
+    assert demo.registration["name"] == "chest-xray" and demo.registration["passed"] is True
     assert (demo.workdir / "models" / "export" / "model.onnx").stat().st_size > 0

@@ -7,12 +7,15 @@ everyone after gets the same folder and output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
 from radflow.cli import app
+from radflow.pipeline.dvc_yaml import REGISTRATION
 
 __all__ = ["TINY_SETS", "TinyDemo", "tiny_demo"]
 
@@ -29,6 +32,9 @@ class TinyDemo:
     workdir: Path
     exit_code: int
     output: str
+    # what the demo's register stage wrote, read at once: later tests re-run the pipeline in the
+    # same workspace and overwrite the file
+    registration: dict[str, Any] = field(default_factory=dict)
 
 
 _made: dict[str, TinyDemo] = {}
@@ -42,5 +48,7 @@ def tiny_demo(base: Path) -> TinyDemo:
         for item in TINY_SETS:
             args += ["-S", item]
         result = CliRunner().invoke(app, args)
-        _made["demo"] = TinyDemo(workdir, result.exit_code, result.output)
+        reg_file = workdir / REGISTRATION
+        registration = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+        _made["demo"] = TinyDemo(workdir, result.exit_code, result.output, registration)
     return _made["demo"]
