@@ -11,6 +11,7 @@ from radflow.cli import evaluate as _evaluate  # noqa: F401
 from radflow.cli import export as _export  # noqa: F401
 from radflow.cli import ingest as _ingest  # noqa: F401
 from radflow.cli import registry as _registry  # noqa: F401
+from radflow.cli import serve as _serve  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401
 from radflow.cli import synth as _synth  # noqa: F401
 from radflow.cli import train as _train  # noqa: F401

@@ -1,0 +1,65 @@
+"""``radflow serve``: the inference service (FastAPI + ONNX Runtime) under uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from radflow.cli._app import app, console, run_command
+from radflow.errors import ConfigError
+
+__all__ = ["serve_command"]
+
+
+@app.command("serve")
+def serve_command(
+    workspace: Annotated[
+        Path | None, typer.Option("--workspace", "-w", help="Workspace: serve its registry's champion.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Champion: ONNX file, run id or models:/NAME@ALIAS.")
+    ] = None,
+    challenger: Annotated[str | None, typer.Option("--challenger", help="Challenger model URI (A/B, shadow).")] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model name (default chest-xray).")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    store_url: Annotated[str | None, typer.Option("--store-url", help="SQLAlchemy URL of the prediction log.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the champion (and challenger) over HTTP: /v1 images, /v2 tensors, /metrics. Settings: RADFLOW_* env."""
+
+    def body() -> None:
+        import uvicorn
+
+        from radflow.serve import ServeSettings, create_app
+        from radflow.serve.service import preload
+
+        if workspace is not None and not workspace.is_dir():
+            raise ConfigError(
+                f"--workspace {workspace} is not a folder; make one with `radflow init` or `radflow demo`."
+            )
+        overrides: dict[str, Any] = {
+            "workspace": workspace,
+            "model": model,
+            "challenger": challenger,
+            "model_name": model_name,
+            "tracking_uri": tracking_uri,
+            "store_url": store_url,
+        }
+        settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        models = preload(settings)
+        console.print(
+            f"serving {settings.resolved_model()} on http://{host}:{port} (store {settings.resolved_store_url()})",
+            highlight=False,
+        )
+        # SIGTERM: uvicorn stops accepting, waits for in-flight requests, then the lifespan drains and flushes.
+        uvicorn.run(
+            create_app(settings, models), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30
+        )
+
+    run_command(body)

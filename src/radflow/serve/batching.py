@@ -1,0 +1,271 @@
+"""Dynamic batching: requests queue up and run together in one ONNX Runtime call, off the event loop.
+
+A single worker task takes the first waiting request, then gathers more until ``max_batch_size``
+rows or ``max_queue_delay_ms`` have passed, concatenates their feeds along the batch axis and runs
+the session in a dedicated thread. While ORT works, new requests queue, so under load the next
+batch is already full when the previous one finishes — batching costs no latency when idle and
+gives the throughput of large batches when busy. Requests with different output sets (e.g. a V2
+client asking for the CAM) are batched separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from radflow.serve.errors import OverloadedError, RequestTimeoutError
+
+__all__ = ["BatchStats", "CpuGate", "DynamicBatcher", "RunFn"]
+
+RunFn = Callable[[Sequence[str], dict[str, np.ndarray]], list[np.ndarray]]
+"""``(output names, feeds) -> outputs``: an ORT ``session.run``."""
+
+
+class CpuGate:
+    """A readers-writer lock between decoding threads (shared) and ORT batches (exclusive, preferred).
+
+    ORT splits each operator over all cores and waits for its slowest thread, so one core busy
+    decoding an upload slows a whole batch far more than the decode is worth on a small machine.
+    With the gate, decodes run in parallel with each other but never beside a batch; a waiting
+    batch goes first.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer and self._waiting_writers == 0)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Item:
+    feeds: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+    rows: int
+    future: asyncio.Future[list[np.ndarray]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """Counters a batcher keeps for /v2 stats and metrics callbacks."""
+
+    batches: int = 0
+    rows: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    failures: int = 0
+    last_inference_ms: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+
+class DynamicBatcher:
+    """Queue + batching worker around one model's ``run``; create and :meth:`start` inside the event loop."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        max_batch_size: int = 8,
+        max_queue_delay_ms: float = 10.0,
+        max_queue_size: int = 256,
+        timeout_s: float = 30.0,
+        on_batch: Callable[[int, list[float], float], None] | None = None,
+        gate: CpuGate | None = None,
+        incoming_wait_ms: float | None = None,
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.delay = max_queue_delay_ms / 1000.0
+        # how long past the window a batch may wait for requests still decoding (``incoming``)
+        self.incoming_wait = max(4 * self.delay, 0.05) if incoming_wait_ms is None else incoming_wait_ms / 1000.0
+        self.timeout_s = timeout_s
+        self.on_batch = on_batch
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue_size)
+        self._carry: list[_Item] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radflow-ort")
+        self._worker: asyncio.Task[None] | None = None
+        self._pending = 0
+        self.gate = gate
+        self.incoming = 0
+        """Requests still decoding that will be submitted here: a batch waits a little longer for them."""
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting or running."""
+        return self._pending
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._loop(), name="radflow-batcher")
+
+    async def submit(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """Run ``feeds`` (leading axis = rows) with the others in the queue; the outputs for these rows."""
+        rows = int(next(iter(feeds.values())).shape[0])
+        loop = asyncio.get_running_loop()
+        item = _Item(feeds, tuple(outputs), rows, loop.create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise OverloadedError(
+                f"the server is at capacity ({self._queue.maxsize} requests queued); retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        self._pending += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), self.timeout_s)
+        except TimeoutError:
+            item.future.cancel()
+            raise RequestTimeoutError(f"the model did not answer within {self.timeout_s:g} s.") from None
+        finally:
+            self._pending -= 1
+
+    async def _next(self, timeout: float | None) -> _Item | None:
+        if self._carry:
+            return self._carry.pop(0)
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _gather(self) -> list[_Item]:
+        first = await self._next(None)
+        assert first is not None
+        batch, rows = [first], first.rows
+        start = time.perf_counter()
+        deadline = start + self.delay
+        # Requests already decoding are worth a short extra wait: they fill the batch for free.
+        hard_deadline = start + max(self.incoming_wait, self.delay)
+        skipped: list[_Item] = []
+        while rows < self.max_batch_size:
+            now = time.perf_counter()
+            if now >= deadline and (self.incoming <= 0 or now >= hard_deadline):
+                break
+            item = await self._next(deadline - now if now < deadline else min(0.002, hard_deadline - now))
+            if item is None:
+                continue
+            if item.outputs != first.outputs or rows + item.rows > self.max_batch_size:
+                skipped.append(item)
+                if rows + item.rows > self.max_batch_size:
+                    break
+                continue
+            batch.append(item)
+            rows += item.rows
+        self._carry = skipped + self._carry
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [i for i in await self._gather() if not i.future.done()]
+            if not batch:
+                continue
+            start = time.perf_counter()
+            names = batch[0].feeds.keys()
+            feeds = {
+                n: np.concatenate([i.feeds[n] for i in batch]) if len(batch) > 1 else batch[0].feeds[n] for n in names
+            }
+            try:
+                outs = await loop.run_in_executor(self._executor, self._gated_run, batch[0].outputs, feeds)
+            except Exception as exc:  # delivered to each waiting request, whose handler decides the status
+                self.stats.failures += len(batch)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            end = time.perf_counter()
+            rows = sum(i.rows for i in batch)
+            waits = [start - i.enqueued for i in batch]
+            self._record(rows, waits, end - start)
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result([o[offset : offset + item.rows] for o in outs])
+                offset += item.rows
+
+    def _gated_run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.gate is None:
+            return self._run(outputs, feeds)
+        with self.gate.exclusive():
+            return self._run(outputs, feeds)
+
+    def _record(self, rows: int, waits: list[float], compute_s: float) -> None:
+        s = self.stats
+        s.batches += 1
+        s.rows += rows
+        s.queue_ns += int(sum(waits) * 1e9)
+        s.compute_ns += int(compute_s * 1e9)
+        s.last_inference_ms = int(time.time() * 1000)
+        s.sizes[rows] = s.sizes.get(rows, 0) + 1
+        if self.on_batch is not None:
+            self.on_batch(rows, waits, compute_s)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until every queued request has been answered (or ``timeout_s``), then stop the worker."""
+        deadline = time.perf_counter() + timeout_s
+        while (self._pending or not self._queue.empty() or self._carry) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for item in [*self._carry, *_drain_queue(self._queue)]:
+            if not item.future.done():
+                item.future.set_exception(
+                    OverloadedError("the model is shutting down; retry.", headers={"Retry-After": "1"})
+                )
+        self._carry = []
+        self._executor.shutdown(wait=False)
+
+
+def _drain_queue(queue: asyncio.Queue[_Item]) -> list[_Item]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items

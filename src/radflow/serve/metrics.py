@@ -1,0 +1,86 @@
+"""Prometheus metrics of one service instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+_BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+_SCORE = tuple(i / 10 for i in range(1, 11))
+
+
+class ServiceMetrics:
+    """Requests, latency, queueing, batching and score distributions."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        arm = ["endpoint", "model", "version", "arm"]
+        self.requests = Counter("radflow_requests", "HTTP requests answered.", [*arm, "status"], registry=self.registry)
+        self.latency = Histogram(
+            "radflow_request_latency_seconds",
+            "Time to answer a request.",
+            arm,
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("radflow_requests_in_flight", "Requests being handled now.", registry=self.registry)
+        self.rejected = Counter(
+            "radflow_rejected", "Requests refused: overload (503) or timeout (504).", ["reason"], registry=self.registry
+        )
+        self.queue_time = Histogram(
+            "radflow_queue_seconds",
+            "Time a request waited for its batch.",
+            ["model", "version"],
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "radflow_batch_size",
+            "Images per ONNX Runtime call.",
+            ["model", "version"],
+            buckets=_BATCH,
+            registry=self.registry,
+        )
+        self.compute_time = Histogram(
+            "radflow_inference_seconds",
+            "ONNX Runtime time per batch.",
+            ["model", "version"],
+            buckets=_LATENCY,
+            registry=self.registry,
+        )
+        self.scores = Histogram(
+            "radflow_label_score",
+            "Predicted probability per label.",
+            ["model", "version", "arm", "label"],
+            buckets=_SCORE,
+            registry=self.registry,
+        )
+        self.values = Histogram(
+            "radflow_predicted_value",
+            "Predicted regression value.",
+            ["model", "version", "arm"],
+            buckets=(12, 24, 48, 72, 96, 120, 144, 168, 192, 216, 240),
+            registry=self.registry,
+        )
+
+    def batch_observer(self, model: str, version: str) -> Callable[[int, list[float], float], None]:
+        """A :class:`~radflow.serve.batching.DynamicBatcher` ``on_batch`` callback for one model."""
+        size = self.batch_size.labels(model, version)
+        queue = self.queue_time.labels(model, version)
+        compute = self.compute_time.labels(model, version)
+
+        def observe(rows: int, waits: list[float], compute_s: float) -> None:
+            size.observe(rows)
+            compute.observe(compute_s)
+            for wait in waits:
+                queue.observe(wait)
+
+        return observe
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,177 @@
+"""Champion/challenger routing: weighted (canary) split, sticky by routing key, shadow scoring, hot swap.
+
+A :class:`ModelArm` is one loaded model with its own batcher. The :class:`Router` picks the arm that
+answers a request: a routing key (``X-Routing-Key``) is hashed to a fixed point in [0, 1), so the
+same key always lands on the same arm for a given weight; requests without a key are split at
+random. In shadow mode the champion always answers and the challenger scores the same input in the
+background. :meth:`Router.swap` installs freshly loaded arms in one assignment and only then drains
+the old ones, so a reload never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from radflow.runtime import RadflowModel
+from radflow.serve.batching import CpuGate, DynamicBatcher
+from radflow.serve.metrics import ServiceMetrics
+from radflow.serve.settings import ServeSettings
+
+__all__ = ["CHALLENGER_ARM", "CHAMPION_ARM", "LoadedModel", "ModelArm", "Router", "load_model", "route_point"]
+
+CHAMPION_ARM = "champion"
+CHALLENGER_ARM = "challenger"
+
+
+@dataclass
+class LoadedModel:
+    """A model and where it came from (registry name, version and alias when it came from the registry)."""
+
+    model: RadflowModel
+    uri: str
+    name: str
+    version: str
+    alias: str | None
+
+
+def _registry_identity(uri: str, tracking_uri: str | None) -> tuple[str, str, str | None] | None:
+    if not uri.startswith("models:/"):
+        return None
+    from radflow.tracking import client, resolve_tracking_uri
+
+    mlflow_client = client(resolve_tracking_uri(tracking_uri))
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        return name, str(mlflow_client.get_model_version_by_alias(name, alias).version), alias
+    name, version = rest.rsplit("/", 1)
+    return name, version, None
+
+
+def load_model(uri: str, settings: ServeSettings) -> LoadedModel:
+    """Load ``uri`` (blocking: run it in a thread) and name it for logs, metrics and the V2 API."""
+    tracking_uri = settings.resolved_tracking_uri()
+    model = RadflowModel.load(
+        uri, tracking_uri=tracking_uri, int8=settings.int8, threads=settings.threads, max_pixels=settings.max_pixels
+    )
+    identity = _registry_identity(uri, tracking_uri)
+    if identity is None:
+        stem = uri.rsplit("/", 1)[-1].removesuffix(".onnx") if uri.endswith(".onnx") else settings.model_name
+        identity = (stem, "1", None)
+    return LoadedModel(model, uri, *identity)
+
+
+@dataclass
+class ModelArm:
+    """A loaded model serving one arm, with its batcher."""
+
+    loaded: LoadedModel
+    arm: str
+    batcher: DynamicBatcher
+    served: int = 0
+
+    @property
+    def model(self) -> RadflowModel:
+        return self.loaded.model
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.loaded.alias,
+            "arm": self.arm,
+            "uri": self.loaded.uri,
+        }
+
+    @classmethod
+    def create(
+        cls,
+        loaded: LoadedModel,
+        arm: str,
+        settings: ServeSettings,
+        metrics: ServiceMetrics,
+        gate: CpuGate | None = None,
+    ) -> ModelArm:
+        """Wrap a loaded model with a started batcher (call inside the event loop)."""
+        session = loaded.model.session
+
+        def run(outputs: Any, feeds: dict[str, Any]) -> list[Any]:
+            return list(session.run(list(outputs), feeds))
+
+        batcher = DynamicBatcher(
+            run,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
+            max_queue_size=settings.max_queue_size,
+            timeout_s=settings.request_timeout_s,
+            on_batch=metrics.batch_observer(loaded.name, loaded.version),
+            gate=gate,
+        )
+        batcher.start()
+        return cls(loaded, arm, batcher)
+
+
+def route_point(key: str) -> float:
+    """A routing key's fixed point in [0, 1): the same key always gets the same arm at a given weight."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class Router:
+    """Which arm answers; weights and shadow mode change at run time."""
+
+    champion: ModelArm
+    challenger: ModelArm | None = None
+    weight: float = 0.0
+    """Share of requests the challenger answers."""
+    shadow: bool = False
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def choose(self, key: str | None = None) -> ModelArm:
+        if self.challenger is None or self.shadow or self.weight <= 0:
+            return self.champion
+        point = route_point(key) if key else self._rng.random()
+        return self.challenger if point < self.weight else self.champion
+
+    def shadow_arm(self) -> ModelArm | None:
+        """The arm that scores in the background, or None."""
+        return self.challenger if self.shadow else None
+
+    def arms(self) -> list[ModelArm]:
+        return [self.champion, *([self.challenger] if self.challenger else [])]
+
+    def find(self, name: str, version: str | None = None) -> ModelArm | None:
+        """The arm serving model ``name`` (and ``version``; default: the champion's when it matches)."""
+        for arm in self.arms():
+            if arm.name == name and (version is None or arm.version == version):
+                return arm
+        return None
+
+    async def swap(self, champion: ModelArm, challenger: ModelArm | None) -> None:
+        """Install new arms, then let the old ones finish what they queued."""
+        old = [a for a in self.arms() if a is not champion and a is not challenger]
+        self.champion, self.challenger = champion, challenger
+        if challenger is None:
+            self.weight, self.shadow = 0.0, False
+        await asyncio.gather(*(a.batcher.drain() for a in old))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion.info(),
+            "challenger": self.challenger.info() if self.challenger else None,
+            "challenger_weight": self.weight,
+            "shadow": self.shadow,
+        }

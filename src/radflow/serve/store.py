@@ -1,0 +1,255 @@
+"""The prediction log and feedback store (SQLAlchemy 2: SQLite WAL by default, PostgreSQL by URL).
+
+Predictions are written behind the request by one writer thread in small transactions (so logging
+never holds a request up); a read of a prediction still in the writer's queue is answered from
+memory. Feedback is committed before the handler answers 201 (SQLite: WAL, ``synchronous=FULL``),
+so an acknowledged label survives a crash. Input pixels are kept as 8-bit PNGs named by the sha256
+of the upload, so the same image is stored once. No PHI is stored: uploads are hashed, DICOM
+headers are dropped, and only model outputs and model identity are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+from radflow.errors import NotFoundError
+from radflow.runtime.cam import encode_png, to_grey8
+
+__all__ = ["FEEDBACK", "PREDICTIONS", "PredictionRecord", "Store"]
+
+log = logging.getLogger(__name__)
+metadata = MetaData()
+
+PREDICTIONS = Table(
+    "predictions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("model_name", String(200), nullable=False),
+    Column("model_version", String(50), nullable=False),
+    Column("model_alias", String(50)),
+    Column("arm", String(20), nullable=False),
+    Column("shadow", Boolean, nullable=False, default=False),
+    Column("request_id", String(36), index=True),
+    Column("input_sha256", String(64), index=True),
+    Column("input_format", String(10)),
+    Column("outputs", JSON, nullable=False),
+    Column("latency_ms", Float),
+)
+FEEDBACK = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("prediction_id", String(36), ForeignKey("predictions.id"), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("labels", JSON),
+    Column("value", Float),
+    Column("correct", Boolean),
+    Column("reader", String(200)),
+    Column("comment", Text),
+)
+
+
+@dataclass
+class PredictionRecord:
+    """One logged prediction (``outputs`` is the answer's findings or prediction)."""
+
+    model_name: str
+    model_version: str
+    model_alias: str | None
+    arm: str
+    outputs: dict[str, Any]
+    input_sha256: str | None = None
+    input_format: str | None = None
+    latency_ms: float | None = None
+    shadow: bool = False
+    request_id: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_row(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in PREDICTIONS.columns.keys()}  # noqa: SIM118
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(conn: Any, _record: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+class Store:
+    """Prediction log, feedback and stored inputs; thread-safe."""
+
+    def __init__(self, url: str, inputs_dir: Path | None = None):
+        self.url = url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        metadata.create_all(self.engine)
+        self.inputs_dir = inputs_dir
+        self._queue: queue.Queue[tuple[PredictionRecord, np.ndarray | None] | None] = queue.Queue()
+        self._pending: dict[str, PredictionRecord] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._writer = threading.Thread(target=self._write_loop, name="radflow-store", daemon=True)
+        self._writer.start()
+
+    # -- predictions ------------------------------------------------------------------------
+
+    def log(self, record: PredictionRecord, pixels: np.ndarray | None = None) -> None:
+        """Queue a prediction (and its input pixels, kept when an inputs folder is set) for writing."""
+        with self._lock:
+            self._pending[record.id] = record
+        self._queue.put((record, pixels))
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < 256:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                items.append(nxt)
+            records = [r for r, _ in items]
+            try:
+                for record, pixels in items:
+                    if pixels is not None:
+                        self._save_input(record.input_sha256, pixels)
+                with self.engine.begin() as conn:
+                    conn.execute(insert(PREDICTIONS), [r.to_row() for r in records])
+            except Exception:  # the log must not take the service down; the error is reported
+                log.exception("could not write %d predictions to %s", len(records), self.url)
+            with self._lock:
+                for r in records:
+                    self._pending.pop(r.id, None)
+                self._idle.notify_all()
+
+    def _save_input(self, sha: str | None, pixels: np.ndarray) -> None:
+        if self.inputs_dir is None or sha is None:
+            return
+        path = self.input_path(sha)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(encode_png(to_grey8(pixels)))
+        tmp.replace(path)
+
+    def input_path(self, sha: str) -> Path:
+        assert self.inputs_dir is not None
+        return self.inputs_dir / sha[:2] / f"{sha}.png"
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every queued prediction is written."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._pending, timeout=timeout_s)
+
+    def get_prediction(self, prediction_id: str) -> dict[str, Any]:
+        with self._lock:
+            pending = self._pending.get(prediction_id)
+        if pending is not None:
+            return _public(pending.to_row())
+        with self.engine.connect() as conn:
+            row = conn.execute(select(PREDICTIONS).where(PREDICTIONS.c.id == prediction_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no prediction with id {prediction_id!r}.")
+        return _public(dict(row))
+
+    def predictions(self, request_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Logged predictions, newest first (``request_id``: the champion and shadow rows of one request)."""
+        self.flush()
+        query = select(PREDICTIONS).order_by(PREDICTIONS.c.created_at.desc()).limit(limit)
+        if request_id is not None:
+            query = query.where(PREDICTIONS.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            return [_public(dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    def add_feedback(
+        self,
+        prediction_id: str,
+        labels: dict[str, int] | None = None,
+        value: float | None = None,
+        correct: bool | None = None,
+        reader: str | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        """Commit one feedback row (durable when this returns); NotFoundError for an unknown prediction."""
+        self.get_prediction(prediction_id)
+        self.flush()
+        row = {
+            "prediction_id": prediction_id,
+            "created_at": datetime.now(UTC),
+            "labels": labels,
+            "value": value,
+            "correct": correct,
+            "reader": reader,
+            "comment": comment,
+        }
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(FEEDBACK).returning(FEEDBACK.c.id), row)
+            row["id"] = int(result.scalar_one())
+        return _public(row)
+
+    def feedback(self, prediction_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(FEEDBACK).order_by(FEEDBACK.c.id)
+        if prediction_id is not None:
+            query = query.where(FEEDBACK.c.prediction_id == prediction_id)
+        with self.engine.connect() as conn:
+            return [_public(dict(r)) for r in conn.execute(query).mappings()]
+
+    def close(self) -> None:
+        """Write everything queued, stop the writer and release the database."""
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self.engine.dispose()
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    created = out.get("created_at")
+    if isinstance(created, datetime):
+        out["created_at"] = (created if created.tzinfo else created.replace(tzinfo=UTC)).isoformat()
+    return out

@@ -1,0 +1,278 @@
+"""Open Inference Protocol (KServe V2) REST, with the binary tensor data extension, as Triton answers it.
+
+Inputs are the preprocessed FP32 tensors the graph takes (``image`` ``[-1, C, S, S]``; ``sex``
+``[-1, 1]`` for regression models); they join the same dynamic batches as ``/v1`` uploads.
+A binary request carries ``Inference-Header-Content-Length`` (the JSON header's size) and raw
+little-endian tensors after the JSON, one per input with ``parameters.binary_data_size``; no
+Content-Type is needed. Outputs come back binary when asked (``binary_data_output`` or a
+per-output ``binary_data``), else as JSON lists. Errors are ``{"error": msg}``: 400 for a bad
+request, 404 for an unknown model, 503 while loading or overloaded, as Triton maps them.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from radflow.errors import NotFoundError
+from radflow.serve.errors import ServiceError
+from radflow.serve.routing import ModelArm
+from radflow.serve.service import InferenceService
+
+__all__ = ["BINARY_HEADER", "v2"]
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT32": np.int32, "INT64": np.int64}
+v2 = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+
+def _radflow_version() -> str:
+    try:
+        return version("radflow")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _service(request: Request) -> InferenceService:
+    service: InferenceService = request.app.state.service
+    return service
+
+
+def _arm(request: Request, name: str, model_version: str | None) -> ModelArm:
+    router = _service(request).require_router()
+    arm = router.find(name, model_version)
+    if arm is None:
+        served = ", ".join(f"{a.name} (version {a.version})" for a in router.arms())
+        what = f"{name!r}" + (f" version {model_version!r}" if model_version else "")
+        raise NotFoundError(f"unknown model {what}; this server serves {served}.")
+    return arm
+
+
+def _dims(shape: list[Any]) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
+
+
+def _tensors(arm: ModelArm, outputs: bool) -> list[dict[str, Any]]:
+    nodes = arm.model.session.get_outputs() if outputs else arm.model.session.get_inputs()
+    return [{"name": n.name, "datatype": "FP32", "shape": [-1, *_dims(n.shape)[1:]]} for n in nodes]
+
+
+@v2.get("/health/live")
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@v2.get("/health/ready")
+async def ready(request: Request) -> Response:
+    return Response(status_code=200 if _service(request).ready else 503)
+
+
+@v2.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {
+        "name": "radflow",
+        "version": _radflow_version(),
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+    }
+
+
+# Declared before /models/{name}, which would otherwise take "stats" for a model name.
+@v2.get("/models/stats")
+async def all_stats(request: Request) -> dict[str, Any]:
+    return {"model_stats": [_stats(a) for a in _service(request).require_router().arms()]}
+
+
+@v2.get("/models/{name}")
+@v2.get("/models/{name}/versions/{model_version}")
+async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
+    arm = _arm(request, name, model_version)
+    return {
+        "name": arm.name,
+        "versions": [arm.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": _tensors(arm, outputs=False),
+        "outputs": _tensors(arm, outputs=True),
+    }
+
+
+@v2.get("/models/{name}/ready")
+@v2.get("/models/{name}/versions/{model_version}/ready")
+async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
+    _arm(request, name, model_version)
+    return Response(status_code=200)
+
+
+@v2.get("/models/{name}/config")
+@v2.get("/models/{name}/versions/{model_version}/config")
+async def model_config(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
+    arm = _arm(request, name, model_version)
+    s = _service(request).settings
+
+    def block(t: dict[str, Any], key: str) -> dict[str, Any]:
+        return {"name": t["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": t["shape"][1:]}
+
+    return {
+        "name": arm.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "version_policy": {"specific": {"versions": [arm.version]}},
+        "max_batch_size": s.max_batch_size,
+        "input": [block(t, "input") for t in _tensors(arm, outputs=False)],
+        "output": [block(t, "output") for t in _tensors(arm, outputs=True)],
+        "dynamic_batching": {
+            "preferred_batch_size": [s.max_batch_size],
+            "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
+        },
+        "instance_group": [{"name": arm.name, "kind": "KIND_CPU", "count": 1}],
+        "parameters": {"labels": {"string_value": ",".join(arm.model.labels)}},
+    }
+
+
+def _stats(arm: ModelArm) -> dict[str, Any]:
+    st = arm.batcher.stats
+
+    def d(count: int, ns: int) -> dict[str, int]:
+        return {"count": count, "ns": ns}
+
+    zero = d(0, 0)
+    return {
+        "name": arm.name,
+        "version": arm.version,
+        "last_inference": st.last_inference_ms,
+        "inference_count": st.rows,
+        "execution_count": st.batches,
+        "inference_stats": {
+            "success": d(st.rows, st.queue_ns + st.compute_ns),
+            "fail": d(st.failures, 0),
+            "queue": d(st.rows, st.queue_ns),
+            "compute_input": d(st.rows, 0),
+            "compute_infer": d(st.rows, st.compute_ns),
+            "compute_output": d(st.rows, 0),
+            "cache_hit": zero,
+            "cache_miss": zero,
+        },
+        "batch_stats": [
+            {"batch_size": size, "compute_input": zero, "compute_infer": d(n, 0), "compute_output": zero}
+            for size, n in sorted(st.sizes.items())
+        ],
+    }
+
+
+@v2.get("/models/{name}/stats")
+@v2.get("/models/{name}/versions/{model_version}/stats")
+async def model_stats(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
+    return {"model_stats": [_stats(_arm(request, name, model_version))]}
+
+
+def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ServiceError(f"{BINARY_HEADER} {header_length!r} is not a length within the {len(body)}-byte body.")
+        split = int(header_length)
+        head, binary = body[:split], body[split:]
+    else:
+        head, binary = body, b""
+    try:
+        request = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ServiceError(f"the inference request header is not valid JSON ({exc}).") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+        raise ServiceError("the inference request needs an 'inputs' list.")
+    return request, binary
+
+
+def _input_arrays(request: dict[str, Any], binary: bytes, arm: ModelArm) -> dict[str, np.ndarray]:
+    expected = {n.name: n for n in arm.model.session.get_inputs()}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in request["inputs"]:
+        name, shape, dtype = spec.get("name"), spec.get("shape"), spec.get("datatype")
+        if name not in expected:
+            raise ServiceError(f"unexpected inference input {name!r}; the model takes {sorted(expected)}.")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ServiceError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}.")
+        if dtype not in _DTYPES:
+            raise ServiceError(f"input {name!r}: datatype {dtype!r} is not supported; send FP32.")
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        try:
+            if size is not None:
+                chunk = binary[offset : offset + int(size)]
+                if len(chunk) != int(size):
+                    raise ServiceError(f"input {name!r}: binary data is shorter than binary_data_size {size}.")
+                offset += int(size)
+                array = np.frombuffer(chunk, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<")).reshape(shape)
+            else:
+                if "data" not in spec:
+                    raise ServiceError(f"input {name!r} has neither 'data' nor parameters.binary_data_size.")
+                array = np.asarray(spec["data"], dtype=_DTYPES[dtype]).reshape(shape)
+        except ValueError as exc:
+            raise ServiceError(f"input {name!r}: data does not fit shape {shape} ({exc}).") from None
+        want = _dims(expected[name].shape)
+        if len(shape) != len(want) or any(w not in (-1, g) for w, g in zip(want, shape, strict=True)):
+            raise ServiceError(f"input {name!r}: expected shape {want}, got {shape}.")
+        feeds[name] = np.ascontiguousarray(array, dtype=np.float32)
+    missing = sorted(set(expected) - set(feeds))
+    if missing:
+        raise ServiceError(f"missing inference inputs {missing}.")
+    rows = {a.shape[0] for a in feeds.values()}
+    if len(rows) != 1 or 0 in rows:
+        raise ServiceError(f"all inputs need the same, non-zero batch size; got {sorted(rows)}.")
+    return feeds
+
+
+def _requested_outputs(request: dict[str, Any], arm: ModelArm) -> list[tuple[str, bool]]:
+    available = [o.name for o in arm.model.session.get_outputs()]
+    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    asked = request.get("outputs")
+    if not asked:
+        return [(name, default_binary) for name in available]
+    out = []
+    for spec in asked:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or name not in available:
+            raise ServiceError(f"unknown output {name!r}; the model has {available}.")
+        binary = (spec.get("parameters") or {}).get("binary_data", default_binary)
+        out.append((name, bool(binary)))
+    return out
+
+
+@v2.post("/models/{name}/infer")
+@v2.post("/models/{name}/versions/{model_version}/infer")
+async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
+    from radflow.serve.app import read_body
+
+    service = _service(request)
+    arm = _arm(request, name, model_version)
+    request.state.model = {"name": arm.name, "version": arm.version, "arm": arm.arm}
+    body = await read_body(request, service.settings.max_body_bytes)
+    payload, binary = _parse(body, request.headers.get(BINARY_HEADER.lower()))
+    feeds = _input_arrays(payload, binary, arm)
+    wanted = _requested_outputs(payload, arm)
+    results = await arm.batcher.submit(feeds, [n for n, _ in wanted])
+    outputs, blobs = [], []
+    for (out_name, as_binary), array in zip(wanted, results, strict=True):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        entry: dict[str, Any] = {"name": out_name, "datatype": "FP32", "shape": list(array.shape)}
+        if as_binary:
+            blob = array.astype("<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    answer: dict[str, Any] = {"model_name": arm.name, "model_version": arm.version, "outputs": outputs}
+    if "id" in payload:
+        answer["id"] = payload["id"]
+    head = json.dumps(answer).encode()
+    if not blobs:
+        return Response(head, media_type="application/json")
+    return Response(
+        head + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={BINARY_HEADER: str(len(head))},
+    )

@@ -1,0 +1,95 @@
+"""The real server's lifecycle: acknowledged feedback survives SIGKILL; SIGTERM drains in-flight requests."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from radflow.serve.store import Store
+from tests.serve.models import make_onnx, png_bytes
+from tests.serve.server import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_onnx(tmp_path_factory.mktemp("life-model"), seed=0)
+
+
+def _server(model: Path, root: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    args = ["--model", str(model), "--store-url", f"sqlite:///{root / 'serving.db'}", "--log-level", "warning"]
+    return ServerProcess(args, env=env, log=root / "server.log")
+
+
+def test_every_acknowledged_feedback_survives_sigkill(model_path: Path, tmp_path: Path) -> None:
+    server = _server(model_path, tmp_path).start()
+    try:
+        ids = [httpx.post(f"{server.url}/v1/predict", content=png_bytes(i)).json()["id"] for i in range(4)]
+        acked: list[int] = []
+        stop = threading.Event()
+
+        def reader(n: int) -> None:
+            with httpx.Client(timeout=5) as client:
+                while not stop.is_set():
+                    try:
+                        answer = client.post(
+                            f"{server.url}/v1/feedback",
+                            json={"prediction_id": ids[n], "correct": True, "reader": f"r{n}"},
+                        )
+                    except httpx.HTTPError:
+                        return  # the server was killed mid-request: not acknowledged
+                    if answer.status_code == 201:
+                        acked.append(answer.json()["id"])
+
+        with ThreadPoolExecutor(4) as pool:
+            for n in range(4):
+                pool.submit(reader, n)
+            while len(acked) < 30:
+                time.sleep(0.005)
+            server.kill()  # SIGKILL while feedback is in flight
+            stop.set()
+    finally:
+        server.kill()
+    store = Store(f"sqlite:///{tmp_path / 'serving.db'}")
+    try:
+        stored = {row["id"] for row in store.feedback()}
+    finally:
+        store.close()
+    assert set(acked) <= stored and len(acked) >= 30
+    restarted = _server(model_path, tmp_path).start()
+    try:
+        assert httpx.get(f"{restarted.url}/v1/predictions/{ids[0]}").status_code == 200
+        again = httpx.post(f"{restarted.url}/v1/feedback", json={"prediction_id": ids[1], "correct": False})
+        assert again.status_code == 201 and again.json()["id"] > max(acked)
+    finally:
+        restarted.kill()
+
+
+def test_sigterm_answers_in_flight_requests_and_flushes_the_log(model_path: Path, tmp_path: Path) -> None:
+    # A 400 ms batching window keeps the requests in flight when SIGTERM arrives.
+    server = _server(model_path, tmp_path, env={"RADFLOW_MAX_QUEUE_DELAY_MS": "400"}).start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [
+                pool.submit(httpx.post, f"{server.url}/v1/predict", content=png_bytes(i), timeout=10) for i in range(4)
+            ]
+            time.sleep(0.15)
+            code = server.terminate()
+            answers = [f.result() for f in futures]
+    finally:
+        server.kill()
+    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its graceful shutdown
+    assert [a.status_code for a in answers] == [200] * 4
+    store = Store(f"sqlite:///{tmp_path / 'serving.db'}")
+    try:
+        logged = {row["id"] for row in store.predictions()}
+    finally:
+        store.close()
+    assert {a.json()["id"] for a in answers} <= logged
