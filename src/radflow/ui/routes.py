@@ -1,0 +1,143 @@
+"""The web UI's routes: the reader page (``/``), the operator dashboard (``/dashboard``), their static
+files (``/ui/static/...``) and the small JSON views under ``/v1/ui`` the pages poll.
+
+Everything is shipped in the package (no CDN, no build step): hand-written HTML, CSS and JS, with
+charts drawn as inline SVG. Pages carry a strict Content-Security-Policy, so the scripts can only
+talk to this server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from radflow.errors import NotFoundError
+from radflow.serve.service import InferenceService
+from radflow.ui.summary import feedback_stats, metrics_snapshot, recent_predictions, registry_versions
+
+__all__ = ["STATIC_TYPES", "ui_router"]
+
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+}
+"""File types served from ``static/`` (the package data globs of pyproject.toml ship exactly these)."""
+_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _static_file(name: str) -> bytes:
+    """A shipped UI file by bare name; anything else (sub-paths, unknown types) is not found."""
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    root = resources.files("radflow.ui") / "static"
+    if "/" in name or "\\" in name or name.startswith(".") or suffix not in STATIC_TYPES:
+        raise NotFoundError(f"no UI file {name!r}.")
+    entry = root / name
+    if not entry.is_file():
+        raise NotFoundError(f"no UI file {name!r}.")
+    return entry.read_bytes()
+
+
+def ui_router(service: InferenceService | None = None) -> APIRouter:
+    """Routes of the web UI; ``service`` defaults to the app's ``app.state.service`` at request time."""
+    router = APIRouter(tags=["ui"])
+
+    def svc(request: Request) -> InferenceService:
+        found: InferenceService = service or request.app.state.service
+        return found
+
+    def page(name: str) -> HTMLResponse:
+        return HTMLResponse(_static_file(name), headers=_PAGE_HEADERS)
+
+    @router.get("/", include_in_schema=False)
+    async def reader_page() -> HTMLResponse:
+        return page("reader.html")
+
+    @router.get("/dashboard", include_in_schema=False)
+    async def dashboard_page() -> HTMLResponse:
+        return page("dashboard.html")
+
+    @router.get("/ui/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        body = _static_file(name)
+        kind = STATIC_TYPES["." + name.rsplit(".", 1)[-1]]
+        return Response(
+            body, media_type=kind, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+        )
+
+    @router.get("/v1/ui/recent", summary="Recent answered predictions with their latest feedback (UI history)")
+    async def recent(request: Request, limit: int = Query(20, ge=1, le=500)) -> JSONResponse:
+        store = svc(request).require_store()
+        return JSONResponse({"predictions": await asyncio.to_thread(recent_predictions, store, limit)})
+
+    @router.get("/v1/ui/predictions/{prediction_id}/image.png", summary="The stored input of a prediction as PNG")
+    async def input_image(request: Request, prediction_id: str) -> FileResponse:
+        store = svc(request).require_store()
+        record = await asyncio.to_thread(store.get_prediction, prediction_id)
+        if store.inputs_dir is None or not record.get("input_sha256"):
+            raise NotFoundError("inputs are not stored on this server (store_inputs is off), so there is no preview.")
+        await asyncio.to_thread(store.flush)
+        path = store.input_path(record["input_sha256"])
+        if not path.is_file():
+            raise NotFoundError(f"the input image of prediction {prediction_id} is no longer stored.")
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @router.get("/v1/ui/summary", summary="Dashboard snapshot: traffic counters, routing, feedback accuracy")
+    async def summary(request: Request) -> JSONResponse:
+        service_ = svc(request)
+        store = service_.require_store()
+        token = service_.settings.admin_token
+        body: dict[str, Any] = {
+            "metrics": metrics_snapshot(service_.metrics.render().decode()),
+            "routing": _routing(service_),
+            "feedback": await asyncio.to_thread(feedback_stats, store),
+            "admin_enabled": token is not None and bool(token.get_secret_value()),
+        }
+        return JSONResponse(body)
+
+    @router.get("/v1/ui/models", summary="Served models and, when the registry is reachable, its versions")
+    async def models(request: Request) -> JSONResponse:
+        service_ = svc(request)
+        s = service_.settings
+        routing = _routing(service_)
+        uses_registry = (
+            s.workspace is not None
+            or s.tracking_uri is not None
+            or any(
+                (a or {}).get("uri", "").startswith("models:/") for a in (routing["champion"], routing["challenger"])
+            )
+        )
+        registry: dict[str, Any] | None = None
+        note = "the served models are files, not registry versions."
+        if uses_registry:
+            try:
+                registry = await asyncio.to_thread(registry_versions, s.model_name, s.resolved_tracking_uri())
+                note = ""
+            except Exception as exc:  # the registry is optional to the page: show why it is missing
+                note = f"registry unavailable: {exc}"
+        return JSONResponse({"routing": routing, "registry": registry, "registry_note": note})
+
+    return router
+
+
+def _routing(service: InferenceService) -> dict[str, Any]:
+    router = service.require_router()
+    state = router.state()
+    for arm in router.arms():
+        state[arm.arm]["served"] = arm.served
+        state[arm.arm]["task"] = arm.model.meta.task
+        state[arm.arm]["labels"] = list(arm.model.labels)
+    return state

@@ -1,0 +1,337 @@
+// Reader page: upload a radiograph, show findings (bars with thresholds), heatmaps per finding,
+// collect the reader's feedback and list recent predictions with their feedback state.
+"use strict";
+
+(function () {
+  const { el, api, pct, yearsMonths, formatValue, timeOf } = window.radflow;
+  const $ = (id) => document.getElementById(id);
+  let current = null; // {id, model, arm, latency_ms, findings|prediction, localUrl}
+  let shownHeatmap = null;
+
+  function setStatus(node, text, kind) {
+    node.textContent = text;
+    node.dataset.kind = kind || "";
+  }
+
+  async function upload(file) {
+    if (!file) return;
+    const status = $("status");
+    setStatus(status, "Scoring " + file.name + "…", "busy");
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const sex = $("sex").value;
+    try {
+      const answer = await api("/v1/predict" + (sex ? "?sex=" + sex : ""), { method: "POST", body: form });
+      const isDicom = /\.(dcm|dicom)$/i.test(file.name) || file.type === "application/dicom";
+      answer.localUrl = isDicom ? null : URL.createObjectURL(file);
+      show(answer, file.name);
+      setStatus(status, "Scored " + file.name + " in " + answer.latency_ms.toFixed(1) + " ms.", "ok");
+      loadHistory();
+    } catch (err) {
+      setStatus(status, "Could not score " + file.name + ": " + err.message, "error");
+    }
+  }
+
+  function baseUrl(record) {
+    return "/v1/ui/predictions/" + encodeURIComponent(record.id) + "/image.png";
+  }
+
+  function showImage(src, caption) {
+    const img = $("image");
+    img.onerror = () => {
+      // The server keeps no input pixels when store_inputs is off: fall back to the local file.
+      if (current && current.localUrl && img.src !== current.localUrl) img.src = current.localUrl;
+      else setStatus($("status"), "The image cannot be shown: " + caption, "error");
+    };
+    img.src = src;
+    $("caption").textContent = caption;
+    $("viewer").hidden = false;
+  }
+
+  function show(record, name) {
+    if (current && current.localUrl && current.localUrl !== record.localUrl) URL.revokeObjectURL(current.localUrl);
+    current = record;
+    shownHeatmap = null;
+    showImage(baseUrl(record), name || "Prediction " + record.id);
+    const info = $("model-info");
+    const model = record.model;
+    info.replaceChildren(
+      el("dt", { text: "Model" }),
+      el("dd", { text: model.name + " v" + model.version + (model.alias ? " @" + model.alias : "") }),
+      el("dt", { text: "Arm" }),
+      el("dd", { text: record.arm, "data-testid": "arm" }),
+      el("dt", { text: "Latency" }),
+      el("dd", { text: record.latency_ms == null ? "—" : record.latency_ms.toFixed(1) + " ms" }),
+      el("dt", { text: "Prediction" }),
+      el("dd", { text: record.id, class: "mono" })
+    );
+    const regression = !record.findings;
+    $("findings").hidden = regression;
+    $("legend").hidden = regression;
+    $("label-hint").hidden = regression;
+    $("value").hidden = !regression;
+    $("value-feedback").hidden = !regression;
+    $("confirm-all").textContent = regression ? "Agree with the estimate" : "Confirm all findings";
+    if (regression) {
+      $("value").textContent = "Predicted bone age: " + formatValue(record.prediction);
+      $("est-years").value = "";
+      $("est-months").value = "";
+    } else {
+      renderFindings(record.findings);
+    }
+    $("feedback").reset();
+    setStatus($("feedback-status"), "");
+    if (record.feedback) prefill(record.feedback);
+    $("result").hidden = false;
+  }
+
+  function renderFindings(findings) {
+    const list = $("findings");
+    list.replaceChildren();
+    findings.forEach((f, i) => {
+      const fill = el("div", { class: "fill" });
+      fill.style.width = (f.probability * 100).toFixed(1) + "%";
+      const tick = el("div", { class: "tick", title: "threshold " + pct(f.threshold) });
+      tick.style.left = (f.threshold * 100).toFixed(1) + "%";
+      const bar = el(
+        "div",
+        {
+          class: "bar",
+          role: "meter",
+          "aria-label": f.label + " probability",
+          "aria-valuemin": 0,
+          "aria-valuemax": 100,
+          "aria-valuenow": (f.probability * 100).toFixed(1),
+          "aria-valuetext": pct(f.probability) + ", threshold " + pct(f.threshold),
+        },
+        fill,
+        tick
+      );
+      const toggle = el("button", {
+        type: "button",
+        class: "heatmap-toggle",
+        "aria-pressed": "false",
+        "aria-label": "Heatmap for " + f.label,
+        "data-label": f.label,
+        text: "Heatmap",
+        onclick: () => toggleHeatmap(f.label, toggle),
+      });
+      const selectId = "reading-" + i;
+      const select = el(
+        "select",
+        { id: selectId, "data-label": f.label },
+        el("option", { value: "", text: "not reviewed" }),
+        el("option", { value: "1", text: "present" }),
+        el("option", { value: "0", text: "absent" })
+      );
+      list.append(
+        el(
+          "li",
+          { class: f.positive ? "finding positive" : "finding", "data-label": f.label },
+          el(
+            "div",
+            { class: "finding-head" },
+            el("span", { class: "name", text: f.label }),
+            el("span", { class: "thr", text: "threshold " + pct(f.threshold) }),
+            el("span", { class: "prob", text: pct(f.probability) }),
+            f.positive ? el("span", { class: "badge", text: "positive" }) : null
+          ),
+          bar,
+          el(
+            "div",
+            { class: "finding-actions" },
+            toggle,
+            el("label", { for: selectId, class: "inline" }, "Your reading ", select)
+          )
+        )
+      );
+    });
+  }
+
+  function toggleHeatmap(label, button) {
+    for (const b of document.querySelectorAll(".heatmap-toggle")) if (b !== button) b.setAttribute("aria-pressed", "false");
+    if (shownHeatmap === label) {
+      shownHeatmap = null;
+      button.setAttribute("aria-pressed", "false");
+      showImage(baseUrl(current), "Input image");
+      return;
+    }
+    shownHeatmap = label;
+    button.setAttribute("aria-pressed", "true");
+    const url = "/v1/predictions/" + encodeURIComponent(current.id) + "/heatmap.png?label=" + encodeURIComponent(label);
+    const img = $("image");
+    img.onerror = () => setStatus($("status"), "No heatmap for " + label + " (the server keeps no inputs or the model has no CAM).", "error");
+    img.src = url;
+    $("caption").textContent = "Heatmap: " + label;
+  }
+
+  function prefill(fb) {
+    for (const s of document.querySelectorAll("#findings select[data-label]")) {
+      const v = fb.labels ? fb.labels[s.dataset.label] : undefined;
+      s.value = v === undefined || v === null ? "" : String(v);
+    }
+    if (fb.correct !== null && fb.correct !== undefined) {
+      const radio = document.querySelector('input[name="verdict"][value="' + String(fb.correct) + '"]');
+      if (radio) radio.checked = true;
+    }
+    if (fb.value !== null && fb.value !== undefined) {
+      $("est-years").value = Math.floor(Math.round(fb.value) / 12);
+      $("est-months").value = Math.round(fb.value) % 12;
+    }
+    $("reader").value = fb.reader || "";
+    $("comment").value = fb.comment || "";
+    setStatus($("feedback-status"), "Feedback saved earlier (" + timeOf(fb.created_at) + ").", "ok");
+  }
+
+  function confirmAll() {
+    if (!current) return;
+    if (current.findings) {
+      for (const f of current.findings) {
+        const s = document.querySelector('#findings select[data-label="' + CSS.escape(f.label) + '"]');
+        if (s) s.value = f.positive ? "1" : "0";
+      }
+    } else {
+      const months = Math.round(current.prediction.value);
+      $("est-years").value = Math.floor(months / 12);
+      $("est-months").value = months % 12;
+    }
+    document.querySelector('input[name="verdict"][value="true"]').checked = true;
+  }
+
+  function estimate() {
+    const y = $("est-years").value;
+    const m = $("est-months").value;
+    if (y === "" && m === "") return null;
+    const months = Number(y || 0) * 12 + Number(m || 0);
+    const unit = (current.prediction.unit || "months").toLowerCase();
+    return unit.startsWith("year") ? months / 12 : months;
+  }
+
+  async function sendFeedback(event) {
+    event.preventDefault();
+    if (!current) return;
+    const status = $("feedback-status");
+    const body = { prediction_id: current.id };
+    if (current.findings) {
+      const labels = {};
+      for (const s of document.querySelectorAll("#findings select[data-label]")) {
+        if (s.value !== "") labels[s.dataset.label] = Number(s.value);
+      }
+      if (Object.keys(labels).length) body.labels = labels;
+    } else {
+      const value = estimate();
+      if (value !== null) body.value = value;
+    }
+    const verdict = document.querySelector('input[name="verdict"]:checked');
+    if (verdict && verdict.value !== "") body.correct = verdict.value === "true";
+    const reader = $("reader").value.trim();
+    const comment = $("comment").value.trim();
+    if (reader) body.reader = reader;
+    if (comment) body.comment = comment;
+    if (body.labels === undefined && body.value === undefined && body.correct === undefined) {
+      setStatus(status, "Give a reading for at least one finding, an estimate, or a verdict before saving.", "error");
+      return;
+    }
+    setStatus(status, "Saving…", "busy");
+    try {
+      const saved = await api("/v1/feedback", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      setStatus(status, "Feedback saved (#" + saved.id + " at " + timeOf(saved.created_at) + ").", "ok");
+      loadHistory();
+    } catch (err) {
+      setStatus(status, "Feedback not saved: " + err.message, "error");
+    }
+  }
+
+  function resultText(outputs) {
+    if (outputs.prediction) return formatValue(outputs.prediction);
+    const positives = (outputs.findings || []).filter((f) => f.positive).map((f) => f.label);
+    return positives.length ? positives.join(", ") : "no positive finding";
+  }
+
+  function feedbackText(fb, outputs) {
+    if (!fb) return "none";
+    const parts = [];
+    if (fb.correct !== null && fb.correct !== undefined) parts.push(fb.correct ? "correct" : "incorrect");
+    if (fb.labels) {
+      const corrected = (outputs.findings || []).filter(
+        (f) => fb.labels[f.label] !== undefined && Boolean(fb.labels[f.label]) !== f.positive
+      ).length;
+      const n = Object.keys(fb.labels).length;
+      parts.push(n + " label" + (n === 1 ? "" : "s") + (corrected ? ", " + corrected + " corrected" : " confirmed"));
+    }
+    if (fb.value !== null && fb.value !== undefined) parts.push("estimate " + yearsMonths(fb.value));
+    return parts.join("; ") || "saved";
+  }
+
+  async function loadHistory() {
+    const body = document.querySelector("#history tbody");
+    let data;
+    try {
+      data = await api("/v1/ui/recent?limit=15");
+    } catch (err) {
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: "History unavailable: " + err.message })));
+      return;
+    }
+    if (!data.predictions.length) {
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: "No predictions yet." })));
+      return;
+    }
+    body.replaceChildren(
+      ...data.predictions.map((p) => {
+        const record = Object.assign({ id: p.id, model: p.model, arm: p.arm, latency_ms: p.latency_ms, feedback: p.feedback }, p.outputs);
+        return el(
+          "tr",
+          { "data-id": p.id, class: current && current.id === p.id ? "current" : "" },
+          el("td", { text: timeOf(p.created_at) }),
+          el("td", { text: p.model.name + " v" + p.model.version + " (" + p.arm + ")" }),
+          el("td", { text: resultText(p.outputs) }),
+          el("td", { class: p.feedback ? "fb yes" : "fb", text: feedbackText(p.feedback, p.outputs) }),
+          el(
+            "td",
+            {},
+            el("button", {
+              type: "button",
+              text: "Open",
+              "aria-label": "Open prediction from " + timeOf(p.created_at),
+              onclick: () => {
+                show(record);
+                loadHistory();
+                $("result").scrollIntoView({ behavior: "smooth" });
+              },
+            })
+          )
+        );
+      })
+    );
+  }
+
+  function wireDrop() {
+    const drop = $("drop");
+    for (const kind of ["dragenter", "dragover"]) {
+      drop.addEventListener(kind, (e) => {
+        e.preventDefault();
+        drop.dataset.state = "over";
+      });
+    }
+    for (const kind of ["dragleave", "drop"]) drop.addEventListener(kind, () => (drop.dataset.state = "idle"));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      const file = e.dataTransfer && e.dataTransfer.files[0];
+      if (file) upload(file);
+    });
+    $("file").addEventListener("change", (e) => {
+      upload(e.target.files[0]);
+      e.target.value = "";
+    });
+  }
+
+  wireDrop();
+  $("feedback").addEventListener("submit", sendFeedback);
+  $("confirm-all").addEventListener("click", confirmAll);
+  $("refresh-history").addEventListener("click", loadHistory);
+  loadHistory();
+})();

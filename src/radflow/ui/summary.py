@@ -1,0 +1,293 @@
+"""JSON the web UI needs that the service API does not give directly: recent predictions with their
+feedback, online accuracy per model version, a metrics snapshot and the registry's versions.
+
+These are read-only views over the service's store, Prometheus registry and MLflow registry; the
+pages poll them, so each is one or two small SQL queries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import false, func, select
+
+from radflow.serve.store import FEEDBACK, PREDICTIONS, Store
+
+__all__ = [
+    "PREDICT_ENDPOINTS",
+    "feedback_stats",
+    "histogram_quantile",
+    "metrics_snapshot",
+    "recent_predictions",
+    "registry_versions",
+]
+
+PREDICT_ENDPOINTS = ("/v1/predict",)
+"""Endpoints counted as inference traffic (plus every V2 ``.../infer``); UI polling is not traffic."""
+
+
+def _iso(value: datetime | None) -> str | None:
+    # SQLite hands back naive datetimes; they were written in UTC, and the browser must know it.
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _is_predict(endpoint: str) -> bool:
+    return endpoint in PREDICT_ENDPOINTS or endpoint.endswith("/infer")
+
+
+def _latest_feedback(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The newest feedback row per prediction (a reader's correction replaces their first answer), with a count."""
+    query = select(FEEDBACK).where(FEEDBACK.c.prediction_id.in_(ids)).order_by(FEEDBACK.c.id)
+    latest: dict[str, dict[str, Any]] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            count = latest.get(row["prediction_id"], {}).get("count", 0) + 1
+            latest[row["prediction_id"]] = {
+                "count": count,
+                "labels": row["labels"],
+                "value": row["value"],
+                "correct": row["correct"],
+                "reader": row["reader"],
+                "comment": row["comment"],
+                "created_at": _iso(row["created_at"]),
+            }
+    return latest
+
+
+def recent_predictions(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest answered (non-shadow) predictions, newest first, each with its latest feedback or None."""
+    store.flush()
+    query = (
+        select(PREDICTIONS)
+        .where(PREDICTIONS.c.shadow == false())
+        .order_by(PREDICTIONS.c.created_at.desc())
+        .limit(max(1, min(limit, 500)))
+    )
+    with store.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    feedback = _latest_feedback(store, [r["id"] for r in rows])
+    out = []
+    for row in rows:
+        out.append(
+            {
+                "id": row["id"],
+                "created_at": _iso(row["created_at"]),
+                "model": {"name": row["model_name"], "version": row["model_version"], "alias": row["model_alias"]},
+                "arm": row["arm"],
+                "input_format": row["input_format"],
+                "latency_ms": row["latency_ms"],
+                "outputs": row["outputs"],
+                "feedback": feedback.get(row["id"]),
+            }
+        )
+    return out
+
+
+def _judge(outputs: dict[str, Any], fb: dict[str, Any], acc: dict[str, Any]) -> None:
+    """Add one prediction's latest feedback to a model version's running tallies."""
+    if fb["correct"] is not None:
+        acc["verdicts"] += 1
+        acc["correct"] += bool(fb["correct"])
+    if fb["labels"]:
+        for finding in outputs.get("findings") or []:
+            truth = fb["labels"].get(finding["label"])
+            if truth is None:
+                continue
+            acc["label_judgements"] += 1
+            acc["label_agreements"] += int(bool(finding["positive"]) == bool(truth))
+            acc["scored"].setdefault(finding["label"], []).append((float(finding["probability"]), int(bool(truth))))
+    value = (outputs.get("prediction") or {}).get("value")
+    if fb["value"] is not None and value is not None:
+        acc["abs_errors"].append(abs(float(value) - float(fb["value"])))
+
+
+def feedback_stats(store: Store) -> list[dict[str, Any]]:
+    """Per model version: predictions answered, predictions with feedback, and online accuracy from feedback.
+
+    ``accuracy`` is the share of whole-prediction verdicts that said correct; ``label_agreement`` the
+    share of per-label answers matching the model's decision at its threshold; ``auroc`` the mean
+    per-label AUROC of the probabilities against readers' labels (labels with both classes only);
+    ``mae`` the mean absolute error against readers' estimates (regression). Each is None until
+    there is feedback to compute it from.
+    """
+    store.flush()
+    key_cols = (PREDICTIONS.c.model_name, PREDICTIONS.c.model_version, PREDICTIONS.c.arm)
+    tallies: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(
+        lambda: {
+            "predictions": 0,
+            "with_feedback": 0,
+            "verdicts": 0,
+            "correct": 0,
+            "label_judgements": 0,
+            "label_agreements": 0,
+            "abs_errors": [],
+            "scored": {},
+        }
+    )
+    with store.engine.connect() as conn:
+        counts = select(*key_cols, func.count()).where(PREDICTIONS.c.shadow == false()).group_by(*key_cols)
+        for name, version, arm, n in conn.execute(counts):
+            tallies[(name, version, arm)]["predictions"] = int(n)
+    # One join, oldest feedback first, so the newest answer per prediction wins (no id lists: they hit
+    # SQLite's bound-parameter limit on a busy server).
+    joined = (
+        select(FEEDBACK, *key_cols, PREDICTIONS.c.outputs)
+        .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.prediction_id)
+        .order_by(FEEDBACK.c.id)
+    )
+    latest: dict[str, dict[str, Any]] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(joined).mappings():
+            latest[row["prediction_id"]] = dict(row)
+    for fb in latest.values():
+        acc = tallies[(fb["model_name"], fb["model_version"], fb["arm"])]
+        acc["with_feedback"] += 1
+        _judge(fb["outputs"] or {}, fb, acc)
+    out = []
+    for (name, version, arm), acc in sorted(tallies.items()):
+        errors = acc.pop("abs_errors")
+        auroc = _macro_auroc(acc.pop("scored"))
+        out.append(
+            {
+                "model": name,
+                "version": version,
+                "arm": arm,
+                **acc,
+                "accuracy": acc["correct"] / acc["verdicts"] if acc["verdicts"] else None,
+                "label_agreement": (
+                    acc["label_agreements"] / acc["label_judgements"] if acc["label_judgements"] else None
+                ),
+                "auroc": auroc,
+                "mae": sum(errors) / len(errors) if errors else None,
+            }
+        )
+    return out
+
+
+def _macro_auroc(scored: dict[str, list[tuple[float, int]]]) -> float | None:
+    """Mean AUROC over labels whose reader answers include both classes (None when no label has both)."""
+    usable = {k: v for k, v in scored.items() if len({t for _, t in v}) == 2}
+    if not usable:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    values = [float(roc_auc_score([t for _, t in pairs], [p for p, _ in pairs])) for pairs in usable.values()]
+    return sum(values) / len(values)
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus-style quantile from cumulative ``(upper_bound, count)`` buckets (linear within a bucket)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if math.isinf(upper):
+                return lower  # beyond the last finite bound: the best honest answer is that bound
+            width = count - below
+            return lower + (upper - lower) * ((rank - below) / width if width else 1.0)
+        lower, below = upper, count
+    return lower
+
+
+def _add_buckets(into: dict[float, float], le: str, value: float) -> None:
+    bound = float(le)
+    into[bound] = into.get(bound, 0.0) + value
+
+
+def metrics_snapshot(text: str) -> dict[str, Any]:
+    """Cumulative inference counters from the service's Prometheus text, summed over models.
+
+    The dashboard turns two snapshots into rates and windowed quantiles; the lifetime p50/p95 are
+    included for a first paint.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests = 0.0
+    errors = 0.0
+    by_arm: dict[str, float] = defaultdict(float)
+    latency: dict[float, float] = {}
+    latency_sum = 0.0
+    batch: dict[float, float] = {}
+    batch_sum = 0.0
+    rejected: dict[str, float] = defaultdict(float)
+    in_flight = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            if s.name == "radflow_requests_total" and _is_predict(labels.get("endpoint", "")):
+                requests += s.value
+                if labels.get("status", "").startswith(("4", "5")):
+                    errors += s.value
+                if labels.get("arm"):
+                    by_arm[labels["arm"]] += s.value
+            elif s.name == "radflow_request_latency_seconds_bucket" and _is_predict(labels.get("endpoint", "")):
+                _add_buckets(latency, labels["le"], s.value)
+            elif s.name == "radflow_request_latency_seconds_sum" and _is_predict(labels.get("endpoint", "")):
+                latency_sum += s.value
+            elif s.name == "radflow_batch_size_bucket":
+                _add_buckets(batch, labels["le"], s.value)
+            elif s.name == "radflow_batch_size_sum":
+                batch_sum += s.value
+            elif s.name == "radflow_rejected_total":
+                rejected[labels.get("reason", "other")] += s.value
+            elif s.name == "radflow_requests_in_flight":
+                in_flight = s.value
+    latency_buckets = sorted(latency.items())
+    batch_buckets = sorted(batch.items())
+    batch_count = batch_buckets[-1][1] if batch_buckets else 0.0
+    p50, p95 = histogram_quantile(latency_buckets, 0.5), histogram_quantile(latency_buckets, 0.95)
+
+    def finite(buckets: list[tuple[float, float]]) -> list[list[float | None]]:
+        # JSON has no Infinity; the +Inf bound travels as null.
+        return [[None if math.isinf(b) else b, c] for b, c in buckets]
+
+    return {
+        "requests": requests,
+        "errors": errors,
+        "by_arm": dict(by_arm),
+        "latency_buckets": finite(latency_buckets),
+        "latency_sum": latency_sum,
+        "latency_p50_ms": None if p50 is None else p50 * 1000,
+        "latency_p95_ms": None if p95 is None else p95 * 1000,
+        "batch_buckets": finite(batch_buckets),
+        "batches": batch_count,
+        "batch_sum": batch_sum,
+        "mean_batch_size": batch_sum / batch_count if batch_count else None,
+        "rejected": dict(rejected),
+        "in_flight": in_flight,
+    }
+
+
+_SHOWN_TAGS = ("test_", "radflow.dataset_version", "radflow.git_commit", "radflow.task", "gate")
+
+
+def registry_versions(name: str, tracking_uri: str | None) -> dict[str, Any]:
+    """The registered versions of ``name`` with aliases, headline metrics and lineage tags, newest first."""
+    from radflow.tracking import client, resolve_tracking_uri
+
+    mlflow_client = client(resolve_tracking_uri(tracking_uri))
+    model = mlflow_client.get_registered_model(name)
+    aliases: dict[str, list[str]] = defaultdict(list)
+    for alias, version in (model.aliases or {}).items():
+        aliases[str(version)].append(alias)
+    versions: list[dict[str, Any]] = []
+    for mv in mlflow_client.search_model_versions(f"name='{name}'"):
+        tags = mv.tags or {}
+        versions.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(aliases.get(str(mv.version), [])),
+                "run_id": mv.run_id,
+                "created_at": mv.creation_timestamp,
+                "tags": {k: v for k, v in sorted(tags.items()) if k.startswith(_SHOWN_TAGS)},
+            }
+        )
+    versions.sort(key=lambda v: int(v["version"]) if str(v["version"]).isdigit() else 0, reverse=True)
+    return {"name": name, "versions": versions}
