@@ -1,0 +1,53 @@
+"""The prediction log and feedback on a real PostgreSQL server (Debian's), as a team outgrowing SQLite runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from radflow.serve import ServeSettings
+from radflow.serve.store import Store
+from tests.postgres import postgres_server
+from tests.serve.harness import AppHarness
+from tests.serve.models import png_bytes
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    yield from postgres_server()
+
+
+def test_service_logs_predictions_and_feedback_in_postgresql(
+    pg_url: str, onnx_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    app = AppHarness(ServeSettings(model=str(onnx_pair[0]), store_url=pg_url, inputs_dir=tmp_path / "inputs"))
+    try:
+        ids = []
+        for seed in range(3):
+            answer = app.request("POST", "/v1/predict", files={"file": ("x.png", png_bytes(seed), "image/png")})
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["id"])
+        saved = app.request("POST", "/v1/feedback", json={"prediction_id": ids[0], "labels": {"Pneumothorax": 1}})
+        assert saved.status_code == 201, saved.text
+        unknown = app.request("POST", "/v1/feedback", json={"prediction_id": "nope", "correct": True})
+        assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
+        # a bad label value is refused before anything is written
+        bad = app.request("POST", "/v1/feedback", json={"prediction_id": ids[1], "labels": {"Pneumothorax": 7}})
+        assert bad.status_code == 422
+    finally:
+        app.close()  # flushes the log
+
+    store = Store(pg_url)  # a second connection sees everything the service acknowledged
+    try:
+        logged = {p["id"]: p for p in store.predictions()}
+        assert set(ids) <= set(logged)
+        assert logged[ids[0]]["outputs"]["findings"][0]["label"]
+        assert logged[ids[0]]["created_at"].endswith("+00:00")  # timestamptz round-trips in UTC
+        feedback = store.feedback()
+        assert [(f["prediction_id"], f["labels"]) for f in feedback] == [(ids[0], {"Pneumothorax": 1})]
+    finally:
+        store.close()
