@@ -34,10 +34,8 @@ def serve_command(
     """Serve the champion (and challenger) over HTTP: /v1 images, /v2 tensors, /metrics. Settings: RADFLOW_* env."""
 
     def body() -> None:
-        import uvicorn
-
-        from radflow.serve import ServeSettings, create_app
-        from radflow.serve.service import preload
+        from radflow.serve import ServeSettings
+        from radflow.serve.server import run_server
 
         if workspace is not None and not workspace.is_dir():
             raise ConfigError(
@@ -52,14 +50,14 @@ def serve_command(
             "store_url": store_url,
         }
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
-        models = preload(settings)
-        console.print(
-            f"serving {settings.resolved_model()} on http://{host}:{port} (store {settings.resolved_store_url()})",
-            highlight=False,
-        )
-        # SIGTERM: uvicorn stops accepting, waits for in-flight requests, then the lifespan drains and flushes.
-        uvicorn.run(
-            create_app(settings, models), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30
-        )
+
+        def ready(url: str) -> None:
+            console.print(
+                f"serving {settings.resolved_model()} on {url} — reader UI {url}/ · dashboard {url}/dashboard · "
+                f"API {url}/docs (store {settings.resolved_store_url()})",
+                highlight=False,
+            )
+
+        run_server(settings, host=host, port=port, log_level=log_level, on_ready=ready)
 
     run_command(body)

@@ -1,0 +1,64 @@
+"""Run the service under uvicorn in this process: what ``radflow serve`` and ``radflow demo`` both do.
+
+Models load before the socket opens, so a bad model URI is a clear error instead of a server that
+never gets ready. ``on_ready(url)`` runs in a background thread once ``/v2/health/ready`` answers —
+the demo starts its simulated clinic there. SIGTERM and Ctrl-C stop accepting, answer what is in
+flight and flush the prediction log (uvicorn's graceful shutdown, then the app's lifespan).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from radflow.serve.settings import ServeSettings
+
+__all__ = ["port_is_free", "run_server"]
+
+GRACEFUL_SHUTDOWN_S = 30
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _notify_when_ready(url: str, on_ready: Callable[[str], None], timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                on_ready(url)
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
+def run_server(
+    settings: ServeSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Load the models, then serve until SIGTERM/SIGINT (blocking)."""
+    import uvicorn
+
+    from radflow.serve.app import create_app
+    from radflow.serve.service import preload
+
+    models = preload(settings)
+    app = create_app(settings, models)
+    if on_ready is not None:
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        threading.Thread(target=_notify_when_ready, args=(url, on_ready), daemon=True, name="radflow-ready").start()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
