@@ -82,6 +82,11 @@ class DataConfig(_Section):
     frontal_only: bool = Field(default=False, description="Keep frontal views only.")
     labels_csv: str | None = Field(default=None, description="DICOM: labels CSV keyed by SOPInstanceUID or path.")
     synth: SynthConfig = Field(default_factory=lambda: SynthConfig(), description="Phantom data (source synthetic).")
+    extra: list[str] = Field(
+        default_factory=list,
+        description="Extra training-only folders in the workspace, in the source's layout (e.g. data/feedback from "
+        "`radflow feedback export`); their images join train, never val or test.",
+    )
 
     @property
     def format(self) -> str:

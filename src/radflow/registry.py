@@ -39,6 +39,7 @@ __all__ = [
     "CHAMPION",
     "CHECKPOINT_ARTIFACT",
     "EVAL_DATASET_TAG",
+    "EVAL_HELD_OUT_TAG",
     "EVAL_SPLIT_TAG",
     "PREVIOUS_CHAMPION_TAG",
     "check_gates",
@@ -57,6 +58,9 @@ GATE_TAG = "gate"
 EVAL_DATASET_TAG = "radflow.eval_dataset_version"
 """Run tag: dataset version whose split the test metrics were computed on (set by the evaluation)."""
 EVAL_SPLIT_TAG = "radflow.eval_split"
+EVAL_HELD_OUT_TAG = "radflow.eval_held_out_version"
+"""Run tag: content hash of the test split itself (radflow.data.split.held_out_version); set by the
+pipeline's evaluate stage. Models trained on more data (feedback) keep it, so they stay comparable."""
 # Run-level numbers copied onto every version so the registry UI shows them without opening the run.
 HEADLINE_METRICS = (
     "test_macro_auroc",
@@ -154,7 +158,8 @@ def _alias_version(client: MlflowClient, name: str, alias: str, uri: str) -> Mod
 def _eval_version(tags: dict[str, str]) -> str | None:
     # Runs evaluated by radflow carry the evaluated dataset version; older ones only the training one,
     # which is the dataset whose test split the loop evaluates.
-    return tags.get(EVAL_DATASET_TAG) or tags.get("radflow.dataset_version")
+    # The test split's own hash when known: a dataset grown by training-only rows keeps the same test set.
+    return tags.get(EVAL_HELD_OUT_TAG) or tags.get(EVAL_DATASET_TAG) or tags.get("radflow.dataset_version")
 
 
 def _task(metrics: dict[str, float], tags: dict[str, str]) -> str:
@@ -319,8 +324,9 @@ def register(
         if "already exists" not in str(exc).lower() and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
     tags = {key: run_tags[key] for key in LINEAGE_TAGS if key in run_tags}
-    if EVAL_DATASET_TAG in run_tags:
-        tags[EVAL_DATASET_TAG] = run_tags[EVAL_DATASET_TAG]
+    for key in (EVAL_DATASET_TAG, EVAL_HELD_OUT_TAG):
+        if key in run_tags:
+            tags[key] = run_tags[key]
     tags.update({key: f"{metrics[key]:.4f}" for key in HEADLINE_METRICS if key in metrics})
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     number = str(version.version)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from radflow.cli import demo as _demo  # noqa: F401
 from radflow.cli import evaluate as _evaluate  # noqa: F401
 from radflow.cli import export as _export  # noqa: F401
+from radflow.cli import feedback as _feedback  # noqa: F401
 from radflow.cli import ingest as _ingest  # noqa: F401
+from radflow.cli import loop as _loop  # noqa: F401
 from radflow.cli import registry as _registry  # noqa: F401
 from radflow.cli import serve as _serve  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401

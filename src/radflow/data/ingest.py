@@ -13,6 +13,12 @@ cores -> write pixel shards and the manifest. Properties users rely on:
 * Safety: new shards and manifest are written beside the old ones and swapped in at the
   end; a failed or interrupted ingest leaves the previous dataset intact.
 * Bad files are skipped and listed in ``dataset.json`` (``strict=True`` makes them fatal).
+* Extra sources (``IngestOptions.extra``, e.g. exported reader feedback) are read in the same
+  format and appended as training-only rows: ``official_split`` is ``"extra"``, which
+  :func:`radflow.data.split.split_dataset` keeps out of the split it draws, so the test set stays
+  exactly what the main source gives. Their patients are prefixed with the folder name before
+  pseudonymisation, so they can never merge with a patient of the main source; an image whose
+  bytes the main source already holds is skipped as a duplicate.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import pandas as pd
 from radflow.data.dataset import SHARD_DIR, Dataset, ShardWriter, write_dataset
 from radflow.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels
-from radflow.data.sources import SourceRecord, read_source
+from radflow.data.sources import SourceRecord, SourceTable, read_source
+from radflow.data.split import EXTRA_SPLIT
 from radflow.errors import DataError, ImageDecodeError, RadflowError
 
 __all__ = ["IngestOptions", "ingest", "load_salt", "pseudonymize"]
@@ -57,6 +64,8 @@ class IngestOptions:
     labels_csv: Path | None = None
     salt_file: Path | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    extra: tuple[Path, ...] = ()
+    """Folders of extra training-only data in the same format (see the module docstring)."""
 
 
 def load_salt(path: Path) -> bytes:
@@ -150,6 +159,34 @@ def _identity(record: SourceRecord, processed: _Processed, salt: bytes) -> tuple
     return pseudonymize(salt, patient), pseudonymize(salt, f"{patient}\x00{study}")
 
 
+def _append_extra(table: SourceTable, fmt: str, folder: Path, options: IngestOptions) -> None:
+    """Read ``folder`` in format ``fmt`` and add its records to ``table`` as training-only rows."""
+    keeps_labels = fmt not in ("boneage", "folder")  # those formats fix their own labels
+    extra = read_source(
+        fmt,
+        folder,
+        uncertain=options.uncertain,
+        labels=list(table.labels) if keeps_labels else None,
+        frontal_only=options.frontal_only,
+        labels_csv=options.labels_csv,
+    )
+    if extra.task != table.task or extra.labels != table.labels:
+        raise DataError(
+            f"extra source has task {extra.task} with labels {extra.labels}, but the main source has "
+            f"{table.task} with {table.labels}; extra data must label the same findings.",
+            path=folder,
+        )
+    for record in extra.records:
+        # The folder name keeps these pseudo-patients apart from every patient of the main source.
+        patient = f"{EXTRA_SPLIT}:{folder.name}:{record.patient or record.rel_path}"
+        record.study = f"{patient}/{record.study or record.rel_path}"
+        record.patient = patient
+        record.official_split = EXTRA_SPLIT
+    table.records.extend(extra.records)
+    table.skipped.extend(extra.skipped)
+    table.info.setdefault("extra", []).append({"path": str(folder.resolve()), "images": len(extra.records)})
+
+
 def ingest(
     src: Path,
     fmt: str,
@@ -172,6 +209,8 @@ def ingest(
         frontal_only=options.frontal_only,
         labels_csv=options.labels_csv,
     )
+    for folder in options.extra:
+        _append_extra(table, fmt, Path(folder), options)
     skipped = list(table.skipped)
     if options.strict and skipped:
         first = skipped[0]

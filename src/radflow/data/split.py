@@ -13,10 +13,17 @@ as the smallest split allows).
 
 The assignment depends only on the manifest's content and the seed (patients are visited in
 sorted-id order before the seeded shuffle), so a re-run reproduces it exactly.
+
+Rows ingested from an extra source (``official_split == "extra"``, e.g. reader feedback) are
+training-only: the split above is drawn from the other rows exactly as if they were absent, then
+the extra rows join train. Adding feedback therefore never moves an image into or out of val or
+test; :func:`held_out_version` names the test set so models can be compared on it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,10 @@ import pandas as pd
 from radflow.data.dataset import SPLITS, Dataset, write_dataset
 from radflow.errors import ConfigError, DataError
 
-__all__ = ["deal_by_target", "iterative_stratification", "split_dataset"]
+__all__ = ["EXTRA_SPLIT", "deal_by_target", "held_out_version", "iterative_stratification", "split_dataset"]
+
+EXTRA_SPLIT = "extra"
+"""``official_split`` of rows from an extra, training-only source (see the module docstring)."""
 
 _COMPUTED_KEYS = {
     "format_version",
@@ -196,8 +206,11 @@ def split_dataset(root: Path, val: float = 0.1, test: float = 0.1, seed: int = 0
     _check_fractions(val, test)
     root = Path(root)
     dataset = Dataset.open(root)
-    manifest = dataset.manifest.copy()
+    full = dataset.manifest.copy()
     labels, task = dataset.labels, dataset.task
+    is_extra = (full["official_split"].fillna("").astype(str) == EXTRA_SPLIT).to_numpy()
+    # The split is drawn from the main source alone, so extra rows can never change it.
+    manifest = full[~is_extra].reset_index(drop=True)
     if len(manifest) == 0:
         raise DataError("the dataset has no images to split; ingest a source with images first.", path=root)
 
@@ -239,8 +252,10 @@ def split_dataset(root: Path, val: float = 0.1, test: float = 0.1, seed: int = 0
         )
     split_names = np.asarray(SPLITS, dtype=object)[patient_split[codes]]
     manifest["split"] = split_names.astype(str)
-
     warnings = _warnings(manifest, labels, task, official, weights, fractions, val, test)
+    full["split"] = "train"
+    full.loc[~is_extra, "split"] = manifest["split"].to_numpy()
+    manifest = full
     if conflicts:
         warnings.insert(
             0,
@@ -253,6 +268,8 @@ def split_dataset(root: Path, val: float = 0.1, test: float = 0.1, seed: int = 0
         "test": test,
         "seed": seed,
         "method": "patient-level iterative stratification",
+        "extra_train_images": int(is_extra.sum()),
+        "held_out_version": _held_out(manifest, labels, dataset.spec.to_dict()),
         "warnings": warnings,
     }
     info = write_dataset(
@@ -265,7 +282,28 @@ def split_dataset(root: Path, val: float = 0.1, test: float = 0.1, seed: int = 0
         skipped=dataset.info.get("skipped", []),
         extra=extra,
     )
-    return _summary(root, info, manifest, labels, val, test, seed, official, weights, warnings)
+    summary = _summary(root, info, manifest, labels, val, test, seed, official, weights, warnings)
+    summary["extra_train_images"] = int(is_extra.sum())
+    summary["held_out_version"] = extra["split"]["held_out_version"]
+    return summary
+
+
+def held_out_version(dataset: Dataset) -> str:
+    """Content hash of the test split (image hashes, labels, preprocessing): equal means the same test set.
+
+    Dataset versions differ whenever training data is added; this one changes only with the test set,
+    so the registry can still compare a model retrained on feedback with the champion.
+    """
+    return _held_out(dataset.manifest, dataset.labels, dataset.spec.to_dict())
+
+
+def _held_out(manifest: pd.DataFrame, labels: list[str], spec: dict[str, Any]) -> str:
+    test = manifest[manifest["split"] == "test"]
+    rows = test[["sha256", *labels]].astype({label: "float32" for label in labels}).sort_values("sha256")
+    header = {"spec": spec, "labels": labels}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _warnings(

@@ -54,6 +54,7 @@ _INGEST_PARAMS = [
     "data.labels",
     "data.frontal_only",
     "data.labels_csv",
+    "data.extra",
 ]
 
 
@@ -79,7 +80,8 @@ def dvc_yaml(params: Params) -> dict[str, Any]:
     raw = raw_path(params)
     if params.data.source == "synthetic":
         stages["synth"] = _stage("synth", [], ["data.synth"], [raw])
-    stages["ingest"] = _stage("ingest", [raw], _INGEST_PARAMS, [DATASET])
+    # Extra training data (e.g. exported feedback) is a dep like the raw data: a changed folder reruns ingest.
+    stages["ingest"] = _stage("ingest", [raw, *params.data.extra], _INGEST_PARAMS, [DATASET])
     stages["split"] = _stage("split", [DATASET], ["split"], [SPLIT_DATASET])
     stages["train"] = _stage(
         "train",

@@ -103,6 +103,7 @@ def reproduce_commands(commit: str, sets: list[str], experiment: str | None) -> 
 def record_lineage(root: Path, params: Params, name: str, version: str, run_id: str) -> dict[str, Any]:
     """Collect the lineage of model ``name`` ``version`` (trained by ``run_id``) and store it in MLflow."""
     from radflow.data.dataset import Dataset
+    from radflow.data.split import EXTRA_SPLIT, held_out_version
     from radflow.pipeline.dvc_yaml import SPLIT_DATASET
     from radflow.tracking import client, git_state, resolve_tracking_uri
 
@@ -128,7 +129,14 @@ def record_lineage(root: Path, params: Params, name: str, version: str, run_id: 
         },
         "dvc_experiment": experiment,
         "dvc_baseline": os.environ.get("DVC_EXP_BASELINE_REV") or None,
-        "dataset": {"version": dataset.version, "task": dataset.task},
+        "dataset": {
+            "version": dataset.version,
+            "task": dataset.task,
+            # The test split's own hash: unchanged when training data (e.g. feedback) is added.
+            "held_out_version": held_out_version(dataset),
+            "extra_train_images": int((dataset.manifest["official_split"] == EXTRA_SPLIT).sum()),
+            "extra_sources": list(params.data.extra),
+        },
         # The register stage's own entry is from the previous run; it is being rewritten now.
         "data_hashes": {k: v for k, v in lock_hashes(root).items() if k != "register"},
         "params": params.model_dump(mode="json"),

@@ -60,6 +60,7 @@ def _ingest(root: Path, params: Params) -> dict[str, Any]:
         labels_csv=root / data.labels_csv if data.labels_csv else None,
         # The pseudonymisation key stays in the workspace, out of git and out of the DVC cache.
         salt_file=root / SALT_FILE,
+        extra=tuple(root / folder for folder in data.extra),
     )
     return ingest(root / paths.raw_path(params), data.format, root / paths.DATASET, options)
 
@@ -164,7 +165,10 @@ def _roc_points(checkpoint: Path, dataset: Path) -> list[dict[str, Any]]:
 
 
 def _evaluate(root: Path, params: Params) -> dict[str, Any]:
+    from radflow.data.dataset import Dataset
+    from radflow.data.split import held_out_version
     from radflow.evaluate.report import evaluate_and_log
+    from radflow.registry import EVAL_HELD_OUT_TAG
     from radflow.tracking import client, resolve_tracking_uri
 
     run_id = _read_json(root / paths.TRAIN_METRICS, "train")["run_id"]
@@ -176,6 +180,9 @@ def _evaluate(root: Path, params: Params) -> dict[str, Any]:
     # (a DVC dependency of this stage) never changes under DVC's feet.
     shutil.copyfile(root / paths.CHECKPOINTS / "best.pt", model)
     result = evaluate_and_log(run_id, model, dataset, params.evaluate, None)
+    # Names the test set itself, so the register gate compares with a champion trained on less data.
+    held_out = held_out_version(Dataset.open(dataset))
+    client(resolve_tracking_uri()).set_tag(run_id, EVAL_HELD_OUT_TAG, held_out)
     # The report and figures were just logged to the run; fetch them rather than evaluate twice.
     out = root / paths.EVAL_DIR
     shutil.rmtree(out, ignore_errors=True)
@@ -183,7 +190,10 @@ def _evaluate(root: Path, params: Params) -> dict[str, Any]:
         fetched = client(resolve_tracking_uri()).download_artifacts(run_id, "evaluation", tmp)
         shutil.copytree(fetched, out)
     headline = {k: v for k, v in result["headline"].items() if v is not None}
-    _write_json(root / paths.METRICS, {**headline, "dataset_version": result["dataset"]["version"]})
+    _write_json(
+        root / paths.METRICS,
+        {**headline, "dataset_version": result["dataset"]["version"], "held_out_version": held_out},
+    )
     _write_json(root / paths.ROC, {"roc": _roc_points(model, dataset)})
     return result
 
@@ -222,6 +232,8 @@ def _register(root: Path, params: Params) -> dict[str, Any]:
         "passed": result["passed"],
         "alias": result["alias"],
         "failures": [f["message"] for f in result["failures"]],
+        "checks": [c["message"] for c in result["checks"]],
+        "champion": result["champion"],
         "notes": result["notes"],
         "lineage": lineage,
     }

@@ -26,7 +26,16 @@ from radflow.config import SOURCES, Params, load_params
 from radflow.errors import ConfigError, NotFoundError, RadflowError, did_you_mean
 from radflow.pipeline.dvc_yaml import SYNTH_DIR, dvc_yaml
 
-__all__ = ["DEFAULT_REMOTE", "find_workspace", "git_env", "init_workspace", "run_git"]
+__all__ = [
+    "DEFAULT_REMOTE",
+    "commit_paths",
+    "dvc_add",
+    "find_workspace",
+    "git_env",
+    "init_workspace",
+    "run_git",
+    "use_extra_source",
+]
 
 DEFAULT_REMOTE = ".dvc-remote"
 GIT_USER = ("radflow", "radflow@localhost")
@@ -37,6 +46,9 @@ _GITIGNORE = """\
 /.radflow-salt
 /.dvc-remote/
 /models/checkpoints/
+# The server's prediction log and stored inputs: `radflow feedback export` turns them into data/feedback
+/serving.db*
+/inputs/
 """
 
 
@@ -185,3 +197,35 @@ def init_workspace(
         "raw_md5": _raw_md5(root, params) if data is not None else None,
         "commit": commit,
     }
+
+
+def use_extra_source(root: Path, folder: str) -> bool:
+    """List ``folder`` in ``data.extra`` and make it an ingest dep in ``dvc.yaml``; False when it already was."""
+    params = load_params(root / "params.yaml")
+    if folder in params.data.extra:
+        return False
+    params = params.with_overrides({"data.extra": [*params.data.extra, folder]})
+    (root / "params.yaml").write_text(params.to_yaml())
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(params), sort_keys=False))
+    return True
+
+
+def dvc_add(root: Path, path: str) -> str:
+    """``dvc add PATH``: track a data folder (cache + remote); returns its md5 from the ``.dvc`` file."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "add", "-q", path], cwd=root, capture_output=True, text=True, env=git_env()
+    )
+    if done.returncode != 0:
+        raise RadflowError(f"dvc add {path} failed in {root}: {(done.stderr or done.stdout).strip()}")
+    outs = (yaml.safe_load((root / f"{path}.dvc").read_text()) or {}).get("outs", [])
+    return str(outs[0].get("md5", "")) if outs else ""
+
+
+def commit_paths(root: Path, paths: list[str], message: str) -> str | None:
+    """Commit exactly ``paths`` (other edits in the tree stay uncommitted); returns the commit, None if unchanged."""
+    present = [p for p in paths if (root / p).exists()]
+    run_git(root, "add", "--", *present)
+    if run_git(root, "diff", "--cached", "--quiet", "--", *present, check=False).returncode == 0:
+        return None
+    run_git(root, "commit", "-q", "-m", message, "--", *present)
+    return run_git(root, "rev-parse", "HEAD").stdout.strip()

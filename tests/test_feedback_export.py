@@ -1,0 +1,196 @@
+"""``radflow feedback export``: a real SQLite prediction store with feedback -> CheXpert-layout training data.
+
+Then the exported folder goes through the real ingest and split as an extra source: its images
+must land in train only, and the test split must be exactly what it was without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.data.dataset import Dataset
+from radflow.data.ingest import IngestOptions, ingest
+from radflow.data.sources.chexpert import read_chexpert
+from radflow.data.split import EXTRA_SPLIT, held_out_version, split_dataset
+from radflow.data.synth import synth_chest
+from radflow.errors import ConfigError, NotFoundError
+from radflow.feedback import CSV_COLUMNS, export_feedback, parse_since
+from radflow.runtime.cam import encode_png
+from radflow.serve.store import PredictionRecord, Store
+
+
+def _image(seed: int, size: int = 48) -> tuple[np.ndarray, str]:
+    """A random grey film and the sha256 of its PNG upload (what the service logs)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+    return pixels, hashlib.sha256(encode_png(pixels)).hexdigest()
+
+
+def _findings(edema: bool, cardiomegaly: bool) -> dict[str, Any]:
+    return {
+        "findings": [
+            {"label": "Edema", "probability": 0.9 if edema else 0.1, "positive": edema},
+            {"label": "Cardiomegaly", "probability": 0.8 if cardiomegaly else 0.2, "positive": cardiomegaly},
+        ]
+    }
+
+
+def _log(store: Store, sha: str, pixels: np.ndarray | None, outputs: dict[str, Any], **kw: Any) -> PredictionRecord:
+    record = PredictionRecord("chest-xray", "1", "champion", kw.pop("arm", "champion"), outputs, sha, "png", **kw)
+    store.log(record, pixels)
+    return record
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[str, Path, dict[str, str]]:
+    """A store whose feedback covers every case the export must handle; returns (url, inputs, sha by name)."""
+    url, inputs = f"sqlite:///{tmp_path / 'serving.db'}", tmp_path / "inputs"
+    s = Store(url, inputs)
+    names: dict[str, str] = {}
+    try:
+        a, names["a"] = _image(1)
+        p1 = _log(s, names["a"], a, _findings(True, False), request_id="r1")
+        s.add_feedback(p1.id, labels={"Edema": 1, "Cardiomegaly": 0}, reader="dr-a")
+        s.add_feedback(p1.id, labels={"Edema": 0, "Cardiomegaly": 1}, reader="dr-a")  # corrected: this one wins
+        b, names["b"] = _image(2)
+        p2 = _log(s, names["b"], b, _findings(True, False), request_id="r2")
+        _log(s, names["b"], None, _findings(False, False), arm="challenger", shadow=True, request_id="r2")
+        s.add_feedback(p2.id, correct=True)  # confirms the model's calls: Edema 1, Cardiomegaly 0
+        p3 = _log(s, names["b"], b, _findings(True, False), request_id="r3")  # the same film sent again
+        s.add_feedback(p3.id, labels={"Edema": 0, "Cardiomegaly": 1})  # later feedback on that image wins
+        _, names["missing"] = _image(3)
+        p4 = _log(s, names["missing"], None, _findings(False, False))  # pixels never stored
+        s.add_feedback(p4.id, labels={"Edema": 1})
+        e, names["e"] = _image(4)
+        s.add_feedback(_log(s, names["e"], e, _findings(False, False)).id, correct=False)  # wrong, but how?
+        f, names["f"] = _image(5)
+        s.add_feedback(_log(s, names["f"], f, {"prediction": {"value": 100.0, "unit": "months"}}).id, value=120.0)
+        g, names["g"] = _image(6)
+        s.add_feedback(_log(s, names["g"], g, _findings(False, False)).id, labels={"Edema": 1})  # in the dataset
+        h, names["h"] = _image(7)
+        s.add_feedback(_log(s, names["h"], h, _findings(False, False)).id, labels={"Foo": 1, "Edema": 1})
+        _log(s, _image(8)[1], _image(8)[0], _findings(False, False))  # no feedback at all
+        s.flush()
+    finally:
+        s.close()
+    return url, inputs, names
+
+
+def _dataset_with(tmp_path: Path, sha: str) -> Path:
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    pd.DataFrame({"sha256": [sha, "0" * 64], "official_split": ["", "test"]}).to_parquet(folder / "manifest.parquet")
+    return folder
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "train.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_export_writes_chexpert_layout_with_latest_labels_and_no_duplicates(
+    store: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    url, inputs, names = store
+    out = tmp_path / "feedback"
+    info = export_feedback(out, url, inputs, dataset=_dataset_with(tmp_path, names["g"]))
+    assert info["images"] == 3  # a, b and h
+    rows = _rows(out)
+    with (out / "train.csv").open() as fh:
+        assert next(csv.reader(fh)) == list(CSV_COLUMNS)  # CheXpert's exact columns, in order
+    by_sha = {hashlib.sha256((out.parent / r["Path"]).read_bytes()).hexdigest(): r for r in rows}
+    assert len(by_sha) == len(rows)  # no image twice
+    assert info["skipped"] == {"no_labels": 1, "regression": 1, "no_input": 0, "missing_pixels": 1, "in_dataset": 1}
+    assert info["unknown_labels"] == ["Foo"]
+    assert info["duplicates_merged"] == 1  # b: two predictions of one film
+    for row in rows:
+        assert row["Frontal/Lateral"] == "Frontal" and row["Sex"] == "" and row["Age"] == ""
+    # Stored inputs are PNGs of the uploaded pixels, so their bytes equal the upload's here.
+    a, b = by_sha[names["a"]], by_sha[names["b"]]
+    assert (a["Edema"], a["Cardiomegaly"]) == ("0.0", "1.0")  # the corrected feedback, not the first
+    assert (b["Edema"], b["Cardiomegaly"]) == ("0.0", "1.0")  # p3's feedback, not p2's "correct"
+    assert a["Pneumothorax"] == ""  # not stated by the reader: CheXpert's blank
+    assert names["g"] not in by_sha and names["missing"] not in by_sha
+
+
+def test_export_is_read_by_the_chexpert_reader_and_is_byte_stable(
+    store: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    url, inputs, names = store
+    out = tmp_path / "fb"
+    info = export_feedback(out, url, inputs)
+    assert info["images"] == 4 and info["skipped"]["in_dataset"] == 0  # no dataset given: g stays
+    table = read_chexpert(out)
+    assert len(table.records) == 4 and not table.skipped
+    assert len({r.patient for r in table.records}) == 4  # every image its own pseudo-patient
+    h = next(r for r in table.records if hashlib.sha256(r.path.read_bytes()).hexdigest() == names["h"])
+    assert h.labels["Edema"] == 1.0 and h.labels["Cardiomegaly"] == 0.0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    export_feedback(out, url, inputs)  # again: replaced in place, identical bytes (DVC sees no change)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    cutoff = parse_since("2999-01-01")
+    with pytest.raises(NotFoundError, match="no feedback since"):
+        export_feedback(tmp_path / "none", url, inputs, since=cutoff)
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="no prediction store at"):
+        export_feedback(tmp_path / "x", f"sqlite:///{tmp_path / 'nope.db'}", tmp_path)
+    Store(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "inputs").close()
+    with pytest.raises(NotFoundError, match=r"no feedback in .* yet"):
+        export_feedback(tmp_path / "x", f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "inputs")
+    with pytest.raises(ConfigError, match="--since"):
+        parse_since("last tuesday")
+    assert parse_since("7d") is not None and parse_since(None) is None
+    result = CliRunner().invoke(app, ["feedback", "export", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--workspace" in result.output
+
+
+def test_cli_exports_as_json(store: tuple[str, Path, dict[str, str]], tmp_path: Path) -> None:
+    url, inputs, _ = store
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        app, ["feedback", "export", "--out", str(out), "--store-url", url, "--inputs-dir", str(inputs), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 4 and len(_rows(out)) == 4
+
+
+def test_extra_rows_train_only_and_the_test_split_stays_the_same(
+    store: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    url, inputs, _ = store
+    raw = tmp_path / "CheXpert-phantom"
+    synth_chest(raw, 40, seed=3, size=64, workers=1)
+    feedback = tmp_path / "feedback"
+    export_feedback(feedback, url, inputs)
+    labels = ["Edema", "Cardiomegaly", "Pleural Effusion"]
+    plain, grown = tmp_path / "plain", tmp_path / "grown"
+    salt = tmp_path / ".salt"
+    ingest(raw, "chexpert", plain, IngestOptions(size=32, labels=labels, salt_file=salt, workers=1))
+    info = ingest(
+        raw, "chexpert", grown, IngestOptions(size=32, labels=labels, salt_file=salt, workers=1, extra=(feedback,))
+    )
+    assert info["counts"]["images"] == 44
+    split_dataset(plain, val=0.2, test=0.2, seed=1)
+    summary = split_dataset(grown, val=0.2, test=0.2, seed=1)
+    assert summary["extra_train_images"] == 4
+    a, b = Dataset.open(plain).manifest, Dataset.open(grown).manifest
+    extra = b[b["official_split"] == EXTRA_SPLIT]
+    assert len(extra) == 4 and set(extra["split"]) == {"train"}
+    assert not set(extra["patient_id"]) & set(a["patient_id"])  # pseudo-patients never merge with real ones
+    for name in ("test", "val"):  # every main-source image keeps its split
+        assert set(a.loc[a["split"] == name, "sha256"]) == set(b.loc[b["split"] == name, "sha256"]), name
+    assert held_out_version(Dataset.open(plain)) == held_out_version(Dataset.open(grown))
+    assert Dataset.open(plain).version != Dataset.open(grown).version
+    edema = extra.set_index("sha256")["Edema"]
+    assert sorted(edema.tolist()) == [0.0, 0.0, 1.0, 1.0]  # a, b corrected to 0; g and h positive
