@@ -7,8 +7,11 @@ tests run in file order because the last one changes a param.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,10 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.pipeline import run_pipeline, show_lineage
-from radflow.pipeline.dvc_yaml import METRICS, ROC
+from radflow.pipeline.dvc_yaml import CHECKPOINTS, METRICS, ROC, TRAIN_METRICS
 from radflow.pipeline.lineage import lock_hashes
 from radflow.pipeline.run import SIGNATURE_FILE
+from radflow.pipeline.stages import FINGERPRINT_FILE
 from radflow.tracking import resolve_tracking_uri
 from tests.pipeline.tiny import tiny_demo
 
@@ -96,3 +100,37 @@ def test_changing_a_train_param_reruns_only_train_and_after(ws: Path) -> None:
     assert "radflow run -S train.lr=0.002" in lineage["reproduce"]
     lock = lock_hashes(ws)
     assert all(lineage["data_hashes"][s] == lock[s] for s in (*UPSTREAM, "train", "evaluate", "export"))
+
+
+def test_interrupted_training_resumes_next_time(ws: Path) -> None:
+    """Ctrl-C during training, then the same run again: training picks up from the last checkpoint."""
+    checkpoints = ws / CHECKPOINTS
+    before = (checkpoints / FINGERPRINT_FILE).read_text()
+    log = ws.parent / "interrupted-run.log"
+    with open(log, "w") as out:
+        # A session of its own, so the SIGINT reaches radflow, DVC and the stage as Ctrl-C would.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from radflow.cli import main; main()", "run", "-S", "train.epochs=8"],
+            cwd=ws,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and proc.poll() is None:
+                stamp, last = checkpoints / FINGERPRINT_FILE, checkpoints / "last.pt"
+                started = stamp.is_file() and stamp.read_text() != before
+                if started and last.is_file() and last.stat().st_mtime >= stamp.stat().st_mtime:
+                    break  # the new training wrote its first epoch's checkpoint
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run ended before it could be interrupted: " + log.read_text()[-2000:]
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(60) != 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    result = run_pipeline(ws, ["train.epochs=8"])
+    assert "train" in result["ran"]
+    assert result["training"]["resumed"] is True, result["training"]
+    assert json.loads((ws / TRAIN_METRICS).read_text())["resumed"] is True

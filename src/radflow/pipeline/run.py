@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +119,30 @@ def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | No
     }
 
 
+def _stop_dvc(proc: subprocess.Popen[str], grace_s: float = 60.0) -> None:
+    """After Ctrl-C, let DVC finish its own interrupt handling before radflow exits.
+
+    DVC releases its stage locks (``.dvc/tmp/rwlock``) and restores the workspace on
+    KeyboardInterrupt; leaving before it has done so would block the next run with "is busy".
+    A Ctrl-C in a terminal reaches DVC too; a SIGINT sent to radflow alone is passed on.
+    """
+    try:
+        proc.communicate(timeout=2)  # keeps draining its output, so it never blocks on a full pipe
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def run_pipeline(
     workspace: Path | None = None,
     sets: list[str] | None = None,
@@ -151,14 +176,18 @@ def run_pipeline(
         command, cwd=root, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            stage = _RAN.search(line)
-            if stage:
-                marks.append((stage.group(1), time.perf_counter()))
-            if on_line:
-                on_line(line.rstrip("\n"))
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                stage = _RAN.search(line)
+                if stage:
+                    marks.append((stage.group(1), time.perf_counter()))
+                if on_line:
+                    on_line(line.rstrip("\n"))
+            code = proc.wait()
+        except KeyboardInterrupt:
+            _stop_dvc(proc)
+            raise
     ended = time.perf_counter()
     seconds = ended - started
     stage_seconds = {
