@@ -3,12 +3,16 @@
 ``radflow init DIR --source synthetic`` with the demo's sizes -> ``radflow run`` (phantom chest
 radiographs -> ingest -> patient-level split -> train -> evaluate -> export -> register, as a DVC
 experiment) -> promote the registered version to champion when it passed its gates. Each step is
-timed. Serving the champion is the caller's next step (``radflow serve --workspace DIR``).
+timed. Then :func:`serve_demo` serves the champion with the web UI until Ctrl-C, with a simulated
+clinic sending held-out phantoms and reader feedback, so the dashboard and monitoring show live
+data from the first minute.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_NAME", "DemoConfig", "DemoResult", "run_demo", "serve_command"]
+__all__ = ["MODEL_NAME", "DemoConfig", "DemoResult", "DemoServing", "run_demo", "serve_command", "serve_demo"]
 
 MODEL_NAME = "chest-xray"
 
@@ -114,3 +118,74 @@ def run_demo(
         uri = resolve_tracking_uri(workspace=workdir)
         result.promotion = step("promote", lambda: promote(reg["name"], reg["version"], tracking_uri=uri))
     return result
+
+
+@dataclass
+class DemoServing:
+    """What :func:`serve_demo` started: where, with which admin token, and the simulation's final counts."""
+
+    url: str = ""
+    admin_token: str = ""
+    token_generated: bool = False
+    simulation: dict[str, Any] = field(default_factory=dict)
+
+
+def serve_demo(
+    workdir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    simulate: bool = True,
+    rate: float = 2.0,
+    feedback_rate: float = 0.3,
+    on_ready: Callable[[DemoServing], None] | None = None,
+) -> DemoServing:
+    """Serve the workspace's champion (and UI) until SIGINT/SIGTERM; optionally drive it with a simulated clinic.
+
+    The admin API is on, with ``RADFLOW_ADMIN_TOKEN`` or a fresh random token (shown by ``on_ready``),
+    so the dashboard's promote/rollback/canary controls work. When ``port`` is taken, a free one is used.
+    """
+    from pydantic import SecretStr
+
+    from radflow.pipeline.dvc_yaml import SPLIT_DATASET
+    from radflow.serve import ServeSettings
+    from radflow.serve.server import free_port, port_is_free, run_server
+
+    workdir = workdir.resolve()
+    serving = DemoServing()
+    token = os.environ.get("RADFLOW_ADMIN_TOKEN") or ""
+    if not token:
+        token, serving.token_generated = secrets.token_urlsafe(18), True
+    serving.admin_token = token
+    settings = ServeSettings(workspace=workdir, model_name=MODEL_NAME, admin_token=SecretStr(token))
+    if not port_is_free(host, port):
+        port = free_port(host)
+    background: list[Any] = []
+
+    def ready(url: str) -> None:
+        serving.url = url
+        if simulate:
+            from radflow.sim.simulator import start_background
+
+            background.append(
+                start_background(url, workdir / SPLIT_DATASET, rate=rate, duration=None, feedback_rate=feedback_rate)
+            )
+        if on_ready is not None:
+            on_ready(serving)
+
+    def stop_sending() -> None:
+        for sim in background:
+            sim.simulator.stop()  # no new requests; in-flight ones are answered during the drain
+
+    try:
+        run_server(
+            settings,
+            host=host,
+            port=port,
+            log_level="warning",
+            on_ready=ready,
+            on_exit=stop_sending,
+        )
+    finally:
+        for sim in background:
+            serving.simulation = sim.stop()
+    return serving

@@ -11,9 +11,11 @@ from radflow.cli import evaluate as _evaluate  # noqa: F401
 from radflow.cli import export as _export  # noqa: F401
 from radflow.cli import feedback as _feedback  # noqa: F401
 from radflow.cli import ingest as _ingest  # noqa: F401
+from radflow.cli import loadtest as _loadtest  # noqa: F401
 from radflow.cli import loop as _loop  # noqa: F401
 from radflow.cli import registry as _registry  # noqa: F401
 from radflow.cli import serve as _serve  # noqa: F401
+from radflow.cli import simulate as _simulate  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401
 from radflow.cli import synth as _synth  # noqa: F401
 from radflow.cli import train as _train  # noqa: F401

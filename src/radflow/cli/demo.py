@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -56,10 +57,20 @@ def demo_command(
         list[str] | None, typer.Option("--set", "-S", help="Any other param for the workspace: -S train.lr=3e-4.")
     ] = None,
     no_serve: Annotated[bool, typer.Option("--no-serve", help="Stop after the pipeline; do not serve.")] = False,
+    no_simulate: Annotated[
+        bool, typer.Option("--no-simulate", help="Serve without the simulated clinic's traffic and feedback.")
+    ] = False,
+    host: Annotated[str, typer.Option("--host", help="Interface the demo server listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the demo server (a free one if taken).")] = 8000,
+    rate: Annotated[float, typer.Option("--rate", help="Simulated clinic: images per second.")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run the main job in a workspace: phantom X-rays -> dataset -> trained, evaluated, registered champion."""
-    from radflow.demo import DemoConfig, run_demo, serve_command
+    """Run the main job in a workspace: phantom X-rays -> dataset -> trained, evaluated, registered champion.
+
+    Then serve the champion with the web UI until Ctrl-C, with a simulated clinic sending traffic
+    and feedback (--no-simulate: none; --no-serve: stop after the pipeline).
+    """
+    from radflow.demo import DemoConfig, DemoServing, run_demo, serve_demo
 
     config = DemoConfig(workdir=workdir, n=n, size=size, seed=seed, epochs=epochs, sets=tuple(sets or []))
 
@@ -73,10 +84,29 @@ def demo_command(
     result = run_command(body)
     payload: dict[str, Any] = result.to_dict()
     emit(payload if as_json else result, as_json, _render)
-    if not no_serve:
-        # Serving is wired in separately; say what would serve the champion.
-        console.print(
-            f"next: {serve_command(result.workdir)}  (UI at http://127.0.0.1:8000; `radflow demo --no-serve` "
-            "stops here)",
-            highlight=False,
-        )
+    if no_serve or not result.promotion:
+        if not no_serve:
+            console.print("[yellow]nothing to serve:[/] no model was promoted to champion.")
+        return
+
+    def ready(serving: DemoServing) -> None:
+        url = serving.url
+        lines = [
+            f"[bold green]serving[/] models:/{result.promotion['name']}@champion at {url}",
+            f"  reader UI  {url}/",
+            f"  dashboard  {url}/dashboard",
+            f"  API        {url}/docs   (Open Inference Protocol under {url}/v2)",
+        ]
+        if serving.token_generated:
+            lines.append(f"  admin token for the dashboard's controls: {serving.admin_token}")
+        if not no_simulate:
+            lines.append(f"  a simulated clinic sends {rate:g} images/s with reader feedback (--no-simulate: off)")
+        lines.append("Ctrl-C stops the server.")
+        console.print("\n".join(lines), highlight=False)
+
+    serving = run_command(
+        lambda: serve_demo(result.workdir, host=host, port=port, simulate=not no_simulate, rate=rate, on_ready=ready)
+    )
+    if serving.simulation:
+        sim = serving.simulation
+        console.print(f"simulated clinic: {json.dumps(sim, default=str)}", highlight=False, markup=False)

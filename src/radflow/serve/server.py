@@ -8,14 +8,16 @@ flight and flush the prediction log (uvicorn's graceful shutdown, then the app's
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 from radflow.serve.settings import ServeSettings
 
-__all__ = ["port_is_free", "run_server"]
+__all__ = ["free_port", "port_is_free", "run_server"]
 
 GRACEFUL_SHUTDOWN_S = 30
 
@@ -27,6 +29,13 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def _notify_when_ready(url: str, on_ready: Callable[[str], None], timeout_s: float = 300) -> None:
@@ -49,8 +58,13 @@ def run_server(
     port: int = 8000,
     log_level: str = "info",
     on_ready: Callable[[str], None] | None = None,
+    on_exit: Callable[[], None] | None = None,
 ) -> None:
-    """Load the models, then serve until SIGTERM/SIGINT (blocking)."""
+    """Load the models, then serve until SIGTERM/SIGINT (blocking).
+
+    ``on_exit`` runs in the signal handler, before the server stops accepting: it must not block
+    (the demo uses it to stop its simulated clinic from sending into a closing socket).
+    """
     import uvicorn
 
     from radflow.serve.app import create_app
@@ -61,4 +75,15 @@ def run_server(
     if on_ready is not None:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         threading.Thread(target=_notify_when_ready, args=(url, on_ready), daemon=True, name="radflow-ready").start()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+    )
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if on_exit is not None and not self.should_exit:
+                on_exit()
+            super().handle_exit(sig, frame)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised by uvicorn once it has shut down
+        _Server(config).run()

@@ -1,0 +1,100 @@
+"""``radflow simulate``: a clinic's traffic (held-out images, optional drift, ground-truth feedback) to a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from radflow.cli._app import app, console, emit, run_command
+
+__all__ = ["simulate_command"]
+
+
+def _render(summary: dict[str, Any]) -> None:
+    from radflow.sim.drift import DriftSpec
+
+    drift = str(DriftSpec(**summary["drift"]))
+    console.print(
+        f"[bold]{summary['url']}[/] · mode {summary['mode']} · split {summary['split']} · "
+        f"drift {drift}" + (" · [yellow]interrupted[/]" if summary["interrupted"] else ""),
+        highlight=False,
+    )
+    table = Table("measure", "value", title="simulation")
+    failed = summary["failed"]
+    table.add_row("sent", str(summary["sent"]))
+    table.add_row("answered", str(summary["answered"]))
+    table.add_row("failed", ", ".join(f"{k}: {v}" for k, v in failed.items()) if failed else "0")
+    if summary["not_sent"]:
+        table.add_row("not sent (stopped)", str(summary["not_sent"]))
+    fb_failed = summary["feedback_failed"]
+    feedback = str(summary["feedback_posted"])
+    if fb_failed:
+        feedback += " (failed " + ", ".join(f"{k}: {v}" for k, v in fb_failed.items()) + ")"
+    table.add_row("feedback posted", feedback)
+    if summary["feedback_skipped"]:
+        table.add_row("feedback skipped (no known label)", str(summary["feedback_skipped"]))
+    table.add_row("rate (target / achieved)", f"{summary['target_rate']:g} / {summary['achieved_rate']:.2f} req/s")
+    table.add_row("duration", f"{summary['elapsed_s']:.1f} s")
+    latency = summary["latency_ms"]
+    if latency:
+        table.add_row(
+            "latency p50 / p95 / p99", f"{latency['p50']:.1f} / {latency['p95']:.1f} / {latency['p99']:.1f} ms"
+        )
+    for arm, count in summary["arms"].items():
+        table.add_row(f"answered by {arm}", str(count))
+    console.print(table)
+
+
+@app.command("simulate")
+def simulate_command(
+    url: Annotated[str, typer.Argument(help="Base URL of a running `radflow serve`, e.g. http://127.0.0.1:8000.")],
+    data: Annotated[Path, typer.Option("--data", help="radflow dataset whose held-out images are sent.")],
+    rate: Annotated[float, typer.Option("--rate", help="Mean images per second (Poisson arrivals).")] = 2.0,
+    mode: Annotated[
+        str, typer.Option("--mode", help="single: one image per arrival; batch: worklist bursts.")
+    ] = "single",
+    duration: Annotated[float, typer.Option("--duration", help="Seconds to send for (Ctrl-C stops earlier).")] = 60.0,
+    drift: Annotated[
+        str | None,
+        typer.Option("--drift", help="Injected drift, e.g. brightness=0.3,contrast=0.7,noise=0.05,blur=1.5."),
+    ] = None,
+    feedback_rate: Annotated[
+        float, typer.Option("--feedback-rate", help="Fraction of answers that get ground-truth feedback.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of images, drift noise and feedback choice.")] = 0,
+    split: Annotated[str, typer.Option("--split", help="Dataset split to send (held out: test or val).")] = "test",
+    batch_size: Annotated[float, typer.Option("--batch-size", help="Mean images per burst in batch mode.")] = 8.0,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Most requests in flight at once.")] = 16,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a request counts as failed.")] = 30.0,
+    reader: Annotated[str, typer.Option("--reader", help="Reader id written with the feedback.")] = "simulator",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Send held-out images as a clinic would (Poisson arrivals, optional drift) and post ground-truth feedback."""
+
+    def body() -> dict[str, Any]:
+        from radflow.sim.drift import parse_drift
+        from radflow.sim.simulator import SimulationConfig, simulate
+
+        config = SimulationConfig(
+            url=url,
+            dataset=data,
+            rate=rate,
+            mode=mode,  # type: ignore[arg-type]  # checked by SimulationConfig
+            duration=duration,
+            drift=parse_drift(drift),
+            feedback_rate=feedback_rate,
+            seed=seed,
+            split=split,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            timeout=timeout,
+            reader=reader,
+        )
+        if not as_json:
+            console.print(f"simulating {rate:g} img/s for {duration:g} s against {url} (Ctrl-C stops)", highlight=False)
+        return simulate(config).to_dict()
+
+    emit(run_command(body), as_json, _render)
