@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.debian import ensure_debian_package
+
 __all__ = ["postgres_server"]
 
 
@@ -28,22 +30,9 @@ def _bin_dir() -> Path | None:
 
 
 def _ensure_binaries() -> Path:
+    ensure_debian_package("postgresql", lambda: _bin_dir() is not None)
     found = _bin_dir()
-    if found is not None:
-        return found
-    if shutil.which("apt-get") is None:
-        pytest.skip("PostgreSQL is not installed and apt-get is not available to install it.")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "postgresql"]):
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"could not install PostgreSQL ({' '.join(cmd)}: {exc}).")
-        if done.returncode != 0:
-            reason = f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-300:]}"
-            pytest.skip(f"could not install PostgreSQL ({reason}).")
-    found = _bin_dir()
-    if found is None:
-        pytest.skip("apt-get installed postgresql but no initdb was found under /usr/lib/postgresql.")
+    assert found is not None
     return found
 
 
