@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -13,7 +14,22 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.errors import RadflowError
-from radflow.tracking import check_tracking, resolve_tracking_uri, server_command
+from radflow.tracking import check_tracking, resolve_tracking_uri, server_command, tracking_uri_scope
+
+
+def test_a_scoped_tracking_uri_does_not_leak_into_subprocesses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    with tracking_uri_scope(uri):
+        assert mlflow.get_tracking_uri() == uri
+    # mlflow.set_tracking_uri writes the variable; a DVC stage started later would log into this store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    with tracking_uri_scope(uri):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
 
 
 def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,13 @@ never dies at its first ``log_metric``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,7 @@ __all__ = [
     "git_state",
     "resolve_tracking_uri",
     "server_command",
+    "tracking_uri_scope",
 ]
 
 # Telemetry off before mlflow is imported anywhere through this module.
@@ -143,3 +146,21 @@ def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[
         # Experiments made in the UI then keep their artifacts in mlartifacts/ too.
         command += ["--artifacts-destination", artifacts]
     return command
+
+
+@contextlib.contextmanager
+def tracking_uri_scope(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.artifacts``) at ``uri`` for a block only.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the process environment,
+    where every later subprocess would inherit it — a DVC stage of another workspace would then log
+    and register into this store. The previous URI and environment are restored on exit.
+    """
+    import mlflow
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(env_before)  # type: ignore[arg-type]  # None clears the variable and the setting

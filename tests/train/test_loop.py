@@ -13,6 +13,7 @@ import torch
 from radflow.config import Params
 from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError
+from radflow.tracking import tracking_uri_scope
 from radflow.train import loop
 from radflow.train.checkpoint import ModelMeta, load_checkpoint, load_model, update_checkpoint_meta
 from radflow.train.loop import train
@@ -105,8 +106,8 @@ def test_run_is_logged_to_mlflow(datasets: dict[str, Path], tmp_path: Path) -> N
     # The MLflow model carries labels and preprocessing and runs on the preprocessed input.
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    pyfunc = mlflow.pyfunc.load_model(result.model_uri)
+    with tracking_uri_scope(uri):  # no MLFLOW_TRACKING_URI left behind for later tests' subprocesses
+        pyfunc = mlflow.pyfunc.load_model(result.model_uri)
     assert pyfunc.metadata.metadata["labels"] == ds.labels
     assert pyfunc.metadata.metadata["preprocess"]["size"] == 32
     assert np.asarray(pyfunc.predict(np.zeros((3, 1, 32, 32), np.float32))).shape == (3, 3)

@@ -164,6 +164,7 @@ def show_lineage(model: str, tracking_uri: str | None = None) -> dict[str, Any]:
     import mlflow.artifacts
 
     from radflow.registry import _alias_version, _client, _get_version
+    from radflow.tracking import tracking_uri_scope
 
     text = str(model)
     if not text.startswith("models:/"):
@@ -183,12 +184,12 @@ def show_lineage(model: str, tracking_uri: str | None = None) -> dict[str, Any]:
         raise NotFoundError(f"{text}: give models:/NAME@ALIAS or models:/NAME/VERSION.")
     if not version.run_id:
         raise NotFoundError(f"{text} was not registered from a run; it has no lineage.")
-    mlflow.set_tracking_uri(uri)
     # MLflow's download progress bar would land in the middle of the output (and of --json).
     before = os.environ.get(_PROGRESS_ENV)
     os.environ[_PROGRESS_ENV] = "false"
     try:
-        raw = mlflow.artifacts.load_text(f"runs:/{version.run_id}/{LINEAGE_ARTIFACT}")
+        with tracking_uri_scope(uri):
+            raw = mlflow.artifacts.load_text(f"runs:/{version.run_id}/{LINEAGE_ARTIFACT}")
     except Exception:  # MLflow raises several types for a missing artifact
         raise NotFoundError(
             f"{text} (run {version.run_id}) has no recorded lineage; models registered by a workspace pipeline "

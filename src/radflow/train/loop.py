@@ -302,6 +302,7 @@ def train(
     Checkpoints go to ``out_dir`` (default ``./checkpoints``): ``last.pt`` every epoch, ``best.pt``
     when the validation metric improves. ``resume`` continues from ``last.pt`` (same MLflow run).
     """
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     threads = torch.get_num_threads()
     # Thread count is process-wide; give the caller's back when training ends.
     torch.set_num_threads(params.train.threads or max(1, os.cpu_count() or 1))
@@ -309,6 +310,15 @@ def train(
         return _train(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress, evaluate)
     finally:
         torch.set_num_threads(threads)
+        _forget_tracking_env(env_before)
+
+
+def _forget_tracking_env(before: str | None) -> None:
+    """Undo what ``mlflow.set_tracking_uri`` wrote into the environment, which later subprocesses would inherit."""
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _train(
