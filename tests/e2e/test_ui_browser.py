@@ -8,8 +8,6 @@ with the reason, only where that fails.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import pytest
 
 from radflow.data.dicom import write_dicom
 from radflow.tracking import client
+from tests.debian import ensure_debian_package
 from tests.serve.models import jpeg_bytes, make_onnx, png_bytes
 from tests.ui.server import UiServer
 
@@ -43,26 +42,10 @@ WIDE = {"width": 1280, "height": 800}
 NARROW = {"width": 390, "height": 800}
 
 
-def _ensure_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    if shutil.which("apt-get") is None:
-        pytest.skip("Chromium is not installed and apt-get is not available to install it.")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"could not install Chromium ({' '.join(cmd)}: {exc}).")
-        if done.returncode != 0:
-            pytest.skip(f"could not install Chromium ({' '.join(cmd)} exited {done.returncode}: {done.stderr[-300:]}).")
-    if not CHROMIUM.exists():
-        pytest.skip(f"apt-get installed chromium but {CHROMIUM} is missing.")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
-    _ensure_chromium()
+    ensure_debian_package("chromium", CHROMIUM.exists)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -251,7 +234,8 @@ def test_reader_scores_png_and_dicom_and_dashboard_counts_feedback(server: UiSer
     assert champion.locator("td").nth(1).inner_text() == "3"
     assert "No predictions" not in page.locator("#feedback").inner_text()
     assert "50.0% of 2" in page.locator("#feedback tbody").inner_text(), "one of two verdicts said correct"
-    assert "not enabled" in page.locator("#monitoring").inner_text()
+    page.wait_for_selector('#monitoring h3[data-status="collecting"]')
+    assert "3 of 100 predictions needed" in page.locator("#monitoring").inner_text()
     # Live traffic shows up on the next refreshes: a request rate above zero and a latency line.
     page.select_option("#refresh", "1000")
     for seed in range(6):
@@ -317,13 +301,45 @@ def test_dashboard_promotes_and_rolls_back_the_champion(server: UiServer, page: 
 
 
 def test_dashboard_shows_monitoring_once_the_service_has_it(server: UiServer, page: Any) -> None:
-    # Monitoring lands in a later release; a stand-in answer shows the panel renders whatever it reports.
-    report = {"drift": {"input_psi": 0.31, "alert": True}, "online": {"champion": {"auroc": 0.87}}}
+    # A drifting window takes hundreds of requests; a stand-in answer of the real shape shows how it reads.
+    score = {"group": "input", "threshold": 0.2}
+    report = {
+        "drift": {
+            "enabled": True,
+            "models": {
+                "chest/3": {
+                    "model": "chest",
+                    "version": "3",
+                    "status": "alert",
+                    "reason": None,
+                    "window": {"size": 500, "capacity": 500, "min": 100},
+                    "alert": True,
+                    "scores": [
+                        {**score, "feature": "intensity_mean", "statistic": "psi", "score": 0.31, "alert": True},
+                        {**score, "feature": "intensity_mean", "statistic": "ks", "score": 0.05, "alert": False},
+                    ],
+                }
+            },
+        },
+        "online": {"champion": {"auroc": 0.87}},
+        "alerts": [
+            {
+                "created_at": "2026-12-01T04:00:00+00:00",
+                "kind": "drift",
+                "message": "chest v3: psi of intensity_mean is 0.310 (threshold 0.2) over the last 500 predictions.",
+            }
+        ],
+    }
     page.route("**/v1/monitoring", lambda route: route.fulfill(json=report))
     page.goto(server.url + "/dashboard")
-    page.wait_for_selector("#monitoring table")
+    page.wait_for_selector("#monitoring table.drift")
+    assert "chest/3" in page.locator('#monitoring h3[data-status="alert"]').inner_text()
+    alerting = page.locator('#monitoring table.drift tr[data-alert="true"]')
+    assert alerting.count() == 1
+    assert alerting.inner_text().split() == ["intensity_mean", "psi", "0.3100", "0.20", "ALERT"]
     text = page.locator("#monitoring").inner_text()
-    assert "drift.input_psi" in text and "0.3100" in text and "online.champion.auroc" in text
+    assert "online.champion.auroc" in text and "0.8700" in text
+    assert "psi of intensity_mean is 0.310" in page.locator("#monitoring ul.alerts").inner_text()
 
 
 def test_bone_age_shows_years_and_months_and_takes_the_readers_estimate(

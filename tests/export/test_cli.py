@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
+from radflow.monitor.reference import REFERENCE_TAG, fetch_reference, load_reference
 from radflow.runtime import ONNX_TAG, MissingOnnxError, RadflowModel
 from tests.export.checkpoints import make_checkpoint, png_bytes
 
@@ -120,7 +121,12 @@ def test_export_from_the_registry_logs_and_tags_the_onnx(
     logged = json.loads(result.stdout)["mlflow"]
     assert logged["run_id"] == run_id and logged["versions"] == ["chest/1"]
     assert client.get_model_version("chest", "1").tags[ONNX_TAG] == "onnx/c.onnx"
-    assert [a.path for a in client.list_artifacts(run_id, "onnx")] == ["onnx/c.onnx"]
+    assert client.get_model_version("chest", "1").tags[REFERENCE_TAG] == "onnx/reference.json"
+    assert [a.path for a in client.list_artifacts(run_id, "onnx")] == ["onnx/c.onnx", "onnx/reference.json"]
     model = RadflowModel.load("models:/chest@champion")
     assert model.labels == ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
+    # The server gets the drift reference from the same run as the downloaded ONNX file.
+    assert load_reference(model.source, model.labels)[0] is None
+    assert fetch_reference(model.source, [run_id])
+    assert load_reference(model.source, model.labels)[0] is not None
     assert RadflowModel.load(run_id).meta == model.meta

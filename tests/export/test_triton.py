@@ -27,12 +27,19 @@ def test_triton_repository_layout_and_config(tmp_path: Path) -> None:
     # dims come from the graph, without the batch dimension Triton adds itself
     blocks = config.split("name: ")
     dims = {b.split("\n")[0].strip('"'): b.split("dims: ")[1].split("\n")[0] for b in blocks[2:]}
-    assert dims == {"image": "[ 1, 64, 64 ]", "sex": "[ 1 ]", "value": "[ 1 ]", "cam": "[ 1, 2, 2 ]"}
-    assert config.count("data_type: TYPE_FP32") == 4
+    assert dims == {
+        "image": "[ 1, 64, 64 ]",
+        "sex": "[ 1 ]",
+        "value": "[ 1 ]",
+        "cam": "[ 1, 2, 2 ]",
+        "embedding": "[ 128 ]",
+    }
+    assert config.count("data_type: TYPE_FP32") == 5
 
     session = ort.InferenceSession(str(folder / "1" / "model.onnx"))
-    value, cam = session.run(None, {"image": np.zeros((3, 1, 64, 64), np.float32), "sex": np.ones((3, 1), np.float32)})
-    assert value.shape == (3, 1) and cam.shape == (3, 1, 2, 2)
+    feeds = {"image": np.zeros((3, 1, 64, 64), np.float32), "sex": np.ones((3, 1), np.float32)}
+    value, cam, embedding = session.run(None, feeds)
+    assert value.shape == (3, 1) and cam.shape == (3, 1, 2, 2) and embedding.shape == (3, 128)
 
 
 def test_triton_options_are_checked(tmp_path: Path) -> None:

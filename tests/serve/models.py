@@ -11,13 +11,16 @@ from PIL import Image
 __all__ = ["jpeg_bytes", "make_onnx", "png_bytes"]
 
 
-def make_onnx(root: Path, seed: int = 0, task: str = "multilabel", size: int = 32) -> Path:
-    """An exported small_cnn ONNX file (with CAM output) in ``root``."""
+def make_onnx(root: Path, seed: int = 0, task: str = "multilabel", size: int = 32, n: int = 24) -> Path:
+    """An exported small_cnn ONNX file (with CAM and embedding outputs and reference.json) in ``root``.
+
+    ``n``: images in the fixture dataset the model (and its drift reference) is made from.
+    """
     from radflow.export import export_model
     from tests.export.checkpoints import make_checkpoint
 
     root.mkdir(parents=True, exist_ok=True)
-    checkpoint, _ = make_checkpoint(root, task=task, size=size, n=24, seed=seed)
+    checkpoint, _ = make_checkpoint(root, task=task, size=size, n=n, seed=seed)
     return Path(export_model(str(checkpoint), root / f"{task}-{seed}.onnx", parity_n=4)["onnx"])
 
 

@@ -1,13 +1,16 @@
-"""The dashboard's numbers: quantiles from histogram buckets and the metrics snapshot (inference traffic only)."""
+"""The dashboard's numbers: quantiles from histogram buckets, the metrics snapshot (inference traffic only) and
+online accuracy per model version."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from radflow.serve.metrics import ServiceMetrics
-from radflow.ui.summary import histogram_quantile, metrics_snapshot
+from radflow.serve.store import PredictionRecord, Store
+from radflow.ui.summary import feedback_stats, histogram_quantile, metrics_snapshot
 
 
 def test_histogram_quantile_interpolates_within_the_bucket() -> None:
@@ -56,3 +59,40 @@ def test_snapshot_of_an_idle_server() -> None:
     assert snap["requests"] == 0
     assert snap["latency_p50_ms"] is None and snap["mean_batch_size"] is None
     assert snap["rejected"] == {}
+
+
+def test_feedback_stats_counts_answered_predictions_per_arm_not_shadow_rows(tmp_path: Path) -> None:
+    store = Store(url=f"sqlite:///{tmp_path}/s.db")
+    try:
+
+        def log(arm: str, version: str, value: float, shadow: bool = False, request_id: str | None = None) -> str:
+            record = PredictionRecord(
+                model_name="hand",
+                model_version=version,
+                model_alias=arm,
+                arm=arm,
+                outputs={"prediction": {"value": value, "unit": "months"}},
+                shadow=shadow,
+                request_id=request_id,
+            )
+            store.log(record)
+            return record.id
+
+        answered = [log("champion", "1", v, request_id=f"r{v}") for v in (100.0, 120.0)]
+        for v in (100.0, 120.0):  # the shadow's rows share the requests; the dashboard shows answers only
+            log("challenger", "2", v + 50, shadow=True, request_id=f"r{v}")
+        canary = log("challenger", "2", 90.0)
+        store.add_feedback(answered[0], value=110.0, correct=True)
+        store.add_feedback(answered[1], value=124.0)
+        store.add_feedback(canary, value=80.0, correct=False)
+
+        rows = {(r["version"], r["arm"]): r for r in feedback_stats(store)}
+        assert set(rows) == {("1", "champion"), ("2", "challenger")}
+        champion, challenger = rows[("1", "champion")], rows[("2", "challenger")]
+        assert champion["predictions"] == 2 and champion["with_feedback"] == 2
+        assert champion["mae"] == pytest.approx(7.0) and champion["accuracy"] == 1.0 and champion["verdicts"] == 1
+        assert challenger["predictions"] == 1 and challenger["with_feedback"] == 1
+        assert challenger["mae"] == pytest.approx(10.0) and challenger["accuracy"] == 0.0
+        assert champion["auroc"] is None and champion["label_agreement"] is None
+    finally:
+        store.close()

@@ -2,7 +2,9 @@
 
 The exported graph wraps the trained network so that it returns what a client needs and nothing it
 would have to recompute: probabilities (or the regression value in months) and the class activation
-maps of every output (see :mod:`radflow.runtime.metadata` for the input/output contract). CAMs are
+maps of every output (see :mod:`radflow.runtime.metadata` for the input/output contract), and the
+penultimate-layer ``embedding`` (the globally averaged last feature map) that drift monitoring
+summarises (:mod:`radflow.monitor.reference`). CAMs are
 computed in the graph as a 1x1 convolution of the last feature map with the linear head's weights,
 which is the CheXNet CAM and costs a few kFLOPs, instead of shipping the whole feature map (1024
 channels for DenseNet-121) and the head weights to every client.
@@ -29,6 +31,7 @@ from torch import nn
 from radflow.data.dataset import Dataset
 from radflow.data.preprocess import PreprocessSpec, to_model_input
 from radflow.errors import ConfigError, RadflowError
+from radflow.monitor.reference import EMBEDDING_OUTPUT
 from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
 from radflow.runtime.session import RadflowModel, to_model_size
 from radflow.train.checkpoint import ModelMeta
@@ -59,7 +62,7 @@ class ExportError(RadflowError):
 
 
 class ExportWrapper(nn.Module):
-    """The network as exported: ``(image[, sex]) -> (probabilities | value, cam)``."""
+    """The network as exported: ``(image[, sex]) -> (probabilities | value, cam, embedding)``."""
 
     def __init__(self, model: nn.Module, meta: ModelMeta):
         super().__init__()
@@ -77,7 +80,9 @@ class ExportWrapper(nn.Module):
         # Extra inputs (sex) are appended after the pooled features; they have no spatial map.
         self.register_buffer("cam_weight", fc.weight.detach()[:, :num_features, None, None].clone())
 
-    def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, sex: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(image)  # type: ignore[operator]
         logits = self.model.forward_head(features, sex)  # type: ignore[operator]
         if self.task == "multilabel":
@@ -88,7 +93,8 @@ class ExportWrapper(nn.Module):
             out = logits * self.target_std + self.target_mean
         weight: torch.Tensor = self.cam_weight  # type: ignore[assignment]
         cam = F.conv2d(features, weight.to(features.dtype))
-        return out, cam
+        embedding = F.adaptive_avg_pool2d(features, 1).flatten(1)
+        return out, cam, embedding
 
 
 def _radflow_version() -> str:
@@ -157,7 +163,7 @@ def export_onnx(model: nn.Module, meta: ModelMeta, out: Path, opset: int = DEFAU
     args: tuple[torch.Tensor, ...] = (image,)
     if SEX_INPUT in metadata.inputs:
         args = (image, torch.full((2, 1), 0.5))
-    outputs = [metadata.output, CAM_OUTPUT]
+    outputs = [metadata.output, CAM_OUTPUT, EMBEDDING_OUTPUT]
     axes = {name: {0: "batch"} for name in [*metadata.inputs, *outputs]}
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():

@@ -6,9 +6,11 @@ Steps, each of which stops the export with a clear error when it fails:
 2. export ONNX with metadata and check parity with PyTorch on real dataset images;
 3. optionally quantize to INT8 and accept it only within the validation-metric tolerance;
 4. optionally write a Triton model repository (the INT8 model when accepted, else FP32);
-5. when the model came from MLflow, log the ONNX file(s) to its run under ``onnx/`` and tag the
-   run and every registered version made from it with the artifact paths, so the server and
-   :meth:`radflow.runtime.RadflowModel.load` find them from ``models:/NAME@ALIAS``.
+5. compute the drift reference profile (``reference.json`` beside the ONNX file) from the model's
+   dataset, when it is on this machine (:mod:`radflow.monitor.reference`);
+6. when the model came from MLflow, log the ONNX file(s) and the reference to its run under
+   ``onnx/`` and tag the run and every registered version made from it with the artifact paths, so
+   the server and :meth:`radflow.runtime.RadflowModel.load` find them from ``models:/NAME@ALIAS``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from radflow.errors import NotFoundError
 from radflow.export.onnx import DEFAULT_OPSET, check_parity, export_onnx, parity_images, read_metadata
 from radflow.export.quantize import DEFAULT_MAE_TOLERANCE, DEFAULT_TOLERANCE, Int8RefusedError, quantize_model
 from radflow.export.triton import DEFAULT_MAX_BATCH_SIZE, DEFAULT_QUEUE_DELAY_US, write_triton_repo
+from radflow.monitor.reference import REFERENCE_TAG, reference_path, write_reference
 from radflow.runtime.session import ONNX_ARTIFACT_DIR, ONNX_INT8_TAG, ONNX_TAG
 
 __all__ = ["export_model", "int8_path", "log_onnx_to_mlflow"]
@@ -38,12 +41,17 @@ def _triton_name(model: str, out: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "radflow"
 
 
-def _dataset(explicit: Path | None, stored: str) -> Dataset | None:
+def _dataset_path(explicit: Path | None, stored: str) -> Path | None:
     if explicit is not None:
-        return Dataset.open(explicit)
+        return Path(explicit)
     if stored and (Path(stored) / "manifest.parquet").is_file():
-        return Dataset.open(stored)
+        return Path(stored)
     return None
+
+
+def _dataset(explicit: Path | None, stored: str) -> Dataset | None:
+    path = _dataset_path(explicit, stored)
+    return Dataset.open(path) if path is not None else None
 
 
 def log_onnx_to_mlflow(run_id: str, files: dict[str, Path], tracking_uri: str | None = None) -> dict[str, Any]:
@@ -84,8 +92,13 @@ def export_model(
     parity_n: int = 64,
     calibration_images: int = 64,
     latency_time: float = 0.5,
+    reference_images: int = 256,
 ) -> dict[str, Any]:
-    """Export ``model`` to ``out`` (see the module docstring); returns a JSON-ready report."""
+    """Export ``model`` to ``out`` (see the module docstring); returns a JSON-ready report.
+
+    ``reference_images``: train images profiled for the drift reference (as many val images are
+    scored); 0 skips the reference.
+    """
     from radflow.registry import resolve_model_run
     from radflow.train.checkpoint import load_model
 
@@ -113,9 +126,17 @@ def export_model(
         "parity": parity,
         "int8": None,
         "triton": None,
+        "reference": None,
         "mlflow": None,
     }
     files = {ONNX_TAG: out}
+    # A reference left by an earlier export in this folder would describe another model.
+    reference_path(out).unlink(missing_ok=True)
+    reference_data = _dataset_path(dataset, meta.dataset_path)
+    if reference_images > 0 and reference_data is not None:
+        ref_file = write_reference(out, reference_data, n_train=reference_images, n_val=reference_images)
+        files[REFERENCE_TAG] = ref_file
+        report["reference"] = {"path": str(ref_file), "dataset": str(reference_data)}
     served = out
     if int8:
         target = int8_path(out)

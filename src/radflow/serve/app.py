@@ -242,6 +242,39 @@ async def feedback(request: Request, body: FeedbackIn) -> JSONResponse:
     return JSONResponse(saved, status_code=201)
 
 
+@v1.get("/monitoring", summary="Drift against each model version's reference, online evaluation, recent alerts")
+async def monitoring(request: Request, alerts: int = Query(20, ge=0, le=500)) -> JSONResponse:
+    """Drift is scored on the current window when asked (and every ``drift_interval_s`` in the background).
+
+    Shape (stable; the dashboard and the simulator read it)::
+
+        {
+          "drift": {
+            "enabled": true,                      # false (and nothing else) when RADFLOW_DRIFT=false
+            "models": {
+              "MODEL/VERSION": {
+                "model": str, "version": str,
+                "status": "ok" | "alert" | "collecting" | "no_reference",
+                "reason": str | null,             # e.g. why there is no reference
+                "observed": int,                  # predictions seen since load
+                "window": {"size": int, "capacity": int, "min": int},
+                "thresholds": {"psi", "ks", "embedding", "min_window", "rearm"},
+                "alert": bool,                    # any score at/above its threshold now
+                "scores": [{"feature": "intensity_mean" | ... | "score:LABEL" | "value" | "embedding" | "view",
+                            "group": "input" | "output", "statistic": "psi" | "ks" | "mean_distance",
+                            "score": float, "threshold": float, "alert": bool,
+                            "pvalue"?: float, "live_mean"?: float, "source"?: str}]
+              }
+            }
+          },
+          "online": {...},                        # radflow.monitor.online.online_report (absent if unavailable)
+          "alerts": [{"id", "created_at", "kind": "drift" | "auto_rule", "model_name", "model_version",
+                      "feature", "statistic", "score", "threshold", "message", "details"}]   # newest first
+        }
+    """
+    return JSONResponse(await _service(request).monitoring(alerts))
+
+
 # -- admin ------------------------------------------------------------------------------------
 
 
@@ -297,26 +330,12 @@ async def reload(body: ReloadIn | None = None, service: InferenceService = Depen
 
 @admin.post("/promote")
 async def promote(body: PromoteIn, service: InferenceService = Depends(_admin)) -> dict[str, Any]:
-    import asyncio
-
-    from radflow.registry import promote as registry_promote
-
-    s = service.settings
-    result = await asyncio.to_thread(
-        registry_promote, s.model_name, body.version, s.resolved_tracking_uri(), force=body.force
-    )
-    return {"registry": result, "routing": await service.reload()}
+    return await service.promote(body.version, force=body.force)
 
 
 @admin.post("/rollback")
 async def rollback(service: InferenceService = Depends(_admin)) -> dict[str, Any]:
-    import asyncio
-
-    from radflow.registry import rollback as registry_rollback
-
-    s = service.settings
-    result = await asyncio.to_thread(registry_rollback, s.model_name, s.resolved_tracking_uri())
-    return {"registry": result, "routing": await service.reload()}
+    return await service.rollback()
 
 
 # -- app --------------------------------------------------------------------------------------

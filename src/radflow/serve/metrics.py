@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -60,6 +61,22 @@ class ServiceMetrics:
             buckets=_SCORE,
             registry=self.registry,
         )
+        drift = ["model", "version", "feature", "statistic"]
+        self.drift_score = Gauge(
+            "radflow_drift_score", "Drift of a feature against the model's reference.", drift, registry=self.registry
+        )
+        self.drift_threshold = Gauge(
+            "radflow_drift_threshold", "Score at which the drift statistic alerts.", drift, registry=self.registry
+        )
+        self.drift_window = Gauge(
+            "radflow_drift_window", "Predictions in the drift window.", ["model", "version"], registry=self.registry
+        )
+        self.alerts = Counter(
+            "radflow_alerts",
+            "Monitoring alerts recorded (drift crossings, auto-rule actions).",
+            ["kind", "model", "version", "feature", "statistic"],
+            registry=self.registry,
+        )
         self.values = Histogram(
             "radflow_predicted_value",
             "Predicted regression value.",
@@ -81,6 +98,17 @@ class ServiceMetrics:
                 queue.observe(wait)
 
         return observe
+
+    def observe_drift(self, reports: dict[str, dict[str, Any]]) -> None:
+        """Set the drift gauges from :meth:`radflow.monitor.drift.DriftTracker.evaluate` reports."""
+        for report in reports.values():
+            model, version = str(report["model"]), str(report["version"])
+            window = report.get("window") or {}
+            self.drift_window.labels(model, version).set(float(window.get("size", 0)))
+            for s in report.get("scores") or []:
+                labels = (model, version, s["feature"], s["statistic"])
+                self.drift_score.labels(*labels).set(float(s["score"]))
+                self.drift_threshold.labels(*labels).set(float(s["threshold"]))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

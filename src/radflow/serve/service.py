@@ -1,7 +1,11 @@
-"""The inference core both transports call: load models, decode off the loop, batch, log.
+"""The inference core both transports call: load models, decode off the loop, batch, log, monitor.
 
 ``/v1`` (images) and ``/v2`` (Open Inference Protocol tensors) are thin layers over
-:class:`InferenceService`; so are the admin endpoints (routing, reload, promote, rollback).
+:class:`InferenceService`; so are the admin endpoints (routing, reload, promote, rollback) and
+``/v1/monitoring``. Every image served through ``/v1`` also feeds its model version's drift window
+(:mod:`radflow.monitor.drift`): the input summary is computed in the decode thread, the embedding
+comes out of the same ONNX Runtime call as the scores, and the window append is a copy under a lock.
+Drift is scored in the background and on request, off the event loop.
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +27,8 @@ import numpy as np
 from radflow.data.decode import DecodedImage, decode_image, sniff_format
 from radflow.data.preprocess import to_model_input
 from radflow.errors import ConfigError, NotFoundError
+from radflow.monitor.drift import DriftAlert, DriftThresholds, DriftTracker
+from radflow.monitor.reference import embedding_source, embeddings_from, fetch_reference, input_summary, load_reference
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
 from radflow.serve.batching import CpuGate
 from radflow.serve.errors import OverloadedError, UnsupportedMediaError
@@ -31,15 +40,23 @@ from radflow.serve.store import PredictionRecord, Store
 __all__ = ["InferenceService", "PreparedImage", "preload"]
 
 log = logging.getLogger(__name__)
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _view(decoded: DecodedImage) -> str:
+    """The view (frontal/lateral) when the upload says (DICOM), else ""."""
+    view = decoded.meta.get("view")
+    return str(view) if view else ""
 
 
 @dataclass
 class PreparedImage:
-    """A decoded upload and, per arm that will score it, the model input tensor."""
+    """A decoded upload and, per arm that will score it, the model input tensor and its drift input summary."""
 
     decoded: DecodedImage
     sha256: str
     tensors: list[np.ndarray]
+    summaries: list[np.ndarray | None]
 
 
 def preload(settings: ServeSettings) -> dict[str, LoadedModel]:
@@ -66,6 +83,21 @@ class InferenceService:
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self.gate = CpuGate() if settings.exclusive_inference else None
+        self.drift = (
+            DriftTracker(
+                DriftThresholds(
+                    psi=settings.drift_psi_threshold,
+                    ks=settings.drift_ks_threshold,
+                    embedding=settings.drift_embedding_threshold,
+                    min_window=settings.drift_min_window,
+                ),
+                capacity=settings.drift_window,
+            )
+            if settings.drift
+            else None
+        )
+        self._embedding_outputs: dict[int, str | None] = {}
+        self._loops: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -83,13 +115,49 @@ class InferenceService:
             weight=s.challenger_weight if challenger else 0.0,
             shadow=s.shadow and challenger is not None,
         )
+        if self.drift is not None:
+            self._loops.append(asyncio.create_task(self._every(s.drift_interval_s, self.evaluate_drift)))
+        if s.auto_rule:
+            self._loops.append(asyncio.create_task(self._every(s.auto_rule_interval_s, self.apply_auto_rule)))
 
     async def _load(self, uri: str) -> LoadedModel:
         loaded = self._preloaded.pop(uri, None)
-        return loaded if loaded is not None else await asyncio.to_thread(load_model, uri, self.settings)
+        if loaded is None:
+            loaded = await asyncio.to_thread(load_model, uri, self.settings)
+        await asyncio.to_thread(self._track, loaded)
+        return loaded
+
+    def _track(self, loaded: LoadedModel) -> None:
+        """Give the model version a drift monitor with its reference (fetched from MLflow when it came from there)."""
+        if self.drift is None:
+            return
+        model = loaded.model
+        if loaded.uri.startswith(("models:/", "runs:/")) or _RUN_ID.match(loaded.uri):
+            # Fetched on every load, as the ONNX file is: a re-export may have replaced the run's reference.
+            runs = [model.meta.run_id or "", Path(model.source).parent.name]
+            fetch_reference(model.source, runs, self.settings.resolved_tracking_uri())
+        reference, reason = load_reference(model.source, model.labels)
+        self.drift.register(loaded.name, loaded.version, reference, reason)
+        self._embedding_outputs[id(model)] = (
+            embedding_source([o.name for o in model.session.get_outputs()]) if reference is not None else None
+        )
+
+    async def _every(self, interval_s: float, job: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a monitoring job must never take the server down; the next tick retries
+                log.exception("background monitoring job %s failed", getattr(job, "__name__", job))
 
     async def stop(self) -> None:
         """Finish queued and background work, then flush the log."""
+        for task in self._loops:
+            task.cancel()
+        if self._loops:
+            await asyncio.gather(*self._loops, return_exceptions=True)
         if self._background:
             await asyncio.wait(self._background, timeout=30)
         if self.router is not None:
@@ -126,15 +194,33 @@ class InferenceService:
             allowed = ", ".join(self.settings.allowed_content_types)
             raise UnsupportedMediaError(f"{fmt.upper()} uploads are not accepted here; allowed: {allowed}.")
         decoded = decode_image(data, name="upload", max_pixels=self.settings.max_pixels)
-        tensors = [to_model_input(a.model.prepare(decoded), a.model.spec) for a in arms]
-        return PreparedImage(decoded, hashlib.sha256(data).hexdigest(), tensors)
+        tensors, summaries = [], []
+        for a in arms:
+            pixels = a.model.prepare(decoded)
+            tensors.append(to_model_input(pixels, a.model.spec))
+            summaries.append(input_summary(pixels) if self.drift is not None else None)
+        return PreparedImage(decoded, hashlib.sha256(data).hexdigest(), tensors, summaries)
 
-    async def _score(self, arm: ModelArm, tensor: np.ndarray, sex: np.ndarray | None) -> np.ndarray:
+    async def _score(
+        self, arm: ModelArm, tensor: np.ndarray, sex: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scores, embedding row or None): the embedding is fetched in the same run when drift needs it."""
         feeds = {IMAGE_INPUT: tensor}
         if arm.model.needs_sex:
             feeds[SEX_INPUT] = sex if sex is not None else np.full((1, 1), 0.5, np.float32)
-        outs = await arm.batcher.submit(feeds, [arm.model.meta.output])
-        return outs[0][0]
+        emb_source = self._embedding_outputs.get(id(arm.model))
+        outs = await arm.batcher.submit(feeds, [arm.model.meta.output, *([emb_source] if emb_source else [])])
+        embedding = embeddings_from(outs[1], emb_source)[0] if emb_source else None
+        return outs[0][0], embedding
+
+    def _observe_drift(
+        self, arm: ModelArm, summary: np.ndarray | None, scores: np.ndarray, embedding: np.ndarray | None, view: str
+    ) -> None:
+        if self.drift is None or summary is None:
+            return
+        monitor = self.drift.get(arm.name, arm.version)
+        if monitor is not None:
+            monitor.observe(summary, scores, embedding, view)
 
     async def predict(self, data: bytes, routing_key: str | None = None, sex: str | None = None) -> dict[str, Any]:
         """Score one image with the routed arm (and the shadow arm in the background); log both."""
@@ -154,7 +240,7 @@ class InferenceService:
                 a.batcher.incoming -= 1
         sex_value = sex if sex is not None else prepared.decoded.meta.get("sex")
         sex_arr = sex_feature([sex_value or ""]) if any(a.model.needs_sex for a in arms) else None
-        scores = await self._score(arm, prepared.tensors[0], sex_arr)
+        scores, embedding = await self._score(arm, prepared.tensors[0], sex_arr)
         prediction = arm.model.to_prediction(scores).to_dict()
         request_id = str(uuid.uuid4())
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
@@ -172,6 +258,7 @@ class InferenceService:
         store.log(record, prepared.decoded.pixels if self.settings.store_inputs else None)
         arm.served += 1
         self._observe_scores(arm, arm.arm, scores)
+        self._observe_drift(arm, prepared.summaries[0], scores, embedding, _view(prepared.decoded))
         if len(arms) > 1:
             task = asyncio.create_task(self._shadow(arms[1], prepared, sex_arr, request_id))
             self._background.add(task)
@@ -188,7 +275,7 @@ class InferenceService:
     async def _shadow(self, arm: ModelArm, prepared: PreparedImage, sex: np.ndarray | None, request_id: str) -> None:
         start = time.perf_counter()
         try:
-            scores = await self._score(arm, prepared.tensors[1], sex)
+            scores, embedding = await self._score(arm, prepared.tensors[1], sex)
         except Exception:  # a failing shadow must never affect the answer already given
             log.exception("shadow scoring with %s v%s failed", arm.name, arm.version)
             return
@@ -206,6 +293,7 @@ class InferenceService:
         )
         self.require_store().log(record)
         self._observe_scores(arm, "shadow", scores)
+        self._observe_drift(arm, prepared.summaries[1], scores, embedding, _view(prepared.decoded))
 
     def _observe_scores(self, arm: ModelArm, arm_label: str, scores: np.ndarray) -> None:
         if arm.model.meta.is_regression:
@@ -253,6 +341,9 @@ class InferenceService:
             )
             new_champion: LoadedModel = await asyncio.to_thread(load_model, champion_uri, s)
             new_challenger = await asyncio.to_thread(load_model, challenger_uri, s) if challenger_uri else None
+            for loaded in (new_champion, new_challenger):
+                if loaded is not None:
+                    await asyncio.to_thread(self._track, loaded)
             await router.swap(
                 ModelArm.create(new_champion, CHAMPION_ARM, s, self.metrics, self.gate),
                 ModelArm.create(new_challenger, CHALLENGER_ARM, s, self.metrics, self.gate) if new_challenger else None,
@@ -268,3 +359,131 @@ class InferenceService:
         if shadow is not None:
             router.shadow = shadow
         return router.state()
+
+    async def promote(self, version: str, force: bool = False) -> dict[str, Any]:
+        """Make registry ``version`` the champion, then reload (the admin endpoint and the auto rule)."""
+        from radflow.registry import promote as registry_promote
+
+        s = self.settings
+        result = await asyncio.to_thread(
+            registry_promote, s.model_name, version, s.resolved_tracking_uri(), force=force
+        )
+        return {"registry": result, "routing": await self.reload()}
+
+    async def rollback(self) -> dict[str, Any]:
+        """Give the champion alias back to the previous champion, then reload."""
+        from radflow.registry import rollback as registry_rollback
+
+        s = self.settings
+        result = await asyncio.to_thread(registry_rollback, s.model_name, s.resolved_tracking_uri())
+        return {"registry": result, "routing": await self.reload()}
+
+    # -- monitoring -------------------------------------------------------------------------
+
+    def _record_drift(self, reports: dict[str, Any], raised: list[DriftAlert]) -> list[dict[str, Any]]:
+        """Gauges for every score; a durable row and a counter increment for each new crossing (in a thread)."""
+        self.metrics.observe_drift(reports)
+        rows = []
+        for alert in raised:
+            log.warning("drift alert: %s", alert.message)
+            self.metrics.alerts.labels("drift", alert.model, alert.version, alert.feature, alert.statistic).inc()
+            if self.store is not None:
+                rows.append(
+                    self.store.add_alert(
+                        "drift",
+                        alert.message,
+                        model_name=alert.model,
+                        model_version=alert.version,
+                        feature=alert.feature,
+                        statistic=alert.statistic,
+                        score=alert.score,
+                        threshold=alert.threshold,
+                        details={"window": alert.window},
+                    )
+                )
+        return rows
+
+    def _evaluate_drift_sync(self) -> dict[str, Any]:
+        if self.drift is None:
+            return {}
+        reports, raised = self.drift.evaluate()
+        self._record_drift(reports, raised)
+        return reports
+
+    async def evaluate_drift(self) -> dict[str, Any]:
+        """Score every model version's window now (in a thread); record crossings. ``{"MODEL/VERSION": report}``."""
+        return await asyncio.to_thread(self._evaluate_drift_sync)
+
+    async def monitoring(self, alerts: int = 20) -> dict[str, Any]:
+        """The ``GET /v1/monitoring`` answer (shape documented on the endpoint)."""
+        store = self.require_store()
+        if self.drift is None:
+            drift: dict[str, Any] = {"enabled": False}
+        else:
+            drift = {"enabled": True, "models": await self.evaluate_drift()}
+        answer: dict[str, Any] = {"drift": drift}
+        try:
+            from radflow.monitor import online
+        except ImportError:  # online evaluation is optional: the answer simply has no "online"
+            online = None  # type: ignore[assignment]
+        if online is not None:
+            try:
+                answer["online"] = await asyncio.to_thread(
+                    online.online_report, store, window=self.settings.online_window
+                )
+            except Exception as exc:  # online evaluation failing must not hide drift
+                log.exception("online evaluation failed")
+                answer["online"] = {"error": f"online evaluation failed: {type(exc).__name__}: {exc}"}
+        answer["alerts"] = await asyncio.to_thread(store.alerts, alerts)
+        return answer
+
+    async def apply_auto_rule(self) -> dict[str, Any] | None:
+        """One look of the auto rule: online report -> decision -> promote/roll back the challenger; None = no action.
+
+        ``promote`` makes the challenger the champion (through the registry when it came from there,
+        else by reloading it as the champion) and drops the challenger arm; ``rollback`` takes the
+        challenger out of traffic (the champion stays). Each action is recorded as an ``auto_rule``
+        alert row.
+        """
+        from radflow.monitor.online import AutoRule, decide, online_report
+
+        s = self.settings
+        router = self.require_router()
+        store = self.require_store()
+        challenger = router.challenger
+        if challenger is None:
+            return None
+        report = await asyncio.to_thread(online_report, store, window=s.online_window)
+        rule = AutoRule(
+            enabled=True, min_feedback=s.auto_rule_min_feedback, metric=s.auto_rule_metric, margin=s.auto_rule_margin
+        )
+        decision = decide(report, rule, challenger_version=challenger.version)
+        if not decision:
+            return None
+        action, reason = str(decision["action"]), str(decision.get("reason", ""))
+        if action == "promote":
+            if challenger.loaded.uri.startswith("models:/"):
+                from radflow.registry import promote as registry_promote
+
+                await asyncio.to_thread(registry_promote, s.model_name, challenger.version, s.resolved_tracking_uri())
+                routing = await self.reload(drop_challenger=True)
+            else:
+                routing = await self.reload(model=challenger.loaded.uri, drop_challenger=True)
+        elif action == "rollback":
+            routing = await self.reload(drop_challenger=True)
+        else:
+            log.warning("the auto rule returned an unknown action %r; ignored", action)
+            return None
+        message = f"auto rule: {action} of {challenger.name} v{challenger.version} ({reason})"
+        log.warning(message)
+        self.metrics.alerts.labels("auto_rule", challenger.name, challenger.version, "", action).inc()
+        await asyncio.to_thread(
+            store.add_alert,
+            "auto_rule",
+            message,
+            model_name=challenger.name,
+            model_version=challenger.version,
+            statistic=action,
+            details={"decision": decision, "routing": routing},
+        )
+        return {"action": action, "reason": reason, "routing": routing}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from radflow.data.decode import DEFAULT_MAX_PIXELS
@@ -67,6 +67,32 @@ class ServeSettings(BaseSettings):
     """ONNX Runtime intra-op threads per model (default: the available cores)."""
     int8: bool = False
     """Serve the INT8 export of registry models."""
+    drift: bool = True
+    """Keep a window of live inputs/outputs per model version and score it against the model's reference.json."""
+    drift_window: int = Field(default=500, ge=10)
+    """Most recent predictions per model version that drift is scored on (a ring buffer)."""
+    drift_min_window: int = Field(default=100, ge=10)
+    """Predictions needed before drift is scored (PSI of a small window is biased upward)."""
+    drift_psi_threshold: float = Field(default=0.2, gt=0)
+    """PSI at or above this is drift (0.1-0.2 moderate, above 0.2 major)."""
+    drift_ks_threshold: float = Field(default=0.2, gt=0, le=1)
+    """Kolmogorov-Smirnov statistic (largest gap between CDFs) at or above this is drift."""
+    drift_embedding_threshold: float = Field(default=0.5, gt=0)
+    """Embedding mean shift, in reference standard deviations (RMS over dimensions), at or above this is drift."""
+    drift_interval_s: float = Field(default=15.0, gt=0)
+    """How often drift is scored in the background (gauges, alerts); GET /v1/monitoring also scores it."""
+    auto_rule: bool = False
+    """Let online evaluation promote or roll back the challenger when the evidence is significant (off by default)."""
+    auto_rule_interval_s: float = Field(default=300.0, gt=0)
+    """How often the auto rule looks at the online report."""
+    auto_rule_min_feedback: int = Field(default=200, ge=1)
+    """Feedback-labelled predictions per arm needed before the auto rule may act."""
+    auto_rule_metric: str | None = None
+    """Metric the auto rule compares (e.g. macro_auroc, mae); default: macro AUROC or MAE by task."""
+    auto_rule_margin: float = Field(default=0.0, ge=0)
+    """How far the CI of the challenger's gain must clear zero before the auto rule acts."""
+    online_window: int = Field(default=1000, ge=10)
+    """Most recent feedback-labelled predictions per arm that online evaluation uses."""
 
     @field_validator("allowed_content_types")
     @classmethod
@@ -75,6 +101,15 @@ class ServeSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown content types {unknown}; choose from {sorted(_FORMAT_OF)}.")
         return value
+
+    @model_validator(mode="after")
+    def _window_holds_minimum(self) -> ServeSettings:
+        if self.drift_min_window > self.drift_window:
+            raise ValueError(
+                f"drift_min_window ({self.drift_min_window}) is larger than drift_window ({self.drift_window}); "
+                "drift would never be scored."
+            )
+        return self
 
     @property
     def allowed_formats(self) -> set[str]:

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Engine
 from radflow.errors import NotFoundError
 from radflow.runtime.cam import encode_png, to_grey8
 
-__all__ = ["FEEDBACK", "PREDICTIONS", "PredictionRecord", "Store"]
+__all__ = ["ALERTS", "FEEDBACK", "PREDICTIONS", "PredictionRecord", "Store"]
 
 log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -75,6 +75,23 @@ FEEDBACK = Table(
     Column("reader", String(200)),
     Column("comment", Text),
 )
+
+ALERTS = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("kind", String(20), nullable=False),
+    Column("model_name", String(200)),
+    Column("model_version", String(50)),
+    Column("feature", String(200)),
+    Column("statistic", String(50)),
+    Column("score", Float),
+    Column("threshold", Float),
+    Column("message", Text, nullable=False),
+    Column("details", JSON),
+)
+"""Monitoring events: ``drift`` (a statistic crossed its threshold) and ``auto_rule`` (a promotion/rollback)."""
 
 
 @dataclass
@@ -237,6 +254,46 @@ class Store:
         query = select(FEEDBACK).order_by(FEEDBACK.c.id)
         if prediction_id is not None:
             query = query.where(FEEDBACK.c.prediction_id == prediction_id)
+        with self.engine.connect() as conn:
+            return [_public(dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    def add_alert(
+        self,
+        kind: str,
+        message: str,
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        feature: str | None = None,
+        statistic: str | None = None,
+        score: float | None = None,
+        threshold: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Commit one alert row (durable when this returns)."""
+        row = {
+            "created_at": datetime.now(UTC),
+            "kind": kind,
+            "model_name": model_name,
+            "model_version": model_version,
+            "feature": feature,
+            "statistic": statistic,
+            "score": score,
+            "threshold": threshold,
+            "message": message,
+            "details": details,
+        }
+        with self.engine.begin() as conn:
+            row["id"] = int(conn.execute(insert(ALERTS).returning(ALERTS.c.id), row).scalar_one())
+        return _public(row)
+
+    def alerts(self, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
+        """Recorded alerts, newest first."""
+        query = select(ALERTS).order_by(ALERTS.c.id.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(ALERTS.c.kind == kind)
         with self.engine.connect() as conn:
             return [_public(dict(r)) for r in conn.execute(query).mappings()]
 

@@ -88,24 +88,6 @@ def recent_predictions(store: Store, limit: int = 20) -> list[dict[str, Any]]:
     return out
 
 
-def _judge(outputs: dict[str, Any], fb: dict[str, Any], acc: dict[str, Any]) -> None:
-    """Add one prediction's latest feedback to a model version's running tallies."""
-    if fb["correct"] is not None:
-        acc["verdicts"] += 1
-        acc["correct"] += bool(fb["correct"])
-    if fb["labels"]:
-        for finding in outputs.get("findings") or []:
-            truth = fb["labels"].get(finding["label"])
-            if truth is None:
-                continue
-            acc["label_judgements"] += 1
-            acc["label_agreements"] += int(bool(finding["positive"]) == bool(truth))
-            acc["scored"].setdefault(finding["label"], []).append((float(finding["probability"]), int(bool(truth))))
-    value = (outputs.get("prediction") or {}).get("value")
-    if fb["value"] is not None and value is not None:
-        acc["abs_errors"].append(abs(float(value) - float(fb["value"])))
-
-
 def feedback_stats(store: Store) -> list[dict[str, Any]]:
     """Per model version: predictions answered, predictions with feedback, and online accuracy from feedback.
 
@@ -113,71 +95,46 @@ def feedback_stats(store: Store) -> list[dict[str, Any]]:
     share of per-label answers matching the model's decision at its threshold; ``auroc`` the mean
     per-label AUROC of the probabilities against readers' labels (labels with both classes only);
     ``mae`` the mean absolute error against readers' estimates (regression). Each is None until
-    there is feedback to compute it from.
+    there is feedback to compute it from. All feedback counts (no window, no intervals: the page
+    polls this); the same join and metrics as the monitoring report (:mod:`radflow.monitor.online`).
     """
+    # Imported here: the metrics pull in scikit-learn (seconds), which server start-up need not wait for.
+    from radflow.monitor.online import group_metrics, group_rows, labelled_predictions
+
     store.flush()
     key_cols = (PREDICTIONS.c.model_name, PREDICTIONS.c.model_version, PREDICTIONS.c.arm)
-    tallies: dict[tuple[str, str, str], dict[str, Any]] = defaultdict(
-        lambda: {
-            "predictions": 0,
-            "with_feedback": 0,
-            "verdicts": 0,
-            "correct": 0,
-            "label_judgements": 0,
-            "label_agreements": 0,
-            "abs_errors": [],
-            "scored": {},
-        }
-    )
+    predictions: dict[tuple[str, str, str], int] = {}
     with store.engine.connect() as conn:
         counts = select(*key_cols, func.count()).where(PREDICTIONS.c.shadow == false()).group_by(*key_cols)
         for name, version, arm, n in conn.execute(counts):
-            tallies[(name, version, arm)]["predictions"] = int(n)
-    # One join, oldest feedback first, so the newest answer per prediction wins (no id lists: they hit
-    # SQLite's bound-parameter limit on a busy server).
-    joined = (
-        select(FEEDBACK, *key_cols, PREDICTIONS.c.outputs)
-        .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.prediction_id)
-        .order_by(FEEDBACK.c.id)
-    )
-    latest: dict[str, dict[str, Any]] = {}
-    with store.engine.connect() as conn:
-        for row in conn.execute(joined).mappings():
-            latest[row["prediction_id"]] = dict(row)
-    for fb in latest.values():
-        acc = tallies[(fb["model_name"], fb["model_version"], fb["arm"])]
-        acc["with_feedback"] += 1
-        _judge(fb["outputs"] or {}, fb, acc)
+            predictions[(name, version, arm)] = int(n)
+    groups = group_rows(r for r in labelled_predictions(store, siblings=False) if not r.key.shadow)
+    metrics = {(k.model, k.version, k.arm): group_metrics(rows, n_bootstrap=0) for k, rows in groups.items()}
+    labelled = {(k.model, k.version, k.arm): len(rows) for k, rows in groups.items()}
     out = []
-    for (name, version, arm), acc in sorted(tallies.items()):
-        errors = acc.pop("abs_errors")
-        auroc = _macro_auroc(acc.pop("scored"))
+    for key in sorted(predictions.keys() | metrics.keys()):
+        m = metrics.get(key) or {"verdicts": None, "classification": None, "regression": None}
+        verdicts, clf, reg = m["verdicts"] or {}, m["classification"] or {}, m["regression"] or {}
+        n_verdicts, correct = verdicts.get("n", 0), verdicts.get("correct", 0)
+        judgements, agreements = clf.get("label_judgements", 0), clf.get("label_agreements", 0)
         out.append(
             {
-                "model": name,
-                "version": version,
-                "arm": arm,
-                **acc,
-                "accuracy": acc["correct"] / acc["verdicts"] if acc["verdicts"] else None,
-                "label_agreement": (
-                    acc["label_agreements"] / acc["label_judgements"] if acc["label_judgements"] else None
-                ),
-                "auroc": auroc,
-                "mae": sum(errors) / len(errors) if errors else None,
+                "model": key[0],
+                "version": key[1],
+                "arm": key[2],
+                "predictions": predictions.get(key, 0),
+                "with_feedback": labelled.get(key, 0),
+                "verdicts": n_verdicts,
+                "correct": correct,
+                "label_judgements": judgements,
+                "label_agreements": agreements,
+                "accuracy": correct / n_verdicts if n_verdicts else None,
+                "label_agreement": agreements / judgements if judgements else None,
+                "auroc": (clf.get("macro") or {}).get("auroc"),
+                "mae": reg.get("mae"),
             }
         )
     return out
-
-
-def _macro_auroc(scored: dict[str, list[tuple[float, int]]]) -> float | None:
-    """Mean AUROC over labels whose reader answers include both classes (None when no label has both)."""
-    usable = {k: v for k, v in scored.items() if len({t for _, t in v}) == 2}
-    if not usable:
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    values = [float(roc_auc_score([t for _, t in pairs], [p for p, _ in pairs])) for pairs in usable.values()]
-    return sum(values) / len(values)
 
 
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:

@@ -144,7 +144,99 @@
     );
   }
 
-  // Monitoring lands in a later release; until /v1/monitoring answers, say so instead of failing.
+  // Nested objects as "a.b.c" rows: for parts of the report without a dedicated view (online evaluation).
+  function flatRows(obj, prefix, depth, rows) {
+    for (const [k, v] of Object.entries(obj || {})) {
+      const key = prefix ? prefix + "." + k : k;
+      if (v && typeof v === "object" && !Array.isArray(v) && depth < 2) flatRows(v, key, depth + 1, rows);
+      else rows.push(el("tr", {}, el("th", { scope: "row", text: key }), el("td", { text: typeof v === "number" ? fmt(v, 4) : JSON.stringify(v) })));
+    }
+    return rows;
+  }
+
+  function flatTable(obj, prefix) {
+    return el("div", { class: "table-wrap" }, el("table", {}, el("tbody", {}, ...flatRows(obj, prefix, 0, []).slice(0, 60))));
+  }
+
+  const STATUS_TEXT = {
+    ok: "no drift",
+    alert: "DRIFT",
+    collecting: "collecting",
+    no_reference: "not monitored",
+  };
+
+  // One block per model version: its state, then statistic / score / threshold / alert per feature.
+  function driftView(drift) {
+    if (!drift.enabled) return [el("p", { class: "hint", text: "Drift monitoring is off on this server (RADFLOW_DRIFT=false)." })];
+    const models = Object.entries(drift.models || {});
+    if (!models.length) return [el("p", { class: "hint", text: "No model loaded yet." })];
+    return models.map(([key, r]) => {
+      const w = r.window || {};
+      let state = STATUS_TEXT[r.status] || r.status;
+      if (r.status === "collecting") state += ": " + w.size + " of " + w.min + " predictions needed";
+      else if (r.status !== "no_reference") state += " · window " + w.size + " of " + w.capacity;
+      const head = el("h3", { text: key + " — " + state });
+      head.dataset.status = r.status;
+      const parts = [head];
+      if (r.reason) parts.push(el("p", { class: "hint", text: r.reason }));
+      if ((r.scores || []).length) {
+        const rows = r.scores.map((s) => {
+          const tr = el(
+            "tr",
+            {},
+            el("th", { scope: "row", text: s.feature }),
+            el("td", { text: s.statistic }),
+            el("td", { text: fmt(s.score, 4) }),
+            el("td", { text: fmt(s.threshold, 2) }),
+            el("td", { text: s.alert ? "ALERT" : "ok" }),
+          );
+          if (s.alert) tr.dataset.alert = "true";
+          return tr;
+        });
+        const header = el("tr", {}, ...["Feature", "Statistic", "Score", "Threshold", "Alert"].map((t) => el("th", { scope: "col", text: t })));
+        parts.push(el("div", { class: "table-wrap" }, el("table", { class: "drift" }, el("thead", {}, header), el("tbody", {}, ...rows))));
+      }
+      return el("div", { class: "drift-model" }, ...parts);
+    });
+  }
+
+  // The online report (radflow.monitor.online): labelled predictions per model/arm and the champion vs
+  // challenger comparison with the CI of the difference. Other shapes fall back to the flat table.
+  function onlineView(online) {
+    const title = el("h3", { text: "Online evaluation" });
+    if (online && online.error) return [title, el("p", { class: "hint", text: online.error })];
+    if (!online || !Array.isArray(online.models)) return [title, flatTable(online, "online")];
+    if (!online.models.length) return [title, el("p", { class: "hint", text: "No feedback-labelled predictions yet." })];
+    const rows = online.models.map((m) =>
+      el(
+        "tr",
+        {},
+        el("th", { scope: "row", text: m.model + " v" + m.version }),
+        el("td", { text: m.arm + (m.shadow ? " (shadow)" : "") }),
+        el("td", { text: String(m.n) }),
+      ),
+    );
+    const header = el("tr", {}, ...["Model", "Arm", "Labelled"].map((t) => el("th", { scope: "col", text: t })));
+    const parts = [title, el("div", { class: "table-wrap" }, el("table", { class: "online" }, el("thead", {}, header), el("tbody", {}, ...rows)))];
+    const comp = online.comparison;
+    if (comp && comp.reason) parts.push(el("p", { class: "hint", text: "Champion vs challenger: " + comp.reason }));
+    else if (comp && comp.metrics) {
+      const items = Object.entries(comp.metrics).map(([name, e]) => {
+        const ci = e.difference_ci ? " [" + fmt(e.difference_ci[0], 3) + ", " + fmt(e.difference_ci[1], 3) + "]" : "";
+        return el("li", { text: name + ": champion " + fmt(e.champion, 3) + " · challenger " + fmt(e.challenger, 3) + " · difference " + fmt(e.difference, 3) + ci });
+      });
+      parts.push(el("p", { text: "Champion vs challenger" + (comp.paired ? " (paired)" : "") + ":" }), el("ul", { class: "comparison" }, ...items));
+    }
+    return parts;
+  }
+
+  function alertsView(alerts) {
+    if (!alerts.length) return [el("p", { class: "hint", text: "No alerts recorded." })];
+    const items = alerts.slice(0, 10).map((a) => el("li", { text: timeOf(a.created_at) + " · " + a.message }));
+    return [el("h3", { text: "Recent alerts" }), el("ul", { class: "alerts" }, ...items)];
+  }
+
+  // Until a server has /v1/monitoring, say so instead of failing.
   async function updateMonitoring() {
     const box = $("monitoring");
     let data;
@@ -155,16 +247,13 @@
       box.replaceChildren(el("p", { class: "hint", text }));
       return;
     }
-    const rows = [];
-    const walk = (obj, prefix, depth) => {
-      for (const [k, v] of Object.entries(obj || {})) {
-        const key = prefix ? prefix + "." + k : k;
-        if (v && typeof v === "object" && !Array.isArray(v) && depth < 2) walk(v, key, depth + 1);
-        else rows.push(el("tr", {}, el("th", { scope: "row", text: key }), el("td", { text: typeof v === "number" ? fmt(v, 4) : JSON.stringify(v) })));
-      }
-    };
-    walk(data, "", 0);
-    box.replaceChildren(el("div", { class: "table-wrap" }, el("table", {}, el("tbody", {}, ...rows.slice(0, 60)))));
+    const parts = [];
+    const drift = data.drift;
+    if (drift && typeof drift === "object" && ("models" in drift || "enabled" in drift)) parts.push(...driftView(drift));
+    else if (drift !== undefined) parts.push(flatTable({ drift }, ""));
+    if (data.online !== undefined) parts.push(...onlineView(data.online));
+    if (Array.isArray(data.alerts)) parts.push(...alertsView(data.alerts));
+    box.replaceChildren(...parts);
   }
 
   async function loadModels() {
