@@ -153,7 +153,14 @@ def test_loadtest_runs_headless_locust_and_writes_its_reports(served: Served, tm
     assert int(predict["Request Count"]) >= 10 and float(predict["Requests/s"]) > 1
     # a random-init model scores near 0.5, never a confident miss: no request fails
     assert int(predict["Failure Count"]) == 0
-    assert "gevent" not in sys.modules and "locust" not in sys.modules
+    # Locust ran in its own process: radflow's side never imports it (gevent would patch threads
+    # and asyncio). Checked in a fresh interpreter, since other tests' clients (tritonclient) bring gevent.
+    probe = (
+        "import sys; from radflow.cli import app; import radflow.sim.loadtest, radflow.sim.simulator; "
+        "assert 'gevent' not in sys.modules and 'locust' not in sys.modules, 'locust/gevent imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_loadtest_counts_answers_far_from_ground_truth_as_failures(served: Served, tmp_path: Path) -> None:
