@@ -179,13 +179,21 @@ class DynamicBatcher:
         # Requests already decoding are worth a short extra wait: they fill the batch for free.
         hard_deadline = start + max(self.incoming_wait, self.delay)
         skipped: list[_Item] = []
+        closing = False
         while rows < self.max_batch_size:
             now = time.perf_counter()
             if now >= deadline and (self.incoming <= 0 or now >= hard_deadline):
-                break
-            item = await self._next(deadline - now if now < deadline else min(0.002, hard_deadline - now))
-            if item is None:
-                continue
+                # Time is up, but requests already queued join at no cost (one may have landed just as
+                # the last wait timed out).
+                closing = True
+            if closing:
+                item = await self._next(0)
+                if item is None:
+                    break
+            else:
+                item = await self._next(deadline - now if now < deadline else min(0.002, hard_deadline - now))
+                if item is None:
+                    continue
             if item.outputs != first.outputs or rows + item.rows > self.max_batch_size:
                 skipped.append(item)
                 if rows + item.rows > self.max_batch_size:
