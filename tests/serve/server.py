@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll ``/v2/health/ready`` until it answers 200 (True), ``timeout`` passes or ``alive()`` turns False."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 class ServerProcess:
@@ -44,16 +58,11 @@ class ServerProcess:
         ]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self._log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        proc = self.proc
+        if wait_ready(self.url, timeout, alive=lambda: proc.poll() is None):
+            return self
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {self._log_tail()}")
         self.kill()
         raise RuntimeError(f"server not ready in {timeout} s: {self._log_tail()}")
 

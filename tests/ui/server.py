@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
 from radflow.serve import ServeSettings, create_app
 from radflow.serve.service import InferenceService
-from tests.serve.server import free_port
+from tests.serve.server import free_port, wait_ready
 
 __all__ = ["UiServer", "ui_app"]
 
@@ -45,14 +43,8 @@ class UiServer:
 
     def start(self, timeout: float = 30) -> UiServer:
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_ready(self.url, timeout, alive=self._thread.is_alive):
+            return self
         self.stop()
         raise RuntimeError(f"the UI server did not get ready in {timeout} s")
 

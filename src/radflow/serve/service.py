@@ -302,16 +302,23 @@ class InferenceService:
         for label, score in zip(arm.model.labels, scores, strict=False):
             self.metrics.scores.labels(arm.name, arm.version, arm_label, label).observe(float(score))
 
-    async def heatmap(self, prediction_id: str, label: str) -> bytes:
-        """The CAM overlay of ``label`` for a logged prediction, drawn from the stored input pixels."""
+    async def stored_input(self, prediction_id: str, purpose: str) -> tuple[dict[str, Any], Path]:
+        """A logged prediction and the path of its stored input; NotFoundError saying why ``purpose`` can't be met."""
         store = self.require_store()
         record = await asyncio.to_thread(store.get_prediction, prediction_id)
         if store.inputs_dir is None or not record.get("input_sha256"):
-            raise NotFoundError("inputs are not stored on this server (store_inputs is off), so there is no heatmap.")
+            raise NotFoundError(
+                f"inputs are not stored on this server (store_inputs is off), so there is no {purpose}."
+            )
         await asyncio.to_thread(store.flush)
         path = store.input_path(record["input_sha256"])
         if not path.is_file():
             raise NotFoundError(f"the input image of prediction {prediction_id} is no longer stored.")
+        return record, path
+
+    async def heatmap(self, prediction_id: str, label: str) -> bytes:
+        """The CAM overlay of ``label`` for a logged prediction, drawn from the stored input pixels."""
+        record, path = await self.stored_input(prediction_id, "heatmap")
         router = self.require_router()
         arm = router.find(record["model_name"], record["model_version"]) or router.champion
 

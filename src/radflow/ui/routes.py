@@ -85,14 +85,7 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
 
     @router.get("/v1/ui/predictions/{prediction_id}/image.png", summary="The stored input of a prediction as PNG")
     async def input_image(request: Request, prediction_id: str) -> FileResponse:
-        store = svc(request).require_store()
-        record = await asyncio.to_thread(store.get_prediction, prediction_id)
-        if store.inputs_dir is None or not record.get("input_sha256"):
-            raise NotFoundError("inputs are not stored on this server (store_inputs is off), so there is no preview.")
-        await asyncio.to_thread(store.flush)
-        path = store.input_path(record["input_sha256"])
-        if not path.is_file():
-            raise NotFoundError(f"the input image of prediction {prediction_id} is no longer stored.")
+        _, path = await svc(request).stored_input(prediction_id, "preview")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @router.get("/v1/ui/summary", summary="Dashboard snapshot: traffic counters, routing, feedback accuracy")
