@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from radflow.errors import DataError
+from radflow.runtime.cam import encode_png
 from radflow.sim.judge import default_max_error, judge
-from radflow.sim.traffic import CaseSource, encode_png, feedback_payload
+from radflow.sim.traffic import CaseSource, feedback_payload
 from tests.fixtures import make_dataset
 
 

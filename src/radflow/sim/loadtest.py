@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from radflow.errors import ConfigError, RadflowError
+from radflow.runtime.cam import encode_png
 from radflow.sim.judge import default_max_error
-from radflow.sim.traffic import CaseSource, encode_png
+from radflow.sim.traffic import CaseSource
 
 __all__ = ["LOCUSTFILE", "LoadtestConfig", "prepare_cases", "read_stats", "run_loadtest"]
 

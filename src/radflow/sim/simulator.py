@@ -26,9 +26,10 @@ import httpx
 import numpy as np
 
 from radflow.errors import ConfigError, RadflowError
+from radflow.runtime.cam import encode_png
 from radflow.sim.arrivals import arrivals
 from radflow.sim.drift import DriftSpec, apply_drift
-from radflow.sim.traffic import Case, CaseSource, encode_png, feedback_payload
+from radflow.sim.traffic import Case, CaseSource, feedback_payload
 
 __all__ = [
     "BackgroundSimulation",

@@ -7,19 +7,17 @@ image, and any shift a monitor finds comes from injected drift, not from re-enco
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from radflow.data.dataset import Dataset
 from radflow.errors import DataError
 
-__all__ = ["Case", "CaseSource", "encode_png", "feedback_payload"]
+__all__ = ["Case", "CaseSource", "feedback_payload"]
 
 
 @dataclass(frozen=True)
@@ -75,13 +73,6 @@ class CaseSource:
         i = int(self._order[self._next])
         self._next += 1
         return self.case(i)
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Lossless PNG bytes of grey uint8 pixels."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
 def feedback_payload(answer: dict[str, Any], truth: dict[str, float], reader: str) -> dict[str, Any] | None:
