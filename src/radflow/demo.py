@@ -147,7 +147,7 @@ def serve_demo(
     from pydantic import SecretStr
 
     from radflow.pipeline.dvc_yaml import SPLIT_DATASET
-    from radflow.serve import ServeSettings
+    from radflow.inference import ServeSettings
     from radflow.serve.server import free_port, port_is_free, run_server
 
     workdir = workdir.resolve()

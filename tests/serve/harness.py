@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from radflow.serve import ServeSettings, create_app
-from radflow.serve.service import InferenceService
+from radflow.inference import ServeSettings
+from radflow.serve import create_app
+from radflow.inference.service import InferenceService
 
 __all__ = ["AppHarness", "metric_value"]
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from radflow.serve.batching import CpuGate, DynamicBatcher, RunFn
-from radflow.serve.errors import OverloadedError, RequestTimeoutError
+from radflow.inference.batching import CpuGate, DynamicBatcher, RunFn
+from radflow.inference.errors import OverloadedError, RequestTimeoutError
 
 
 def _double(calls: list[int], delay: float = 0.0) -> RunFn:

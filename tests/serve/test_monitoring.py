@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from radflow.data.dataset import Dataset
-from radflow.serve import ServeSettings
+from radflow.inference import ServeSettings
 from radflow.serve.store import Store
 from tests.export.checkpoints import png_bytes
 from tests.serve.harness import AppHarness, metric_value

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from radflow.registry import promote
 from radflow.runtime import ONNX_TAG
-from radflow.serve import ServeSettings
+from radflow.inference import ServeSettings
 from tests.serve.harness import AppHarness
 from tests.serve.models import png_bytes
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from radflow.serve import ServeSettings
-from radflow.serve.routing import route_point
+from radflow.inference import ServeSettings
+from radflow.inference.routing import route_point
 from tests.serve.harness import AppHarness
 from tests.serve.models import png_bytes
 

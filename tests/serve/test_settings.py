@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from radflow.serve import ServeSettings
+from radflow.inference import ServeSettings
 
 
 def test_environment_overrides_defaults_and_store_goes_in_the_workspace(
@@ -43,7 +43,8 @@ def test_serving_never_imports_torch(onnx_pair: tuple[Path, Path], tmp_path: Pat
         import httpx
         import numpy as np
         from PIL import Image
-        from radflow.serve import ServeSettings, create_app
+        from radflow.inference import ServeSettings
+        from radflow.serve import create_app
 
         async def main():
             app = create_app(ServeSettings(model={str(onnx_pair[0])!r}, challenger={str(onnx_pair[1])!r},

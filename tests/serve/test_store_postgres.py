@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from radflow.serve import ServeSettings
+from radflow.inference import ServeSettings
 from radflow.serve.store import Store
 from tests.postgres import postgres_server
 from tests.serve.harness import AppHarness

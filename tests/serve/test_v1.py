@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from radflow.runtime import RadflowModel
-from radflow.serve import ServeSettings
+from radflow.inference import ServeSettings
 from tests.serve.harness import AppHarness, metric_value
 from tests.serve.models import jpeg_bytes, png_bytes
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from radflow.serve import ServeSettings
+from radflow.inference import ServeSettings
 from tests.serve.harness import AppHarness
 from tests.serve.models import make_onnx
 

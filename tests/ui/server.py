@@ -9,8 +9,9 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from radflow.serve import ServeSettings, create_app
-from radflow.serve.service import InferenceService
+from radflow.inference import ServeSettings
+from radflow.serve import create_app
+from radflow.inference.service import InferenceService
 from tests.serve.server import free_port, wait_ready
 
 __all__ = ["UiServer", "ui_app"]

@@ -34,7 +34,7 @@ def serve_command(
     """Serve the champion (and challenger) over HTTP: /v1 images, /v2 tensors, /metrics. Settings: RADFLOW_* env."""
 
     def body() -> None:
-        from radflow.serve import ServeSettings
+        from radflow.inference import ServeSettings
         from radflow.serve.server import run_server
 
         if workspace is not None and not workspace.is_dir():

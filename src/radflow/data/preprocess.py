@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["PreprocessSpec", "prepare_pixels", "to_model_input"]
+__all__ = ["PreprocessSpec", "from_model_input", "prepare_pixels", "to_model_input"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +85,16 @@ def to_model_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.channels > 1:
         x = np.repeat(x, spec.channels, axis=1)
     return np.ascontiguousarray(x)
+
+
+def from_model_input(tensor: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """The ``uint8`` image ``(H, W)`` behind one model input ``(C, H, W)``: the inverse of :func:`to_model_input`.
+
+    Tensors sent straight to the model (``/v2``) carry no image; this recovers the pixels (first
+    channel, rounded to the 8 bits they came from) so they can be monitored and stored like uploads.
+    """
+    x = np.asarray(tensor, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"from_model_input expects one (C, H, W) tensor, got shape {x.shape}.")
+    img = (x[0] * spec.std + spec.mean) * 255.0
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)

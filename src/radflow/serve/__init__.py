@@ -1,13 +1,12 @@
-"""The inference service: FastAPI + ONNX Runtime with dynamic batching, V2 protocol, A/B routing and a store.
+"""The HTTP doors of the inference core: ``/v1`` images, ``/v2`` Open Inference Protocol, admin, the web UI.
 
-``radflow serve`` runs :func:`create_app` under uvicorn. Nothing here imports torch.
+``radflow serve`` runs :func:`create_app` under uvicorn (:mod:`radflow.serve.server`). Each
+transport module only parses its protocol and calls :class:`radflow.inference.InferenceService`.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from radflow.serve.app import create_app
-from radflow.serve.service import InferenceService
-from radflow.serve.settings import ServeSettings
-from radflow.serve.store import PredictionRecord, Store
 
-__all__ = ["InferenceService", "PredictionRecord", "ServeSettings", "Store", "create_app"]
+__all__ = ["create_app"]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from radflow.serve.settings import ServeSettings
+from radflow.inference.settings import ServeSettings
 
 __all__ = ["free_port", "port_is_free", "run_server"]
 
@@ -67,8 +67,8 @@ def run_server(
     """
     import uvicorn
 
+    from radflow.inference.service import preload
     from radflow.serve.app import create_app
-    from radflow.serve.service import preload
 
     models = preload(settings)
     app = create_app(settings, models)

@@ -1,7 +1,9 @@
 """Open Inference Protocol (KServe V2) REST, with the binary tensor data extension, as Triton answers it.
 
 Inputs are the preprocessed FP32 tensors the graph takes (``image`` ``[-1, C, S, S]``; ``sex``
-``[-1, 1]`` for regression models); they join the same dynamic batches as ``/v1`` uploads.
+``[-1, 1]`` for regression models); they go through the same inference core as ``/v1`` uploads
+(:meth:`radflow.inference.InferenceService.infer_tensors`): the same dynamic batches, and every row
+is logged, metered by model/version/arm and fed to its model version's drift window.
 A binary request carries ``Inference-Header-Content-Length`` (the JSON header's size) and raw
 little-endian tensors after the JSON, one per input with ``parameters.binary_data_size``; no
 Content-Type is needed. Outputs come back binary when asked (``binary_data_output`` or a
@@ -19,10 +21,9 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from radflow.errors import NotFoundError
-from radflow.serve.errors import ServiceError
-from radflow.serve.routing import ModelArm
-from radflow.serve.service import InferenceService
+from radflow.inference.errors import ServiceError
+from radflow.inference.routing import ModelArm
+from radflow.serve.common import read_body, service_of
 
 __all__ = ["BINARY_HEADER", "v2"]
 
@@ -38,19 +39,8 @@ def _radflow_version() -> str:
         return "0"
 
 
-def _service(request: Request) -> InferenceService:
-    service: InferenceService = request.app.state.service
-    return service
-
-
 def _arm(request: Request, name: str, model_version: str | None) -> ModelArm:
-    router = _service(request).require_router()
-    arm = router.find(name, model_version)
-    if arm is None:
-        served = ", ".join(f"{a.name} (version {a.version})" for a in router.arms())
-        what = f"{name!r}" + (f" version {model_version!r}" if model_version else "")
-        raise NotFoundError(f"unknown model {what}; this server serves {served}.")
-    return arm
+    return service_of(request).find_arm(name, model_version)
 
 
 def _dims(shape: list[Any]) -> list[int]:
@@ -69,7 +59,7 @@ async def live() -> Response:
 
 @v2.get("/health/ready")
 async def ready(request: Request) -> Response:
-    return Response(status_code=200 if _service(request).ready else 503)
+    return Response(status_code=200 if service_of(request).ready else 503)
 
 
 @v2.get("")
@@ -84,7 +74,7 @@ async def server_metadata() -> dict[str, Any]:
 # Declared before /models/{name}, which would otherwise take "stats" for a model name.
 @v2.get("/models/stats")
 async def all_stats(request: Request) -> dict[str, Any]:
-    return {"model_stats": [_stats(a) for a in _service(request).require_router().arms()]}
+    return {"model_stats": [_stats(a) for a in service_of(request).require_router().arms()]}
 
 
 @v2.get("/models/{name}")
@@ -111,7 +101,7 @@ async def model_ready(request: Request, name: str, model_version: str | None = N
 @v2.get("/models/{name}/versions/{model_version}/config")
 async def model_config(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
     arm = _arm(request, name, model_version)
-    s = _service(request).settings
+    s = service_of(request).settings
 
     def block(t: dict[str, Any], key: str) -> dict[str, Any]:
         return {"name": t["name"], "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": t["shape"][1:]}
@@ -244,16 +234,14 @@ def _requested_outputs(request: dict[str, Any], arm: ModelArm) -> list[tuple[str
 @v2.post("/models/{name}/infer")
 @v2.post("/models/{name}/versions/{model_version}/infer")
 async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
-    from radflow.serve.app import read_body
-
-    service = _service(request)
+    service = service_of(request)
     arm = _arm(request, name, model_version)
     request.state.model = {"name": arm.name, "version": arm.version, "arm": arm.arm}
     body = await read_body(request, service.settings.max_body_bytes)
     payload, binary = _parse(body, request.headers.get(BINARY_HEADER.lower()))
     feeds = _input_arrays(payload, binary, arm)
     wanted = _requested_outputs(payload, arm)
-    results = await arm.batcher.submit(feeds, [n for n, _ in wanted])
+    results = await service.infer_tensors(arm, feeds, [n for n, _ in wanted])
     outputs, blobs = [], []
     for (out_name, as_binary), array in zip(wanted, results, strict=True):
         array = np.ascontiguousarray(array, dtype=np.float32)

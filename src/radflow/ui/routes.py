@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from radflow.errors import NotFoundError
-from radflow.serve.service import InferenceService
+from radflow.inference.service import InferenceService
 from radflow.ui.summary import feedback_stats, metrics_snapshot, recent_predictions, registry_versions
 
 __all__ = ["STATIC_TYPES", "ui_router"]

@@ -86,7 +86,7 @@ class ServiceMetrics:
         )
 
     def batch_observer(self, model: str, version: str) -> Callable[[int, list[float], float], None]:
-        """A :class:`~radflow.serve.batching.DynamicBatcher` ``on_batch`` callback for one model."""
+        """A :class:`~radflow.inference.batching.DynamicBatcher` ``on_batch`` callback for one model."""
         size = self.batch_size.labels(model, version)
         queue = self.queue_time.labels(model, version)
         compute = self.compute_time.labels(model, version)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from radflow.serve.errors import OverloadedError, RequestTimeoutError
+from radflow.inference.errors import OverloadedError, RequestTimeoutError
 
 __all__ = ["BatchStats", "CpuGate", "DynamicBatcher", "RunFn"]
 

@@ -16,10 +16,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from radflow.inference.batching import CpuGate, DynamicBatcher
+from radflow.inference.metrics import ServiceMetrics
+from radflow.inference.settings import ServeSettings
 from radflow.runtime import RadflowModel
-from radflow.serve.batching import CpuGate, DynamicBatcher
-from radflow.serve.metrics import ServiceMetrics
-from radflow.serve.settings import ServeSettings
 
 __all__ = ["CHALLENGER_ARM", "CHAMPION_ARM", "LoadedModel", "ModelArm", "Router", "load_model", "route_point"]
 

@@ -20,22 +20,25 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from radflow.data.decode import DecodedImage, decode_image, sniff_format
-from radflow.data.preprocess import to_model_input
+from radflow.data.preprocess import from_model_input, to_model_input
 from radflow.errors import ConfigError, NotFoundError
+from radflow.inference.batching import CpuGate
+from radflow.inference.errors import OverloadedError, UnsupportedMediaError
+from radflow.inference.metrics import ServiceMetrics
+from radflow.inference.routing import CHALLENGER_ARM, CHAMPION_ARM, LoadedModel, ModelArm, Router, load_model
+from radflow.inference.settings import ServeSettings
 from radflow.monitor.drift import DriftAlert, DriftThresholds, DriftTracker
 from radflow.monitor.reference import embedding_source, embeddings_from, fetch_reference, input_summary, load_reference
+from radflow.runtime import InvalidInputError
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
-from radflow.serve.batching import CpuGate
-from radflow.serve.errors import OverloadedError, UnsupportedMediaError
-from radflow.serve.metrics import ServiceMetrics
-from radflow.serve.routing import CHALLENGER_ARM, CHAMPION_ARM, LoadedModel, ModelArm, Router, load_model
-from radflow.serve.settings import ServeSettings
-from radflow.serve.store import PredictionRecord, Store
+
+if TYPE_CHECKING:
+    from radflow.serve.store import Store
 
 __all__ = ["InferenceService", "PreparedImage", "preload"]
 
@@ -103,6 +106,8 @@ class InferenceService:
 
     async def start(self) -> None:
         """Open the store and load the models (in threads; the loop stays free)."""
+        from radflow.serve.store import Store
+
         s = self.settings
         self.store = await asyncio.to_thread(
             Store, s.resolved_store_url(), s.resolved_inputs_dir() if s.store_inputs else None
@@ -222,11 +227,52 @@ class InferenceService:
         if monitor is not None:
             monitor.observe(summary, scores, embedding, view)
 
+    def _log(
+        self,
+        arm: ModelArm,
+        arm_label: str,
+        scores: np.ndarray,
+        *,
+        input_sha256: str,
+        input_format: str,
+        latency_ms: float,
+        request_id: str,
+        summary: np.ndarray | None,
+        embedding: np.ndarray | None,
+        view: str = "",
+        pixels: np.ndarray | None = None,
+    ) -> Any:
+        """What every door does after scoring one image: the prediction log, the score metrics, the drift window."""
+        from radflow.serve.store import PredictionRecord  # until the store leaves serve/ (no import cycle)
+
+        record = PredictionRecord(
+            model_name=arm.name,
+            model_version=arm.version,
+            model_alias=arm.loaded.alias,
+            arm=arm.arm,
+            outputs=arm.model.to_prediction(scores).to_dict(),
+            input_sha256=input_sha256,
+            input_format=input_format,
+            latency_ms=latency_ms,
+            shadow=arm_label == "shadow",
+            request_id=request_id,
+        )
+        self.require_store().log(record, pixels if self.settings.store_inputs else None)
+        if arm_label != "shadow":
+            arm.served += 1
+        self._observe_scores(arm, arm_label, scores)
+        self._observe_drift(arm, summary, scores, embedding, view)
+        return record
+
     async def predict(self, data: bytes, routing_key: str | None = None, sex: str | None = None) -> dict[str, Any]:
-        """Score one image with the routed arm (and the shadow arm in the background); log both."""
+        """Score one image with the routed arm (and the shadow arm in the background); log both.
+
+        Every door that receives images calls this: ``/v1/predict``, the web UI, and the streaming
+        and DICOM doors.
+        """
         start = time.perf_counter()
         router = self.require_router()
-        store = self.require_store()
+        self.require_store()
         arm = router.choose(routing_key)
         shadow = router.shadow_arm()
         arms = [arm, *([shadow] if shadow is not None and shadow is not arm else [])]
@@ -241,24 +287,21 @@ class InferenceService:
         sex_value = sex if sex is not None else prepared.decoded.meta.get("sex")
         sex_arr = sex_feature([sex_value or ""]) if any(a.model.needs_sex for a in arms) else None
         scores, embedding = await self._score(arm, prepared.tensors[0], sex_arr)
-        prediction = arm.model.to_prediction(scores).to_dict()
         request_id = str(uuid.uuid4())
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
-        record = PredictionRecord(
-            model_name=arm.name,
-            model_version=arm.version,
-            model_alias=arm.loaded.alias,
-            arm=arm.arm,
-            outputs=prediction,
+        record = self._log(
+            arm,
+            arm.arm,
+            scores,
             input_sha256=prepared.sha256,
             input_format=prepared.decoded.format,
             latency_ms=latency_ms,
             request_id=request_id,
+            summary=prepared.summaries[0],
+            embedding=embedding,
+            view=_view(prepared.decoded),
+            pixels=prepared.decoded.pixels,
         )
-        store.log(record, prepared.decoded.pixels if self.settings.store_inputs else None)
-        arm.served += 1
-        self._observe_scores(arm, arm.arm, scores)
-        self._observe_drift(arm, prepared.summaries[0], scores, embedding, _view(prepared.decoded))
         if len(arms) > 1:
             task = asyncio.create_task(self._shadow(arms[1], prepared, sex_arr, request_id))
             self._background.add(task)
@@ -267,7 +310,7 @@ class InferenceService:
             "id": record.id,
             "model": {"name": arm.name, "version": arm.version, "alias": arm.loaded.alias},
             "arm": arm.arm,
-            **prediction,
+            **record.outputs,
             "input_sha256": prepared.sha256,
             "latency_ms": latency_ms,
         }
@@ -279,21 +322,85 @@ class InferenceService:
         except Exception:  # a failing shadow must never affect the answer already given
             log.exception("shadow scoring with %s v%s failed", arm.name, arm.version)
             return
-        record = PredictionRecord(
-            model_name=arm.name,
-            model_version=arm.version,
-            model_alias=arm.loaded.alias,
-            arm=arm.arm,
-            outputs=arm.model.to_prediction(scores).to_dict(),
+        self._log(
+            arm,
+            "shadow",
+            scores,
             input_sha256=prepared.sha256,
             input_format=prepared.decoded.format,
             latency_ms=round((time.perf_counter() - start) * 1000, 2),
-            shadow=True,
             request_id=request_id,
+            summary=prepared.summaries[1],
+            embedding=embedding,
+            view=_view(prepared.decoded),
         )
-        self.require_store().log(record)
-        self._observe_scores(arm, "shadow", scores)
-        self._observe_drift(arm, prepared.summaries[1], scores, embedding, _view(prepared.decoded))
+
+    # -- /v2 infer ------------------------------------------------------------------------
+
+    def find_arm(self, name: str, version: str | None = None) -> ModelArm:
+        """The arm serving ``name`` (at ``version``); NotFoundError listing what this server serves."""
+        router = self.require_router()
+        arm = router.find(name, version)
+        if arm is None:
+            served = ", ".join(f"{a.name} (version {a.version})" for a in router.arms())
+            what = f"{name!r}" + (f" version {version!r}" if version else "")
+            raise NotFoundError(f"unknown model {what}; this server serves {served}.")
+        return arm
+
+    def _tensor_rows(self, arm: ModelArm, images: np.ndarray) -> list[tuple[str, np.ndarray | None, np.ndarray | None]]:
+        """Per row of a preprocessed ``image`` tensor: (sha256 of its bytes, drift summary, pixels to store).
+
+        The pixels are recovered from the tensor with the model's own preprocessing (the inverse
+        of :func:`~radflow.data.preprocess.to_model_input`), so drift compares them with the same
+        reference as uploaded images and a stored tensor input can be shown and relabelled.
+        """
+        keep = self.drift is not None or self.settings.store_inputs
+        rows = []
+        for row in images:
+            pixels = from_model_input(row, arm.model.spec) if keep else None
+            summary = input_summary(pixels) if self.drift is not None and pixels is not None else None
+            rows.append((hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest(), summary, pixels))
+        return rows
+
+    async def infer_tensors(self, arm: ModelArm, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """Score preprocessed tensors (the ``/v2`` door): the same batches, log, metrics and drift as images.
+
+        ``outputs`` are the graph outputs the caller asked for; the score output (and the embedding,
+        when drift needs it) are fetched in the same run for the log, metrics and drift.
+        """
+        start = time.perf_counter()
+        self.require_store()
+        emb_source = self._embedding_outputs.get(id(arm.model))
+        score_output = arm.model.meta.output
+        extra = [n for n in dict.fromkeys([score_output, *([emb_source] if emb_source else [])]) if n not in outputs]
+        names = [*outputs, *extra]
+        loop = asyncio.get_running_loop()
+        rows_task = loop.run_in_executor(self.decode_pool, self._tensor_rows, arm, feeds[IMAGE_INPUT])
+        arm.batcher.incoming += 1
+        try:
+            results = await arm.batcher.submit(feeds, names)
+        finally:
+            arm.batcher.incoming -= 1
+        by_name = dict(zip(names, results, strict=True))
+        scores = np.asarray(by_name[score_output])
+        embeddings = embeddings_from(by_name[emb_source], emb_source) if emb_source else None
+        rows = await rows_task
+        request_id = str(uuid.uuid4())
+        latency_ms = round((time.perf_counter() - start) * 1000, 2)
+        for i, (sha256, summary, pixels) in enumerate(rows):
+            self._log(
+                arm,
+                arm.arm,
+                scores[i],
+                input_sha256=sha256,
+                input_format="tensor",
+                latency_ms=latency_ms,
+                request_id=request_id,
+                summary=summary,
+                embedding=embeddings[i] if embeddings is not None else None,
+                pixels=pixels,
+            )
+        return [by_name[n] for n in outputs]
 
     def _observe_scores(self, arm: ModelArm, arm_label: str, scores: np.ndarray) -> None:
         if arm.model.meta.is_regression:
@@ -301,6 +408,40 @@ class InferenceService:
             return
         for label, score in zip(arm.model.labels, scores, strict=False):
             self.metrics.scores.labels(arm.name, arm.version, arm_label, label).observe(float(score))
+
+    async def get_prediction(self, prediction_id: str) -> dict[str, Any]:
+        """A logged prediction as the API shows it (NotFoundError for an unknown id)."""
+        return await asyncio.to_thread(self.require_store().get_prediction, prediction_id)
+
+    async def add_feedback(
+        self,
+        prediction_id: str,
+        *,
+        labels: dict[str, int] | None = None,
+        value: float | None = None,
+        correct: bool | None = None,
+        reader: str | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        """Check a reader's feedback against the logged prediction, then commit it (durable on return)."""
+        store = self.require_store()
+        if labels is None and value is None and correct is None:
+            raise InvalidInputError("feedback needs at least one of 'labels', 'value' or 'correct'.")
+        record = await asyncio.to_thread(store.get_prediction, prediction_id)
+        outputs = record.get("outputs") or {}
+        if labels is not None:
+            known = [f["label"] for f in outputs.get("findings") or []]
+            if not known:
+                raise InvalidInputError("this prediction is a regression value; send 'value', not 'labels'.")
+            unknown = sorted(set(labels) - set(known))
+            if unknown:
+                raise InvalidInputError(f"unknown labels {unknown}; the model predicts {', '.join(known)}.")
+        if value is not None and "prediction" not in outputs:
+            raise InvalidInputError("this prediction has findings; send per-label 'labels', not 'value'.")
+        saved: dict[str, Any] = await asyncio.to_thread(
+            store.add_feedback, prediction_id, labels, value, correct, reader, comment
+        )
+        return saved
 
     async def stored_input(self, prediction_id: str, purpose: str) -> tuple[dict[str, Any], Path]:
         """A logged prediction and the path of its stored input; NotFoundError saying why ``purpose`` can't be met."""
