@@ -1,0 +1,138 @@
+"""``/v1``: images in (multipart or raw PNG, JPEG, DICOM), findings or values out; predictions, feedback, monitoring."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from radflow.inference.errors import UnsupportedMediaError
+from radflow.runtime import InvalidInputError
+from radflow.serve.common import label_answer, read_body, service_of
+
+__all__ = ["FeedbackIn", "v1"]
+
+_RAW_EXTRA = {"application/octet-stream", ""}
+
+v1 = APIRouter(prefix="/v1", tags=["v1"])
+
+
+class FeedbackIn(BaseModel):
+    """Ground truth or a verdict for one prediction."""
+
+    prediction_id: str = Field(min_length=1, max_length=64)
+    labels: dict[str, Literal[0, 1]] | None = None
+    """Per-label ground truth, 0 or 1 (classification models)."""
+    value: float | None = None
+    """The true value in the model's unit (regression models)."""
+    correct: bool | None = None
+    """Whether the reader agrees with the prediction as a whole."""
+    reader: str | None = Field(None, max_length=200)
+    comment: str | None = Field(None, max_length=5000)
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": _BINARY["schema"]}, "required": ["file"]}
+            },
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "application/dicom": _BINARY,
+        },
+    }
+}
+
+
+@v1.post(
+    "/predict",
+    summary="Score one radiograph (PNG, JPEG or DICOM) as multipart field `file` or raw body",
+    description="Send `X-Routing-Key` to stick a caller (e.g. a hashed study id) to one A/B arm.",
+    openapi_extra=_UPLOAD,
+)
+async def predict(
+    request: Request,
+    sex: Literal["M", "F"] | None = Query(None, description="Sex for regression models (else the DICOM header)."),
+) -> JSONResponse:
+    service = service_of(request)
+    s = service.settings
+    body = await read_body(request, s.max_body_bytes)
+    declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if declared == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInputError("a multipart upload needs the image in a file field named 'file'.")
+        data = await upload.read()
+    elif declared in s.allowed_content_types or declared in _RAW_EXTRA:
+        data = body
+    else:
+        raise UnsupportedMediaError(
+            f"Content-Type {declared!r} is not accepted; send {', '.join(s.allowed_content_types)} "
+            "or multipart/form-data with a 'file' field."
+        )
+    answer = await service.predict(data, request.headers.get("x-routing-key"), sex)
+    label_answer(request, {**answer["model"], "arm": answer["arm"]})
+    return JSONResponse(answer)
+
+
+@v1.get("/predictions/{prediction_id}", summary="A logged prediction")
+async def get_prediction(request: Request, prediction_id: str) -> JSONResponse:
+    return JSONResponse(await service_of(request).get_prediction(prediction_id))
+
+
+@v1.get("/predictions/{prediction_id}/heatmap.png", summary="Class activation map of one label over the input")
+async def heatmap(request: Request, prediction_id: str, label: str = Query(..., min_length=1)) -> Response:
+    png = await service_of(request).heatmap(prediction_id, label)
+    return Response(png, media_type="image/png")
+
+
+@v1.post("/feedback", status_code=201, summary="Ground truth or verdict for a prediction (durable before 201)")
+async def feedback(request: Request, body: FeedbackIn) -> JSONResponse:
+    saved = await service_of(request).add_feedback(
+        body.prediction_id,
+        labels=dict(body.labels) if body.labels else None,
+        value=body.value,
+        correct=body.correct,
+        reader=body.reader,
+        comment=body.comment,
+    )
+    return JSONResponse(saved, status_code=201)
+
+
+@v1.get("/monitoring", summary="Drift against each model version's reference, online evaluation, recent alerts")
+async def monitoring(request: Request, alerts: int = Query(20, ge=0, le=500)) -> JSONResponse:
+    """Drift is scored on the current window when asked (and every ``drift_interval_s`` in the background).
+
+    Shape (stable; the dashboard and the simulator read it)::
+
+        {
+          "drift": {
+            "enabled": true,                      # false (and nothing else) when RADFLOW_DRIFT=false
+            "models": {
+              "MODEL/VERSION": {
+                "model": str, "version": str,
+                "status": "ok" | "alert" | "collecting" | "no_reference",
+                "reason": str | null,             # e.g. why there is no reference
+                "observed": int,                  # predictions seen since load
+                "window": {"size": int, "capacity": int, "min": int},
+                "thresholds": {"psi", "ks", "embedding", "min_window", "rearm"},
+                "alert": bool,                    # any score at/above its threshold now
+                "scores": [{"feature": "intensity_mean" | ... | "score:LABEL" | "value" | "embedding" | "view",
+                            "group": "input" | "output", "statistic": "psi" | "ks" | "mean_distance",
+                            "score": float, "threshold": float, "alert": bool,
+                            "pvalue"?: float, "live_mean"?: float, "source"?: str}]
+              }
+            }
+          },
+          "online": {...},                        # radflow.monitor.online.online_report (absent if unavailable)
+          "alerts": [{"id", "created_at", "kind": "drift" | "auto_rule", "model_name", "model_version",
+                      "feature", "statistic", "score", "threshold", "message", "details"}]   # newest first
+        }
+    """
+    return JSONResponse(await service_of(request).monitoring(alerts))
