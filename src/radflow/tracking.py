@@ -4,11 +4,16 @@ Order of precedence: an explicit URI (``--tracking-uri``) > ``MLFLOW_TRACKING_UR
 workspace store ``sqlite:///<absolute workspace>/mlflow.db`` with artifacts in ``mlartifacts/``
 beside it. A server that cannot be reached is reported before any training starts, so a long run
 never dies at its first ``log_metric``.
+
+This module owns MLflow's environment: telemetry off, its log level and download progress bars
+(:func:`set_mlflow_verbosity`, quiet unless ``radflow -v``), and ``MLFLOW_TRACKING_URI``.
+:func:`env_scope` is radflow's one way to change environment variables for a block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from radflow.errors import RadflowError
 
@@ -26,22 +31,52 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTIFACT_DIR",
     "DEFAULT_DB",
+    "PROGRESS_ENV",
     "artifact_root",
     "check_tracking",
     "client",
     "ensure_experiment",
+    "env_scope",
     "git_state",
+    "quiet_downloads",
     "resolve_tracking_uri",
     "server_command",
+    "set_mlflow_verbosity",
+    "telemetry_off",
     "tracking_uri_scope",
 ]
 
-# Telemetry off before mlflow is imported anywhere through this module.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+_TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"}
+
+
+def telemetry_off(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Switch MLflow's and DVC's usage reporting off in ``env`` (default: this process), unless set already."""
+    target: Any = os.environ if env is None else env
+    for key, value in _TELEMETRY_OFF.items():
+        target.setdefault(key, value)
+    return dict(target)
+
+
+# Telemetry off before mlflow is imported anywhere through this module.
+telemetry_off()
+
+
+def set_mlflow_verbosity(verbose: bool) -> None:
+    """MLflow's INFO logs (store creation, migrations) and progress bars: shown only when ``verbose``.
+
+    Written into the environment, so the DVC stages a command starts (their own radflow processes,
+    importing MLflow afresh) are as quiet as the command; the logger is set too in case MLflow is
+    already imported.
+    """
+    level = "INFO" if verbose else "WARNING"
+    os.environ["MLFLOW_LOGGING_LEVEL"] = level
+    os.environ[PROGRESS_ENV] = "true" if verbose else "false"
+    logging.getLogger("mlflow").setLevel(level)
+    logging.getLogger("alembic").setLevel(level)
 
 
 def resolve_tracking_uri(explicit: str | None = None, workspace: Path | None = None) -> str:
@@ -159,8 +194,33 @@ def tracking_uri_scope(uri: str) -> Iterator[None]:
     import mlflow
 
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
+    with env_scope(MLFLOW_TRACKING_URI=env_before):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(env_before)  # type: ignore[arg-type]  # None clears the variable and the setting
+
+
+@contextlib.contextmanager
+def env_scope(**values: str | None) -> Iterator[None]:
+    """Set (or, for ``None``, remove) environment variables for a block; the previous values come back on exit."""
+    before = {key: os.environ.get(key) for key in values}
     try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         yield
     finally:
-        mlflow.set_tracking_uri(env_before)  # type: ignore[arg-type]  # None clears the variable and the setting
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def quiet_downloads() -> contextlib.AbstractContextManager[None]:
+    """No MLflow artifact progress bar for a block: it would land in the middle of radflow's output (and --json)."""
+    return env_scope(**{PROGRESS_ENV: "false"})

@@ -37,7 +37,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from radflow.data.decode import DEFAULT_MAX_PIXELS, DecodedImage
+from radflow.data.decoded import DEFAULT_MAX_PIXELS, DecodedImage
 from radflow.errors import ConfigError, ImageDecodeError, did_you_mean
 
 __all__ = ["WRITABLE_TRANSFER_SYNTAXES", "decode_dicom", "parse_age", "write_dicom"]

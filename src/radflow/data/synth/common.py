@@ -7,7 +7,6 @@ image depend only on the seed and its index, never on how many workers drew it o
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -17,10 +16,10 @@ import cv2
 import numpy as np
 
 from radflow.errors import ConfigError
+from radflow.hardware import available_cores
 
 __all__ = [
     "MIN_SIZE",
-    "available_cores",
     "check_common",
     "draw_marker",
     "image_rng",
@@ -73,14 +72,6 @@ def write_png(path: Path, img8: np.ndarray) -> None:
     if not ok:  # pragma: no cover - cv2 only fails on invalid arrays, which we never make
         raise RuntimeError(f"PNG encoding failed for {path}")
     path.write_bytes(buf.tobytes())
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects taskset/cgroup affinity, unlike ``os.cpu_count``)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _init_worker() -> None:
