@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test lint unit bench install clean
+.PHONY: demo test lint unit e2e bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,10 +25,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# The unit tests only: no servers, browsers or pipeline runs (every e2e test lives under tests/e2e).
 unit: $(STAMP)
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -m "not e2e" --durations=10
 
-test: lint unit
+e2e: $(STAMP)
+	$(BIN)/pytest -q tests/e2e --durations=10
+
+# Everything CI runs: lint, then the whole suite (unit and e2e) in one session, so servers start once.
+test: lint $(STAMP)
+	$(BIN)/pytest -q --durations=15
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

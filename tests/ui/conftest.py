@@ -7,13 +7,12 @@ import pytest
 
 from radflow.inference import ServeSettings
 from tests.serve.harness import AppHarness
-from tests.serve.models import make_onnx
 
 
 @pytest.fixture(scope="session")
-def ui_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny multi-label model (three chest labels, 32 px)."""
-    return make_onnx(tmp_path_factory.mktemp("ui-model"), seed=0)
+def ui_model(onnx_pair: tuple[Path, Path]) -> Path:
+    """A tiny multi-label model (three chest labels, 32 px): the shared champion fixture."""
+    return onnx_pair[0]
 
 
 def ui_harness(model: Path, root: Path, **settings: object) -> AppHarness:

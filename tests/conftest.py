@@ -1,0 +1,25 @@
+"""Fixtures shared across the test packages, and the rule that everything under tests/e2e is marked e2e."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.serve.models import make_onnx
+
+_E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make unit`` (``-m "not e2e"``) leaves out exactly the tests under tests/e2e."""
+    for item in items:
+        if _E2E in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def onnx_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(champion, challenger): two tiny exported multi-label models with different weights."""
+    root = tmp_path_factory.mktemp("serve-models")
+    return make_onnx(root / "a", seed=0), make_onnx(root / "b", seed=1)
