@@ -11,7 +11,6 @@ data from the first minute.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import time
@@ -146,17 +145,18 @@ def serve_demo(
     """
     from pydantic import SecretStr
 
-    from radflow.pipeline.dvc_yaml import SPLIT_DATASET
     from radflow.inference import ServeSettings
+    from radflow.pipeline.dvc_yaml import SPLIT_DATASET
     from radflow.serve.server import free_port, port_is_free, run_server
 
     workdir = workdir.resolve()
     serving = DemoServing()
-    token = os.environ.get("RADFLOW_ADMIN_TOKEN") or ""
-    if not token:
-        token, serving.token_generated = secrets.token_urlsafe(18), True
-    serving.admin_token = token
-    settings = ServeSettings(workspace=workdir, model_name=MODEL_NAME, admin_token=SecretStr(token))
+    settings = ServeSettings(workspace=workdir)
+    if settings.admin_token is None:
+        settings = settings.model_copy(update={"admin_token": SecretStr(secrets.token_urlsafe(18))})
+        serving.token_generated = True
+    assert settings.admin_token is not None
+    serving.admin_token = settings.admin_token.get_secret_value()
     if not port_is_free(host, port):
         port = free_port(host)
     background: list[Any] = []

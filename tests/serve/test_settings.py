@@ -67,3 +67,45 @@ def test_serving_never_imports_torch(onnx_pair: tuple[Path, Path], tmp_path: Pat
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("CLEAN"), result.stdout
+
+
+def _workspace(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "params.yaml").write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_workspace_params_reach_the_settings_under_the_environment_and_the_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("RADFLOW_MAX_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("RADFLOW_MODEL_NAME", raising=False)
+    root = _workspace(
+        tmp_path,
+        """
+        registry:
+          name: hand-bone-age
+        serve:
+          max_batch_size: 4
+          port: 8123
+        """,
+    )
+    from_file = ServeSettings(workspace=root)
+    assert (from_file.max_batch_size, from_file.port, from_file.model_name) == (4, 8123, "hand-bone-age")
+    assert from_file.resolved_model() == "models:/hand-bone-age@champion"
+    assert ServeSettings().max_batch_size == 8  # no workspace named: no params.yaml is read
+
+    monkeypatch.setenv("RADFLOW_MAX_BATCH_SIZE", "16")
+    assert ServeSettings(workspace=root).max_batch_size == 16  # the environment wins over params.yaml
+    assert ServeSettings(workspace=root).port == 8123  # ... only for what it sets
+    assert ServeSettings(workspace=root, max_batch_size=2).max_batch_size == 2  # a flag wins over both
+
+    monkeypatch.setenv("RADFLOW_WORKSPACE", str(root))  # the workspace may come from the environment too
+    assert ServeSettings().model_name == "hand-bone-age"
+
+
+def test_a_misspelt_serve_key_in_params_is_an_error_naming_it(tmp_path: Path) -> None:
+    from radflow.errors import ConfigError
+
+    root = _workspace(tmp_path, "serve:\n  max_batch_sise: 4\n")
+    with pytest.raises(ConfigError, match=r"serve\.max_batch_sise.*Did you mean 'max_batch_size'"):
+        ServeSettings(workspace=root)

@@ -23,15 +23,18 @@ def serve_command(
     ] = None,
     challenger: Annotated[str | None, typer.Option("--challenger", help="Challenger model URI (A/B, shadow).")] = None,
     model_name: Annotated[
-        str | None, typer.Option("--model-name", help="Registered model name (default chest-xray).")
+        str | None, typer.Option("--model-name", help="Registered model name (default: registry.name, chest-xray).")
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8000).")] = None,
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
     store_url: Annotated[str | None, typer.Option("--store-url", help="SQLAlchemy URL of the prediction log.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the champion (and challenger) over HTTP: /v1 images, /v2 tensors, /metrics. Settings: RADFLOW_* env."""
+    """Serve the champion (and challenger) over HTTP: /v1 images, /v2 tensors, /metrics.
+
+    Settings: these flags > RADFLOW_* environment > the workspace's params.yaml (serve:, registry.name) > defaults.
+    """
 
     def body() -> None:
         from radflow.inference import ServeSettings
@@ -48,6 +51,8 @@ def serve_command(
             "model_name": model_name,
             "tracking_uri": tracking_uri,
             "store_url": store_url,
+            "host": host,
+            "port": port,
         }
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -58,6 +63,6 @@ def serve_command(
                 highlight=False,
             )
 
-        run_server(settings, host=host, port=port, log_level=log_level, on_ready=ready)
+        run_server(settings, host=settings.host, port=settings.port, log_level=log_level, on_ready=ready)
 
     run_command(body)

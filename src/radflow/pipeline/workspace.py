@@ -25,6 +25,7 @@ import yaml
 from radflow.config import SOURCES, Params, load_params
 from radflow.errors import ConfigError, NotFoundError, RadflowError, did_you_mean
 from radflow.pipeline.dvc_yaml import SYNTH_DIR, dvc_yaml
+from radflow.tracking import telemetry_off
 
 __all__ = [
     "DEFAULT_REMOTE",
@@ -54,10 +55,7 @@ _GITIGNORE = """\
 
 def git_env() -> dict[str, str]:
     """The environment for git and DVC subprocesses: telemetry off, radflow's interpreter first on PATH."""
-    env = dict(os.environ)
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env = telemetry_off(dict(os.environ))
     # Stages run `radflow stage NAME`: make that the radflow of this interpreter even without an active venv.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
