@@ -207,7 +207,7 @@ def main() -> None:
             server.wait(60)
         raw_after = _in_process(onnx, images, args.seconds / 2)
         raw = (raw_before + raw_after) / 2
-        from radflow.serve.store import Store
+        from radflow.store import Store
 
         store = Store(f"sqlite:///{tmp / 'serving.db'}")
         logged = len(store.predictions(limit=10**7))

@@ -26,7 +26,7 @@ from radflow.data.synth import synth_chest
 from radflow.errors import ConfigError, NotFoundError
 from radflow.feedback import CSV_COLUMNS, export_feedback, parse_since
 from radflow.runtime.cam import encode_png
-from radflow.serve.store import PredictionRecord, Store
+from radflow.store import PredictionRecord, Store
 
 
 def _image(seed: int, size: int = 48) -> tuple[np.ndarray, str]:

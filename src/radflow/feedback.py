@@ -38,6 +38,7 @@ from typing import Any
 from radflow.data.labels import CHEXPERT_LABELS
 from radflow.data.sources.chexpert import META_COLUMNS
 from radflow.errors import ConfigError, DataError, NotFoundError
+from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions
 
 __all__ = ["CSV_COLUMNS", "FEEDBACK_DIR", "export_feedback", "parse_since", "store_location"]
 
@@ -77,66 +78,27 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
 def store_location(
     workspace: Path | None = None, store_url: str | None = None, inputs_dir: Path | None = None
 ) -> tuple[str, Path]:
-    """(store URL, stored-inputs folder), resolved the way ``radflow serve`` resolves them."""
-    from radflow.serve.settings import ServeSettings
+    """(store URL, stored-inputs folder), resolved as the server resolves them (its settings and environment)."""
+    from radflow.inference.settings import ServeSettings
 
     settings = ServeSettings(workspace=workspace, store_url=store_url, inputs_dir=inputs_dir)
     return settings.resolved_store_url(), settings.resolved_inputs_dir()
 
 
-def _read_feedback(url: str, since: datetime | None) -> list[dict[str, Any]]:
-    """Feedback rows joined to their predictions, oldest first (so later rows overwrite earlier ones)."""
-    from sqlalchemy import create_engine, inspect, select
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from radflow.serve.store import FEEDBACK, PREDICTIONS
-
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise NotFoundError(
-                f"no prediction store at {path}; `radflow serve` writes it (serving.db in the workspace), "
-                "or pass --store-url."
-            )
-    engine = create_engine(url)
-    try:
-        if not {"predictions", "feedback"} <= set(inspect(engine).get_table_names()):
-            raise NotFoundError(f"{url} is not a radflow prediction store (no predictions/feedback tables).")
-        query = (
-            select(
-                FEEDBACK.c.id,
-                FEEDBACK.c.prediction_id,
-                FEEDBACK.c.created_at,
-                FEEDBACK.c.labels,
-                FEEDBACK.c.value,
-                FEEDBACK.c.correct,
-                PREDICTIONS.c.input_sha256,
-                PREDICTIONS.c.outputs,
-            )
-            .join(PREDICTIONS, PREDICTIONS.c.id == FEEDBACK.c.prediction_id)
-            .order_by(FEEDBACK.c.id)
-        )
-        if since is not None:
-            cutoff = since.astimezone(UTC)
-            if engine.dialect.name == "sqlite":  # SQLite keeps naive UTC text; compare like with like
-                cutoff = cutoff.replace(tzinfo=None)
-            query = query.where(FEEDBACK.c.created_at >= cutoff)
-        with engine.connect() as conn:
-            return [dict(row) for row in conn.execute(query).mappings()]
-    except SQLAlchemyError as exc:
-        raise NotFoundError(f"cannot read the prediction store {url}: {exc.__class__.__name__}: {exc}") from None
-    finally:
-        engine.dispose()
+def _read_feedback(url: str, inputs_dir: Path, since: datetime | None) -> list[LabelledPrediction]:
+    """Predictions with feedback (given since ``since``), each with its latest row; oldest feedback first."""
+    with Store(url, inputs_dir, create=False) as store:
+        rows = labelled_predictions(store, since=since, siblings=False)
+    return sorted(rows, key=lambda r: r.feedback_id)
 
 
-def _labels(row: dict[str, Any], unknown: set[str]) -> dict[str, float] | None:
+def _labels(row: LabelledPrediction, unknown: set[str]) -> dict[str, float] | None:
     """The CheXpert labels a feedback row states, or None when it states none usable."""
-    given = row["labels"]
-    if isinstance(given, dict) and given:
-        labels = {str(k): float(v) for k, v in given.items() if v is not None}
-    elif row["correct"] is True and isinstance(row["outputs"], dict) and row["outputs"].get("findings"):
+    if isinstance(row.labels, dict) and row.labels:
+        labels = {str(k): float(v) for k, v in row.labels.items() if v is not None}
+    elif row.correct is True and row.outputs.get("findings"):
         # The reader confirmed the model's calls: its positive/negative decisions are the labels.
-        labels = {str(f["label"]): 1.0 if f.get("positive") else 0.0 for f in row["outputs"]["findings"]}
+        labels = {str(f["label"]): 1.0 if f.get("positive") else 0.0 for f in row.outputs["findings"]}
     else:
         return None
     unknown.update(k for k in labels if k not in CHEXPERT_LABELS)
@@ -180,7 +142,7 @@ def export_feedback(
     The folder is rebuilt from scratch beside ``out`` and swapped in, so a failed export leaves the old one.
     """
     out = Path(out).resolve()
-    rows = _read_feedback(store_url, since)
+    rows = _read_feedback(store_url, inputs_dir, since)
     if not rows:
         when = f" since {since.isoformat()}" if since else ""
         raise NotFoundError(
@@ -188,22 +150,18 @@ def export_feedback(
         )
     unknown: set[str] = set()
     skipped = {"no_labels": 0, "regression": 0, "no_input": 0, "missing_pixels": 0, "in_dataset": 0}
-    latest: dict[str, dict[str, Any]] = {}
-    for row in rows:  # oldest first: the latest feedback on a prediction wins
-        latest[row["prediction_id"]] = row
     by_image: dict[str, _Item] = {}
     merged = 0
-    for row in sorted(latest.values(), key=lambda r: int(r["id"])):
+    for row in rows:  # oldest feedback first: later feedback on the same image replaces earlier
         labels = _labels(row, unknown)
         if labels is None:
-            skipped["regression" if row["value"] is not None else "no_labels"] += 1
+            skipped["regression" if row.value is not None else "no_labels"] += 1
             continue
-        if not row["input_sha256"]:
+        if not row.input_sha256:
             skipped["no_input"] += 1
             continue
-        # Later feedback on another prediction of the same image replaces the earlier one.
-        merged += row["input_sha256"] in by_image
-        by_image[row["input_sha256"]] = _Item(int(row["id"]), row["prediction_id"], row["input_sha256"], labels)
+        merged += row.input_sha256 in by_image
+        by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels)
     known = _dataset_hashes(dataset)
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -211,7 +169,7 @@ def export_feedback(
     written: dict[str, dict[str, str]] = {}
     try:
         for item in sorted(by_image.values(), key=lambda i: i.feedback_id):
-            source = Path(inputs_dir) / item.input_sha256[:2] / f"{item.input_sha256}.png"
+            source = input_path(inputs_dir, item.input_sha256)
             if not source.is_file():
                 skipped["missing_pixels"] += 1
                 continue
@@ -237,8 +195,8 @@ def export_feedback(
         summary = {
             "format": "chexpert",
             "images": len(written),
-            "feedback_rows": len(rows),
-            "predictions_with_feedback": len(latest),
+            "feedback_rows": sum(r.n_feedback for r in rows),
+            "predictions_with_feedback": len(rows),
             "duplicates_merged": merged,
             "skipped": skipped,
             "unknown_labels": sorted(unknown),

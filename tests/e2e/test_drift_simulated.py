@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from radflow.cli import app
-from radflow.serve.store import Store
+from radflow.store import Store
 from tests.serve.harness import metric_value
 from tests.serve.models import make_onnx
 from tests.serve.server import ServerProcess

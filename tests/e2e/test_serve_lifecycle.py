@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from radflow.serve.store import Store
+from radflow.store import Store
 from tests.serve.models import make_onnx, png_bytes
 from tests.serve.server import ServerProcess
 

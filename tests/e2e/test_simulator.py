@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
-from radflow.serve.store import Store
+from radflow.store import Store
 from radflow.sim.drift import parse_drift
 from radflow.sim.simulator import start_background
 from tests.fixtures import make_dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from radflow.inference import ServeSettings
-from radflow.serve.store import Store
+from radflow.store import Store
 from tests.postgres import postgres_server
 from tests.serve.harness import AppHarness
 from tests.serve.models import png_bytes

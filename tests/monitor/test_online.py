@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from radflow.errors import ConfigError
-from radflow.monitor.online import AutoRule, decide, labelled_predictions, online_report
-from radflow.serve.store import PredictionRecord, Store
+from radflow.monitor.autorule import AutoRule, decide
+from radflow.monitor.online import online_report
+from radflow.store import PredictionRecord, Store, labelled_predictions
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

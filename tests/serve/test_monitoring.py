@@ -12,7 +12,7 @@ import pytest
 
 from radflow.data.dataset import Dataset
 from radflow.inference import ServeSettings
-from radflow.serve.store import Store
+from radflow.store import Store
 from tests.export.checkpoints import png_bytes
 from tests.serve.harness import AppHarness, metric_value
 from tests.serve.models import make_onnx

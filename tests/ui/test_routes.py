@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from radflow.serve.store import PredictionRecord
+from radflow.store import PredictionRecord
 from tests.serve.harness import AppHarness
 from tests.serve.models import png_bytes
 from tests.ui.conftest import ui_harness

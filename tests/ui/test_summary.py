@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from radflow.serve.metrics import ServiceMetrics
-from radflow.serve.store import PredictionRecord, Store
+from radflow.inference.metrics import ServiceMetrics
+from radflow.store import PredictionRecord, Store
 from radflow.ui.summary import feedback_stats, histogram_quantile, metrics_snapshot
 
 

@@ -1,20 +1,18 @@
 """JSON the web UI needs that the service API does not give directly: recent predictions with their
 feedback, online accuracy per model version, a metrics snapshot and the registry's versions.
 
-These are read-only views over the service's store, Prometheus registry and MLflow registry; the
-pages poll them, so each is one or two small SQL queries.
+These are read-only views over the service's store (:mod:`radflow.store`), Prometheus registry and
+MLflow registry; the pages poll them, so each is one or two small queries.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import false, func, select
-
-from radflow.serve.store import FEEDBACK, PREDICTIONS, Store
+from radflow.store import Store, prediction_counts
+from radflow.store import recent_predictions as store_recent_predictions
 
 __all__ = [
     "PREDICT_ENDPOINTS",
@@ -27,62 +25,28 @@ __all__ = [
 
 PREDICT_ENDPOINTS = ("/v1/predict",)
 """Endpoints counted as inference traffic (plus every V2 ``.../infer``); UI polling is not traffic."""
-
-
-def _iso(value: datetime | None) -> str | None:
-    # SQLite hands back naive datetimes; they were written in UTC, and the browser must know it.
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+_FEEDBACK_SHOWN = ("count", "labels", "value", "correct", "reader", "comment", "created_at")
 
 
 def _is_predict(endpoint: str) -> bool:
     return endpoint in PREDICT_ENDPOINTS or endpoint.endswith("/infer")
 
 
-def _latest_feedback(store: Store, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The newest feedback row per prediction (a reader's correction replaces their first answer), with a count."""
-    query = select(FEEDBACK).where(FEEDBACK.c.prediction_id.in_(ids)).order_by(FEEDBACK.c.id)
-    latest: dict[str, dict[str, Any]] = {}
-    with store.engine.connect() as conn:
-        for row in conn.execute(query).mappings():
-            count = latest.get(row["prediction_id"], {}).get("count", 0) + 1
-            latest[row["prediction_id"]] = {
-                "count": count,
-                "labels": row["labels"],
-                "value": row["value"],
-                "correct": row["correct"],
-                "reader": row["reader"],
-                "comment": row["comment"],
-                "created_at": _iso(row["created_at"]),
-            }
-    return latest
-
-
 def recent_predictions(store: Store, limit: int = 20) -> list[dict[str, Any]]:
     """The newest answered (non-shadow) predictions, newest first, each with its latest feedback or None."""
-    store.flush()
-    query = (
-        select(PREDICTIONS)
-        .where(PREDICTIONS.c.shadow == false())
-        .order_by(PREDICTIONS.c.created_at.desc())
-        .limit(max(1, min(limit, 500)))
-    )
-    with store.engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(query).mappings()]
-    feedback = _latest_feedback(store, [r["id"] for r in rows])
     out = []
-    for row in rows:
+    for row in store_recent_predictions(store, max(1, min(limit, 500))):
+        feedback = row["feedback"]
         out.append(
             {
                 "id": row["id"],
-                "created_at": _iso(row["created_at"]),
+                "created_at": row["created_at"],
                 "model": {"name": row["model_name"], "version": row["model_version"], "alias": row["model_alias"]},
                 "arm": row["arm"],
                 "input_format": row["input_format"],
                 "latency_ms": row["latency_ms"],
                 "outputs": row["outputs"],
-                "feedback": feedback.get(row["id"]),
+                "feedback": None if feedback is None else {k: feedback[k] for k in _FEEDBACK_SHOWN},
             }
         )
     return out
@@ -99,15 +63,11 @@ def feedback_stats(store: Store) -> list[dict[str, Any]]:
     polls this); the same join and metrics as the monitoring report (:mod:`radflow.monitor.online`).
     """
     # Imported here: the metrics pull in scikit-learn (seconds), which server start-up need not wait for.
-    from radflow.monitor.online import group_metrics, group_rows, labelled_predictions
+    from radflow.monitor.online import group_rows
+    from radflow.monitor.online_metrics import group_metrics
+    from radflow.store import labelled_predictions
 
-    store.flush()
-    key_cols = (PREDICTIONS.c.model_name, PREDICTIONS.c.model_version, PREDICTIONS.c.arm)
-    predictions: dict[tuple[str, str, str], int] = {}
-    with store.engine.connect() as conn:
-        counts = select(*key_cols, func.count()).where(PREDICTIONS.c.shadow == false()).group_by(*key_cols)
-        for name, version, arm, n in conn.execute(counts):
-            predictions[(name, version, arm)] = int(n)
+    predictions = {(k.model, k.version, k.arm): n for k, n in prediction_counts(store).items()}
     groups = group_rows(r for r in labelled_predictions(store, siblings=False) if not r.key.shadow)
     metrics = {(k.model, k.version, k.arm): group_metrics(rows, n_bootstrap=0) for k, rows in groups.items()}
     labelled = {(k.model, k.version, k.arm): len(rows) for k, rows in groups.items()}

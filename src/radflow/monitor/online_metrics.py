@@ -1,0 +1,205 @@
+"""Online metrics of one model version from its feedback-labelled predictions, with bootstrap CIs.
+
+The metrics come from :mod:`radflow.evaluate.metrics`, so an online AUROC is computed exactly as the
+offline test AUROC is; confidence intervals are percentile bootstraps over predictions. The array
+helpers here are shared with the champion/challenger comparison (:mod:`radflow.monitor.comparison`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from radflow.evaluate.metrics import (
+    binary_at_threshold,
+    bootstrap_weights,
+    multilabel_metrics,
+    percentile_ci,
+    regression_metrics,
+)
+from radflow.store import LabelledPrediction
+
+__all__ = ["Scores", "abs_errors", "group_metrics", "mean_samples", "rounded", "scores", "task_of"]
+
+
+def rounded(value: float | np.floating[Any] | None) -> float | None:
+    """``value`` to 6 decimals for JSON; None for None, NaN or infinity."""
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), 6)
+
+
+def task_of(outputs: dict[str, Any]) -> str | None:
+    """``classification`` or ``regression`` from a logged answer's outputs (None: neither)."""
+    if outputs.get("findings") is not None:
+        return "classification"
+    if outputs.get("prediction") is not None:
+        return "regression"
+    return None
+
+
+def mean_samples(x: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
+    """Bootstrap resamples of the mean of ``x`` (``(n_bootstrap,)``; empty when there are none)."""
+    if n_bootstrap <= 0 or x.size == 0:
+        return np.empty(0)
+    return np.concatenate([w @ x / x.size for w in bootstrap_weights(x.size, n_bootstrap, seed)])
+
+
+class Scores(NamedTuple):
+    """Classification rows as arrays: truth ``y`` (1/0/NaN), probability ``s`` and decision ``p``, ``(n, L)``."""
+
+    labels: list[str]
+    y: np.ndarray
+    s: np.ndarray
+    p: np.ndarray
+    thresholds: dict[str, float | None]
+
+
+def scores(rows: Sequence[LabelledPrediction], truth_from: Sequence[LabelledPrediction] | None = None) -> Scores:
+    """Arrays of the rows' findings; truth from ``truth_from`` (row by row) or the rows themselves.
+
+    A label counts as known for a row only when the reader answered it and the row has that finding.
+    """
+    labels: list[str] = []
+    for row in rows:
+        for finding in row.outputs.get("findings") or []:
+            if finding["label"] not in labels:
+                labels.append(finding["label"])
+    index = {label: j for j, label in enumerate(labels)}
+    n, n_labels = len(rows), len(labels)
+    y, s, p = np.full((n, n_labels), np.nan), np.full((n, n_labels), np.nan), np.zeros((n, n_labels))
+    thresholds: dict[str, float | None] = {}
+    for i, row in enumerate(rows):
+        truth = (truth_from[i] if truth_from is not None else row).labels or {}
+        for finding in row.outputs.get("findings") or []:
+            j = index[finding["label"]]
+            s[i, j] = float(finding["probability"])
+            p[i, j] = float(bool(finding["positive"]))
+            threshold = finding.get("threshold")
+            thresholds[finding["label"]] = None if threshold is None else float(threshold)
+            answer = truth.get(finding["label"])
+            if answer is not None:
+                y[i, j] = float(bool(answer))
+    return Scores(labels, y, s, p, thresholds)
+
+
+def _classification(
+    rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: float, seed: int
+) -> dict[str, Any] | None:
+    rows = [r for r in rows if r.labels and r.outputs.get("findings")]
+    if not rows:
+        return None
+    sc = scores(rows)
+    base = multilabel_metrics(sc.y, sc.s, sc.labels, None, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+    known = ~np.isnan(sc.y)
+    y1, y0, p1 = known & (sc.y == 1), known & (sc.y == 0), sc.p == 1
+    # Sensitivity and specificity of the model's own decisions (the logged ``positive`` flag: the
+    # threshold for multi-label models, the arg-max for multi-class), resampled like the AUROC.
+    sens_boot, spec_boot = np.empty((0, len(sc.labels))), np.empty((0, len(sc.labels)))
+    if n_bootstrap > 0:
+        sens_parts, spec_parts = [], []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for w in bootstrap_weights(len(rows), n_bootstrap, seed):
+                sens_parts.append((w @ (y1 & p1)) / (w @ y1))
+                spec_parts.append((w @ (y0 & ~p1)) / (w @ y0))
+        sens_boot, spec_boot = np.concatenate(sens_parts), np.concatenate(spec_parts)
+    per_label: dict[str, Any] = {}
+    for j, label in enumerate(sc.labels):
+        entry = base["per_label"][label]
+        at = binary_at_threshold(sc.y[known[:, j], j], sc.p[known[:, j], j], 0.5)
+        per_label[label] = {
+            "n": entry["n"],
+            "positives": entry["positives"],
+            "prevalence": entry["prevalence"],
+            "auroc": entry["auroc"],
+            "auroc_ci": entry["auroc_ci"],
+            "reason": entry["reason"],
+            "threshold": sc.thresholds.get(label),
+            "sensitivity": at["sensitivity"],
+            "sensitivity_ci": percentile_ci(sens_boot[:, j], ci) if at["sensitivity"] is not None else None,
+            "specificity": at["specificity"],
+            "specificity_ci": percentile_ci(spec_boot[:, j], ci) if at["specificity"] is not None else None,
+            "confusion": at["confusion"],
+        }
+
+    def macro(key: str, boot: np.ndarray) -> tuple[float | None, list[float | None] | None]:
+        cols = [j for j, label in enumerate(sc.labels) if per_label[label][key] is not None]
+        if not cols:
+            return None, None
+        point = rounded(np.mean([per_label[sc.labels[j]][key] for j in cols]))
+        return point, percentile_ci(boot[:, cols].mean(axis=1), ci) if boot.size else None
+
+    sens, sens_ci = macro("sensitivity", sens_boot)
+    spec, spec_ci = macro("specificity", spec_boot)
+    return {
+        "n": len(rows),
+        "labels": sc.labels,
+        "per_label": per_label,
+        "macro": {
+            "auroc": base["macro"]["auroc"],
+            "auroc_ci": base["macro"]["auroc_ci"],
+            "n_labels": base["macro"]["n_labels"],
+            "labels_skipped": base["macro"]["labels_skipped"],
+            "sensitivity": sens,
+            "sensitivity_ci": sens_ci,
+            "specificity": spec,
+            "specificity_ci": spec_ci,
+        },
+        "label_judgements": int(known.sum()),
+        "label_agreements": int(np.sum(sc.p[known] == sc.y[known])),
+    }
+
+
+def _verdicts(rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: float, seed: int) -> dict[str, Any] | None:
+    verdicts = np.array([float(r.correct) for r in rows if not r.inherited and r.correct is not None])
+    if verdicts.size == 0:
+        return None
+    return {
+        "n": int(verdicts.size),
+        "correct": int(verdicts.sum()),
+        "accuracy": rounded(verdicts.mean()),
+        "accuracy_ci": percentile_ci(mean_samples(verdicts, n_bootstrap, seed), ci),
+    }
+
+
+def _regression_pairs(rows: Sequence[LabelledPrediction]) -> tuple[np.ndarray, np.ndarray]:
+    truth, pred = [], []
+    for r in rows:
+        value = (r.outputs.get("prediction") or {}).get("value")
+        if r.value is not None and value is not None:
+            truth.append(r.value)
+            pred.append(float(value))
+    return np.array(truth, dtype=np.float64), np.array(pred, dtype=np.float64)
+
+
+def abs_errors(rows: Sequence[LabelledPrediction], truth_from: Sequence[LabelledPrediction]) -> np.ndarray:
+    """|predicted - reader's value| per row (truth from the same position of ``truth_from``); NaN where unknown."""
+    out = np.full(len(rows), np.nan)
+    for i, (row, truth) in enumerate(zip(rows, truth_from, strict=True)):
+        value = (row.outputs.get("prediction") or {}).get("value")
+        if truth.value is not None and value is not None:
+            out[i] = abs(float(value) - truth.value)
+    return out
+
+
+def _regression(rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: float, seed: int) -> dict[str, Any] | None:
+    truth, pred = _regression_pairs(rows)
+    if truth.size == 0:
+        return None
+    out = regression_metrics(truth, pred, n_bootstrap=n_bootstrap, ci=ci, seed=seed)
+    return {k: out[k] for k in ("n", "mae", "mae_ci", "rmse", "bias", "by_band")}
+
+
+def group_metrics(
+    rows: Sequence[LabelledPrediction], *, n_bootstrap: int = 200, ci: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """One model version's online metrics: ``verdicts`` (whole-prediction correct/incorrect),
+    ``classification`` (per-label and macro AUROC, sensitivity, specificity with CIs) and
+    ``regression`` (MAE with CI); a section is None when no feedback of its kind applies."""
+    return {
+        "verdicts": _verdicts(rows, n_bootstrap, ci, seed),
+        "classification": _classification(rows, n_bootstrap, ci, seed),
+        "regression": _regression(rows, n_bootstrap, ci, seed),
+    }

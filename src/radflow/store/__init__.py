@@ -1,0 +1,45 @@
+"""The prediction/feedback store: schema, versioned migrations and the reads the rest of radflow makes.
+
+Written by the inference service (predictions, feedback, alerts); read by online evaluation
+(:mod:`radflow.monitor`), the feedback export (:mod:`radflow.feedback`) and the web UI. It imports
+none of them, nor the web server: each of those imports this package. Torch-free.
+
+- :mod:`radflow.store.schema`: the tables at :data:`SCHEMA_VERSION`, and UTC normalisation of times.
+- :mod:`radflow.store.migrations`: the ordered migrations applied when a store opens.
+- :mod:`radflow.store.store`: :class:`Store`, the writer and the single-row reads and writes.
+- :mod:`radflow.store.queries`: predictions joined to the feedback that counts (latest wins).
+"""
+
+from __future__ import annotations
+
+from radflow.store.migrations import MIGRATIONS, Migration, SchemaVersionError, migrate, schema_version
+from radflow.store.queries import (
+    LabelledPrediction,
+    ModelKey,
+    labelled_predictions,
+    prediction_counts,
+    recent_predictions,
+)
+from radflow.store.schema import SCHEMA_VERSION, iso_utc, utc
+from radflow.store.store import PredictionRecord, Store, StoreUnavailableError, input_path, sqlite_file
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "LabelledPrediction",
+    "Migration",
+    "ModelKey",
+    "PredictionRecord",
+    "SchemaVersionError",
+    "Store",
+    "StoreUnavailableError",
+    "input_path",
+    "iso_utc",
+    "labelled_predictions",
+    "migrate",
+    "prediction_counts",
+    "recent_predictions",
+    "schema_version",
+    "sqlite_file",
+    "utc",
+]

@@ -1,0 +1,303 @@
+"""The prediction log, feedback and alerts (SQLAlchemy 2: SQLite WAL by default, PostgreSQL by URL).
+
+Predictions are written behind the request by one writer thread in small transactions (so logging
+never holds a request up); a read of a prediction still in the writer's queue is answered from
+memory. Feedback is committed before the handler answers 201 (SQLite: WAL, ``synchronous=FULL``),
+so an acknowledged label survives a crash. Input pixels are kept as 8-bit PNGs named by the sha256
+of the upload, so the same image is stored once. No PHI is stored: uploads are hashed, DICOM
+headers are dropped, and only model outputs and model identity are logged. Opening a store
+migrates its schema (:mod:`radflow.store.migrations`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from radflow.errors import NotFoundError, RadflowError
+from radflow.runtime.cam import encode_png, to_grey8
+from radflow.store.migrations import migrate, schema_version
+from radflow.store.schema import ALERTS, FEEDBACK, PREDICTIONS, public, utc
+
+__all__ = ["PredictionRecord", "Store", "StoreUnavailableError", "input_path", "sqlite_file"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailableError(RadflowError):
+    """The database could not be reached or read (a wrong URL, a server down, a damaged file)."""
+
+    status_code = 503
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for another database or an in-memory one)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def input_path(inputs_dir: Path, sha: str) -> Path:
+    """Where the stored input with content hash ``sha`` lives under ``inputs_dir`` (whether or not it exists)."""
+    return Path(inputs_dir) / sha[:2] / f"{sha}.png"
+
+
+@dataclass
+class PredictionRecord:
+    """One logged prediction (``outputs`` is the answer's findings or prediction)."""
+
+    model_name: str
+    model_version: str
+    model_alias: str | None
+    arm: str
+    outputs: dict[str, Any]
+    input_sha256: str | None = None
+    input_format: str | None = None
+    latency_ms: float | None = None
+    shadow: bool = False
+    request_id: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_row(self) -> dict[str, Any]:
+        row = {k: getattr(self, k) for k in PREDICTIONS.columns.keys()}  # noqa: SIM118
+        row["created_at"] = utc(self.created_at)  # SQLite keeps the wall time it is given: make it UTC's
+        return row
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(conn: Any, _record: Any) -> None:
+        cur = conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+class Store:
+    """Prediction log, feedback, alerts and stored inputs; thread-safe. Reads: :mod:`radflow.store.queries`.
+
+    ``create=False`` opens only an existing store (NotFoundError otherwise): readers such as
+    ``radflow feedback export`` must not leave an empty database behind a mistyped path.
+    """
+
+    def __init__(self, url: str, inputs_dir: Path | None = None, *, create: bool = True):
+        self.url = url
+        file = sqlite_file(url)
+        if file is not None and not create and not file.is_file():
+            raise NotFoundError(
+                f"no prediction store at {file}; the server writes it (serving.db in the workspace), "
+                "or pass --store-url."
+            )
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError(f"cannot open the prediction store {url}: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        try:
+            if not create:
+                with self.engine.connect() as conn:
+                    if schema_version(conn) is None:
+                        raise NotFoundError(f"{url} is not a radflow prediction store (no predictions table).")
+            self.schema_migrated_from, self.schema_version = migrate(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise StoreUnavailableError(
+                f"cannot open the prediction store {where}: {exc.__class__.__name__}: {exc}"
+            ) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
+        self.inputs_dir = inputs_dir
+        self._queue: queue.Queue[tuple[PredictionRecord, np.ndarray | None] | None] = queue.Queue()
+        self._pending: dict[str, PredictionRecord] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._writer = threading.Thread(target=self._write_loop, name="radflow-store", daemon=True)
+        self._writer.start()
+
+    # -- predictions ------------------------------------------------------------------------
+
+    def log(self, record: PredictionRecord, pixels: np.ndarray | None = None) -> None:
+        """Queue a prediction (and its input pixels, kept when an inputs folder is set) for writing."""
+        with self._lock:
+            self._pending[record.id] = record
+        self._queue.put((record, pixels))
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < 256:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                items.append(nxt)
+            records = [r for r, _ in items]
+            try:
+                for record, pixels in items:
+                    if pixels is not None:
+                        self._save_input(record.input_sha256, pixels)
+                with self.engine.begin() as conn:
+                    conn.execute(insert(PREDICTIONS), [r.to_row() for r in records])
+            except Exception:  # the log must not take the service down; the error is reported
+                log.exception("could not write %d predictions to %s", len(records), self.url)
+            with self._lock:
+                for r in records:
+                    self._pending.pop(r.id, None)
+                self._idle.notify_all()
+
+    def _save_input(self, sha: str | None, pixels: np.ndarray) -> None:
+        if self.inputs_dir is None or sha is None:
+            return
+        path = self.input_path(sha)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(encode_png(to_grey8(pixels)))
+        tmp.replace(path)
+
+    def input_path(self, sha: str) -> Path:
+        """Where the input with content hash ``sha`` is (or would be) stored; needs an inputs folder."""
+        if self.inputs_dir is None:
+            raise NotFoundError("inputs are not stored with this prediction store (no inputs folder).")
+        return input_path(self.inputs_dir, sha)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every queued prediction is written."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._pending, timeout=timeout_s)
+
+    def get_prediction(self, prediction_id: str) -> dict[str, Any]:
+        with self._lock:
+            pending = self._pending.get(prediction_id)
+        if pending is not None:
+            return public(pending.to_row())
+        with self.engine.connect() as conn:
+            row = conn.execute(select(PREDICTIONS).where(PREDICTIONS.c.id == prediction_id)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no prediction with id {prediction_id!r}.")
+        return public(dict(row))
+
+    def predictions(self, request_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Logged predictions, newest first (``request_id``: the champion and shadow rows of one request)."""
+        self.flush()
+        query = select(PREDICTIONS).order_by(PREDICTIONS.c.created_at.desc()).limit(limit)
+        if request_id is not None:
+            query = query.where(PREDICTIONS.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            return [public(dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    def add_feedback(
+        self,
+        prediction_id: str,
+        labels: dict[str, int] | None = None,
+        value: float | None = None,
+        correct: bool | None = None,
+        reader: str | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        """Commit one feedback row (durable when this returns); NotFoundError for an unknown prediction."""
+        self.get_prediction(prediction_id)
+        self.flush()
+        row = {
+            "prediction_id": prediction_id,
+            "created_at": datetime.now(UTC),
+            "labels": labels,
+            "value": value,
+            "correct": correct,
+            "reader": reader,
+            "comment": comment,
+        }
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(FEEDBACK).returning(FEEDBACK.c.id), row)
+            row["id"] = int(result.scalar_one())
+        return public(row)
+
+    def feedback(self, prediction_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(FEEDBACK).order_by(FEEDBACK.c.id)
+        if prediction_id is not None:
+            query = query.where(FEEDBACK.c.prediction_id == prediction_id)
+        with self.engine.connect() as conn:
+            return [public(dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    def add_alert(
+        self,
+        kind: str,
+        message: str,
+        *,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        feature: str | None = None,
+        statistic: str | None = None,
+        score: float | None = None,
+        threshold: float | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Commit one alert row (durable when this returns)."""
+        row = {
+            "created_at": datetime.now(UTC),
+            "kind": kind,
+            "model_name": model_name,
+            "model_version": model_version,
+            "feature": feature,
+            "statistic": statistic,
+            "score": score,
+            "threshold": threshold,
+            "message": message,
+            "details": details,
+        }
+        with self.engine.begin() as conn:
+            row["id"] = int(conn.execute(insert(ALERTS).returning(ALERTS.c.id), row).scalar_one())
+        return public(row)
+
+    def alerts(self, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
+        """Recorded alerts, newest first."""
+        query = select(ALERTS).order_by(ALERTS.c.id.desc()).limit(limit)
+        if kind is not None:
+            query = query.where(ALERTS.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [public(dict(r)) for r in conn.execute(query).mappings()]
+
+    def close(self) -> None:
+        """Write everything queued, stop the writer and release the database."""
+        self._queue.put(None)
+        self._writer.join(timeout=30)
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
