@@ -13,6 +13,7 @@ import torch
 from radflow.config import Params
 from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError
+from radflow.evaluate.report import evaluate_training
 from radflow.tracking import tracking_uri_scope
 from radflow.train import loop
 from radflow.train.checkpoint import ModelMeta, load_checkpoint, load_model, update_checkpoint_meta
@@ -55,7 +56,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("task", ["multilabel", "multiclass", "regression"])
 def test_each_task_trains_and_predicts(task: str, datasets: dict[str, Path], store: str, tmp_path: Path) -> None:
     params = _params(**{"train.epochs": 6, "train.lr": 3e-3})
-    result = train(datasets[task], params, store, out_dir=tmp_path / "ck", progress=False, evaluate=False)
+    result = train(datasets[task], params, store, out_dir=tmp_path / "ck", progress=False)
     assert result.epochs_run == 6
     first, last = result.history[0], result.history[-1]
     assert last["train_loss"] < first["train_loss"]
@@ -79,7 +80,7 @@ def test_run_is_logged_to_mlflow(datasets: dict[str, Path], tmp_path: Path) -> N
     from mlflow.tracking import MlflowClient
 
     uri = _uri(tmp_path)
-    result = train(datasets["multilabel"], _params(), uri, out_dir=tmp_path / "ck", progress=False, evaluate=False)
+    result = train(datasets["multilabel"], _params(), uri, out_dir=tmp_path / "ck", progress=False)
     client = MlflowClient(uri)
     run = client.get_run(result.run_id)
     ds = Dataset.open(datasets["multilabel"])
@@ -116,7 +117,7 @@ def test_run_is_logged_to_mlflow(datasets: dict[str, Path], tmp_path: Path) -> N
 
 def test_resume_continues_the_epoch_count_and_run(datasets: dict[str, Path], store: str, tmp_path: Path) -> None:
     uri, ck = store, tmp_path / "ck"
-    first = train(datasets["multilabel"], _params(), uri, out_dir=ck, progress=False, evaluate=False)
+    first = train(datasets["multilabel"], _params(), uri, out_dir=ck, progress=False)
     resumed = train(
         datasets["multilabel"],
         _params(**{"train.epochs": 4}),
@@ -124,7 +125,6 @@ def test_resume_continues_the_epoch_count_and_run(datasets: dict[str, Path], sto
         out_dir=ck,
         resume=True,
         progress=False,
-        evaluate=False,
     )
     assert resumed.run_id == first.run_id
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
@@ -138,7 +138,7 @@ def test_resume_continues_the_epoch_count_and_run(datasets: dict[str, Path], sto
 
 def test_resume_without_checkpoint_says_so(datasets: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="nothing to resume"):
-        train(datasets["multilabel"], _params(), _uri(tmp_path), out_dir=tmp_path, resume=True, evaluate=False)
+        train(datasets["multilabel"], _params(), _uri(tmp_path), out_dir=tmp_path, resume=True)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
@@ -161,7 +161,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     monkeypatch.setattr(loop, "make_loss", poisoned)
     uri = store
     with pytest.raises(RadflowError, match=r"loss became nan at epoch 2.*Last good checkpoint: .*last.pt \(epoch 1\)"):
-        train(datasets["multilabel"], _params(**{"train.epochs": 3}), uri, out_dir=ck, progress=False, evaluate=False)
+        train(datasets["multilabel"], _params(**{"train.epochs": 3}), uri, out_dir=ck, progress=False)
     state = load_checkpoint(ck / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model_state"].values() if t.is_floating_point())
@@ -201,7 +201,7 @@ def test_unreachable_tracking_server_fails_before_training(datasets: dict[str, P
 
 
 def test_update_checkpoint_meta_stores_thresholds(datasets: dict[str, Path], store: str, tmp_path: Path) -> None:
-    result = train(datasets["multiclass"], _params(), store, out_dir=tmp_path, progress=False, evaluate=False)
+    result = train(datasets["multiclass"], _params(), store, out_dir=tmp_path, progress=False)
     update_checkpoint_meta(result.checkpoint_path, thresholds={"a": 0.4})
     assert load_model(result.checkpoint_path)[1].thresholds == {"a": 0.4}
     with pytest.raises(ConfigError, match="unknown checkpoint meta"):
@@ -214,6 +214,7 @@ def test_train_ends_with_logged_evaluation(datasets: dict[str, Path], store: str
     uri = store
     params = _params(**{"evaluate.n_bootstrap": 20})
     result = train(datasets["multilabel"], params, uri, out_dir=tmp_path / "ck", progress=False)
+    evaluate_training(result, datasets["multilabel"], params.evaluate)
     assert result.evaluation is not None
     run = MlflowClient(uri).get_run(result.run_id)
     assert "test_macro_auroc" in run.data.metrics

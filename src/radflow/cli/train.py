@@ -77,6 +77,7 @@ def train_command(
 ) -> None:
     """Train a model on a split dataset; log params, metrics, checkpoint, model and evaluation to MLflow."""
     from radflow.config import load_params
+    from radflow.evaluate.report import evaluate_training
     from radflow.train.loop import train
 
     def body() -> dict[str, Any]:
@@ -101,8 +102,9 @@ def train_command(
             resume=resume,
             out_dir=out_dir,
             progress=not as_json,
-            evaluate=not no_evaluate,
         )
+        if not no_evaluate:
+            evaluate_training(result, dataset, params.evaluate)
         return result.to_dict()
 
     emit(run_command(body), as_json, _render)

@@ -11,13 +11,12 @@ artifacts under ``evaluation/``, headline metrics (``test_macro_auroc``, ``test_
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -29,23 +28,23 @@ from radflow.errors import DataError
 from radflow.evaluate import metrics as M
 from radflow.evaluate import plots
 from radflow.registry import EVAL_DATASET_TAG, EVAL_SPLIT_TAG
+from radflow.tasks import metric_key
+
+if TYPE_CHECKING:
+    from radflow.train.loop import TrainResult
 
 __all__ = [
     "EVALUATION_FILE",
     "SCHEMA_VERSION",
     "evaluate_and_log",
     "evaluate_checkpoint",
+    "evaluate_training",
     "metric_key",
     "render_evaluation",
 ]
 
 SCHEMA_VERSION = 1
 EVALUATION_FILE = "evaluation.json"
-
-
-def metric_key(label: str) -> str:
-    """A label as it appears in MLflow metric names (``Pleural Effusion`` -> ``Pleural_Effusion``)."""
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", label).strip("_") or "label"
 
 
 def _check_compatible(ds: Dataset, meta: Any, dataset: Path) -> None:
@@ -353,6 +352,21 @@ def evaluate_and_log(
             shutil.copyfile(checkpoint, copy)
             client.log_artifact(run_id, str(copy), "checkpoint")
     return result
+
+
+def evaluate_training(result: TrainResult, dataset: Path, params: EvaluateConfig | None = None) -> dict[str, Any]:
+    """The test-split evaluation ``radflow train`` ends with: :func:`evaluate_and_log` on the run's best checkpoint.
+
+    Also stored as ``result.evaluation``.
+    """
+    result.evaluation = evaluate_and_log(
+        run_id=result.run_id,
+        checkpoint=result.checkpoint_path,
+        dataset=dataset,
+        params=params,
+        tracking_uri=result.tracking_uri,
+    )
+    return result.evaluation
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from radflow.errors import ConfigError, RadflowError
 from radflow.monitor.reference import EMBEDDING_OUTPUT
 from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
 from radflow.runtime.session import RadflowModel, to_model_size
+from radflow.tasks import get_task
 from radflow.train.checkpoint import ModelMeta
 from radflow.train.predict import outputs_to_predictions
 
@@ -74,7 +75,7 @@ class ExportWrapper(nn.Module):
                 "radflow export needs a model built by radflow.train.models.create_model."
             )
         self.model = model
-        self.task = meta.task
+        self.kind = get_task(meta.task)
         self.target_mean = float(meta.target_mean or 0.0)
         self.target_std = float(meta.target_std or 1.0)
         # Extra inputs (sex) are appended after the pooled features; they have no spatial map.
@@ -85,12 +86,7 @@ class ExportWrapper(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(image)  # type: ignore[operator]
         logits = self.model.forward_head(features, sex)  # type: ignore[operator]
-        if self.task == "multilabel":
-            out = torch.sigmoid(logits)
-        elif self.task == "multiclass":
-            out = torch.softmax(logits, dim=1)
-        else:
-            out = logits * self.target_std + self.target_mean
+        out = self.kind.activate(logits, self.target_mean, self.target_std)
         weight: torch.Tensor = self.cam_weight  # type: ignore[assignment]
         cam = F.conv2d(features, weight.to(features.dtype))
         embedding = F.adaptive_avg_pool2d(features, 1).flatten(1)
@@ -107,7 +103,6 @@ def _radflow_version() -> str:
 def onnx_metadata(meta: ModelMeta, quantization: str | None = None) -> OnnxMetadata:
     """The ONNX metadata entry for a checkpoint's :class:`ModelMeta`."""
     spec = PreprocessSpec.from_dict(meta.preprocess) if meta.preprocess else PreprocessSpec()
-    regression = meta.task == "regression"
     return OnnxMetadata(
         arch=meta.arch,
         task=meta.task,
@@ -116,7 +111,7 @@ def onnx_metadata(meta: ModelMeta, quantization: str | None = None) -> OnnxMetad
         in_chans=meta.in_chans,
         preprocess=spec.to_dict(),
         inputs=[IMAGE_INPUT, *([SEX_INPUT] if meta.extra_inputs else [])],
-        output="value" if regression else "probabilities",
+        output=get_task(meta.task).output,
         thresholds=dict(meta.thresholds) if meta.thresholds else None,
         dataset_version=meta.dataset_version,
         target_unit=meta.target_unit,
@@ -239,7 +234,8 @@ def check_parity(
     runtime = RadflowModel.load(onnx_path, threads=None)
     spec = runtime.spec
     model = model.eval().cpu()
-    scale = float(meta.target_std or 1.0) if meta.task == "regression" else 1.0
+    normalised = get_task(meta.task).normalise_targets
+    scale = float(meta.target_std or 1.0) if normalised else 1.0
     worst, worst_cam = 0.0, 0.0
     wrapper = ExportWrapper(model, meta).eval()
     for start in range(0, len(pixels), batch_size):
@@ -255,7 +251,7 @@ def check_parity(
             rel = np.max(np.abs(cam - cam_reference)) / max(1.0, float(np.max(np.abs(cam_reference))))
             worst_cam = max(worst_cam, float(rel))
     result = {"images": len(pixels), "max_abs_diff": worst, "cam_max_rel_diff": worst_cam, "atol": atol}
-    what = "normalised value" if meta.task == "regression" else "probability"
+    what = "normalised value" if normalised else "probability"
     if not worst <= atol:
         raise ExportError(
             f"ONNX parity check failed: a {what} differs from PyTorch by {worst:.3g} (> {atol:g}) on "

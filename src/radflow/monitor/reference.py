@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radflow.errors import DataError
+from radflow.tasks import get_task
 
 if TYPE_CHECKING:
     from radflow.runtime.session import RadflowModel
@@ -92,8 +93,8 @@ def input_summary(pixels: np.ndarray) -> np.ndarray:
 
 
 def output_features(labels: list[str], task: str) -> list[str]:
-    """Names of the output features: ``score:LABEL`` per label, or ``value`` for regression."""
-    return ["value"] if task == "regression" else [f"score:{label}" for label in labels]
+    """Names of the output features, as the task kind declares them (``score:LABEL`` per label, or ``value``)."""
+    return get_task(task).drift_features(labels)
 
 
 def embedding_source(output_names: set[str] | list[str]) -> str | None:

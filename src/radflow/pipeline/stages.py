@@ -118,7 +118,7 @@ def _train(root: Path, params: Params) -> dict[str, Any]:
         shutil.rmtree(out, ignore_errors=True)
         _write_json(out / FINGERPRINT_FILE, {"fingerprint": fingerprint})
     # The evaluate stage runs the evaluation (and logs it), so training skips its own.
-    result = train(dataset, params, out_dir=out, resume=resume, evaluate=False)
+    result = train(dataset, params, out_dir=out, resume=resume)
     summary = {
         "run_id": result.run_id,
         "monitor": result.monitor,

@@ -9,7 +9,8 @@ Graph contract (names are stable; the server and ``config.pbtxt`` rely on them):
 
 * inputs: ``image`` float32 ``(N, C, S, S)`` made by :func:`radflow.data.preprocess.to_model_input`;
   regression models also take ``sex`` float32 ``(N, 1)`` (M = 1, F = 0, unknown = 0.5).
-* outputs: ``probabilities`` ``(N, L)`` (sigmoid for multi-label, softmax for multi-class) or
+* outputs: the task kind's prediction output (:attr:`radflow.tasks.TaskKind.output` with its
+  ``activation``): ``probabilities`` ``(N, L)`` (sigmoid for multi-label, softmax for multi-class) or
   ``value`` ``(N, 1)`` in the target unit (months); and ``cam`` ``(N, L, h, w)``, the class
   activation maps of CheXNet: the last feature map weighted by each output's linear-head weights,
   computed in the graph so a client needs no weights to draw a heatmap.
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from radflow.errors import DataError
+from radflow.tasks import TaskKind, get_task
 
 __all__ = [
     "CAM_OUTPUT",
@@ -57,7 +59,7 @@ class OnnxMetadata:
     """:class:`radflow.data.preprocess.PreprocessSpec` as a dict (size, mean, std, channels)."""
     inputs: list[str] = field(default_factory=lambda: [IMAGE_INPUT])
     output: str = "probabilities"
-    """Name of the prediction output: ``probabilities`` or ``value``."""
+    """Name of the prediction output, the task kind's ``output``: ``probabilities`` or ``value``."""
     thresholds: dict[str, float] | None = None
     """Decision thresholds chosen on validation data by the evaluation; 0.5 is used where missing."""
     dataset_version: str = ""
@@ -71,8 +73,9 @@ class OnnxMetadata:
     format: int = METADATA_FORMAT
 
     @property
-    def is_regression(self) -> bool:
-        return self.task == "regression"
+    def kind(self) -> TaskKind:
+        """The task kind that encodes this model's answers (an unknown task is a ConfigError)."""
+        return get_task(self.task)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -19,14 +19,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from radflow.tasks import get_task
+
 __all__ = ["DEFAULT_MAX_ERROR", "default_max_error", "judge"]
 
 DEFAULT_MAX_ERROR = {"classification": 0.9, "regression": 24.0}
 
 
 def default_max_error(task: str) -> float:
-    """The default threshold for a dataset task ("multilabel", "multiclass", "regression")."""
-    return DEFAULT_MAX_ERROR["regression" if task == "regression" else "classification"]
+    """The default threshold for a dataset task ("multilabel", "multiclass", "regression"), by its kind's family."""
+    return DEFAULT_MAX_ERROR[get_task(task).family]
 
 
 def judge(answer: dict[str, Any], truth: dict[str, float], max_error: float) -> str | None:

@@ -30,6 +30,7 @@ from radflow.runtime.cam import encode_png
 from radflow.sim.arrivals import arrivals
 from radflow.sim.drift import DriftSpec, apply_drift
 from radflow.sim.traffic import Case, CaseSource, feedback_payload
+from radflow.tasks import get_task
 
 __all__ = [
     "BackgroundSimulation",
@@ -290,7 +291,7 @@ class Simulator:
             if self._stop is not None and self._stop.is_set():
                 return  # stopped while waiting for a connection: never sent
             s.sent += 1
-            params = {"sex": case.sex} if self.cases.task == "regression" and case.sex else None
+            params = {"sex": case.sex} if "sex" in get_task(self.cases.task).extra_inputs and case.sex else None
             headers = {"content-type": "image/png", "x-routing-key": case.study}
             t0 = time.perf_counter()
             try:

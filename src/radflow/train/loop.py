@@ -1,10 +1,17 @@
-"""The training loop: dataset in, tracked MLflow run with best checkpoint, model and evaluation out.
+"""The training loop: dataset in, tracked MLflow run with best checkpoint and logged model out.
 
-One function, :func:`train`, does what ``radflow train`` does: checks inputs before any work
+One function, :func:`train`, trains as ``radflow train`` does: checks inputs before any work
 (architecture, split, labels, tracking server), trains with the CheXNet recipe (Adam(W),
 reduce-on-plateau, early stopping on the validation metric), checkpoints every epoch so
-``resume=True`` continues where a run stopped, logs everything to MLflow and finally hands the best
-checkpoint to the evaluation report.
+``resume=True`` continues where a run stopped, and logs everything to MLflow. What differs between
+tasks (targets, loss, activation, validation metrics) comes from the run's task kind
+(:mod:`radflow.tasks`). The test-split evaluation that ``radflow train`` ends with is
+:func:`radflow.evaluate.report.evaluate_training`: evaluation depends on training, not the reverse.
+
+The steps of one run, in order: :func:`_prepare` (dataset, targets, model meta), :func:`_resume_state`,
+:func:`_setup` (model, optimiser, schedule, AMP scaler), :func:`_restore`, :func:`_open_run` and
+:func:`_log_run_start`, :class:`_Epochs` (train, validate, early-stop, checkpoint, log per epoch)
+and :func:`_log_outcome` (best checkpoint and MLflow model).
 """
 
 from __future__ import annotations
@@ -26,14 +33,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from radflow.config import Params, TrainConfig, flatten_params
 from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError
-from radflow.tracking import check_tracking, ensure_experiment, git_state, resolve_tracking_uri
+from radflow.hardware import available_cores
+from radflow.tasks import TaskKind, get_task
+from radflow.tracking import check_tracking, ensure_experiment, env_scope, git_state, resolve_tracking_uri
 from radflow.train.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from radflow.train.data import ShardBatches, augment, make_loader
-from radflow.train.losses import make_loss
+from radflow.train.losses import LossFn, make_loss
 from radflow.train.models import create_model, load_weights
 from radflow.train.predict import extra_inputs, predict_loader
 
-__all__ = ["TrainResult", "monitored_metric", "resolve_device", "train", "val_metrics"]
+__all__ = ["TrainResult", "resolve_device", "train"]
 
 _console = Console(stderr=True)
 
@@ -81,50 +90,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def monitored_metric(task: str) -> tuple[str, Literal["min", "max"]]:
-    """(metric name, 'max'|'min') that early stopping and the plateau schedule watch for ``task``."""
-    table: dict[str, tuple[str, Literal["min", "max"]]] = {
-        "multilabel": ("val_macro_auroc", "max"),
-        "multiclass": ("val_accuracy", "max"),
-        "regression": ("val_mae", "min"),
-    }
-    return table[task]
-
-
-def val_metrics(task: str, labels: list[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Validation metrics: macro/per-label AUROC (multi-label), accuracy (multi-class), MAE (regression).
-
-    ``targets`` are in user units (0/1/NaN, one-hot, or months); AUROC is skipped for labels whose
-    known validation values hold only one class.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    from radflow.evaluate.report import metric_key  # val_ and test_ metric names spell labels alike
-
-    out: dict[str, float] = {}
-    if task == "regression":
-        known = ~np.isnan(targets[:, 0])
-        out["val_mae"] = float(np.abs(preds[known, 0] - targets[known, 0]).mean()) if known.any() else math.nan
-        return out
-    if task == "multiclass":
-        known = ~np.isnan(targets).any(axis=1)
-        truth = targets[known].argmax(1)
-        out["val_accuracy"] = float((preds[known].argmax(1) == truth).mean()) if known.any() else math.nan
-    aurocs = []
-    for j, label in enumerate(labels):
-        known = ~np.isnan(targets[:, j])
-        y = targets[known, j]
-        if len(np.unique(y)) == 2:
-            auc = float(roc_auc_score(y, preds[known, j]))
-            aurocs.append(auc)
-            out[f"val_auroc_{metric_key(label)}"] = auc
-    out["val_macro_auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
-    return out
-
-
 @dataclass
 class _Prepared:
     ds: Dataset
+    kind: TaskKind
     meta: ModelMeta
     train_data: ShardBatches
     val_data: ShardBatches
@@ -138,8 +107,10 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
     ds = Dataset.open(dataset_path)
     if not ds.labels:
         raise DataError("the dataset has no label columns; ingest it with a label file.", path=dataset_path)
-    if ds.task not in ("multilabel", "multiclass", "regression"):
-        raise DataError(f"unknown task {ds.task!r} in dataset.json.", path=dataset_path)
+    try:
+        kind = get_task(ds.task)
+    except ConfigError as exc:
+        raise DataError(f"{exc} (the task of dataset.json)", path=dataset_path) from None
     if not ds.is_split:
         raise DataError(
             f"the dataset is not split into train/val/test yet; run `radflow split {dataset_path}` first.",
@@ -150,7 +121,6 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
         if len(rows) == 0:
             raise DataError(f"the {name} split is empty; re-split with `radflow split` and a larger fraction.")
     targets = ds.targets()
-    warnings: list[str] = []
     known_train = ~np.isnan(targets[train_rows])
     if not known_train.any():
         raise DataError(
@@ -158,45 +128,43 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
             "the --uncertain policy used at ingest.",
             path=dataset_path,
         )
-    for j, label in enumerate(ds.labels):
-        if not known_train[:, j].any():
-            warnings.append(f"label {label!r} has no known value in the train split; it cannot be learnt.")
-        elif ds.task != "regression" and not (targets[train_rows, j] == 1).any():
-            warnings.append(f"label {label!r} has no positive in the train split.")
-    if ds.task == "multiclass" and len(ds.labels) < 2:
-        raise DataError("a multiclass dataset needs at least two classes.", path=dataset_path)
+    warnings = [
+        f"label {label!r} has no known value in the train split; it cannot be learnt."
+        for j, label in enumerate(ds.labels)
+        if not known_train[:, j].any()
+    ]
+    try:
+        warnings += kind.check_labels(ds.labels, targets[train_rows])
+    except DataError as exc:
+        raise DataError(str(exc), path=dataset_path) from None
 
     meta = ModelMeta(
         arch=cfg.arch,
         task=ds.task,
         labels=ds.labels,
-        num_outputs=1 if ds.task == "regression" else len(ds.labels),
+        num_outputs=kind.num_outputs(ds.labels),
         in_chans=cfg.in_chans,
-        extra_inputs=["sex"] if ds.task == "regression" else [],
+        extra_inputs=list(kind.extra_inputs),
         preprocess={**ds.spec.to_dict(), "channels": cfg.in_chans},
         dataset_version=ds.version,
         dataset_path=str(Path(dataset_path).resolve()),
-        target_unit="months" if ds.task == "regression" else None,
+        target_unit=kind.target_unit,
         model_kwargs={"dropout": cfg.dropout} if cfg.dropout else {},
     )
     train_targets, val_targets_raw = targets[train_rows], targets[val_rows]
-    if ds.task == "regression":
+    val_norm = val_targets_raw
+    if kind.normalise_targets:
         known = train_targets[~np.isnan(train_targets)]
         meta.target_mean = float(known.mean())
         meta.target_std = float(known.std()) or 1.0
         train_targets = (train_targets - meta.target_mean) / meta.target_std
-    pos_weight = None
-    if cfg.pos_weight and ds.task == "multilabel":
-        positives = np.nansum(targets[train_rows] == 1, axis=0)
-        known_n = known_train.sum(axis=0)
-        pos_weight = torch.tensor((known_n - positives) / np.maximum(positives, 1), dtype=torch.float32).clamp(min=1.0)
+        val_norm = (val_targets_raw - meta.target_mean) / meta.target_std
+    weights = kind.pos_weight(targets[train_rows]) if cfg.pos_weight else None
+    pos_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     spec = ds.spec.__class__.from_dict(meta.preprocess)
     train_data = ShardBatches(ds, train_rows, spec, train_targets, extra_inputs(ds, train_rows, meta))
-    val_norm = val_targets_raw
-    if ds.task == "regression":
-        val_norm = (val_targets_raw - meta.target_mean) / meta.target_std
     val_data = ShardBatches(ds, val_rows, spec, val_norm, extra_inputs(ds, val_rows, meta))
-    return _Prepared(ds, meta, train_data, val_data, val_targets_raw, pos_weight, warnings)
+    return _Prepared(ds, kind, meta, train_data, val_data, val_targets_raw, pos_weight, warnings)
 
 
 def _make_scheduler(
@@ -295,73 +263,71 @@ def train(
     out_dir: Path | None = None,
     *,
     progress: bool = True,
-    evaluate: bool = True,
 ) -> TrainResult:
     """Train ``params.train.arch`` on ``dataset_path`` and track the run; see the module docstring.
 
     Checkpoints go to ``out_dir`` (default ``./checkpoints``): ``last.pt`` every epoch, ``best.pt``
     when the validation metric improves. ``resume`` continues from ``last.pt`` (same MLflow run).
     """
-    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     threads = torch.get_num_threads()
     # Thread count is process-wide; give the caller's back when training ends.
-    torch.set_num_threads(params.train.threads or max(1, os.cpu_count() or 1))
+    torch.set_num_threads(params.train.threads or available_cores())
+    # Undo what ``mlflow.set_tracking_uri`` writes into the environment, which later subprocesses would inherit.
     try:
-        return _train(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress, evaluate)
+        with env_scope(MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI")):
+            return _train(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress)
     finally:
         torch.set_num_threads(threads)
-        _forget_tracking_env(env_before)
 
 
-def _forget_tracking_env(before: str | None) -> None:
-    """Undo what ``mlflow.set_tracking_uri`` wrote into the environment, which later subprocesses would inherit."""
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+@dataclass
+class _Setup:
+    """The model, its optimiser, schedule and AMP scaler, and what early stopping watches."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    memory_format: torch.memory_format
+    monitor: str
+    mode: Literal["min", "max"]
 
 
-def _train(
-    dataset_path: Path,
-    params: Params,
-    tracking_uri: str | None,
-    experiment: str,
-    resume: bool,
-    out_dir: Path | None,
-    progress: bool,
-    evaluate: bool,
-) -> TrainResult:
-    cfg = params.train
-    dataset_path = Path(dataset_path)
-    out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "checkpoints"
-    # Every check a user can fail runs before the first expensive step.
-    create_model(cfg.arch, 1)  # unknown architecture -> did-you-mean, before touching data
-    prep = _prepare(dataset_path, cfg)
-    meta, ds = prep.meta, prep.ds
-    loss_fn = make_loss(cfg.loss, ds.task, prep.pos_weight)
-    device = resolve_device(cfg.device)
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking(uri)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    resume_state: dict[str, Any] | None = None
-    if resume:
-        if not last_path.is_file():
-            raise NotFoundError(f"nothing to resume: {last_path} does not exist; train without --resume first.")
-        resume_state = load_checkpoint(last_path)
-        old = ModelMeta.from_dict(resume_state["meta"])
-        if old.dataset_version != ds.version:
-            raise ConfigError(
-                f"{last_path} was trained on dataset version {old.dataset_version}, this dataset is {ds.version}; "
-                "resume only on the same data, or train without --resume."
-            )
-        if old.arch != cfg.arch:
-            raise ConfigError(f"{last_path} holds a {old.arch} but train.arch is {cfg.arch}; use --arch {old.arch}.")
+@dataclass
+class _Progress:
+    """Where training stands: what a checkpoint stores and ``resume`` restores."""
 
+    start_epoch: int = 0
+    best: float | None = None
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None
+
+
+def _resume_state(last_path: Path, ds: Dataset, cfg: TrainConfig) -> dict[str, Any]:
+    """The state in ``last.pt``, checked to belong to this dataset version and architecture."""
+    if not last_path.is_file():
+        raise NotFoundError(f"nothing to resume: {last_path} does not exist; train without --resume first.")
+    state = load_checkpoint(last_path)
+    old = ModelMeta.from_dict(state["meta"])
+    if old.dataset_version != ds.version:
+        raise ConfigError(
+            f"{last_path} was trained on dataset version {old.dataset_version}, this dataset is {ds.version}; "
+            "resume only on the same data, or train without --resume."
+        )
+    if old.arch != cfg.arch:
+        raise ConfigError(f"{last_path} holds a {old.arch} but train.arch is {cfg.arch}; use --arch {old.arch}.")
+    return state
+
+
+def _setup(cfg: TrainConfig, prep: _Prepared, device: torch.device, warnings: list[str], fresh: bool) -> _Setup:
+    """Seed, build the model (with ``train.weights`` on a fresh run), the optimiser, schedule and scaler."""
+    meta = prep.meta
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = create_model(cfg.arch, meta.num_outputs, cfg.in_chans, len(meta.extra_inputs), **meta.model_kwargs)
-    warnings = list(prep.warnings)
-    if cfg.weights and resume_state is None:
+    if cfg.weights and fresh:
         report = load_weights(model, cfg.weights)
         for kind in ("missing", "unexpected", "mismatched"):
             if report[kind]:
@@ -375,89 +341,119 @@ def _train(
         )
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    monitor, mode = monitored_metric(ds.task)
-    if ds.task == "multilabel" and not any(len(np.unique(c[~np.isnan(c)])) == 2 for c in prep.val_targets.T):
+    monitor, mode = prep.kind.monitor
+    # Perfect predictions show whether the split can yield the metric at all (AUROC needs both classes).
+    perfect = prep.kind.val_metrics(prep.ds.labels, np.nan_to_num(prep.val_targets), prep.val_targets)
+    if not math.isfinite(perfect.get(monitor, math.nan)):
         monitor, mode = "val_loss", "min"
-        warnings.append("no label has both classes in the val split; early stopping watches val_loss instead.")
-    scheduler = _make_scheduler(cfg, optimizer, mode)
+        warnings.append(
+            f"{prep.kind.monitor[0]} is undefined on the val split (e.g. no label has both classes there); "
+            "early stopping watches val_loss instead."
+        )
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scheduler = _make_scheduler(cfg, optimizer, mode)
+    return _Setup(model, optimizer, scheduler, scaler, use_amp, memory_format, monitor, mode)
 
-    start_epoch, best, bad_epochs, history = 0, None, 0, []
-    run_id: str | None = None
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model_state"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None and resume_state.get("scheduler"):
-            scheduler.load_state_dict(resume_state["scheduler"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        _set_rng_state(resume_state["rng"])
-        start_epoch = int(resume_state["epoch"])
-        best, bad_epochs = resume_state.get("best"), int(resume_state.get("bad_epochs", 0))
-        history = list(resume_state.get("history", []))
-        run_id = resume_state.get("run_id")
-        if resume_state.get("stopped_early"):
-            start_epoch = cfg.epochs
 
+def _restore(setup: _Setup, state: dict[str, Any], cfg: TrainConfig) -> _Progress:
+    """Load a ``last.pt`` state into the setup; the progress to continue from."""
+    setup.model.load_state_dict(state["model_state"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    if setup.scheduler is not None and state.get("scheduler"):
+        setup.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        setup.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    return _Progress(
+        start_epoch=cfg.epochs if state.get("stopped_early") else int(state["epoch"]),
+        best=state.get("best"),
+        bad_epochs=int(state.get("bad_epochs", 0)),
+        history=list(state.get("history", [])),
+        run_id=state.get("run_id"),
+    )
+
+
+def _open_run(uri: str, experiment: str, run_id: str | None, name: str) -> str:
+    """Start (or reopen, on resume) the MLflow run; its id."""
     import mlflow
-    from mlflow.data.pandas_dataset import from_pandas
 
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(uri, experiment)
     try:
         run = mlflow.start_run(
-            run_id=run_id,
-            experiment_id=None if run_id else experiment_id,
-            run_name=None if run_id else f"{cfg.arch}-{ds.version[:8]}",
+            run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=None if run_id else name
         )
     except Exception as exc:
         raise RadflowError(f"could not open MLflow run {run_id or '(new)'} at {uri}: {exc}") from None
-    run_id = run.info.run_id
-    meta.run_id = run_id
-    try:
-        if resume_state is None:
-            mlflow.log_params(flatten_params(params))
-            commit, dirty = git_state()
-            mlflow.set_tags(
-                {
-                    "radflow.dataset_version": ds.version,
-                    "radflow.dataset_path": meta.dataset_path,
-                    "radflow.git_commit": commit,
-                    "radflow.git_dirty": str(dirty).lower(),
-                    "radflow.task": ds.task,
-                    "radflow.arch": cfg.arch,
-                    "radflow.torch_version": torch.__version__,
-                    "radflow.device": str(device),
-                    "radflow.cuda": torch.version.cuda or "none",
-                    "radflow.python": platform.python_version(),
-                    "radflow.monitor": monitor,
-                }
-            )
-            with pywarnings.catch_warnings():
-                # MLflow's notes on ambiguous local sources and integer columns do not apply to a manifest.
-                pywarnings.simplefilter("ignore", UserWarning)
-                dataset = from_pandas(
-                    ds.manifest, source=meta.dataset_path, name=Path(meta.dataset_path).name, digest=ds.version
-                )
-                mlflow.log_input(dataset, context="training")
-        else:
-            mlflow.set_tag("radflow.resumed_at_epoch", str(start_epoch))
+    return str(run.info.run_id)
 
-        sampler_gen, aug_gen = torch.Generator(), torch.Generator()
+
+def _log_run_start(params: Params, prep: _Prepared, device: torch.device, monitor: str) -> None:
+    """Params, provenance tags and the training manifest as the run's input dataset (fresh runs only)."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    ds, meta = prep.ds, prep.meta
+    mlflow.log_params(flatten_params(params))
+    commit, dirty = git_state()
+    mlflow.set_tags(
+        {
+            "radflow.dataset_version": ds.version,
+            "radflow.dataset_path": meta.dataset_path,
+            "radflow.git_commit": commit,
+            "radflow.git_dirty": str(dirty).lower(),
+            "radflow.task": ds.task,
+            "radflow.arch": params.train.arch,
+            "radflow.torch_version": torch.__version__,
+            "radflow.device": str(device),
+            "radflow.cuda": torch.version.cuda or "none",
+            "radflow.python": platform.python_version(),
+            "radflow.monitor": monitor,
+        }
+    )
+    with pywarnings.catch_warnings():
+        # MLflow's notes on ambiguous local sources and integer columns do not apply to a manifest.
+        pywarnings.simplefilter("ignore", UserWarning)
+        dataset = from_pandas(
+            ds.manifest, source=meta.dataset_path, name=Path(meta.dataset_path).name, digest=ds.version
+        )
+        mlflow.log_input(dataset, context="training")
+
+
+class _Epochs:
+    """The epoch loop: train, validate, step the schedule, early-stop, checkpoint and log each epoch."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        prep: _Prepared,
+        setup: _Setup,
+        loss_fn: LossFn,
+        device: torch.device,
+        out_dir: Path,
+        progress: _Progress,
+    ):
+        self.cfg, self.prep, self.setup, self.loss_fn, self.device = cfg, prep, setup, loss_fn, device
+        self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
+        self.state = progress
+        self.sampler_gen, self.aug_gen = torch.Generator(), torch.Generator()
         drop_last = len(prep.train_data) > cfg.batch_size  # a batch of one breaks BatchNorm
-        train_loader = make_loader(
+        self.train_loader = make_loader(
             prep.train_data,
             cfg.batch_size,
             shuffle=True,
             num_workers=cfg.num_workers,
-            generator=sampler_gen,
+            generator=self.sampler_gen,
             drop_last=drop_last,
             pin_memory=device.type == "cuda",
         )
-        val_loader = make_loader(prep.val_data, max(cfg.batch_size, 64), shuffle=False)
-        steps_per_epoch = len(train_loader) if cfg.max_steps is None else min(len(train_loader), cfg.max_steps)
-        epoch = start_epoch
+        self.val_loader = make_loader(prep.val_data, max(cfg.batch_size, 64), shuffle=False)
+        loader_steps = len(self.train_loader)
+        self.steps_per_epoch = loader_steps if cfg.max_steps is None else min(loader_steps, cfg.max_steps)
+
+    def run(self, show: bool) -> None:
+        cfg = self.cfg
         with Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -465,114 +461,176 @@ def _train(
             TextColumn("loss {task.fields[loss]:.4f}  {task.fields[metric]}"),
             TimeElapsedColumn(),
             console=_console,
-            disable=not progress,
+            disable=not show,
             transient=False,
         ) as bar:
-            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            for epoch in range(self.state.start_epoch + 1, cfg.epochs + 1):
                 # Per-epoch seeds make a resumed run see the same batches as an uninterrupted one.
-                sampler_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
-                aug_gen.manual_seed(cfg.seed * 2_000_003 + epoch)
-                task_id = bar.add_task("", total=steps_per_epoch, epoch=f"{epoch}/{cfg.epochs}", loss=0.0, metric="")
-                model.train()
-                started, seen, loss_sum = time.perf_counter(), 0, 0.0
-                for step, (x, y, extra) in enumerate(train_loader):
-                    if step >= steps_per_epoch:
-                        break
-                    x = x.to(device, non_blocking=True).to(memory_format=memory_format)
-                    y = y.to(device, non_blocking=True)
-                    x = augment(x, cfg.augment, aug_gen)
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                        out = model(x, extra.to(device) if extra.shape[1] else None)
-                    loss = loss_fn(out.float(), y)
-                    value = float(loss.item())
-                    if not math.isfinite(value):
-                        raise _nan_error(value, f"epoch {epoch}, step {step + 1}", optimizer, last_path, epoch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    seen += len(x)
-                    loss_sum += value * len(x)
-                    bar.update(task_id, advance=1, loss=loss_sum / seen)
-                train_time = time.perf_counter() - started
-                raw, preds = predict_loader(model, meta, val_loader, device)
-                val_loss = float(loss_fn(torch.from_numpy(raw), torch.from_numpy(prep.val_data.targets)))
-                if not math.isfinite(val_loss):
-                    raise _nan_error(val_loss, f"validation after epoch {epoch}", optimizer, last_path, epoch)
-                metrics = {
-                    "train_loss": loss_sum / max(seen, 1),
-                    "val_loss": val_loss,
-                    **val_metrics(ds.task, ds.labels, preds, prep.val_targets),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_images_per_s": seen / max(train_time, 1e-9),
-                }
-                score = metrics[monitor]
-                bar.update(task_id, metric=f"{monitor} {score:.4f}")
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    if math.isfinite(score):
-                        scheduler.step(score)
-                elif scheduler is not None:
-                    scheduler.step()
-                improved = _improved(score, best, mode)
-                if improved:
-                    best, bad_epochs = score, 0
-                else:
-                    bad_epochs += 1
-                stop = cfg.early_stopping_patience > 0 and bad_epochs >= cfg.early_stopping_patience
-                history.append({"epoch": epoch, **metrics})
-                mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
-                meta.epoch = epoch
-                if improved:
-                    save_checkpoint(best_path, model, meta, best=best)
-                save_checkpoint(
-                    last_path,
-                    model,
-                    meta,
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict() if scheduler is not None else None,
-                    scaler=scaler.state_dict(),
-                    epoch=epoch,
-                    best=best,
-                    bad_epochs=bad_epochs,
-                    history=history,
-                    rng=_rng_state(),
-                    run_id=run_id,
-                    stopped_early=stop,
+                self.sampler_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+                self.aug_gen.manual_seed(cfg.seed * 2_000_003 + epoch)
+                task_id = bar.add_task(
+                    "", total=self.steps_per_epoch, epoch=f"{epoch}/{cfg.epochs}", loss=0.0, metric=""
                 )
+                train_loss, images_per_s = self._train_epoch(epoch, bar, task_id)
+                metrics = {
+                    "train_loss": train_loss,
+                    **self._validate(epoch),
+                    "lr": self.setup.optimizer.param_groups[0]["lr"],
+                    "train_images_per_s": images_per_s,
+                }
+                score = metrics[self.setup.monitor]
+                bar.update(task_id, metric=f"{self.setup.monitor} {score:.4f}")
+                stop = self._end_epoch(epoch, metrics, score)
                 if stop:
-                    _console.print(f"early stopping: {monitor} did not improve for {bad_epochs} epoch(s)")
+                    _console.print(
+                        f"early stopping: {self.setup.monitor} did not improve for {self.state.bad_epochs} epoch(s)"
+                    )
                     break
-        if not best_path.is_file():
-            raise RadflowError(f"no best checkpoint in {out_dir}; training ran no epoch (train.epochs={cfg.epochs}).")
-        mlflow.log_metric(f"best_{monitor}", best if best is not None else math.nan)
-        mlflow.log_artifact(str(best_path), artifact_path="checkpoint")
-        mlflow.log_text(params.to_yaml(), "config/params.yaml")
-        from radflow.train.checkpoint import load_model
 
-        best_model, best_meta = load_model(best_path)
-        model_uri = _log_model(best_model, best_meta)
-        mlflow.set_tag("radflow.model_uri", model_uri)
+    def _train_epoch(self, epoch: int, bar: Progress, task_id: Any) -> tuple[float, float]:
+        """One pass over the train loader (at most ``train.max_steps`` steps): (mean loss, images per second)."""
+        setup, device = self.setup, self.device
+        model, optimizer, scaler = setup.model, setup.optimizer, setup.scaler
+        model.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for step, (x, y, extra) in enumerate(self.train_loader):
+            if step >= self.steps_per_epoch:
+                break
+            x = x.to(device, non_blocking=True).to(memory_format=setup.memory_format)
+            y = y.to(device, non_blocking=True)
+            x = augment(x, self.cfg.augment, self.aug_gen)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=setup.use_amp):
+                out = model(x, extra.to(device) if extra.shape[1] else None)
+            loss = self.loss_fn(out.float(), y)
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise _nan_error(value, f"epoch {epoch}, step {step + 1}", optimizer, self.last_path, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(x)
+            loss_sum += value * len(x)
+            bar.update(task_id, advance=1, loss=loss_sum / seen)
+        train_time = time.perf_counter() - started
+        return loss_sum / max(seen, 1), seen / max(train_time, 1e-9)
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Validation loss (on normalised targets, like the train loss) and the kind's validation metrics."""
+        prep = self.prep
+        raw, preds = predict_loader(self.setup.model, prep.meta, self.val_loader, self.device)
+        val_loss = float(self.loss_fn(torch.from_numpy(raw), torch.from_numpy(prep.val_data.targets)))
+        if not math.isfinite(val_loss):
+            raise _nan_error(val_loss, f"validation after epoch {epoch}", self.setup.optimizer, self.last_path, epoch)
+        return {"val_loss": val_loss, **prep.kind.val_metrics(prep.ds.labels, preds, prep.val_targets)}
+
+    def _end_epoch(self, epoch: int, metrics: dict[str, float], score: float) -> bool:
+        """Schedule, early stopping, history, MLflow metrics and checkpoints; whether to stop."""
+        import mlflow
+
+        setup, state, cfg = self.setup, self.state, self.cfg
+        if isinstance(setup.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if math.isfinite(score):
+                setup.scheduler.step(score)
+        elif setup.scheduler is not None:
+            setup.scheduler.step()
+        improved = _improved(score, state.best, setup.mode)
+        if improved:
+            state.best, state.bad_epochs = score, 0
+        else:
+            state.bad_epochs += 1
+        stop = cfg.early_stopping_patience > 0 and state.bad_epochs >= cfg.early_stopping_patience
+        state.history.append({"epoch": epoch, **metrics})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
+        meta = self.prep.meta
+        meta.epoch = epoch
+        if improved:
+            save_checkpoint(self.best_path, setup.model, meta, best=state.best)
+        save_checkpoint(
+            self.last_path,
+            setup.model,
+            meta,
+            optimizer=setup.optimizer.state_dict(),
+            scheduler=setup.scheduler.state_dict() if setup.scheduler is not None else None,
+            scaler=setup.scaler.state_dict(),
+            epoch=epoch,
+            best=state.best,
+            bad_epochs=state.bad_epochs,
+            history=state.history,
+            rng=_rng_state(),
+            run_id=state.run_id,
+            stopped_early=stop,
+        )
+        return stop
+
+
+def _log_outcome(params: Params, best_path: Path, monitor: str, best: float | None) -> str:
+    """Best metric, best checkpoint, params.yaml and the MLflow model of the best checkpoint; its model URI."""
+    import mlflow
+
+    from radflow.train.checkpoint import load_model
+
+    if not best_path.is_file():
+        raise RadflowError(
+            f"no best checkpoint in {best_path.parent}; training ran no epoch (train.epochs={params.train.epochs})."
+        )
+    mlflow.log_metric(f"best_{monitor}", best if best is not None else math.nan)
+    mlflow.log_artifact(str(best_path), artifact_path="checkpoint")
+    mlflow.log_text(params.to_yaml(), "config/params.yaml")
+    best_model, best_meta = load_model(best_path)
+    model_uri = _log_model(best_model, best_meta)
+    mlflow.set_tag("radflow.model_uri", model_uri)
+    return model_uri
+
+
+def _train(
+    dataset_path: Path,
+    params: Params,
+    tracking_uri: str | None,
+    experiment: str,
+    resume: bool,
+    out_dir: Path | None,
+    progress: bool,
+) -> TrainResult:
+    import mlflow
+
+    cfg = params.train
+    dataset_path = Path(dataset_path)
+    out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "checkpoints"
+    # Every check a user can fail runs before the first expensive step.
+    create_model(cfg.arch, 1)  # unknown architecture -> did-you-mean, before touching data
+    prep = _prepare(dataset_path, cfg)
+    loss_fn = make_loss(cfg.loss, prep.ds.task, prep.pos_weight)
+    device = resolve_device(cfg.device)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking(uri)
+    resume_state = _resume_state(out_dir / "last.pt", prep.ds, cfg) if resume else None
+
+    warnings = list(prep.warnings)
+    setup = _setup(cfg, prep, device, warnings, fresh=resume_state is None)
+    state = _Progress() if resume_state is None else _restore(setup, resume_state, cfg)
+    state.run_id = _open_run(uri, experiment, state.run_id, f"{cfg.arch}-{prep.ds.version[:8]}")
+    prep.meta.run_id = state.run_id
+    try:
+        epochs = _Epochs(cfg, prep, setup, loss_fn, device, out_dir, state)
+        if resume_state is None:
+            _log_run_start(params, prep, device, setup.monitor)
+        else:
+            mlflow.set_tag("radflow.resumed_at_epoch", str(state.start_epoch))
+        epochs.run(progress)
+        model_uri = _log_outcome(params, epochs.best_path, setup.monitor, state.best)
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run()
-
-    evaluation = None
-    if evaluate:
-        from radflow.evaluate.report import evaluate_and_log
-
-        evaluation = evaluate_and_log(
-            run_id=run_id, checkpoint=best_path, dataset=dataset_path, params=params.evaluate, tracking_uri=uri
-        )
     return TrainResult(
-        run_id=run_id,
-        checkpoint_path=best_path,
-        best_metric=best,
-        epochs_run=len(history),
-        history=history,
-        monitor=monitor,
+        run_id=state.run_id,
+        checkpoint_path=epochs.best_path,
+        best_metric=state.best,
+        epochs_run=len(state.history),
+        history=state.history,
+        monitor=setup.monitor,
         model_uri=model_uri,
         tracking_uri=uri,
-        evaluation=evaluation,
         warnings=warnings,
     )

@@ -1,65 +1,29 @@
-"""Losses per task, each ignoring unknown targets (NaN in the manifest).
+"""The training loss of a task: ``train.loss`` checked against the losses the task kind offers.
 
-Multi-label chest labels are often unknown for some findings (NIH lists only positives, CheXpert
-marks uncertain ones): those entries must contribute nothing to the loss nor to its normaliser,
-so the loss is a mean over known (image, label) pairs only.
+The masked losses themselves belong to the kinds (:mod:`radflow.tasks.losses`); they are
+re-exported here for callers that build one directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 
 from radflow.errors import ConfigError
+from radflow.tasks import LossFn, get_task
+from radflow.tasks.losses import masked_bce, masked_ce, masked_l1
 
 __all__ = ["LossFn", "default_loss", "make_loss", "masked_bce", "masked_ce", "masked_l1"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-_DEFAULT = {"multilabel": "bce", "multiclass": "ce", "regression": "l1"}
-
-
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy with logits averaged over the known (non-NaN) targets only."""
-    known = ~torch.isnan(targets)
-    filled = torch.where(known, targets, torch.zeros_like(targets))
-    loss = F.binary_cross_entropy_with_logits(logits, filled, pos_weight=pos_weight, reduction="none")
-    return (loss * known).sum() / known.sum().clamp(min=1)
-
-
-def masked_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy from one-hot (or class-index) targets; rows with an unknown class are ignored."""
-    if targets.ndim == 2:
-        unknown = torch.isnan(targets).any(dim=1)
-        index = torch.where(unknown, torch.full_like(unknown, -100, dtype=torch.long), targets.nan_to_num(0).argmax(1))
-    else:
-        index = torch.where(torch.isnan(targets), -100, targets.nan_to_num(0)).long()
-    if bool((index == -100).all()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, index, ignore_index=-100)
-
-
-def masked_l1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over known targets (regression targets are normalised beforehand)."""
-    known = ~torch.isnan(targets)
-    diff = (outputs - torch.where(known, targets, outputs.detach())).abs()
-    return (diff * known).sum() / known.sum().clamp(min=1)
 
 
 def default_loss(task: str) -> str:
     """The loss a task trains with unless params say otherwise."""
-    return _DEFAULT[task]
+    return get_task(task).losses[0]
 
 
 def make_loss(name: str | None, task: str, pos_weight: torch.Tensor | None = None) -> LossFn:
     """The loss function ``(outputs, targets) -> scalar`` for ``task``; a loss that cannot fit the task is an error."""
-    name = name or default_loss(task)
-    allowed = {"multilabel": {"bce"}, "multiclass": {"ce", "bce"}, "regression": {"l1"}}[task]
-    if name not in allowed:
-        raise ConfigError(f"train.loss {name!r} does not fit a {task} dataset; use {' or '.join(sorted(allowed))}.")
-    if name == "bce":
-        return lambda out, y: masked_bce(out, y, pos_weight)
-    if name == "ce":
-        return masked_ce
-    return masked_l1
+    kind = get_task(task)
+    name = name or kind.losses[0]
+    if name not in kind.losses:
+        raise ConfigError(f"train.loss {name!r} does not fit a {task} dataset; use {' or '.join(sorted(kind.losses))}.")
+    return kind.make_loss(name, pos_weight)

@@ -1,7 +1,8 @@
 """Batch prediction of a trained model over a dataset split (evaluation and validation use it).
 
-Outputs are in user terms: probabilities (sigmoid for multi-label, softmax for multi-class) or the
-regression target in its own unit (months), undoing the training normalisation.
+Outputs are in user terms, as the task kind activates them: probabilities (sigmoid for multi-label,
+softmax for multi-class) or the regression target in its own unit (months), undoing the training
+normalisation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from radflow.data.dataset import Dataset
 from radflow.data.preprocess import PreprocessSpec
+from radflow.tasks import get_task
 from radflow.train.checkpoint import ModelMeta
 from radflow.train.data import ShardBatches, make_loader, sex_feature
 
@@ -32,12 +34,7 @@ def extra_inputs(ds: Dataset, rows: np.ndarray, meta: ModelMeta) -> np.ndarray |
 
 def outputs_to_predictions(outputs: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
     """Raw model outputs to probabilities or target units."""
-    outputs = outputs.float()
-    if meta.task == "multilabel":
-        return torch.sigmoid(outputs)
-    if meta.task == "multiclass":
-        return torch.softmax(outputs, dim=1)
-    return outputs * (meta.target_std or 1.0) + (meta.target_mean or 0.0)
+    return get_task(meta.task).activate(outputs.float(), meta.target_mean, meta.target_std)
 
 
 @torch.no_grad()

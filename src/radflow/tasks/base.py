@@ -1,0 +1,194 @@
+"""The task-kind contract: what one kind of prediction task declares, and the response it encodes.
+
+A task kind (multi-label findings, one class of several, a value) decides what a dataset's label
+columns hold, how the network is trained and judged, what the exported graph outputs, what a
+served answer and a reader's correction look like, and what serving watches for drift. Every
+part of radflow that used to branch on the task name asks the kind instead, so a new kind is a new
+module in :mod:`radflow.tasks`, not edits across the tree.
+
+This module and the kinds import neither torch nor scikit-learn at import time: the torch-free
+serving process imports them to encode answers. Training and evaluation hooks import what they
+need inside the hook.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from radflow.errors import RadflowError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "Finding",
+    "InvalidFeedbackError",
+    "LabelSchema",
+    "LossFn",
+    "Prediction",
+    "TaskKind",
+    "metric_key",
+]
+
+DEFAULT_THRESHOLD = 0.5
+"""Decision threshold for labels the evaluation chose none for."""
+
+LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+class InvalidFeedbackError(RadflowError):
+    """A reader's correction that does not fit the prediction it corrects."""
+
+    status_code = 422
+
+
+def metric_key(label: str) -> str:
+    """A label as it appears in MLflow metric names (``Pleural Effusion`` -> ``Pleural_Effusion``).
+
+    Validation (``val_``) and test (``test_``) metric names spell labels through this one function.
+    """
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", label).strip("_") or "label"
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """What a dataset's label columns hold for a task kind."""
+
+    dtype: str
+    """NumPy dtype of the target matrix ``Dataset.targets()`` returns."""
+    values: str
+    """The values a label cell may take, in words (shown in errors and docs)."""
+    nan_policy: Literal["unknown", "drop_row"]
+    """``unknown``: a NaN cell is ignored by the loss and the metrics of that label only;
+    ``drop_row``: a row with any NaN is left out of the loss and the metrics."""
+    min_labels: int = 1
+    """Fewest label columns a dataset of this kind may have."""
+
+
+@dataclass
+class Finding:
+    """One label's probability and decision at the model's threshold."""
+
+    label: str
+    probability: float
+    positive: bool
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "positive": self.positive,
+            "threshold": self.threshold,
+        }
+
+
+@dataclass
+class Prediction:
+    """The answer for one image: findings (classification) or a value with its unit (regression)."""
+
+    findings: list[Finding] | None = None
+    value: float | None = None
+    unit: str | None = None
+
+    @property
+    def positives(self) -> list[str]:
+        return [f.label for f in self.findings or [] if f.positive]
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.findings is None:
+            return {"prediction": {"value": self.value, "unit": self.unit}}
+        return {"findings": [f.to_dict() for f in self.findings]}
+
+
+class TaskKind:
+    """One kind of task. Subclasses set the class attributes and override the hooks that differ.
+
+    Register a kind with :func:`radflow.tasks.register_task`; radflow finds it by the ``task`` of
+    ``dataset.json``, of a checkpoint's meta and of an ONNX model's metadata.
+    """
+
+    name: ClassVar[str]
+    """The task name stored in ``dataset.json``, checkpoints, ONNX metadata and the ``radflow.task`` tag."""
+    family: ClassVar[Literal["classification", "regression"]]
+    """How answers are judged online (AUROC/sensitivity/specificity or MAE) and in the load test."""
+    label_schema: ClassVar[LabelSchema]
+    losses: ClassVar[tuple[str, ...]]
+    """``train.loss`` names that fit this kind; the first is the default."""
+    monitor: ClassVar[tuple[str, Literal["min", "max"]]]
+    """Validation metric early stopping and the plateau schedule watch, and its direction."""
+    gate_metrics: ClassVar[tuple[str, ...]]
+    """Headline test metrics (``test_...``) the registry gates read."""
+    online_metric: ClassVar[str]
+    """The online-evaluation metric a champion/challenger rule decides on by default."""
+    output: ClassVar[str]
+    """Name of the prediction output of the exported ONNX graph."""
+    activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]]
+    """What the graph applies to the network's raw outputs (``denormalise``: back to the target unit)."""
+    renderer: ClassVar[Literal["findings", "value"]]
+    """Which reader-UI view shows an answer."""
+    extra_inputs: ClassVar[tuple[str, ...]] = ()
+    """Inputs besides the image the network takes (``sex`` for bone age)."""
+    target_unit: ClassVar[str | None] = None
+    normalise_targets: ClassVar[bool] = False
+    """Whether training standardises targets (mean/std stored in the model meta)."""
+    response_key: ClassVar[Literal["findings", "prediction"]]
+    """The key of a ``/v1/predict`` answer that holds the prediction (see :meth:`Prediction.to_dict`)."""
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def num_outputs(self, labels: Sequence[str]) -> int:
+        """Width of the network's output for ``labels``."""
+        return len(labels)
+
+    def check_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
+        """Warnings about the train split's targets; a dataset the kind cannot learn raises DataError."""
+        return []
+
+    def pos_weight(self, train_targets: np.ndarray) -> np.ndarray | None:
+        """Per-output weights of positives for ``train.pos_weight``, or None where the kind weighs none."""
+        return None
+
+    # -- training (torch is imported inside these hooks) -----------------------------------------
+
+    def make_loss(self, name: str, pos_weight: torch.Tensor | None = None) -> LossFn:
+        """The loss ``(raw outputs, targets) -> scalar`` called ``name`` (one of :attr:`losses`)."""
+        raise NotImplementedError
+
+    def activate(self, outputs: torch.Tensor, target_mean: float | None, target_std: float | None) -> torch.Tensor:
+        """Raw network outputs to what the model answers (probabilities, or a value in the target unit).
+
+        The exported graph runs this same function, so ONNX and PyTorch agree by construction.
+        """
+        raise NotImplementedError
+
+    def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Validation metrics (``val_...``) of activated predictions against targets in user units."""
+        raise NotImplementedError
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def encode(
+        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float], unit: str | None
+    ) -> Prediction:
+        """One image's output row as the answer a client receives."""
+        raise NotImplementedError
+
+    def validate_feedback(
+        self, outputs: Mapping[str, Any], labels: Mapping[str, int] | None, value: float | None
+    ) -> None:
+        """Raise :class:`InvalidFeedbackError` when a correction does not fit the stored answer ``outputs``."""
+        raise NotImplementedError
+
+    def drift_features(self, labels: Sequence[str]) -> list[str]:
+        """Names of the output features drift monitoring profiles, one per output column."""
+        raise NotImplementedError

@@ -1,0 +1,68 @@
+"""What the classification kinds share: probabilities per label, findings as the answer, labels as feedback."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from radflow.tasks.base import InvalidFeedbackError, TaskKind, metric_key
+
+__all__ = ["ClassificationKind"]
+
+
+class ClassificationKind(TaskKind):
+    """A kind whose network outputs one probability per label and whose answer lists findings."""
+
+    family: ClassVar[Literal["classification", "regression"]] = "classification"
+    online_metric: ClassVar[str] = "macro_auroc"
+    output: ClassVar[str] = "probabilities"
+    renderer: ClassVar[Literal["findings", "value"]] = "findings"
+    response_key: ClassVar[Literal["findings", "prediction"]] = "findings"
+
+    def check_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
+        known = ~np.isnan(train_targets)
+        return [
+            f"label {label!r} has no positive in the train split."
+            for j, label in enumerate(labels)
+            if known[:, j].any() and not (train_targets[:, j] == 1).any()
+        ]
+
+    def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Per-label AUROC (``val_auroc_<label>``) and their mean (``val_macro_auroc``).
+
+        AUROC is skipped for labels whose known validation values hold only one class.
+        """
+        from sklearn.metrics import roc_auc_score
+
+        out: dict[str, float] = {}
+        aurocs = []
+        for j, label in enumerate(labels):
+            known = ~np.isnan(targets[:, j])
+            y = targets[known, j]
+            if len(np.unique(y)) == 2:
+                auc = float(roc_auc_score(y, preds[known, j]))
+                aurocs.append(auc)
+                out[f"val_auroc_{metric_key(label)}"] = auc
+        out["val_macro_auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
+        return out
+
+    def validate_feedback(
+        self, outputs: Mapping[str, Any], labels: Mapping[str, int] | None, value: float | None
+    ) -> None:
+        if value is not None:
+            raise InvalidFeedbackError("this prediction has findings; send per-label 'labels', not 'value'.")
+        if labels is None:
+            return
+        known = [f["label"] for f in outputs.get("findings") or []]
+        unknown = sorted(set(labels) - set(known))
+        if unknown:
+            raise InvalidFeedbackError(f"unknown labels {unknown}; the model predicts {', '.join(known)}.")
+        bad = {label: v for label, v in labels.items() if v not in (0, 1)}
+        if bad:
+            raise InvalidFeedbackError(f"label values must be 0 or 1, got {bad}.")
+
+    def drift_features(self, labels: Sequence[str]) -> list[str]:
+        return [f"score:{label}" for label in labels]
