@@ -239,12 +239,23 @@ def test_resolve_model_every_uri_form(store: Store) -> None:
 def test_resolve_model_unknown_things_are_not_found(store: Store) -> None:
     name = _name()
     register(make_run(store, GOOD), name, GateConfig(), store.uri)
-    with pytest.raises(NotFoundError, match=r"no alias 'champion'\. No version holds it yet"):
+    with pytest.raises(NotFoundError) as err:
         resolve_model(f"models:/{name}@champion", store.uri)
+    assert str(err.value) == (
+        f"models:/{name}@champion not found: no version holds @champion yet; version 1 holds @challenger — "
+        f"promote it with `radflow promote {name} 1`."
+    )
     with pytest.raises(NotFoundError, match=r"no alias 'champoin'\. Did you mean 'champion'"):
         resolve_model(f"models:/{name}@champoin", store.uri)
-    with pytest.raises(NotFoundError, match="no registered model"):
+    with pytest.raises(NotFoundError, match=rf"no registered model '{name[:-1]}'.*Did you mean '{name}'") as err:
         resolve_model(f"models:/{name[:-1]}@champion", store.uri)
+    assert name in str(err.value).split("Registered models: ")[1]
+    failed = _name()
+    register(
+        make_run(store, {"Cardiomegaly": 0.5, "Pleural Effusion": 0.5, "Pneumothorax": 0.5}), failed, None, store.uri
+    )
+    with pytest.raises(NotFoundError, match=r"no version holds @champion yet \(`radflow register` sets @challenger"):
+        resolve_model(f"models:/{failed}@champion", store.uri)
     with pytest.raises(NotFoundError, match="no MLflow run"):
         resolve_model("0" * 32, store.uri)
     with pytest.raises(NotFoundError, match="not a checkpoint file"):
@@ -270,9 +281,10 @@ def test_cli_register_exit_code_and_promote_rollback(store: Store) -> None:
 
 
 def test_training_run_is_evaluated_logged_and_registered(store: Store, tmp_path: Path) -> None:
-    """A's loop calls evaluate_and_log; the run then carries what `radflow register` gates on."""
+    """Training then evaluate_training (as `radflow train` does): the run carries what `radflow register` gates on."""
     from radflow.config import Params
     from radflow.data.dataset import Dataset
+    from radflow.evaluate.report import evaluate_training
     from radflow.train.loop import train
     from tests.fixtures import make_dataset
 
@@ -289,6 +301,7 @@ def test_training_run_is_evaluated_logged_and_registered(store: Store, tmp_path:
         }
     )
     result = train(ds_path, params, uri, out_dir=tmp_path / "ck", progress=False)
+    evaluate_training(result, ds_path, params.evaluate)
     client = _client(store)
     run = client.get_run(result.run_id)
     assert 0.0 <= run.data.metrics["test_macro_auroc"] <= 1.0

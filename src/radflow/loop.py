@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from radflow.errors import ConfigError, RadflowError
+from radflow.modelref import model_uri
 
 __all__ = ["run_loop", "start_canary"]
 
@@ -130,7 +131,7 @@ def run_loop(
         elif not registration.get("passed"):
             canary_result = {"started": False, "reason": "the new version failed its gates (no @challenger)"}
         else:
-            model = f"models:/{registration['name']}/{registration['version']}"
+            model = model_uri(registration["name"], version=registration["version"])
             canary_result = {"started": True, **start_canary(serve_url, model, canary, admin_token)}
     return {
         "workspace": str(root),

@@ -10,7 +10,8 @@ A thin layer over the MLflow Model Registry (``MlflowClient``, aliases API):
   registered-model tag ``radflow.previous_champion``; :func:`rollback` pops it, so repeated
   rollbacks walk back through earlier champions.
 * :func:`resolve_model` turns any MODEL argument (checkpoint path, run id, ``runs:/``,
-  ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) into a local checkpoint file.
+  ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) into a local checkpoint file, through the one
+  parser and resolver of :mod:`radflow.modelref`.
 
 Gates compare a candidate with the champion only on the same test split, i.e. when both were
 evaluated on the same dataset version; otherwise the comparison is skipped and a note says why.
@@ -19,15 +20,22 @@ evaluated on the same dataset version; otherwise the comparison is skipped and a
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radflow.config import GateConfig
-from radflow.errors import NotFoundError, RadflowError, did_you_mean
+from radflow.errors import NotFoundError, RadflowError
+from radflow.modelref import (
+    CHALLENGER,
+    CHAMPION,
+    CHECKPOINT_ARTIFACT,
+    DATASET_VERSION_TAG,
+    get_run,
+    get_version,
+    registered_model,
+    resolve_model_ref,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -50,10 +58,7 @@ __all__ = [
     "rollback",
 ]
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 PREVIOUS_CHAMPION_TAG = "radflow.previous_champion"
-CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 GATE_TAG = "gate"
 EVAL_DATASET_TAG = "radflow.eval_dataset_version"
 """Run tag: dataset version whose split the test metrics were computed on (set by the evaluation)."""
@@ -76,14 +81,12 @@ HEADLINE_METRICS = (
     "test_rmse",
 )
 LINEAGE_TAGS = (
-    "radflow.dataset_version",
+    DATASET_VERSION_TAG,
     "radflow.dataset_path",
     "radflow.git_commit",
     "radflow.git_dirty",
     "radflow.task",
 )
-_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _LABEL_AUROC = "test_auroc_"
 
 
@@ -94,58 +97,8 @@ def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
     return client(uri), uri
 
 
-def _missing(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower()
-
-
-def _get_run(client: MlflowClient, run_id: str, uri: str) -> Run:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        if _missing(exc) or "run" in str(exc).lower():
-            raise NotFoundError(
-                f"no MLflow run {run_id!r} in tracking store {uri}; check the id (`radflow ui` lists runs) "
-                "or pass --tracking-uri."
-            ) from None
-        raise
-
-
-def _registered_model(client: MlflowClient, name: str, uri: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as exc:
-        if not _missing(exc):
-            raise
-    names = [m.name for m in client.search_registered_models()]
-    known = f" Registered models: {', '.join(names)}." if names else " The registry is empty."
-    raise NotFoundError(
-        f"no registered model {name!r} in {uri}.{did_you_mean(name, names)}{known} "
-        "Register one with `radflow register RUN_ID --name NAME`."
-    )
-
-
-def _get_version(client: MlflowClient, name: str, version: str | int, uri: str) -> ModelVersion:
-    from mlflow.exceptions import MlflowException
-
-    _registered_model(client, name, uri)
-    try:
-        return client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        if not _missing(exc) and "version" not in str(exc).lower():
-            raise
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    raise NotFoundError(
-        f"model {name!r} has no version {version}; its versions are {', '.join(map(str, versions)) or 'none'}."
-    ) from None
-
-
 def _alias_version(client: MlflowClient, name: str, alias: str, uri: str) -> ModelVersion | None:
-    aliases = dict(_registered_model(client, name, uri).aliases or {})
+    aliases = dict(registered_model(client, name, uri).aliases or {})
     if alias not in aliases:
         return None
     return client.get_model_version(name, str(aliases[alias]))
@@ -159,7 +112,7 @@ def _eval_version(tags: dict[str, str]) -> str | None:
     # Runs evaluated by radflow carry the evaluated dataset version; older ones only the training one,
     # which is the dataset whose test split the loop evaluates.
     # The test split's own hash when known: a dataset grown by training-only rows keeps the same test set.
-    return tags.get(EVAL_HELD_OUT_TAG) or tags.get(EVAL_DATASET_TAG) or tags.get("radflow.dataset_version")
+    return tags.get(EVAL_HELD_OUT_TAG) or tags.get(EVAL_DATASET_TAG) or tags.get(DATASET_VERSION_TAG)
 
 
 def _task(metrics: dict[str, float], tags: dict[str, str]) -> str:
@@ -315,7 +268,7 @@ def register(
 
     gates = gates or GateConfig()
     client, uri = _client(tracking_uri)
-    run = _get_run(client, run_id, uri)
+    run = get_run(client, run_id, uri)
     source, model_id = _model_source(client, run)
     metrics, run_tags = dict(run.data.metrics), dict(run.data.tags)
     try:
@@ -370,14 +323,14 @@ def promote(name: str, version: str | int, tracking_uri: str | None = None, *, f
     changes nothing. Promoting the challenger also removes its ``challenger`` alias.
     """
     client, uri = _client(tracking_uri)
-    target = _get_version(client, name, version, uri)
+    target = get_version(client, name, version, uri)
     number = str(target.version)
     if (target.tags or {}).get(GATE_TAG) == "failed" and not force:
         reasons = (target.tags or {}).get("gate_failures", "see the version's tags")
         raise RadflowError(
             f"{name} version {number} failed its quality gates ({reasons}); pass --force to promote it anyway."
         )
-    model = _registered_model(client, name, uri)
+    model = registered_model(client, name, uri)
     aliases = dict(model.aliases or {})
     previous = str(aliases[CHAMPION]) if CHAMPION in aliases else None
     history = _history(model)
@@ -400,7 +353,7 @@ def rollback(name: str, tracking_uri: str | None = None) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     client, uri = _client(tracking_uri)
-    model = _registered_model(client, name, uri)
+    model = registered_model(client, name, uri)
     history = _history(model)
     current = (model.aliases or {}).get(CHAMPION)
     while history:
@@ -429,72 +382,10 @@ def rollback(name: str, tracking_uri: str | None = None) -> dict[str, Any]:
 # Model lookup
 
 
-def _download_checkpoint(client: MlflowClient, run_id: str, what: str) -> Path:
-    dst = Path(tempfile.gettempdir()) / "radflow-models" / run_id
-    dst.mkdir(parents=True, exist_ok=True)
-    # MLflow's download progress bar would land in the middle of command output (and --json).
-    before = os.environ.get(_PROGRESS_ENV)
-    os.environ[_PROGRESS_ENV] = "false"
-    try:
-        return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(dst)))
-    except Exception as exc:  # MLflow raises several types for a missing artifact
-        raise NotFoundError(
-            f"{what} (run {run_id}) has no {CHECKPOINT_ARTIFACT} artifact ({type(exc).__name__}); "
-            "only runs made by `radflow train` can be used here."
-        ) from None
-    finally:
-        if before is None:
-            os.environ.pop(_PROGRESS_ENV, None)
-        else:
-            os.environ[_PROGRESS_ENV] = before
-
-
 def resolve_model_run(uri: str, tracking_uri: str | None = None) -> tuple[Path, str | None]:
     """Like :func:`resolve_model`, also returning the MLflow run id (``None`` for a local file)."""
-    text = str(uri)
-    if text.startswith("models:/"):
-        client, store = _client(tracking_uri)
-        rest = text.removeprefix("models:/")
-        if "@" in rest:
-            name, alias = rest.rsplit("@", 1)
-            version = _alias_version(client, name, alias, store)
-            if version is None:
-                aliases = sorted(dict(_registered_model(client, name, store).aliases or {}))
-                hint = did_you_mean(alias, sorted({*aliases, CHAMPION, CHALLENGER}))
-                if alias in (CHAMPION, CHALLENGER):
-                    hint = " No version holds it yet (`radflow register` sets challenger, `radflow promote` champion)."
-                raise NotFoundError(
-                    f"model {name!r} has no alias {alias!r}.{hint} Its aliases: {', '.join(aliases) or 'none'}."
-                )
-        elif "/" in rest:
-            name, number = rest.rsplit("/", 1)
-            version = _get_version(client, name, number, store)
-        else:
-            raise NotFoundError(f"{text}: give models:/NAME@ALIAS or models:/NAME/VERSION.")
-        if not version.run_id:
-            raise NotFoundError(f"{text} was not registered from a run; it has no radflow checkpoint.")
-        return _download_checkpoint(client, version.run_id, text), version.run_id
-    if text.startswith("runs:/"):
-        run_id = text.removeprefix("runs:/").split("/", 1)[0]
-        client, store = _client(tracking_uri)
-        _get_run(client, run_id, store)
-        return _download_checkpoint(client, run_id, text), run_id
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path, None
-    if path.is_dir():
-        for candidate in (path / "best.pt", path / CHECKPOINT_ARTIFACT):
-            if candidate.is_file():
-                return candidate, None
-        raise NotFoundError(f"{path} is a folder without best.pt or {CHECKPOINT_ARTIFACT}; give the checkpoint file.")
-    if _RUN_ID.match(text):
-        client, store = _client(tracking_uri)
-        _get_run(client, text, store)
-        return _download_checkpoint(client, text, f"run {text}"), text
-    raise NotFoundError(
-        f"{text!r} is not a checkpoint file, an MLflow run id, runs:/RUN_ID, models:/NAME@ALIAS "
-        "or models:/NAME/VERSION."
-    )
+    resolved = resolve_model_ref(uri, tracking_uri)
+    return resolved.checkpoint(), resolved.run_id
 
 
 def resolve_model(uri: str, tracking_uri: str | None = None) -> Path:

@@ -222,5 +222,8 @@ def env_scope(**values: str | None) -> Iterator[None]:
 
 
 def quiet_downloads() -> contextlib.AbstractContextManager[None]:
-    """No MLflow artifact progress bar for a block: it would land in the middle of radflow's output (and --json)."""
-    return env_scope(**{PROGRESS_ENV: "false"})
+    """No MLflow artifact progress bar for a block unless asked for (``radflow -v``, see :func:`set_mlflow_verbosity`).
+
+    A bar would land in the middle of radflow's output (and of ``--json``) or of the server's log.
+    """
+    return env_scope(**{PROGRESS_ENV: os.environ.get(PROGRESS_ENV) or "false"})

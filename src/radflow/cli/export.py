@@ -118,19 +118,20 @@ def export_command(
 
 def load_runtime(model: str, tracking_uri: str | None = None, int8: bool = False) -> RadflowModel:
     """The runtime model for MODEL; a checkpoint (or a run without an ONNX export) is exported to a temp file."""
+    from radflow.modelref import resolve_model_ref
     from radflow.runtime import MissingOnnxError, RadflowModel
 
+    resolved = resolve_model_ref(model, tracking_uri)
     try:
-        return RadflowModel.load(model, tracking_uri=tracking_uri, int8=int8)
+        return RadflowModel.load(resolved, int8=int8)
     except MissingOnnxError as missing:
         if int8:
             raise
         from radflow.export.onnx import check_parity, export_onnx, parity_images
-        from radflow.registry import resolve_model
         from radflow.train.checkpoint import load_model
 
         try:
-            checkpoint = resolve_model(model, tracking_uri)
+            checkpoint = resolved.checkpoint()
         except RadflowError:
             raise missing from None
         net, meta = load_model(checkpoint)

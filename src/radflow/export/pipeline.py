@@ -25,6 +25,7 @@ from radflow.errors import NotFoundError
 from radflow.export.onnx import DEFAULT_OPSET, check_parity, export_onnx, parity_images, read_metadata
 from radflow.export.quantize import DEFAULT_MAE_TOLERANCE, DEFAULT_TOLERANCE, Int8RefusedError, quantize_model
 from radflow.export.triton import DEFAULT_MAX_BATCH_SIZE, DEFAULT_QUEUE_DELAY_US, write_triton_repo
+from radflow.modelref import ResolvedModel, resolve_model_ref
 from radflow.monitor.reference import REFERENCE_TAG, reference_path, write_reference
 from radflow.runtime.session import ONNX_ARTIFACT_DIR, ONNX_INT8_TAG, ONNX_TAG
 
@@ -36,8 +37,8 @@ def int8_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.int8{out.suffix or '.onnx'}")
 
 
-def _triton_name(model: str, out: Path) -> str:
-    base = re.split(r"[@/]", model.removeprefix("models:/"))[0] if model.startswith("models:/") else out.stem
+def _triton_name(resolved: ResolvedModel, out: Path) -> str:
+    base = resolved.name or out.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "radflow"
 
 
@@ -99,13 +100,13 @@ def export_model(
     ``reference_images``: train images profiled for the drift reference (as many val images are
     scored); 0 skips the reference.
     """
-    from radflow.registry import resolve_model_run
     from radflow.train.checkpoint import load_model
 
     out = Path(out)
     if out.is_dir():
         raise NotFoundError(f"--out {out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}.")
-    checkpoint, run_id = resolve_model_run(model, tracking_uri)
+    resolved = resolve_model_ref(model, tracking_uri)
+    checkpoint, run_id = resolved.checkpoint(), resolved.run_id
     net, meta = load_model(checkpoint)
     export_onnx(net, meta, out, opset=opset)
     pixels, extra, source = parity_images(meta, dataset, n=parity_n)
@@ -159,7 +160,7 @@ def export_model(
         folder = write_triton_repo(
             served,
             triton_repo,
-            triton_name or _triton_name(model, out),
+            triton_name or _triton_name(resolved, out),
             max_batch_size=max_batch_size,
             max_queue_delay_us=max_queue_delay_us,
         )

@@ -19,12 +19,12 @@ import yaml
 
 from radflow.config import Params, flatten_params
 from radflow.errors import NotFoundError
+from radflow.modelref import ArtifactNotFoundError, model_uri, parse_model_ref, resolve_model_ref
 
 __all__ = ["LINEAGE_ARTIFACT", "lock_hashes", "record_lineage", "reproduce_commands", "show_lineage"]
 
 LINEAGE_ARTIFACT = "lineage/lineage.json"
 _TAG = "radflow.lineage."
-_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def lock_hashes(root: Path) -> dict[str, dict[str, str]]:
@@ -119,7 +119,7 @@ def record_lineage(root: Path, params: Params, name: str, version: str, run_id: 
         sets = [f"{k}={v}" for k, v in mine.items() if before.get(k) != v]
     dataset = Dataset.open(root / SPLIT_DATASET)
     lineage: dict[str, Any] = {
-        "model": f"models:/{name}/{version}",
+        "model": model_uri(name, version=version),
         "run_id": run_id,
         "git": {
             "commit": commit,
@@ -160,48 +160,19 @@ def record_lineage(root: Path, params: Params, name: str, version: str, run_id: 
 
 def show_lineage(model: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """The lineage recorded for ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
-    import mlflow
-    import mlflow.artifacts
-
-    from radflow.registry import _alias_version, _client, _get_version
-    from radflow.tracking import tracking_uri_scope
-
-    text = str(model)
-    if not text.startswith("models:/"):
-        raise NotFoundError(f"{text!r}: lineage is recorded for registered models; give models:/NAME@ALIAS or /N.")
-    mlflow_client, uri = _client(tracking_uri)
-    rest = text.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        found = _alias_version(mlflow_client, name, alias, uri)
-        if found is None:
-            raise NotFoundError(f"model {name!r} has no alias {alias!r} in {uri}; `radflow promote` sets champion.")
-        version = found
-    elif "/" in rest:
-        name, number = rest.rsplit("/", 1)
-        version = _get_version(mlflow_client, name, number, uri)
-    else:
-        raise NotFoundError(f"{text}: give models:/NAME@ALIAS or models:/NAME/VERSION.")
-    if not version.run_id:
-        raise NotFoundError(f"{text} was not registered from a run; it has no lineage.")
-    # MLflow's download progress bar would land in the middle of the output (and of --json).
-    before = os.environ.get(_PROGRESS_ENV)
-    os.environ[_PROGRESS_ENV] = "false"
+    ref = parse_model_ref(model)
+    if not ref.in_registry:
+        raise NotFoundError(f"{ref.text!r}: lineage is recorded for registered models; give models:/NAME@ALIAS or /N.")
+    resolved = resolve_model_ref(ref, tracking_uri)
     try:
-        with tracking_uri_scope(uri):
-            raw = mlflow.artifacts.load_text(f"runs:/{version.run_id}/{LINEAGE_ARTIFACT}")
-    except Exception:  # MLflow raises several types for a missing artifact
+        raw = resolved.download(LINEAGE_ARTIFACT).read_text()
+    except ArtifactNotFoundError:
         raise NotFoundError(
-            f"{text} (run {version.run_id}) has no recorded lineage; models registered by a workspace pipeline "
+            f"{resolved.describe()} has no recorded lineage; models registered by a workspace pipeline "
             "(`radflow run`) have one."
         ) from None
-    finally:
-        if before is None:
-            os.environ.pop(_PROGRESS_ENV, None)
-        else:
-            os.environ[_PROGRESS_ENV] = before
     lineage: dict[str, Any] = json.loads(raw)
-    lineage["model"] = f"models:/{name}/{version.version}"
-    lineage["asked"] = text
-    lineage["aliases"] = list(getattr(version, "aliases", []) or [])
+    lineage["model"] = resolved.uri
+    lineage["asked"] = ref.text
+    lineage["aliases"] = list(resolved.aliases)
     return lineage

@@ -12,8 +12,6 @@ Nothing on this module's import path imports torch: the serving process stays sm
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import onnxruntime as ort
 from radflow.data.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels, to_model_input
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError, did_you_mean
+from radflow.modelref import ACCEPTED_FORMS, ArtifactNotFoundError, RefKind, ResolvedModel, resolve_model_ref
 from radflow.runtime.cam import DEFAULT_ALPHA, DEFAULT_MAX_SIDE, encode_png, render_overlay
 from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
 
@@ -50,8 +49,6 @@ ONNX_TAG = "radflow.onnx"
 """Run and model-version tag: artifact path (in the run) of the FP32 ONNX model."""
 ONNX_INT8_TAG = "radflow.onnx_int8"
 """Run and model-version tag: artifact path (in the run) of the accepted INT8 ONNX model."""
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 class InvalidInputError(RadflowError):
@@ -135,69 +132,30 @@ def to_model_size(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.stack([prepare_pixels(p.astype(np.float32) / 255.0, size) for p in pixels])
 
 
-def _cache_dir(run_id: str) -> Path:
-    path = Path(tempfile.gettempdir()) / "radflow-models" / run_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _download_run_onnx(client: Any, run_id: str, artifact: str | None, what: str, int8: bool) -> Path:
-    if artifact is None:
-        run = client.get_run(run_id)
-        artifact = run.data.tags.get(ONNX_INT8_TAG if int8 else ONNX_TAG)
+def _download_onnx(resolved: ResolvedModel, int8: bool) -> Path:
+    """The resolved run's ONNX export: the ``runs:/ID/ARTIFACT`` asked for, else the one its tags name."""
+    artifact = resolved.ref.artifact or resolved.tag(ONNX_INT8_TAG if int8 else ONNX_TAG)
     if artifact is None:
         kind = "INT8 " if int8 else ""
         flag = " --int8" if int8 else ""
         raise MissingOnnxError(
-            f"{what} has no exported {kind}ONNX model; run `radflow export {run_id} --out model.onnx{flag}` first."
+            f"{resolved.describe()} has no exported {kind}ONNX model; "
+            f"run `radflow export {resolved.run_id} --out model.onnx{flag}` first."
         )
     try:
-        return Path(client.download_artifacts(run_id, artifact, str(_cache_dir(run_id))))
-    except Exception as exc:  # MLflow raises several types for a missing artifact
-        raise MissingOnnxError(f"{what}: artifact {artifact} cannot be downloaded ({exc}).") from None
+        return resolved.download(artifact)
+    except ArtifactNotFoundError as exc:
+        raise MissingOnnxError(str(exc)) from None
 
 
-def _resolve_mlflow(source: str, tracking_uri: str | None, int8: bool) -> Path:
-    """A local ONNX file for ``models:/...``, ``runs:/ID[/path]`` or a bare run id."""
-    from mlflow.exceptions import MlflowException
-
-    from radflow.tracking import client as make_client
-    from radflow.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri)
-    client = make_client(uri)
-    try:
-        if source.startswith("models:/"):
-            rest = source.removeprefix("models:/")
-            if "@" in rest:
-                name, alias = rest.rsplit("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
-            elif "/" in rest:
-                name, number = rest.rsplit("/", 1)
-                version = client.get_model_version(name, number)
-            else:
-                raise NotFoundError(f"{source}: give models:/NAME@ALIAS or models:/NAME/VERSION.")
-            if not version.run_id:
-                raise MissingOnnxError(f"{source} was not registered from a run; it has no exported ONNX model.")
-            artifact = (version.tags or {}).get(ONNX_INT8_TAG if int8 else ONNX_TAG)
-            return _download_run_onnx(client, version.run_id, artifact, source, int8)
-        run_id, _, artifact = source.removeprefix("runs:/").partition("/")
-        client.get_run(run_id)
-        return _download_run_onnx(client, run_id, artifact or None, f"run {run_id}", int8)
-    except MlflowException as exc:
-        raise NotFoundError(f"{source} not found in tracking store {uri} ({exc.message}).") from None
-
-
-def _resolve_source(source: str | Path, tracking_uri: str | None, int8: bool) -> Path:
-    text = str(source)
-    if text.startswith(("models:/", "runs:/")) or _RUN_ID.match(text):
-        return _resolve_mlflow(text, tracking_uri, int8)
-    path = Path(text).expanduser()
+def _resolve_source(source: str | Path | ResolvedModel, tracking_uri: str | None, int8: bool) -> Path:
+    resolved = source if isinstance(source, ResolvedModel) else resolve_model_ref(source, tracking_uri)
+    if resolved.path is None:
+        return _download_onnx(resolved, int8)
+    path = resolved.path
     if not path.is_file():
-        raise NotFoundError(
-            f"{text!r} is not an ONNX file, an MLflow run id, runs:/RUN_ID, models:/NAME@ALIAS or models:/NAME/N."
-        )
-    if path.suffix in _CHECKPOINT_SUFFIXES:
+        raise NotFoundError(f"{resolved.ref.text!r} is not a file; give {ACCEPTED_FORMS}.")
+    if resolved.ref.kind is RefKind.CHECKPOINT:
         raise MissingOnnxError(
             f"{path} is a PyTorch checkpoint; the runtime runs ONNX. "
             f"Export it: `radflow export {path} --out model.onnx`."
@@ -235,7 +193,7 @@ class RadflowModel:
     @classmethod
     def load(
         cls,
-        source: str | Path,
+        source: str | Path | ResolvedModel,
         *,
         tracking_uri: str | None = None,
         int8: bool = False,
@@ -244,6 +202,10 @@ class RadflowModel:
         providers: list[str] | None = None,
     ) -> RadflowModel:
         """Open an ONNX file, ``runs:/ID``, a run id or ``models:/NAME@ALIAS`` (``int8``: its INT8 export).
+
+        ``source`` may be an already resolved reference (:func:`radflow.modelref.resolve_model_ref`):
+        the ONNX file then comes from the run it resolved to, and the caller can name the model by
+        the same resolution.
 
         ``max_pixels`` bounds decoded images (decompression bombs); ``threads`` defaults to the cores.
         """
