@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +51,10 @@ def start_canary(
     """Load ``model`` as the challenger of the server at ``serve_url`` and route ``weight`` of traffic to it."""
     import httpx
 
-    token = admin_token or os.environ.get("RADFLOW_ADMIN_TOKEN")
+    from radflow.inference.settings import ServeSettings
+
+    secret = ServeSettings().admin_token  # RADFLOW_ADMIN_TOKEN, read where every server setting is
+    token = admin_token or (secret.get_secret_value() if secret else None)
     if not token:
         raise ConfigError("starting a canary needs the server's admin token: --admin-token or RADFLOW_ADMIN_TOKEN.")
     headers = {"Authorization": f"Bearer {token}"}

@@ -13,13 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from radflow.errors import RadflowError
+from radflow.tracking import set_mlflow_verbosity
 
-__all__ = ["app", "console", "emit", "main", "progress_bar", "run_command"]
+__all__ = ["app", "console", "emit", "is_verbose", "line_printer", "main", "progress_bar", "run_command"]
 
-# Telemetry off before MLflow or DVC is ever imported by a command.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+_VERBOSE_ENV = "RADFLOW_VERBOSE"
+_verbose = False
 
 app = typer.Typer(
     name="radflow",
@@ -42,8 +41,32 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", envvar=_VERBOSE_ENV, help="Also show MLflow's and DVC's own logs and progress bars."
+    ),
 ) -> None:
     """MLOps for medical imaging: data, training, registry, serving and monitoring for radiograph models."""
+    global _verbose
+    _verbose = verbose
+    # In the environment, so the `radflow stage` processes DVC starts are as quiet (or verbose) as this one.
+    os.environ[_VERBOSE_ENV] = "1" if verbose else "0"
+    set_mlflow_verbosity(verbose)
+
+
+def is_verbose() -> bool:
+    """Whether this command was started with ``-v`` (or runs as a stage of one that was)."""
+    return _verbose
+
+
+def line_printer(as_json: bool) -> Callable[[str], None]:
+    """Prints the pipeline's (DVC's) output line by line: nothing under --json, DVC's own notices only with -v."""
+    from radflow.pipeline.run import is_dvc_notice
+
+    def show(line: str) -> None:
+        if not as_json and (_verbose or not is_dvc_notice(line)):
+            console.print(line, highlight=False, markup=False)
+
+    return show
 
 
 T = TypeVar("T")

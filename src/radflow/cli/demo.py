@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, line_printer, run_command
 
 if TYPE_CHECKING:
     from radflow.demo import DemoResult
@@ -74,9 +74,7 @@ def demo_command(
 
     config = DemoConfig(workdir=workdir, n=n, size=size, seed=seed, epochs=epochs, sets=tuple(sets or []))
 
-    def show(line: str) -> None:
-        if not as_json:
-            console.print(line, highlight=False, markup=False)
+    show = line_printer(as_json)
 
     def body() -> DemoResult:
         return run_demo(config, on_step=lambda name: console.print(f"[bold cyan]==>[/] {name}"), on_line=show)

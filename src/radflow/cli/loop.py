@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, line_printer, run_command
 
 __all__ = ["loop_command"]
 
@@ -76,9 +76,7 @@ def loop_command(
     from radflow.feedback import parse_since
     from radflow.loop import run_loop
 
-    def show(line: str) -> None:
-        if not as_json:
-            console.print(line, highlight=False, markup=False)
+    show = line_printer(as_json)
 
     result = run_command(
         lambda: run_loop(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, line_printer, run_command
 
 __all__ = ["init_command", "lineage_command", "run_pipeline_command", "stage_command"]
 
@@ -89,9 +89,7 @@ def run_pipeline_command(
     """Run the workspace pipeline as a DVC experiment; only stages whose inputs changed rerun."""
     from radflow.pipeline.run import run_pipeline
 
-    def show(line: str) -> None:
-        if not as_json:
-            console.print(line, highlight=False, markup=False)
+    show = line_printer(as_json)
 
     result = run_command(lambda: run_pipeline(workspace, sets or [], name=name, on_line=show))
     emit(result, as_json, render_results)

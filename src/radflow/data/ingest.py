@@ -45,6 +45,7 @@ from radflow.data.preprocess import PreprocessSpec, prepare_pixels
 from radflow.data.sources import SourceRecord, SourceTable, read_source
 from radflow.data.split import EXTRA_SPLIT
 from radflow.errors import DataError, ImageDecodeError, RadflowError
+from radflow.hardware import available_cores
 
 __all__ = ["IngestOptions", "ingest", "load_salt", "pseudonymize"]
 
@@ -224,7 +225,7 @@ def ingest(
     out.mkdir(parents=True, exist_ok=True)
     salt = load_salt(options.salt_file or out.parent / SALT_FILE)
     previous, reusable_rows = _previous_pixels(out, spec)
-    workers = options.workers or os.cpu_count() or 1
+    workers = options.workers or available_cores()
     paths = [str(r.path) for r in table.records]
     settings = (spec.size, options.max_pixels, frozenset(reusable_rows))
     total, done = len(paths), 0

@@ -34,13 +34,22 @@ from radflow.errors import ConfigError, RadflowError
 from radflow.pipeline import dvc_yaml as paths
 from radflow.pipeline.workspace import find_workspace, git_env
 
-__all__ = ["SIGNATURE_FILE", "parse_sets", "pipeline_signature", "run_pipeline"]
+__all__ = ["SIGNATURE_FILE", "is_dvc_notice", "parse_sets", "pipeline_signature", "run_pipeline"]
 
 SIGNATURE_FILE = ".dvc/tmp/radflow-run.json"
 
 _RAN = re.compile(r"Running stage '([^']+)'")
 _SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change|is cached)")
 _EXP = re.compile(r"Ran experiment\(s\): (\S+)|Experiment '?([\w-]+)'? (?:is|was)")
+# DVC's warnings, e.g. "No file hash info found for '...'. It won't be created." for outputs a stage
+# has not made yet; colour codes stripped first.
+_NOTICE = re.compile(r"^\s*WARNING:")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def is_dvc_notice(line: str) -> bool:
+    """Whether a line of ``dvc exp run`` output is one of DVC's warnings (shown only with ``radflow -v``)."""
+    return bool(_NOTICE.match(_ANSI.sub("", line)))
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
