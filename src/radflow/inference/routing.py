@@ -19,6 +19,7 @@ from typing import Any
 from radflow.inference.batching import CpuGate, DynamicBatcher
 from radflow.inference.metrics import ServiceMetrics
 from radflow.inference.settings import ServeSettings
+from radflow.modelref import ModelRef, parse_model_ref, resolve_model_ref
 from radflow.runtime import RadflowModel
 
 __all__ = ["CHALLENGER_ARM", "CHAMPION_ARM", "LoadedModel", "ModelArm", "Router", "load_model", "route_point"]
@@ -29,40 +30,55 @@ CHALLENGER_ARM = "challenger"
 
 @dataclass
 class LoadedModel:
-    """A model and where it came from (registry name, version and alias when it came from the registry)."""
+    """A model and where it came from (registry name, version and alias when it came from the registry).
+
+    Built by :func:`load_model` from the same resolution its ONNX file was downloaded from, so the
+    version that labels logs and metrics is the version served.
+    """
 
     model: RadflowModel
     uri: str
     name: str
     version: str
     alias: str | None
+    run_id: str | None = None
+    dataset_version: str | None = None
+    ref: ModelRef | None = None
 
+    @property
+    def in_registry(self) -> bool:
+        return (self.ref or parse_model_ref(self.uri)).in_registry
 
-def _registry_identity(uri: str, tracking_uri: str | None) -> tuple[str, str, str | None] | None:
-    if not uri.startswith("models:/"):
-        return None
-    from radflow.tracking import client, resolve_tracking_uri
-
-    mlflow_client = client(resolve_tracking_uri(tracking_uri))
-    rest = uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        return name, str(mlflow_client.get_model_version_by_alias(name, alias).version), alias
-    name, version = rest.rsplit("/", 1)
-    return name, version, None
+    @property
+    def in_mlflow(self) -> bool:
+        """Its files (ONNX, drift reference) come from an MLflow run."""
+        return (self.ref or parse_model_ref(self.uri)).in_mlflow
 
 
 def load_model(uri: str, settings: ServeSettings) -> LoadedModel:
-    """Load ``uri`` (blocking: run it in a thread) and name it for logs, metrics and the V2 API."""
-    tracking_uri = settings.resolved_tracking_uri()
-    model = RadflowModel.load(
-        uri, tracking_uri=tracking_uri, int8=settings.int8, threads=settings.threads, max_pixels=settings.max_pixels
+    """Load ``uri`` (blocking: run it in a thread) and name it for logs, metrics and the V2 API.
+
+    The reference is resolved once; the ONNX file and the name/version come from that one answer,
+    so a promotion while the model loads cannot pair one version's file with another's label.
+    """
+    resolved = resolve_model_ref(uri, settings.resolved_tracking_uri())
+    model = RadflowModel.load(resolved, int8=settings.int8, threads=settings.threads, max_pixels=settings.max_pixels)
+    if resolved.name is not None and resolved.version is not None:
+        name, version = resolved.name, resolved.version
+    elif resolved.path is not None and resolved.path.suffix == ".onnx":
+        name, version = resolved.path.stem, "1"
+    else:
+        name, version = settings.model_name, "1"
+    return LoadedModel(
+        model,
+        uri,
+        name,
+        version,
+        resolved.alias,
+        run_id=resolved.run_id,
+        dataset_version=resolved.dataset_version,
+        ref=resolved.ref,
     )
-    identity = _registry_identity(uri, tracking_uri)
-    if identity is None:
-        stem = uri.rsplit("/", 1)[-1].removesuffix(".onnx") if uri.endswith(".onnx") else settings.model_name
-        identity = (stem, "1", None)
-    return LoadedModel(model, uri, *identity)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["InferenceService", "PreparedImage", "preload"]
 
 log = logging.getLogger(__name__)
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _view(decoded: DecodedImage) -> str:
@@ -137,7 +135,7 @@ class InferenceService:
         if self.drift is None:
             return
         model = loaded.model
-        if loaded.uri.startswith(("models:/", "runs:/")) or _RUN_ID.match(loaded.uri):
+        if loaded.in_mlflow:
             # Fetched on every load, as the ONNX file is: a re-export may have replaced the run's reference.
             runs = [model.meta.run_id or "", Path(model.source).parent.name]
             fetch_reference(model.source, runs, self.settings.resolved_tracking_uri())
@@ -610,7 +608,7 @@ class InferenceService:
             return None
         action, reason = str(decision["action"]), str(decision.get("reason", ""))
         if action == "promote":
-            if challenger.loaded.uri.startswith("models:/"):
+            if challenger.loaded.in_registry:
                 from radflow.registry import promote as registry_promote
 
                 await asyncio.to_thread(registry_promote, s.model_name, challenger.version, s.resolved_tracking_uri())
