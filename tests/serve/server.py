@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+from radflow.serve.server import free_port, wait_ready
 
-__all__ = ["ServerProcess", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
-    """Poll ``/v2/health/ready`` until it answers 200 (True), ``timeout`` passes or ``alive()`` turns False."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and alive():
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    return False
+__all__ = ["ServerProcess", "free_port", "wait_ready"]
 
 
 class ServerProcess:

@@ -17,7 +17,7 @@ from types import FrameType
 
 from radflow.inference.settings import ServeSettings
 
-__all__ = ["free_port", "port_is_free", "run_server"]
+__all__ = ["free_port", "port_is_free", "run_server", "wait_ready"]
 
 GRACEFUL_SHUTDOWN_S = 30
 
@@ -38,18 +38,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _notify_when_ready(url: str, on_ready: Callable[[str], None], timeout_s: float = 300) -> None:
+def wait_ready(
+    url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True, interval_s: float = 0.05
+) -> bool:
+    """Poll ``URL/v2/health/ready`` until it answers 200 (True), ``timeout_s`` passes or ``alive()`` turns False.
+
+    The one readiness wait: the demo's simulated clinic, the simulator and the tests' servers use it.
+    """
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and alive():
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                on_ready(url)
-                return
+            if httpx.get(f"{url.rstrip('/')}/v2/health/ready", timeout=2).status_code == 200:
+                return True
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(interval_s)
+    return False
+
+
+def _notify_when_ready(url: str, on_ready: Callable[[str], None], timeout_s: float = 300) -> None:
+    if wait_ready(url, timeout_s, interval_s=0.2):
+        on_ready(url)
 
 
 def run_server(

@@ -218,7 +218,7 @@ class Simulator:
             async with httpx.AsyncClient(
                 base_url=self.config.url.rstrip("/"), timeout=self.config.timeout, limits=limits
             ) as client:
-                await self._wait_ready(client)
+                await self._wait_ready()
                 await self._send_all(client)
         finally:
             if handle_signals:
@@ -241,16 +241,13 @@ class Simulator:
             return False
         return True
 
-    async def _wait_ready(self, client: httpx.AsyncClient) -> None:
-        deadline = time.monotonic() + self.config.wait_ready
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get("/v2/health/ready", timeout=2.0)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if await self._sleep_or_stop(0.25):
-                return
+    async def _wait_ready(self) -> None:
+        from radflow.serve.server import wait_ready
+
+        stop = self._stop
+        assert stop is not None
+        # In a thread: the one (blocking) readiness wait, given up early when the simulation is stopped.
+        await asyncio.to_thread(wait_ready, self.config.url, self.config.wait_ready, lambda: not stop.is_set(), 0.25)
 
     async def _send_all(self, client: httpx.AsyncClient) -> None:
         cfg = self.config
