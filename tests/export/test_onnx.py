@@ -11,8 +11,9 @@ from radflow.data.dataset import Dataset
 from radflow.data.preprocess import to_model_input
 from radflow.export import ExportError, check_parity, export_model, export_onnx, read_metadata
 from radflow.runtime import RadflowModel, sex_feature
-from radflow.train.checkpoint import load_model
+from radflow.train.checkpoint import ModelMeta, load_model
 from radflow.train.data import sex_feature as train_sex_feature
+from radflow.train.models import create_model, list_models
 from radflow.train.predict import outputs_to_predictions
 from tests.export.checkpoints import make_checkpoint
 
@@ -96,3 +97,15 @@ def test_metadata_round_trip_and_thresholds_drive_positives(tmp_path: Path) -> N
 def test_runtime_sex_encoding_is_the_training_one() -> None:
     values = np.array(["M", "F", "", "M"], dtype=object)
     np.testing.assert_array_equal(sex_feature(values), train_sex_feature(values))
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_every_architecture_exports_with_parity(arch: str, tmp_path: Path) -> None:
+    """A new architecture is checked the moment it is registered: one 32 px image, random weights."""
+    torch.manual_seed(0)
+    model = create_model(arch, 2).eval()
+    meta = ModelMeta(arch=arch, task="multilabel", labels=["a", "b"], num_outputs=2, preprocess={"size": 32})
+    path = export_onnx(model, meta, tmp_path / f"{arch}.onnx")
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 32, 32), dtype=np.uint8)
+    report = check_parity(model, meta, path, pixels)
+    assert report["images"] == 1 and report["max_abs_diff"] <= 1e-4

@@ -20,7 +20,6 @@ from typing import Any
 from locust import HttpUser, constant, task
 
 from radflow.sim.judge import default_max_error, judge
-from radflow.tasks import get_task
 
 
 def _load_cases() -> tuple[str, list[tuple[bytes, dict[str, Any]]]]:
@@ -48,7 +47,7 @@ class RadiographUser(HttpUser):
     @task
     def predict(self) -> None:
         body, case = random.choice(CASES)
-        params = {"sex": case["sex"]} if "sex" in get_task(TASK).extra_inputs and case.get("sex") else None
+        params = {"sex": case["sex"]} if TASK == "regression" and case.get("sex") else None
         headers = {"content-type": "image/png", "x-routing-key": case.get("study") or ""}
         with self.client.post(
             "/v1/predict", data=body, headers=headers, params=params, name="/v1/predict", catch_response=True
