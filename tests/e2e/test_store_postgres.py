@@ -51,3 +51,26 @@ def test_service_logs_predictions_and_feedback_in_postgresql(
         assert [(f["prediction_id"], f["labels"]) for f in feedback] == [(ids[0], {"Pneumothorax": 1})]
     finally:
         store.close()
+
+
+def test_an_unversioned_postgresql_store_migrates_and_keeps_its_rows(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from radflow.store import SCHEMA_VERSION, PredictionRecord, labelled_predictions
+
+    with Store(pg_url) as store:
+        record = PredictionRecord("chest", "1", "champion", "champion", {"findings": []}, input_sha256="ab" * 32)
+        store.log(record)
+        store.flush()
+        store.add_feedback(record.id, correct=False)
+        store.add_feedback(record.id, correct=True)
+        # Back to the shape of the unversioned release: no version table, none of the version-2 indexes.
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP TABLE radflow_schema"))
+            conn.execute(text("DROP INDEX ix_predictions_model_created_at"))
+            conn.execute(text("DROP INDEX ix_feedback_created_at"))
+    with Store(pg_url) as store:
+        assert (store.schema_migrated_from, store.schema_version) == (0, SCHEMA_VERSION)
+        (row,) = [r for r in labelled_predictions(store) if r.id == record.id]
+        assert (row.correct, row.n_feedback, row.input_sha256) == (True, 2, "ab" * 32)
+        assert row.created_at.utcoffset() is not None and row.created_at.utcoffset().total_seconds() == 0
