@@ -233,3 +233,31 @@ def test_a_missing_version_lists_the_versions(registry: Registry) -> None:
     name = _registered(registry, [_onnx_run(registry, ["a", "b"], "ds-1")])
     with pytest.raises(NotFoundError, match=rf"model '{name}' has no version 7; its versions are 1\."):
         resolve_model_ref(f"models:/{name}/7", registry.uri)
+
+
+def test_lineage_is_read_from_the_version_an_alias_resolves_to(registry: Registry, tmp_path: Path) -> None:
+    import json
+
+    from mlflow import MlflowClient
+
+    from radflow.pipeline.lineage import LINEAGE_ARTIFACT, show_lineage
+
+    first, second = _onnx_run(registry, ["a", "b"], "ds-1"), _onnx_run(registry, ["c", "d"], "ds-2")
+    client = MlflowClient(registry.uri)
+    record = tmp_path / "lineage.json"
+    record.write_text(json.dumps({"dataset": {"version": "ds-2"}}))
+    client.log_artifact(second, str(record), LINEAGE_ARTIFACT.rsplit("/", 1)[0])
+    name = _registered(registry, [first, second])
+    client.set_registered_model_alias(name, "champion", "2")
+
+    lineage = show_lineage(f"models:/{name}@champion", registry.uri)
+    assert (lineage["model"], lineage["asked"], lineage["aliases"]) == (
+        f"models:/{name}/2",
+        f"models:/{name}@champion",
+        ["champion"],
+    )
+    assert lineage["dataset"]["version"] == "ds-2"
+    with pytest.raises(NotFoundError, match=rf"models:/{name}/1 \(run {first}\) has no recorded lineage"):
+        show_lineage(f"models:/{name}/1", registry.uri)
+    with pytest.raises(NotFoundError, match="lineage is recorded for registered models"):
+        show_lineage(first, registry.uri)

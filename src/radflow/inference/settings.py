@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from radflow.config import DEFAULT_CONTENT_TYPES, ServeConfig, load_params
+from radflow.modelref import CHAMPION, model_uri
 
 __all__ = ["DEFAULT_CONTENT_TYPES", "ServeSettings"]
 
@@ -85,7 +86,7 @@ class ServeSettings(ServeConfig, BaseSettings):
         return (self.workspace or Path.cwd()).resolve()
 
     def resolved_model(self) -> str:
-        return self.model or f"models:/{self.model_name}@champion"
+        return self.model or model_uri(self.model_name, alias=CHAMPION)
 
     def resolved_tracking_uri(self) -> str | None:
         if self.tracking_uri:

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from radflow.errors import NotFoundError
 from radflow.inference.service import InferenceService
+from radflow.modelref import parse_model_ref
 from radflow.ui.summary import feedback_stats, metrics_snapshot, recent_predictions, registry_versions
 
 __all__ = ["STATIC_TYPES", "ui_router"]
@@ -110,7 +111,8 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
             s.workspace is not None
             or s.tracking_uri is not None
             or any(
-                (a or {}).get("uri", "").startswith("models:/") for a in (routing["champion"], routing["challenger"])
+                a is not None and parse_model_ref(a["uri"]).in_registry
+                for a in (routing["champion"], routing["challenger"])
             )
         )
         registry: dict[str, Any] | None = None
