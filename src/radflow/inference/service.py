@@ -35,9 +35,10 @@ from radflow.monitor.drift import DriftAlert, DriftThresholds, DriftTracker
 from radflow.monitor.reference import embedding_source, embeddings_from, fetch_reference, input_summary, load_reference
 from radflow.runtime import InvalidInputError
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
+from radflow.tasks import validate_feedback
 
 if TYPE_CHECKING:
-    from radflow.serve.store import Store
+    from radflow.store import Store
 
 __all__ = ["InferenceService", "PreparedImage", "preload"]
 
@@ -104,7 +105,7 @@ class InferenceService:
 
     async def start(self) -> None:
         """Open the store and load the models (in threads; the loop stays free)."""
-        from radflow.serve.store import Store
+        from radflow.store import Store
 
         s = self.settings
         self.store = await asyncio.to_thread(
@@ -241,7 +242,7 @@ class InferenceService:
         pixels: np.ndarray | None = None,
     ) -> Any:
         """What every door does after scoring one image: the prediction log, the score metrics, the drift window."""
-        from radflow.serve.store import PredictionRecord  # until the store leaves serve/ (no import cycle)
+        from radflow.store import PredictionRecord
 
         record = PredictionRecord(
             model_name=arm.name,
@@ -401,7 +402,7 @@ class InferenceService:
         return [by_name[n] for n in outputs]
 
     def _observe_scores(self, arm: ModelArm, arm_label: str, scores: np.ndarray) -> None:
-        if arm.model.meta.is_regression:
+        if arm.model.meta.kind.output == "value":
             self.metrics.values.labels(arm.name, arm.version, arm_label).observe(float(scores[0]))
             return
         for label, score in zip(arm.model.labels, scores, strict=False):
@@ -426,16 +427,7 @@ class InferenceService:
         if labels is None and value is None and correct is None:
             raise InvalidInputError("feedback needs at least one of 'labels', 'value' or 'correct'.")
         record = await asyncio.to_thread(store.get_prediction, prediction_id)
-        outputs = record.get("outputs") or {}
-        if labels is not None:
-            known = [f["label"] for f in outputs.get("findings") or []]
-            if not known:
-                raise InvalidInputError("this prediction is a regression value; send 'value', not 'labels'.")
-            unknown = sorted(set(labels) - set(known))
-            if unknown:
-                raise InvalidInputError(f"unknown labels {unknown}; the model predicts {', '.join(known)}.")
-        if value is not None and "prediction" not in outputs:
-            raise InvalidInputError("this prediction has findings; send per-label 'labels', not 'value'.")
+        validate_feedback(record.get("outputs") or {}, labels, value)
         saved: dict[str, Any] = await asyncio.to_thread(
             store.add_feedback, prediction_id, labels, value, correct, reader, comment
         )
@@ -591,7 +583,8 @@ class InferenceService:
         challenger out of traffic (the champion stays). Each action is recorded as an ``auto_rule``
         alert row.
         """
-        from radflow.monitor.online import AutoRule, decide, online_report
+        from radflow.monitor.autorule import AutoRule, decide
+        from radflow.monitor.online import online_report
 
         s = self.settings
         router = self.require_router()

@@ -11,10 +11,7 @@ Nothing on this module's import path imports torch: the serving process stays sm
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -22,9 +19,11 @@ import onnxruntime as ort
 from radflow.data.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels, to_model_input
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError, did_you_mean
+from radflow.hardware import available_cores
 from radflow.modelref import ACCEPTED_FORMS, ArtifactNotFoundError, RefKind, ResolvedModel, resolve_model_ref
 from radflow.runtime.cam import DEFAULT_ALPHA, DEFAULT_MAX_SIDE, encode_png, render_overlay
 from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
+from radflow.tasks import DEFAULT_THRESHOLD, Finding, Prediction
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -41,8 +40,6 @@ __all__ = [
     "to_model_size",
 ]
 
-DEFAULT_THRESHOLD = 0.5
-"""Decision threshold for labels the evaluation chose none for."""
 ONNX_ARTIFACT_DIR = "onnx"
 """Run artifact folder of exported models."""
 ONNX_TAG = "radflow.onnx"
@@ -59,50 +56,6 @@ class InvalidInputError(RadflowError):
 
 class MissingOnnxError(NotFoundError):
     """The run or registered version exists but has no exported ONNX model yet."""
-
-
-@dataclass
-class Finding:
-    """One label's probability and decision at the model's threshold."""
-
-    label: str
-    probability: float
-    positive: bool
-    threshold: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "probability": self.probability,
-            "positive": self.positive,
-            "threshold": self.threshold,
-        }
-
-
-@dataclass
-class Prediction:
-    """The answer for one image: findings (classification) or a value with its unit (regression)."""
-
-    findings: list[Finding] | None = None
-    value: float | None = None
-    unit: str | None = None
-
-    @property
-    def positives(self) -> list[str]:
-        return [f.label for f in self.findings or [] if f.positive]
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.findings is None:
-            return {"prediction": {"value": self.value, "unit": self.unit}}
-        return {"findings": [f.to_dict() for f in self.findings]}
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (respects affinity masks and container CPU sets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -293,17 +246,9 @@ class RadflowModel:
         return outs[0], outs[1] if len(outs) > 1 else None
 
     def to_prediction(self, scores: np.ndarray) -> Prediction:
-        """One image's output row as findings at the thresholds (argmax for multi-class) or a value."""
+        """One image's output row as the task kind encodes it: findings at the thresholds, or a value."""
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if self.meta.is_regression:
-            return Prediction(value=round(float(scores[0]), 4), unit=self.meta.target_unit)
-        top = int(np.argmax(scores))
-        findings = []
-        for i, label in enumerate(self.meta.labels):
-            threshold = self.thresholds[label]
-            positive = i == top if self.task == "multiclass" else bool(scores[i] >= threshold)
-            findings.append(Finding(label, round(float(scores[i]), 6), positive, threshold))
-        return Prediction(findings=findings)
+        return self.meta.kind.encode(scores, self.meta.labels, self.thresholds, self.meta.target_unit)
 
     def predict_batch(self, pixels: np.ndarray, extra: np.ndarray | None = None) -> list[Prediction]:
         """Predictions for a batch of ``uint8`` grey images ``(N, H, W)``."""
