@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from radflow.errors import RadflowError
@@ -77,7 +78,8 @@ def run_command(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except RadflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # Escaped: messages quote user input and URI forms such as runs:/ID[/ARTIFACT], not markup.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         raise typer.Exit(2) from None
 
 
