@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from radflow.evaluate import plots
-from radflow.evaluate.metrics import multilabel_metrics, regression_metrics
+from radflow.metrics.metrics import multilabel_metrics, regression_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""Evaluation: metrics with confidence intervals, calibration and subgroups; the report and its figures."""
+"""Evaluation reports: predict a split, write the JSON, figures and tables, log to MLflow (statistics: metrics/)."""
 
 from __future__ import annotations
 

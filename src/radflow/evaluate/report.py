@@ -2,7 +2,7 @@
 
 :func:`evaluate_checkpoint` predicts the split, chooses operating points on the validation split
 (so test metrics are not tuned on the test images), computes every metric of
-:mod:`radflow.evaluate.metrics` and, given ``out_dir``, writes ``evaluation.json`` and the figures.
+:mod:`radflow.metrics` and, given ``out_dir``, writes ``evaluation.json`` and the figures.
 :func:`evaluate_and_log` does that for the test split of a training run and logs it to MLflow:
 artifacts under ``evaluation/``, headline metrics (``test_macro_auroc``, ``test_auroc_<label>``,
 ``test_mae`` ...) that the registry gates read, and the checkpoint re-logged with its thresholds.
@@ -25,8 +25,8 @@ from rich.table import Table
 from radflow.config import EvaluateConfig
 from radflow.data.dataset import Dataset
 from radflow.errors import DataError
-from radflow.evaluate import metrics as M
 from radflow.evaluate import plots
+from radflow.metrics import metrics as M
 from radflow.registry import EVAL_DATASET_TAG, EVAL_SPLIT_TAG
 from radflow.tasks import metric_key
 

@@ -167,7 +167,7 @@ def measure_latency(
 
 def validation_metric(path: Path, ds: Dataset, split: str = "val") -> tuple[str, float | None]:
     """("macro_auroc" | "mae", value) of the ONNX model at ``path`` on ``split`` of ``ds``."""
-    from radflow.evaluate.metrics import multiclass_metrics, multilabel_metrics, regression_metrics
+    from radflow.metrics.metrics import multiclass_metrics, multilabel_metrics, regression_metrics
 
     model = RadflowModel.load(path)
     scores = score_dataset(model, ds, split, batch_size=32)[model.labels].to_numpy()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from radflow.evaluate.metrics import bootstrap_weights, percentile_ci, weighted_auroc
+from radflow.metrics.metrics import bootstrap_weights, percentile_ci, weighted_auroc
 from radflow.monitor.online_metrics import Scores, abs_errors, mean_samples, rounded, scores, task_of
 from radflow.store import LabelledPrediction, ModelKey
 

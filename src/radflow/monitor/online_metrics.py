@@ -1,6 +1,6 @@
 """Online metrics of one model version from its feedback-labelled predictions, with bootstrap CIs.
 
-The metrics come from :mod:`radflow.evaluate.metrics`, so an online AUROC is computed exactly as the
+The metrics come from :mod:`radflow.metrics.metrics`, so an online AUROC is computed exactly as the
 offline test AUROC is; confidence intervals are percentile bootstraps over predictions. The array
 helpers here are shared with the champion/challenger comparison (:mod:`radflow.monitor.comparison`).
 """
@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from radflow.evaluate.metrics import (
+from radflow.metrics.metrics import (
     binary_at_threshold,
     bootstrap_weights,
     multilabel_metrics,

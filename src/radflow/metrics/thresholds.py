@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from radflow.evaluate.bootstrap import json_float
+from radflow.metrics.bootstrap import json_float
 
 __all__ = ["ThresholdMethod", "binary_at_threshold", "choose_threshold", "choose_thresholds", "single_class_reason"]
 

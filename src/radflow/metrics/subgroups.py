@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from radflow.evaluate.bootstrap import json_float
-from radflow.evaluate.thresholds import single_class_reason
+from radflow.metrics.bootstrap import json_float
+from radflow.metrics.thresholds import single_class_reason
 
 __all__ = ["assign_bands", "band_names", "subgroup_metrics"]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from radflow.evaluate.metrics import (
+from radflow.metrics.metrics import (
     binary_at_threshold,
     choose_threshold,
     choose_thresholds,

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from radflow.evaluate.bootstrap import json_float
+from radflow.metrics.bootstrap import json_float
 
 __all__ = ["expected_calibration_error", "reliability_curve"]
 

@@ -1,8 +1,8 @@
 """Evaluation metrics of each task as pure array functions: no torch, no MLflow, no files.
 
-The pieces they share live beside them: :mod:`~radflow.evaluate.bootstrap` (confidence intervals),
-:mod:`~radflow.evaluate.thresholds` (operating points), :mod:`~radflow.evaluate.calibration` and
-:mod:`~radflow.evaluate.subgroups`; their public names are importable from here too.
+The pieces they share live beside them: :mod:`~radflow.metrics.bootstrap` (confidence intervals),
+:mod:`~radflow.metrics.thresholds` (operating points), :mod:`~radflow.metrics.calibration` and
+:mod:`~radflow.metrics.subgroups`; their public names are importable from here too.
 
 Every function takes labels and scores as NumPy arrays and returns JSON-ready dicts (floats or
 ``None``), so the report, the registry gates and the tests share one implementation.
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from radflow.evaluate.bootstrap import bootstrap_weights, json_float, percentile_ci, weighted_auroc
-from radflow.evaluate.calibration import expected_calibration_error, reliability_curve
-from radflow.evaluate.subgroups import assign_bands, band_names, subgroup_metrics
-from radflow.evaluate.thresholds import (
+from radflow.metrics.bootstrap import bootstrap_weights, json_float, percentile_ci, weighted_auroc
+from radflow.metrics.calibration import expected_calibration_error, reliability_curve
+from radflow.metrics.subgroups import assign_bands, band_names, subgroup_metrics
+from radflow.metrics.thresholds import (
     ThresholdMethod,
     binary_at_threshold,
     choose_threshold,
