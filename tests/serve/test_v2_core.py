@@ -13,6 +13,7 @@ from radflow.data.decode import decode_image
 from radflow.data.preprocess import PreprocessSpec, from_model_input, to_model_input
 from radflow.inference import ServeSettings
 from radflow.runtime import RadflowModel
+from radflow.runtime.cam import to_grey8
 from tests.serve.harness import AppHarness, metric_value
 
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -83,7 +84,7 @@ def test_a_v2_request_is_logged_metered_and_monitored(app: AppHarness, onnx_pair
     # its input is stored as the image it came from, so readers can see it and give feedback on it
     path = store.input_path(rows[0]["input_sha256"])
     assert path.is_file()
-    restored = decode_image(path.read_bytes(), name=str(path)).pixels
+    restored = to_grey8(decode_image(path.read_bytes(), name=str(path)).pixels)
     assert any(np.array_equal(restored, p) for p in pixels)
 
     # /metrics by model and version, under the arm that answered
