@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
-from radflow.store import Store
 from radflow.sim.drift import parse_drift
 from radflow.sim.simulator import start_background
+from radflow.store import Store
 from tests.fixtures import make_dataset
 from tests.serve.models import make_onnx
 from tests.serve.server import ServerProcess

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import httpx
 
 from radflow.inference import ServeSettings
-from radflow.serve import create_app
 from radflow.inference.service import InferenceService
+from radflow.serve import create_app
 
 __all__ = ["AppHarness", "metric_value"]
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from radflow.inference import ServeSettings
 from radflow.registry import promote
 from radflow.runtime import ONNX_TAG
-from radflow.inference import ServeSettings
 from tests.serve.harness import AppHarness
 from tests.serve.models import png_bytes
 

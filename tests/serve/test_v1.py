@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radflow.runtime import RadflowModel
 from radflow.inference import ServeSettings
+from radflow.runtime import RadflowModel
 from tests.serve.harness import AppHarness, metric_value
 from tests.serve.models import jpeg_bytes, png_bytes
 

@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from radflow.inference import ServeSettings
-from radflow.serve import create_app
 from radflow.inference.service import InferenceService
+from radflow.serve import create_app
 from tests.serve.server import free_port, wait_ready
 
 __all__ = ["UiServer", "ui_app"]
