@@ -13,4 +13,6 @@ def test_serve_reports_a_missing_workspace_or_model(tmp_path: Path) -> None:
     missing = CliRunner().invoke(app, ["serve", "--workspace", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "radflow init" in " ".join(missing.output.split())
     bad = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "model.onnx"), "--port", "1"])
-    assert bad.exit_code == 2 and "is not an ONNX file" in " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "model.onnx' is not a file; give a checkpoint or ONNX file" in " ".join(
+        bad.output.split()
+    )
