@@ -1,8 +1,10 @@
 """The evaluation report: a checkpoint + a dataset split -> one JSON document, PNG figures and a table.
 
-:func:`evaluate_checkpoint` predicts the split, chooses operating points on the validation split
-(so test metrics are not tuned on the test images), computes every metric of
-:mod:`radflow.metrics` and, given ``out_dir``, writes ``evaluation.json`` and the figures.
+:func:`evaluate_checkpoint` predicts the split and hands it to the task kind, which computes its
+metrics (with :mod:`radflow.metrics`; a classification kind chooses its operating points on the
+validation split, so test metrics are not tuned on the test images), names its headline numbers
+and describes its figures and tables; given ``out_dir``, the report writes ``evaluation.json`` and
+draws the figures.
 :func:`evaluate_and_log` does that for the test split of a training run and logs it to MLflow:
 artifacts under ``evaluation/``, headline metrics (``test_macro_auroc``, ``test_auroc_<label>``,
 ``test_mae`` ...) that the registry gates read, and the checkpoint re-logged with its thresholds.
@@ -14,6 +16,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +29,9 @@ from radflow.config import EvaluateConfig
 from radflow.data.dataset import Dataset
 from radflow.errors import DataError
 from radflow.evaluate import plots
-from radflow.metrics import metrics as M
 from radflow.registry import EVAL_DATASET_TAG, EVAL_SPLIT_TAG
-from radflow.tasks import metric_key
+from radflow.tasks import TaskKind, get_task, metric_key
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable
 
 if TYPE_CHECKING:
     from radflow.train.loop import TrainResult
@@ -70,11 +73,12 @@ def _check_compatible(ds: Dataset, meta: Any, dataset: Path) -> None:
         )
 
 
-def _age_bands(params: EvaluateConfig, task: str) -> list[float]:
-    # One config field serves both tasks; when the user did not set it, regression (bone age, months)
-    # gets month bands instead of the chest default in years.
-    if task == "regression" and "age_bands" not in params.model_fields_set:
-        return list(M.REGRESSION_AGE_BANDS)
+def _age_bands(params: EvaluateConfig, kind: TaskKind) -> list[float]:
+    # One config field serves every task; when the user did not set it, a kind may bring its own
+    # (bone age in months instead of the chest default in years).
+    default = kind.default_age_bands()
+    if default is not None and "age_bands" not in params.model_fields_set:
+        return default
     return list(params.age_bands)
 
 
@@ -84,146 +88,18 @@ def _predict(model: Any, meta: Any, ds: Dataset, split: str, device: str, batch_
     return np.asarray(predict_dataset(model, meta, ds, split, batch_size=batch_size, device=device), dtype=np.float64)
 
 
-def _multilabel(
-    ds: Dataset,
-    meta: Any,
-    model: Any,
-    split: str,
-    rows: np.ndarray,
-    scores: np.ndarray,
-    targets: np.ndarray,
-    params: EvaluateConfig,
-    device: str,
-    batch_size: int,
-    warnings: list[str],
-) -> dict[str, Any]:
-    labels = list(meta.labels)
-    val_rows = ds.indices("val")
-    if len(val_rows):
-        val_scores = scores if split == "val" else _predict(model, meta, ds, "val", device, batch_size)
-        val_targets = ds.manifest[labels].to_numpy(dtype=np.float64)[val_rows]
-        per_label = M.choose_thresholds(
-            val_targets, val_scores, labels, params.threshold_method, params.target_sensitivity, meta.thresholds
-        )
-        chosen_on = "val"
-        if split == "val":
-            warnings.append("thresholds were chosen on the split being evaluated (val); binary metrics are optimistic.")
-    else:
-        stored = meta.thresholds or {}
-        per_label = {
-            label: {
-                "threshold": float(stored.get(label, 0.5)),
-                "source": "checkpoint" if label in stored else "default 0.5",
-            }
-            for label in labels
-        }
-        chosen_on = "checkpoint" if stored else "default"
-        warnings.append("the dataset has no val split; thresholds come from the checkpoint (or 0.5).")
-    thresholds = {label: float(entry["threshold"]) for label, entry in per_label.items()}
-    result = M.multilabel_metrics(
-        targets,
-        scores,
-        labels,
-        thresholds,
-        n_bootstrap=params.n_bootstrap,
-        ci=params.ci,
-        calibration_bins=params.calibration_bins,
-    )
-    for label, entry in result["per_label"].items():
-        if entry["reason"]:
-            warnings.append(f"{label}: {entry['reason']}.")
-    calibration = result.pop("calibration")
-    return {
-        "thresholds": {
-            "method": params.threshold_method,
-            "target_sensitivity": params.target_sensitivity if params.threshold_method == "sensitivity" else None,
-            "chosen_on": chosen_on,
-            "per_label": per_label,
-        },
-        "metrics": result,
-        "calibration": calibration,
-        "subgroups": M.subgroup_metrics(
-            targets, scores, labels, ds.manifest.iloc[rows], _age_bands(params, "multilabel")
-        ),
-    }
+_PLOTS: dict[str, Callable[..., Path]] = {
+    "roc": plots.roc_curves,
+    "pr": plots.pr_curves,
+    "reliability": plots.reliability_diagram,
+    "confusion": plots.confusion_matrices,
+    "scatter": plots.regression_scatter,
+    "error_by_band": plots.regression_error_by_band,
+}
 
 
-def _headline(task: str, split: str, body: dict[str, Any]) -> dict[str, float | None]:
-    """Flat ``{split}_<metric>`` numbers logged to MLflow and read by the registry gates."""
-    m = body["metrics"]
-    out: dict[str, float | None] = {}
-    if task == "regression":
-        out.update(mae=m["mae"], rmse=m["rmse"], bias=m["bias"])
-        if m.get("mae_ci"):
-            out.update(mae_ci_low=m["mae_ci"][0], mae_ci_high=m["mae_ci"][1])
-        for band, entry in m["by_band"].items():
-            out[f"mae_{metric_key(band)}"] = entry["mae"]
-    else:
-        per = m["per_label"] if task == "multilabel" else m["per_class"]
-        out.update(macro_auroc=m["macro"]["auroc"], macro_auprc=m["macro"]["auprc"])
-        if m["macro"].get("auroc_ci"):
-            out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
-        if task == "multilabel":
-            out.update(micro_auroc=m["micro"]["auroc"], ece=body["calibration"]["ece_pooled"])
-        else:
-            out["accuracy"] = m["accuracy"]
-        for label, entry in per.items():
-            key = metric_key(label)
-            out[f"auroc_{key}"] = entry["auroc"]
-            out[f"auprc_{key}"] = entry["auprc"]
-            if task == "multilabel":
-                out[f"sensitivity_{key}"] = entry.get("sensitivity")
-                out[f"specificity_{key}"] = entry.get("specificity")
-    return {f"{split}_{k}": v for k, v in out.items()}
-
-
-def _write_plots(
-    task: str,
-    labels: list[str],
-    targets: np.ndarray,
-    scores: np.ndarray,
-    body: dict[str, Any],
-    out_dir: Path,
-    unit: str | None,
-) -> list[str]:
-    written: list[Path] = []
-    m = body["metrics"]
-    if task == "regression":
-        written.append(plots.regression_scatter(targets[:, 0], scores[:, 0], out_dir / "scatter.png", unit))
-        written.append(plots.regression_error_by_band(m["by_band"], out_dir / "error_by_band.png", unit))
-        return [p.name for p in written]
-    if task == "multilabel":
-        per = m["per_label"]
-        y = targets
-        matrices = {
-            f"{label} @ {entry['threshold']:.3g}": [
-                [entry["confusion"]["tn"], entry["confusion"]["fp"]],
-                [entry["confusion"]["fn"], entry["confusion"]["tp"]],
-            ]
-            for label, entry in per.items()
-            if entry.get("confusion")
-        }
-        written.append(plots.confusion_matrices(matrices, out_dir / "confusion.png"))
-        calibration = body["calibration"]
-        curves = {"all labels": calibration["pooled"]}
-        eces = {"all labels": calibration["ece_pooled"], **{label: per[label]["ece"] for label in labels}}
-        if len(labels) <= 6:
-            curves.update(calibration["per_label"])
-    else:
-        per = m["per_class"]
-        y = np.full(scores.shape, np.nan)
-        ok = ~np.isnan(targets).any(axis=1)
-        y[ok] = targets[ok]
-        written.append(
-            plots.confusion_matrices({"classes (arg-max)": m["confusion"]}, out_dir / "confusion.png", labels)
-        )
-        calibration = m["calibration"]
-        curves = dict(calibration["per_label"])
-        eces = {}
-    written.append(plots.roc_curves(y, scores, labels, {k: v["auroc"] for k, v in per.items()}, out_dir / "roc.png"))
-    written.append(plots.pr_curves(y, scores, labels, {k: v["auprc"] for k, v in per.items()}, out_dir / "pr.png"))
-    written.append(plots.reliability_diagram(curves, eces, out_dir / "calibration.png"))
-    return [p.name for p in written]
+def _write_plots(figures: list[Figure], out_dir: Path) -> list[str]:
+    return [_PLOTS[f.plot](**f.args, path=out_dir / f.file).name for f in figures]
 
 
 def evaluate_checkpoint(
@@ -260,26 +136,33 @@ def evaluate_checkpoint(
             f"the model was trained on dataset version {meta.dataset_version}; this is version {ds.version}."
         )
 
-    body: dict[str, Any]
-    if meta.task == "multilabel":
-        body = _multilabel(ds, meta, model, split, rows, scores, targets, params, device, batch_size, warnings)
-    elif meta.task == "multiclass":
-        mc = M.multiclass_metrics(targets, scores, labels, n_bootstrap=params.n_bootstrap, ci=params.ci)
-        body = {"metrics": mc}
-        dropped = len(rows) - mc["n"]
-        if dropped:
-            warnings.append(f"{dropped} image(s) without exactly one known class were left out.")
-    else:
-        sex = ds.manifest["sex"].fillna("").astype(str).to_numpy()[rows] if "sex" in ds.manifest else None
-        reg = M.regression_metrics(
-            targets[:, 0],
-            scores[:, 0],
-            _age_bands(params, "regression"),
-            n_bootstrap=params.n_bootstrap,
-            ci=params.ci,
-            sex=sex,
-        )
-        body = {"metrics": reg, "unit": meta.target_unit}
+    kind = get_task(meta.task)
+
+    def val() -> tuple[np.ndarray, np.ndarray] | None:
+        val_rows = ds.indices("val")
+        if not len(val_rows):
+            return None
+        val_scores = scores if split == "val" else _predict(model, meta, ds, "val", device, batch_size)
+        return ds.manifest[labels].to_numpy(dtype=np.float64)[val_rows], val_scores
+
+    data = EvalData(
+        labels=labels,
+        split=split,
+        targets=targets,
+        scores=scores,
+        manifest=ds.manifest.iloc[rows],
+        val=val,
+        stored_thresholds=meta.thresholds,
+        unit=meta.target_unit,
+        n_bootstrap=params.n_bootstrap,
+        ci=params.ci,
+        calibration_bins=params.calibration_bins,
+        threshold_method=params.threshold_method,
+        target_sensitivity=params.target_sensitivity,
+        age_bands=_age_bands(params, kind),
+        warnings=warnings,
+    )
+    body = kind.evaluate(data)
 
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -299,13 +182,14 @@ def evaluate_checkpoint(
         "config": params.model_dump(mode="json"),
         **body,
     }
-    result["headline"] = _headline(meta.task, split, result)
+    # Flat ``{split}_<metric>`` numbers logged to MLflow and read by the registry gates.
+    result["headline"] = {f"{split}_{k}": v for k, v in kind.headline(result).items()}
     result["warnings"] = warnings
     result["plots"] = []
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        result["plots"] = _write_plots(meta.task, labels, targets, scores, result, out_dir, meta.target_unit)
+        result["plots"] = _write_plots(kind.figures(labels, targets, scores, result), out_dir)
     result["seconds"] = round(time.perf_counter() - started, 3)
     if out_dir is not None:
         (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -373,19 +257,14 @@ def evaluate_training(result: TrainResult, dataset: Path, params: EvaluateConfig
 # Printing
 
 
-def _f(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _auroc_cell(entry: dict[str, Any]) -> str:
-    if entry.get("auroc") is None:
-        return "n/a"
-    ci = entry.get("auroc_ci")
-    return f"{entry['auroc']:.3f} [{_f(ci[0])}-{_f(ci[1])}]" if ci else f"{entry['auroc']:.3f}"
+def _table(spec: ReportTable) -> Table:
+    table = Table(*spec.columns, title=spec.title)
+    for i, rows in enumerate(spec.sections):
+        if i:
+            table.add_section()
+        for row in rows:
+            table.add_row(*row)
+    return table
 
 
 def render_evaluation(result: dict[str, Any], console: Console | None = None) -> None:
@@ -396,90 +275,8 @@ def render_evaluation(result: dict[str, Any], console: Console | None = None) ->
         f"[bold]{result['task']} evaluation[/] · split {result['split']} · n {result['n']} · "
         f"dataset {ds['version']} · model {result['model']['arch']} (epoch {result['model']['epoch']})"
     )
-    m = result["metrics"]
-    ci_pct = f"{result['config']['ci']:.0%}"
-    if result["task"] == "regression":
-        unit = f" {result['unit']}" if result.get("unit") else ""
-        ci = m.get("mae_ci")
-        ci_text = f" [{_f(ci[0], 2)}-{_f(ci[1], 2)}]" if ci else ""
-        console.print(
-            f"MAE {_f(m['mae'], 2)}{unit}{ci_text} · RMSE {_f(m['rmse'], 2)} · bias {_f(m['bias'], 2)} · "
-            f"target sd {_f(m.get('target_std'), 2)}"
-        )
-        table = Table("band", "n", "MAE", "bias", title="error by band of the true value")
-        for band, entry in m["by_band"].items():
-            table.add_row(band, str(entry["n"]), _f(entry["mae"], 2), _f(entry["bias"], 2))
-        console.print(table)
-    elif result["task"] == "multiclass":
-        console.print(f"accuracy {_pct(m['accuracy'])} · macro AUROC {_auroc_cell(m['macro'])}")
-        table = Table("class", "n", "prevalence", f"AUROC [{ci_pct} CI]", "AUPRC", "sens", "PPV")
-        for label, e in m["per_class"].items():
-            table.add_row(
-                label,
-                str(e["n"]),
-                _pct(e["prevalence"]),
-                _auroc_cell(e),
-                _f(e["auprc"]),
-                _f(e["sensitivity"]),
-                _f(e["ppv"]),
-            )
-        console.print(table)
-    else:
-        how = result["thresholds"]
-        table = Table(
-            "label",
-            "n",
-            "prevalence",
-            f"AUROC [{ci_pct} CI]",
-            "AUPRC",
-            "sens",
-            "spec",
-            "threshold",
-            title=f"thresholds: {how['method']} on {how['chosen_on']}",
-        )
-        for label, e in m["per_label"].items():
-            table.add_row(
-                label,
-                str(e["n"]),
-                _pct(e["prevalence"]),
-                _auroc_cell(e),
-                _f(e["auprc"]),
-                _f(e.get("sensitivity")),
-                _f(e.get("specificity")),
-                _f(e.get("threshold")),
-            )
-        table.add_section()
-        macro, micro = m["macro"], m["micro"]
-        table.add_row(
-            "macro",
-            "",
-            "",
-            _auroc_cell(macro),
-            _f(macro["auprc"]),
-            _f(macro["sensitivity"]),
-            _f(macro["specificity"]),
-            "",
-        )
-        table.add_row(
-            "micro",
-            str(micro["n"]),
-            "",
-            _auroc_cell(micro),
-            _f(micro["auprc"]),
-            _f(micro.get("sensitivity")),
-            _f(micro.get("specificity")),
-            "",
-        )
-        console.print(table)
-        console.print(
-            f"calibration: ECE {_f(result['calibration']['ece_pooled'])} ({result['calibration']['bins']} bins)"
-        )
-        if result.get("subgroups"):
-            sub = Table("subgroup", "value", "n", "macro AUROC", title="subgroups")
-            for grouping, groups in result["subgroups"].items():
-                for value, entry in groups.items():
-                    sub.add_row(grouping, value, str(entry["n"]), _f(entry["macro_auroc"]))
-            console.print(sub)
+    for block in get_task(result["task"]).summary(result):
+        console.print(_table(block) if isinstance(block, ReportTable) else block)
     for warning in result.get("warnings", []):
         console.print(f"[yellow]note:[/] {warning}", highlight=False)
     if result.get("plots"):

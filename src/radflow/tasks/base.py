@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from radflow.errors import RadflowError
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable
 
 if TYPE_CHECKING:
     import torch
@@ -173,6 +174,36 @@ class TaskKind:
 
     def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Validation metrics (``val_...``) of activated predictions against targets in user units."""
+        raise NotImplementedError
+
+    # -- evaluation (scikit-learn is imported inside these hooks, through radflow.metrics) ------
+
+    def default_age_bands(self) -> list[float] | None:
+        """Age bands (in the ``age`` column's unit) that replace ``evaluate.age_bands`` when the user set none."""
+        return None
+
+    def evaluate(self, data: EvalData) -> dict[str, Any]:
+        """The report's metrics body for one split (``metrics`` and what else the kind reports).
+
+        Notes about the evaluation go to ``data.warnings``.
+        """
+        raise NotImplementedError
+
+    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        """Flat headline numbers of an evaluation, unprefixed (``macro_auroc``, ``mae`` ...).
+
+        Logged to MLflow as ``test_<name>``; the registry gates read those named in :attr:`gate_metrics`.
+        """
+        raise NotImplementedError
+
+    def figures(
+        self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
+    ) -> list[Figure]:
+        """The report's figures, in the order they are written."""
+        raise NotImplementedError
+
+    def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
+        """What the printed report shows below its title line: lines and tables, in order."""
         raise NotImplementedError
 
     # -- serving ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from radflow.tasks.base import InvalidFeedbackError, TaskKind, metric_key
+from radflow.tasks.evaluation import Figure
 
 __all__ = ["ClassificationKind"]
 
@@ -48,6 +49,24 @@ class ClassificationKind(TaskKind):
                 out[f"val_auroc_{metric_key(label)}"] = auc
         out["val_macro_auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
         return out
+
+    def curve_figures(
+        self,
+        labels: Sequence[str],
+        y: np.ndarray,
+        scores: np.ndarray,
+        per_label: Mapping[str, Mapping[str, Any]],
+        curves: dict[str, Any],
+        eces: dict[str, Any],
+    ) -> list[Figure]:
+        """ROC and PR curves per label and the reliability diagram, the figures every classification report has."""
+        aurocs = {label: entry["auroc"] for label, entry in per_label.items()}
+        auprcs = {label: entry["auprc"] for label, entry in per_label.items()}
+        return [
+            Figure("roc", "roc.png", {"y_true": y, "y_score": scores, "labels": list(labels), "aurocs": aurocs}),
+            Figure("pr", "pr.png", {"y_true": y, "y_score": scores, "labels": list(labels), "auprcs": auprcs}),
+            Figure("reliability", "calibration.png", {"curves": curves, "eces": eces}),
+        ]
 
     def validate_feedback(
         self, outputs: Mapping[str, Any], labels: Mapping[str, int] | None, value: float | None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from radflow.errors import DataError
-from radflow.tasks.base import Finding, LabelSchema, LossFn, Prediction
+from radflow.tasks.base import Finding, LabelSchema, LossFn, Prediction, metric_key
 from radflow.tasks.classification import ClassificationKind
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable, auroc_cell, fmt, pct
 from radflow.tasks.registry import register_task
 
 if TYPE_CHECKING:
@@ -67,3 +68,57 @@ class Multiclass(ClassificationKind):
             Finding(label, round(float(scores[i]), 6), i == top, thresholds[label]) for i, label in enumerate(labels)
         ]
         return Prediction(findings=findings)
+
+    def evaluate(self, data: EvalData) -> dict[str, Any]:
+        """Accuracy, the confusion matrix and per-class metrics over the images with exactly one known class."""
+        from radflow.metrics import metrics as M
+
+        mc = M.multiclass_metrics(data.targets, data.scores, data.labels, n_bootstrap=data.n_bootstrap, ci=data.ci)
+        dropped = len(data.targets) - mc["n"]
+        if dropped:
+            data.warnings.append(f"{dropped} image(s) without exactly one known class were left out.")
+        return {"metrics": mc}
+
+    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        m = result["metrics"]
+        out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}
+        if m["macro"].get("auroc_ci"):
+            out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
+        out["accuracy"] = m["accuracy"]
+        for label, entry in m["per_class"].items():
+            key = metric_key(label)
+            out[f"auroc_{key}"] = entry["auroc"]
+            out[f"auprc_{key}"] = entry["auprc"]
+        return out
+
+    def figures(
+        self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
+    ) -> list[Figure]:
+        m = result["metrics"]
+        # The curves are drawn over the rows the metrics counted: those with a known class.
+        y = np.full(scores.shape, np.nan)
+        ok = ~np.isnan(targets).any(axis=1)
+        y[ok] = targets[ok]
+        confusion = Figure(
+            "confusion", "confusion.png", {"matrices": {"classes (arg-max)": m["confusion"]}, "names": list(labels)}
+        )
+        curves = dict(m["calibration"]["per_label"])
+        return [confusion, *self.curve_figures(labels, y, scores, m["per_class"], curves, {})]
+
+    def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
+        m = result["metrics"]
+        ci_pct = f"{result['config']['ci']:.0%}"
+        rows = [
+            [
+                label,
+                str(e["n"]),
+                pct(e["prevalence"]),
+                auroc_cell(e),
+                fmt(e["auprc"]),
+                fmt(e["sensitivity"]),
+                fmt(e["ppv"]),
+            ]
+            for label, e in m["per_class"].items()
+        ]
+        columns = ["class", "n", "prevalence", f"AUROC [{ci_pct} CI]", "AUPRC", "sens", "PPV"]
+        return [f"accuracy {pct(m['accuracy'])} · macro AUROC {auroc_cell(m['macro'])}", ReportTable(columns, [rows])]

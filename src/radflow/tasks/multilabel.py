@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from radflow.tasks.base import Finding, LabelSchema, LossFn, Prediction
+from radflow.tasks.base import DEFAULT_THRESHOLD, Finding, LabelSchema, LossFn, Prediction, metric_key
 from radflow.tasks.classification import ClassificationKind
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable, auroc_cell, fmt, pct
 from radflow.tasks.registry import register_task
 
 if TYPE_CHECKING:
@@ -54,3 +55,155 @@ class Multilabel(ClassificationKind):
             for i, label in enumerate(labels)
         ]
         return Prediction(findings=findings)
+
+    def evaluate(self, data: EvalData) -> dict[str, Any]:
+        """Per-finding metrics at operating points chosen on the val split, calibration and subgroups.
+
+        Thresholds come from the val split so test metrics are not tuned on the test images; without
+        a val split they come from the checkpoint (or the default).
+        """
+        from radflow.metrics import metrics as M
+
+        labels = data.labels
+        val = data.val()
+        if val is not None:
+            val_targets, val_scores = val
+            per_label = M.choose_thresholds(
+                val_targets,
+                val_scores,
+                labels,
+                data.threshold_method,
+                data.target_sensitivity,
+                dict(data.stored_thresholds) if data.stored_thresholds is not None else None,
+            )
+            chosen_on = "val"
+            if data.split == "val":
+                data.warnings.append(
+                    "thresholds were chosen on the split being evaluated (val); binary metrics are optimistic."
+                )
+        else:
+            stored = data.stored_thresholds or {}
+            per_label = {
+                label: {
+                    "threshold": float(stored.get(label, DEFAULT_THRESHOLD)),
+                    "source": "checkpoint" if label in stored else f"default {DEFAULT_THRESHOLD}",
+                }
+                for label in labels
+            }
+            chosen_on = "checkpoint" if stored else "default"
+            data.warnings.append("the dataset has no val split; thresholds come from the checkpoint (or 0.5).")
+        thresholds = {label: float(entry["threshold"]) for label, entry in per_label.items()}
+        result = M.multilabel_metrics(
+            data.targets,
+            data.scores,
+            labels,
+            thresholds,
+            n_bootstrap=data.n_bootstrap,
+            ci=data.ci,
+            calibration_bins=data.calibration_bins,
+        )
+        for label, entry in result["per_label"].items():
+            if entry["reason"]:
+                data.warnings.append(f"{label}: {entry['reason']}.")
+        calibration = result.pop("calibration")
+        return {
+            "thresholds": {
+                "method": data.threshold_method,
+                "target_sensitivity": data.target_sensitivity if data.threshold_method == "sensitivity" else None,
+                "chosen_on": chosen_on,
+                "per_label": per_label,
+            },
+            "metrics": result,
+            "calibration": calibration,
+            "subgroups": M.subgroup_metrics(data.targets, data.scores, labels, data.manifest, data.age_bands),
+        }
+
+    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        m = result["metrics"]
+        out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}
+        if m["macro"].get("auroc_ci"):
+            out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
+        out.update(micro_auroc=m["micro"]["auroc"], ece=result["calibration"]["ece_pooled"])
+        for label, entry in m["per_label"].items():
+            key = metric_key(label)
+            out[f"auroc_{key}"] = entry["auroc"]
+            out[f"auprc_{key}"] = entry["auprc"]
+            out[f"sensitivity_{key}"] = entry.get("sensitivity")
+            out[f"specificity_{key}"] = entry.get("specificity")
+        return out
+
+    def figures(
+        self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
+    ) -> list[Figure]:
+        per = result["metrics"]["per_label"]
+        matrices = {
+            f"{label} @ {entry['threshold']:.3g}": [
+                [entry["confusion"]["tn"], entry["confusion"]["fp"]],
+                [entry["confusion"]["fn"], entry["confusion"]["tp"]],
+            ]
+            for label, entry in per.items()
+            if entry.get("confusion")
+        }
+        calibration = result["calibration"]
+        curves = {"all labels": calibration["pooled"]}
+        eces = {"all labels": calibration["ece_pooled"], **{label: per[label]["ece"] for label in labels}}
+        if len(labels) <= 6:
+            curves.update(calibration["per_label"])
+        return [
+            Figure("confusion", "confusion.png", {"matrices": matrices}),
+            *self.curve_figures(labels, targets, scores, per, curves, eces),
+        ]
+
+    def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
+        m = result["metrics"]
+        how = result["thresholds"]
+        ci_pct = f"{result['config']['ci']:.0%}"
+        rows = [
+            [
+                label,
+                str(e["n"]),
+                pct(e["prevalence"]),
+                auroc_cell(e),
+                fmt(e["auprc"]),
+                fmt(e.get("sensitivity")),
+                fmt(e.get("specificity")),
+                fmt(e.get("threshold")),
+            ]
+            for label, e in m["per_label"].items()
+        ]
+        macro, micro = m["macro"], m["micro"]
+        pooled = [
+            [
+                "macro",
+                "",
+                "",
+                auroc_cell(macro),
+                fmt(macro["auprc"]),
+                fmt(macro["sensitivity"]),
+                fmt(macro["specificity"]),
+                "",
+            ],
+            [
+                "micro",
+                str(micro["n"]),
+                "",
+                auroc_cell(micro),
+                fmt(micro["auprc"]),
+                fmt(micro.get("sensitivity")),
+                fmt(micro.get("specificity")),
+                "",
+            ],
+        ]
+        columns = ["label", "n", "prevalence", f"AUROC [{ci_pct} CI]", "AUPRC", "sens", "spec", "threshold"]
+        out: list[str | ReportTable] = [
+            ReportTable(columns, [rows, pooled], title=f"thresholds: {how['method']} on {how['chosen_on']}"),
+            f"calibration: ECE {fmt(result['calibration']['ece_pooled'])} ({result['calibration']['bins']} bins)",
+        ]
+        if result.get("subgroups"):
+            sub = [
+                [grouping, value, str(entry["n"]), fmt(entry["macro_auroc"])]
+                for grouping, groups in result["subgroups"].items()
+                for value, entry in groups.items()
+            ]
+            out.append(ReportTable(["subgroup", "value", "n", "macro AUROC"], [sub], title="subgroups"))
+        return out
