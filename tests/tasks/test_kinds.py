@@ -151,6 +151,9 @@ def test_kind_evaluates_a_split_into_its_gate_metrics_figures_and_tables(name: s
         names = [gate.replace("<label>", metric_key(label)) for label in data.labels] if "<label>" in gate else [gate]
         for metric in names:
             assert np.isfinite(headline[metric]), metric
+    # INT8 is judged against FP32 on the number the report headlines.
+    name, value = kind.quality_metric(data.labels, data.scores, data.targets)
+    assert headline[f"test_{name}"] == value
     figures = kind.figures(data.labels, data.targets, data.scores, result)
     assert figures and {f.plot for f in figures} <= set(typing.get_args(PlotKind))
     assert len({f.file for f in figures}) == len(figures)

@@ -166,18 +166,11 @@ def measure_latency(
 
 
 def validation_metric(path: Path, ds: Dataset, split: str = "val") -> tuple[str, float | None]:
-    """("macro_auroc" | "mae", value) of the ONNX model at ``path`` on ``split`` of ``ds``."""
-    from radflow.metrics.metrics import multiclass_metrics, multilabel_metrics, regression_metrics
-
+    """("macro_auroc" | "mae", value) of the ONNX model at ``path`` on ``split`` of ``ds``, as its kind scores it."""
     model = RadflowModel.load(path)
     scores = score_dataset(model, ds, split, batch_size=32)[model.labels].to_numpy()
     truth = ds.targets(ds.indices(split))
-    if model.task == "regression":
-        mae = regression_metrics(truth[:, 0], scores[:, 0], n_bootstrap=0)["mae"]
-        return "mae", mae
-    if model.task == "multiclass":
-        return "macro_auroc", multiclass_metrics(truth, scores, model.labels, n_bootstrap=0)["macro"]["auroc"]
-    return "macro_auroc", multilabel_metrics(truth, scores, model.labels, n_bootstrap=0)["macro"]["auroc"]
+    return model.meta.kind.quality_metric(model.labels, scores, truth)
 
 
 def cpu_int8_features() -> list[str]:

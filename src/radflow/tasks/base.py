@@ -189,6 +189,15 @@ class TaskKind:
         """
         raise NotImplementedError
 
+    def quality_metric(
+        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
+    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+        """The one number two versions of a model are compared on (INT8 against FP32): its name and value.
+
+        ``macro_auroc`` is better higher, ``mae`` lower; None where the split cannot define it.
+        """
+        raise NotImplementedError
+
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
         """Flat headline numbers of an evaluation, unprefixed (``macro_auroc``, ``mae`` ...).
 

@@ -79,6 +79,13 @@ class Multiclass(ClassificationKind):
             data.warnings.append(f"{dropped} image(s) without exactly one known class were left out.")
         return {"metrics": mc}
 
+    def quality_metric(
+        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
+    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+        from radflow.metrics.metrics import multiclass_metrics
+
+        return "macro_auroc", multiclass_metrics(targets, preds, labels, n_bootstrap=0)["macro"]["auroc"]
+
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
         m = result["metrics"]
         out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}

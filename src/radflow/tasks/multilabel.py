@@ -118,6 +118,13 @@ class Multilabel(ClassificationKind):
             "subgroups": M.subgroup_metrics(data.targets, data.scores, labels, data.manifest, data.age_bands),
         }
 
+    def quality_metric(
+        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
+    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+        from radflow.metrics.metrics import multilabel_metrics
+
+        return "macro_auroc", multilabel_metrics(targets, preds, labels, n_bootstrap=0)["macro"]["auroc"]
+
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
         m = result["metrics"]
         out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}

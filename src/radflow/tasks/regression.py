@@ -76,6 +76,13 @@ class Regression(TaskKind):
         )
         return {"metrics": reg, "unit": data.unit}
 
+    def quality_metric(
+        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
+    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+        from radflow.metrics.metrics import regression_metrics
+
+        return "mae", regression_metrics(targets[:, 0], preds[:, 0], n_bootstrap=0)["mae"]
+
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
         m = result["metrics"]
         out: dict[str, float | None] = {"mae": m["mae"], "rmse": m["rmse"], "bias": m["bias"]}
