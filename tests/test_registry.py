@@ -316,3 +316,20 @@ def test_training_run_is_evaluated_logged_and_registered(store: Store, tmp_path:
     # The re-logged checkpoint carries the thresholds chosen on val.
     thresholds = load_checkpoint(checkpoint)["meta"]["thresholds"]
     assert set(thresholds) == set(Dataset.open(ds_path).labels)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "tags", "gate"),
+    [
+        ({"test_mae": 5.0}, {}, "max_mae_months"),
+        ({"test_mae": 5.0}, {"radflow.task": "regression"}, "max_mae_months"),
+        ({"test_macro_auroc": 0.9}, {"radflow.task": "multiclass"}, "min_macro_auroc"),
+        ({"test_mae": 5.0}, {"radflow.task": "a-task-from-a-newer-radflow"}, "max_mae_months"),
+        ({}, {}, "min_macro_auroc"),
+    ],
+)
+def test_gates_follow_the_runs_task_kind(metrics: dict[str, float], tags: dict[str, str], gate: str) -> None:
+    from radflow.registry.gates import check_gates
+
+    outcome = check_gates(metrics, tags, GateConfig(max_mae_months=10.0))
+    assert [c["gate"] for c in outcome["checks"]] == [gate]

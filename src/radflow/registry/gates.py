@@ -11,6 +11,7 @@ from typing import Any
 
 from radflow.config import GateConfig
 from radflow.modelref import DATASET_VERSION_TAG
+from radflow.tasks import get_task, list_tasks
 
 __all__ = ["EVAL_DATASET_TAG", "EVAL_HELD_OUT_TAG", "EVAL_SPLIT_TAG", "check_gates"]
 
@@ -30,10 +31,20 @@ def _eval_version(tags: dict[str, str]) -> str | None:
     return tags.get(EVAL_HELD_OUT_TAG) or tags.get(EVAL_DATASET_TAG) or tags.get(DATASET_VERSION_TAG)
 
 
-def _task(metrics: dict[str, float], tags: dict[str, str]) -> str:
-    if tags.get("radflow.task"):
-        return tags["radflow.task"]
-    return "regression" if "test_mae" in metrics else "multilabel"
+def _family(metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """Whose gates apply: the family of the run's task, else of the kind whose first gate metric the run logged.
+
+    A run with neither is judged as classification, whose failing AUROC gate says to evaluate it first.
+    The version is registered before the gates run, so a task this radflow does not know is not an error here.
+    """
+    task = tags.get("radflow.task")
+    if task in list_tasks():
+        return get_task(task).family
+    for name in list_tasks():
+        kind = get_task(name)
+        if kind.gate_metrics and kind.gate_metrics[0] in metrics:
+            return kind.family
+    return "classification"
 
 
 def check_gates(
@@ -56,8 +67,8 @@ def check_gates(
             {"gate": gate, "metric": metric, "value": value, "limit": limit, "passed": ok, "message": message}
         )
 
-    task = _task(metrics, tags)
-    if task == "regression":
+    family = _family(metrics, tags)
+    if family == "regression":
         mae = metrics.get("test_mae")
         if mae is None:
             check(
@@ -108,7 +119,7 @@ def check_gates(
                 f"{label} was evaluated on dataset version {theirs or 'unknown'}, this run on {mine or 'unknown'}; "
                 "the comparison with the champion was skipped (it is only meaningful on the same test split)."
             )
-        elif task == "regression":
+        elif family == "regression":
             mae, champ_mae = metrics.get("test_mae"), champion["metrics"].get("test_mae")
             if mae is not None and champ_mae is not None:
                 rise = mae - champ_mae
