@@ -38,9 +38,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(
-    url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True, interval_s: float = 0.05
-) -> bool:
+def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True, interval_s: float = 0.05) -> bool:
     """Poll ``URL/v2/health/ready`` until it answers 200 (True), ``timeout_s`` passes or ``alive()`` turns False.
 
     The one readiness wait: the demo's simulated clinic, the simulator and the tests' servers use it.
