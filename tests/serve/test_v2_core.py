@@ -14,9 +14,8 @@ from radflow.data.preprocess import PreprocessSpec, from_model_input, to_model_i
 from radflow.inference import ServeSettings
 from radflow.runtime import RadflowModel
 from radflow.runtime.cam import to_grey8
+from radflow.serve.v2 import BINARY_HEADER
 from tests.serve.harness import AppHarness, metric_value
-
-BINARY_HEADER = "Inference-Header-Content-Length"
 
 
 @pytest.fixture()
