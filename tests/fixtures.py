@@ -66,7 +66,7 @@ def make_dataset(
         patient = f"p{i % patients:04d}"
         row = {
             "image_id": f"{i:020x}",
-            "source_path": f"img{i}.png",
+            "source_key": f"{i:016x}",
             "sha256": f"{i:064x}",
             "patient_id": patient,
             "study_id": f"{patient}-s{i // patients}",

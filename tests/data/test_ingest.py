@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from radflow.cli import app
 from radflow.data.dataset import Dataset
 from radflow.data.decode import decode_file
-from radflow.data.ingest import IngestOptions, ingest
+from radflow.data.ingest import SALT_FILE, IngestOptions, ingest, source_paths
 from radflow.data.preprocess import prepare_pixels
 from radflow.errors import DataError
 from tests.data.sources_fixtures import write_boneage, write_chexpert, write_folder, write_nih
@@ -28,8 +28,10 @@ def test_chexpert_ingest_writes_manifest_shards_and_metadata(tmp_path: Path) -> 
     assert not ds.manifest["patient_id"].str.contains("patient").any()
     assert ds.manifest["patient_id"].nunique() == 4
     # pixels are the one preprocessing of the decoded file
-    row = ds.manifest.index[ds.manifest["source_path"].str.endswith("patient00001/study1/view1_frontal.png")][0]
-    expected = prepare_pixels(decode_file(src / "train/patient00001/study1/view1_frontal.png").pixels, 32)
+    path = src.resolve() / "train/patient00001/study1/view1_frontal.png"
+    key = next(k for k, p in source_paths(tmp_path / SALT_FILE).items() if p == path)
+    row = ds.manifest.index[ds.manifest["source_key"] == key][0]
+    expected = prepare_pixels(decode_file(path).pixels, 32)
     np.testing.assert_array_equal(ds.image(row), expected)
     assert info["prevalence"]["all"]["Cardiomegaly"] == {"positive": 4, "known": 8}
     assert "label 'Fracture' has no positive image" in info["warnings"]
@@ -66,8 +68,9 @@ def test_corrupt_image_is_skipped_and_listed_strict_fails(tmp_path: Path) -> Non
     info = ingest(src, "chexpert", tmp_path / "ds", IngestOptions(size=32))
     assert info["counts"]["images"] == 7
     (entry,) = info["skipped"]
-    assert entry["row"] == 4 and entry["path"].endswith("patient00002/study1/view1_frontal.png")
-    assert "corrupt or truncated PNG" in entry["error"]
+    assert entry["row"] == 4 and entry["table"] == "train.csv"
+    assert source_paths(tmp_path / SALT_FILE)[entry["source_key"]] == bad.resolve()
+    assert entry["error"].startswith("corrupt or truncated PNG")
     with pytest.raises(DataError, match=r"patient00002/study1/view1_frontal\.png.*corrupt or truncated"):
         ingest(src, "chexpert", tmp_path / "ds2", IngestOptions(size=32, strict=True))
 

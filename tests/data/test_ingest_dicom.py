@@ -10,7 +10,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from radflow.data.dataset import Dataset
 from radflow.data.dicom import write_dicom
-from radflow.data.ingest import IngestOptions, ingest
+from radflow.data.ingest import SALT_FILE, IngestOptions, ingest, source_paths
 from radflow.errors import DataError
 
 PHI = {
@@ -51,7 +51,8 @@ def test_dicom_dir_with_labels_by_path_and_identity_from_headers(tmp_path: Path)
     ds = Dataset.open(tmp_path / "ds")
     assert info["counts"]["images"] == 4 and info["counts"]["patients"] == 2
     assert ds.labels == ["Nodule"]
-    by_path = dict(zip(ds.manifest["source_path"], ds.targets()[:, 0], strict=True))
+    paths = {k: p.relative_to(src.resolve()).as_posix() for k, p in source_paths(tmp_path / SALT_FILE).items()}
+    by_path = {paths[k]: y for k, y in zip(ds.manifest["source_key"], ds.targets()[:, 0], strict=True)}
     assert by_path["series0/img0"] == 1 and by_path["series0/img1"] == 0
     assert np.isnan(by_path["series1/img2"]) and np.isnan(by_path["series1/img3"])
     assert set(ds.manifest["sex"]) == {"F"} and set(ds.manifest["age"]) == {61.0}
@@ -67,8 +68,8 @@ def test_labels_csv_keyed_by_sop_instance_uid(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text(f"SOPInstanceUID,Effusion\n{uid},1\n")
     ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=32, labels_csv=tmp_path / "labels.csv"))
     ds = Dataset.open(tmp_path / "ds")
-    labelled = ds.manifest.loc[ds.manifest["Effusion"] == 1, "source_path"].tolist()
-    assert labelled == ["1.dcm"]
+    labelled = ds.manifest.loc[ds.manifest["Effusion"] == 1, "source_key"].tolist()
+    assert [source_paths(tmp_path / SALT_FILE)[k].name for k in labelled] == ["1.dcm"]
 
 
 def test_labels_csv_without_key_column_is_a_clear_error(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def _write(root: Path, frame: pd.DataFrame, labels: list[str], task: str) -> Pat
     manifest = frame.copy().reset_index(drop=True)
     n = len(manifest)
     manifest["image_id"] = [f"{i:020x}" for i in range(n)]
-    manifest["source_path"] = [f"img{i}.png" for i in range(n)]
+    manifest["source_key"] = [f"{i:016x}" for i in range(n)]
     manifest["sha256"] = [f"{i:064x}" for i in range(n)]
     for column in ("view", "projection", "sex", "split"):
         manifest[column] = ""

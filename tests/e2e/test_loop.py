@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
+from radflow.data.ingest import SALT_FILE, source_paths
 from radflow.data.synth import synth_chest
 from radflow.demo import DemoConfig
 from radflow.loop import run_loop
@@ -89,10 +90,11 @@ def test_feedback_from_a_real_server_becomes_v2_on_the_same_test_split(
 ) -> None:
     films = _clinic(ws.parent)[:8]
     test_rows = Dataset.open(ws / SPLIT_DATASET).manifest
+    located = source_paths(ws / SALT_FILE)
     test_film = next(
-        ws / "data" / "raw" / p
-        for p, split in zip(test_rows["source_path"], test_rows["split"], strict=True)
-        if split == "test" and p.endswith(".png")
+        located[key]
+        for key, split in zip(test_rows["source_key"], test_rows["split"], strict=True)
+        if split == "test" and located[key].suffix == ".png"
     )
     test_before = set(test_rows.loc[test_rows["split"] == "test", "sha256"])
     with httpx.Client(base_url=server.url, timeout=60) as http:

@@ -13,7 +13,7 @@ import pytest
 
 from radflow.data.dataset import Dataset
 from radflow.data.dicom import write_dicom
-from radflow.data.ingest import IngestOptions, ingest
+from radflow.data.ingest import SALT_FILE, IngestOptions, ingest, source_paths
 from radflow.data.preprocess import PreprocessSpec, to_model_input
 from radflow.errors import ImageDecodeError
 from radflow.export import export_model, export_onnx
@@ -79,8 +79,9 @@ def test_runtime_tensor_equals_the_ingested_dataset_tensor(tmp_path: Path) -> No
 
     meta = ModelMeta(arch="pool", task="multilabel", labels=["a", "b"], num_outputs=2, preprocess=ds.spec.to_dict())
     model = RadflowModel.load(export_onnx(PoolNet(), meta, tmp_path / "pool.onnx"))
-    for row, source in enumerate(ds.manifest["source_path"]):
-        path = next(p for p in files if p.name == Path(source).name)
+    located = source_paths(tmp_path / SALT_FILE)
+    for row, key in enumerate(ds.manifest["source_key"]):
+        path = located[key]
         expected = to_model_input(ds.image(row), ds.spec)
         np.testing.assert_array_equal(model.model_input(path.read_bytes(), path.name), expected)
 

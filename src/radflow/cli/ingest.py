@@ -37,8 +37,10 @@ def _render(info: dict[str, Any]) -> None:
         f"from the previous version · skipped {len(info['skipped'])}"
     )
     for entry in info["skipped"][:10]:
-        row = f" (row {entry['row']})" if entry.get("row") else ""
-        console.print(f"[yellow]skipped[/] {entry['path']}{row}: {entry['error']}", highlight=False)
+        # Paths are not in dataset.json (they can name patients): the table row and key find the file.
+        row = f", row {entry['row']}" if entry.get("row") else ""
+        where = f"{entry.get('table') or 'file'}{row} (source_key {entry.get('source_key') or '-'})"
+        console.print(f"[yellow]skipped[/] {where}: {entry['error']}", highlight=False)
     if len(info["skipped"]) > 10:
         console.print(f"[yellow]... {len(info['skipped']) - 10} more in dataset.json[/]")
     for warning in info.get("warnings", []):

@@ -3,7 +3,7 @@
 Layout of a dataset directory ``DS/``::
 
     manifest.parquet      one row per image (see MANIFEST_COLUMNS; then one float column per label)
-    dataset.json          version, task, labels, preprocessing, counts, prevalence, skipped files
+    dataset.json          version, task, labels, preprocessing, counts, prevalence, skipped files (by key)
     shards/pixels-00000.npy   uint8 arrays (n, size, size), memory-mapped by readers
 
 Pixels live in a few large ``.npy`` files rather than one file per image, because DVC and file
@@ -40,12 +40,13 @@ __all__ = [
     "write_dataset",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``source_key`` (a keyed hash of the source path) replaced ``source_path``, which could hold PHI."""
 Task = Literal["multilabel", "multiclass", "regression"]
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
     "image_id",  # sha256 of the source file, first 20 hex digits
-    "source_path",  # path relative to the ingested source (never contains PHI we add)
+    "source_key",  # keyed hash of the path relative to the source; the path itself is only in the salt file
     "sha256",  # sha256 of the source file bytes
     "patient_id",  # salted hash of the source's patient identifier
     "study_id",  # salted hash of patient + study
@@ -208,8 +209,13 @@ class Dataset:
             )
         info = json.loads((root / "dataset.json").read_text())
         if info.get("format_version") != FORMAT_VERSION:
+            why = (
+                " (its manifest keeps source paths verbatim, and paths can name patients: delete it)"
+                if info.get("format_version") == 1
+                else ""
+            )
             raise DataError(
-                f"dataset format {info.get('format_version')} is not supported (expected {FORMAT_VERSION}); "
+                f"dataset format {info.get('format_version')} is not supported (expected {FORMAT_VERSION}){why}; "
                 "re-ingest the source.",
                 path=root / "dataset.json",
             )

@@ -8,6 +8,10 @@ cores -> write pixel shards and the manifest. Properties users rely on:
   the dataset can be shared without making the hashes reversible by guessing IDs. No name,
   birth date or other header text is ever copied: only whitelisted attributes (sex, age,
   view) reach the manifest.
+* No source paths: folder and file names are PHI as often as tags are (CheXpert's hold the
+  patient number, a hospital export's the patient's name). The manifest's ``source_key`` and
+  every skipped-file entry carry a keyed hash of the path instead, and the map from key back
+  to path is appended to the salt file, the one private file (:func:`source_paths` reads it).
 * Reuse: images whose file hash and preprocessing match the existing dataset are copied
   from its shards instead of being decoded again.
 * Safety: new shards and manifest are written beside the old ones and swapped in at the
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 import multiprocessing as mp
 import os
@@ -47,9 +52,10 @@ from radflow.data.split import EXTRA_SPLIT
 from radflow.errors import DataError, ImageDecodeError, RadflowError
 from radflow.hardware import available_cores
 
-__all__ = ["IngestOptions", "ingest", "load_salt", "pseudonymize"]
+__all__ = ["IngestOptions", "ingest", "load_salt", "pseudonymize", "source_key", "source_paths"]
 
 SALT_FILE = ".radflow-salt"
+PATH_MAP_HEADER = "# radflow source paths, one JSON [source_key, source folder, path] a line; keep this file private"
 IN_PROCESS_BELOW = 48
 """Sources smaller than this are processed without a worker pool (start-up costs more)."""
 
@@ -70,9 +76,14 @@ class IngestOptions:
 
 
 def load_salt(path: Path) -> bytes:
-    """The workspace's pseudonymisation key, created on first use and stable afterwards."""
+    """The workspace's pseudonymisation key (the salt file's first line), created on first use and stable afterwards."""
     if path.is_file():
-        salt = bytes.fromhex(path.read_text().strip())
+        with path.open() as fh:
+            first = fh.readline().strip()
+        try:
+            salt = bytes.fromhex(first)
+        except ValueError:
+            raise DataError("salt file's first line is not hex digits; restore it from a backup", path) from None
         if len(salt) < 16:
             raise DataError("salt file is too short (expected 32+ hex digits); delete it to make a new one", path)
         return salt
@@ -87,6 +98,56 @@ def load_salt(path: Path) -> bytes:
 def pseudonymize(salt: bytes, value: str) -> str:
     """Keyed hash of an identifier: stable for one salt, not reversible without it."""
     return hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def source_key(salt: bytes, rel_path: str, scope: str = "") -> str:
+    """The manifest's stand-in for a source path: a keyed hash of the path relative to its source.
+
+    ``scope`` keeps an extra source's paths apart from the main source's (``extra:<folder>``).
+    Relative, so moving or copying a source keeps its keys, and the dataset version, unchanged.
+    """
+    return pseudonymize(salt, f"path\x00{scope}\x00{rel_path}")
+
+
+def _read_path_map(salt_file: Path) -> dict[str, tuple[str, str]]:
+    if not salt_file.is_file():
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    with salt_file.open() as fh:
+        fh.readline()  # the salt
+        for line in fh:
+            if not line.startswith("["):
+                continue
+            try:
+                key, folder, rel = json.loads(line)
+            except (ValueError, TypeError):
+                continue  # a line cut short by a crash mid-append; the next ingest writes it again
+            found[str(key)] = (str(folder), str(rel))
+    return found
+
+
+def source_paths(salt_file: Path) -> dict[str, Path]:
+    """Each ``source_key`` written with this salt -> the source file it stands for (latest ingest wins).
+
+    Read from the salt file, never from the dataset; for a skipped row the path is the one its
+    label table gave, which need not exist.
+    """
+    return {key: Path(folder) / rel for key, (folder, rel) in _read_path_map(Path(salt_file)).items()}
+
+
+def _record_paths(salt_file: Path, entries: dict[str, tuple[str, str]]) -> None:
+    """Append the keys not yet mapped (or mapped elsewhere) to the salt file; the salt line is never rewritten."""
+    known = _read_path_map(salt_file)
+    new = {key: value for key, value in entries.items() if known.get(key) != value}
+    if not new:
+        return
+    lines = [] if known else [PATH_MAP_HEADER]
+    lines += [json.dumps([key, folder, rel]) for key, (folder, rel) in new.items()]
+    with salt_file.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        ends_line = fh.tell() == 0 or (fh.seek(-1, os.SEEK_END) >= 0 and fh.read(1) == b"\n")
+    with salt_file.open("a") as fh:
+        fh.write(("" if ends_line else "\n") + "\n".join(lines) + "\n")
 
 
 @dataclass
@@ -106,39 +167,47 @@ def _init_worker(size: int, max_pixels: int, reusable: frozenset[str]) -> None:
     _WORKER.update(size=size, max_pixels=max_pixels, reusable=reusable)
 
 
-def _process(path: str) -> _Processed:
-    """Worker: hash, decode and preprocess one file (skips decoding when the hash is reusable)."""
+def _process(job: tuple[str, str]) -> _Processed:
+    """Worker: hash, decode and preprocess one file (skips decoding when the hash is reusable).
+
+    ``job`` is (path, source key); errors name the key, never the path, since they go into dataset.json.
+    """
+    path, key = job
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return _Processed("", None, {}, {}, f"{path}: cannot read file ({exc.strerror})")
+        return _Processed("", None, {}, {}, f"cannot read file ({exc.strerror})")
     digest = hashlib.sha256(data).hexdigest()
     if digest in _WORKER["reusable"]:
         return _Processed(digest, None, {}, {})
     try:
-        decoded = decode_image(data, name=path, max_pixels=_WORKER["max_pixels"])
+        decoded = decode_image(data, name=key, max_pixels=_WORKER["max_pixels"])
         pixels = prepare_pixels(decoded.pixels, _WORKER["size"])
     except ImageDecodeError as exc:
-        return _Processed(digest, None, {}, {}, str(exc))
+        message = str(exc)
+        return _Processed(digest, None, {}, {}, message.removeprefix(f"{key}: "))
     return _Processed(digest, pixels, decoded.meta, decoded.identifiers)
 
 
 def _run_jobs(
-    paths: list[str], settings: tuple[int, int, frozenset[str]], workers: int, on_done: Callable[[], None]
+    jobs: list[tuple[str, str]],
+    settings: tuple[int, int, frozenset[str]],
+    workers: int,
+    on_done: Callable[[], None],
 ) -> Iterator[_Processed]:
-    if workers <= 1 or len(paths) < IN_PROCESS_BELOW:
+    if workers <= 1 or len(jobs) < IN_PROCESS_BELOW:
         _init_worker(*settings)
-        for path in paths:
-            yield _process(path)
+        for job in jobs:
+            yield _process(job)
             on_done()
         return
     # forkserver: safe even when the caller has already started threads (torch, pytest).
     context = mp.get_context("forkserver")
-    chunk = max(1, min(16, len(paths) // (workers * 16)))
+    chunk = max(1, min(16, len(jobs) // (workers * 16)))
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=settings
     ) as pool:
-        for result in pool.map(_process, paths, chunksize=chunk):
+        for result in pool.map(_process, jobs, chunksize=chunk):
             yield result
             on_done()
 
@@ -160,8 +229,16 @@ def _identity(record: SourceRecord, processed: _Processed, salt: bytes) -> tuple
     return pseudonymize(salt, patient), pseudonymize(salt, f"{patient}\x00{study}")
 
 
-def _append_extra(table: SourceTable, fmt: str, folder: Path, options: IngestOptions) -> None:
-    """Read ``folder`` in format ``fmt`` and add its records to ``table`` as training-only rows."""
+@dataclass(frozen=True)
+class _Origin:
+    """Which source a record or skipped row came from: its folder, and the scope of its keys."""
+
+    root: Path
+    scope: str = ""
+
+
+def _read_extra(table: SourceTable, fmt: str, folder: Path, options: IngestOptions) -> SourceTable:
+    """Read ``folder`` in format ``fmt`` as training-only rows for ``table`` (see the module docstring)."""
     keeps_labels = fmt not in ("boneage", "folder")  # those formats fix their own labels
     extra = read_source(
         fmt,
@@ -183,9 +260,36 @@ def _append_extra(table: SourceTable, fmt: str, folder: Path, options: IngestOpt
         record.study = f"{patient}/{record.study or record.rel_path}"
         record.patient = patient
         record.official_split = EXTRA_SPLIT
-    table.records.extend(extra.records)
-    table.skipped.extend(extra.skipped)
     table.info.setdefault("extra", []).append({"path": str(folder.resolve()), "images": len(extra.records)})
+    return extra
+
+
+class _Keys:
+    """Source keys for one ingest, and the key -> path map they add to the salt file."""
+
+    def __init__(self, salt: bytes):
+        self.salt = salt
+        self.paths: dict[str, tuple[str, str]] = {}
+        self._folders: dict[Path, str] = {}
+
+    def key(self, rel_path: str, origin: _Origin) -> str:
+        key = source_key(self.salt, rel_path, origin.scope)
+        folder = self._folders.get(origin.root)
+        if folder is None:
+            folder = self._folders[origin.root] = str(origin.root.resolve())
+        self.paths[key] = (folder, rel_path)
+        return key
+
+    def skip(self, entry: dict[str, Any], origin: _Origin) -> dict[str, Any]:
+        """A reader's skip entry as written to dataset.json: the path replaced by its key."""
+        path = entry.get("path")
+        return {
+            "source_key": self.key(path, origin) if path else None,
+            "source": origin.scope or "main",
+            "table": entry.get("table"),
+            "row": entry.get("row"),
+            "error": entry["error"],
+        }
 
 
 def ingest(
@@ -210,25 +314,36 @@ def ingest(
         frontal_only=options.frontal_only,
         labels_csv=options.labels_csv,
     )
+    main = _Origin(table.root)
+    records = [(record, main) for record in table.records]
+    raw_skipped = [(entry, main) for entry in table.skipped]
     for folder in options.extra:
-        _append_extra(table, fmt, Path(folder), options)
-    skipped = list(table.skipped)
-    if options.strict and skipped:
-        first = skipped[0]
-        raise DataError(f"{first['error']} (--strict; {len(skipped)} problem(s) in all)", first["path"], first["row"])
-    if not table.records:
+        extra = _read_extra(table, fmt, Path(folder), options)
+        origin = _Origin(extra.root, f"{EXTRA_SPLIT}:{Path(folder).name}")
+        records += [(record, origin) for record in extra.records]
+        raw_skipped += [(entry, origin) for entry in extra.skipped]
+    if options.strict and raw_skipped:
+        first = raw_skipped[0][0]
+        raise DataError(
+            f"{first['error']} (--strict; {len(raw_skipped)} problem(s) in all)",
+            first["path"] or first["table"],
+            first["row"],
+        )
+    if not records:
         raise DataError(
             f"no images to ingest from {src} as {fmt}"
-            + (f" ({len(skipped)} rows skipped; first: {skipped[0]['error']})" if skipped else ""),
+            + (f" ({len(raw_skipped)} rows skipped; first: {raw_skipped[0][0]['error']})" if raw_skipped else ""),
             path=src,
         )
     out.mkdir(parents=True, exist_ok=True)
-    salt = load_salt(options.salt_file or out.parent / SALT_FILE)
+    salt_file = options.salt_file or out.parent / SALT_FILE
+    keys = _Keys(load_salt(salt_file))
+    skipped = [keys.skip(entry, origin) for entry, origin in raw_skipped]
     previous, reusable_rows = _previous_pixels(out, spec)
     workers = options.workers or available_cores()
-    paths = [str(r.path) for r in table.records]
+    jobs = [(str(record.path), keys.key(record.rel_path, origin)) for record, origin in records]
     settings = (spec.size, options.max_pixels, frozenset(reusable_rows))
-    total, done = len(paths), 0
+    total, done = len(jobs), 0
 
     def tick() -> None:
         nonlocal done
@@ -242,36 +357,32 @@ def ingest(
     seen: dict[str, str] = {}
     reused = 0
     try:
-        for record, processed in zip(table.records, _run_jobs(paths, settings, workers, tick), strict=True):
+        for (record, origin), (_, key), processed in zip(
+            records, jobs, _run_jobs(jobs, settings, workers, tick), strict=True
+        ):
+            where = {"source_key": key, "source": origin.scope or "main", "table": record.table, "row": record.row}
             if processed.error is not None:
-                entry = {"path": record.rel_path, "row": record.row, "error": processed.error}
                 if options.strict:
                     raise DataError(f"{processed.error} (--strict)", record.rel_path, record.row)
-                skipped.append(entry)
+                skipped.append({**where, "error": processed.error})
                 continue
             if processed.sha256 in seen:
-                skipped.append(
-                    {
-                        "path": record.rel_path,
-                        "row": record.row,
-                        "error": f"duplicate of {seen[processed.sha256]}",
-                    }
-                )
+                skipped.append({**where, "error": f"duplicate of source_key {seen[processed.sha256]}"})
                 continue
-            seen[processed.sha256] = record.rel_path
+            seen[processed.sha256] = key
             pixels = processed.pixels
             if pixels is None:
                 assert previous is not None
                 pixels = previous.image(reusable_rows[processed.sha256])
                 reused += 1
             shard, offset = writer.add(pixels)
-            patient_id, study_id = _identity(record, processed, salt)
+            patient_id, study_id = _identity(record, processed, keys.salt)
             meta = processed.meta
             age = record.age if not math.isnan(record.age) else meta.get("age")
             rows.append(
                 {
                     "image_id": processed.sha256[:20],
-                    "source_path": record.rel_path,
+                    "source_key": key,
                     "sha256": processed.sha256,
                     "patient_id": patient_id,
                     "study_id": study_id,
@@ -287,6 +398,8 @@ def ingest(
                 }
             )
         writer.close()
+        # Before anything names a key: a key the salt file cannot map back is a row nobody can trace.
+        _record_paths(salt_file, keys.paths)
         if not rows:
             raise DataError(
                 f"no image of {src} could be decoded ({len(skipped)} skipped; first: {skipped[0]['error']})",

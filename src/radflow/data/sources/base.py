@@ -1,9 +1,11 @@
 """What every source reader produces: one record per image, before any pixel is decoded.
 
-A reader parses its label table (or walks its folders), resolves image paths, applies the
-label policy, and returns a :class:`SourceTable`. Rows it cannot use (missing image, bad
-value) become ``skipped`` entries naming the file and CSV row, so one bad row among
-thousands does not stop an ingest; ``--strict`` turns them into errors.
+A reader parses its label table (or walks its folders), resolves image paths inside the source
+folder (:mod:`radflow.data.sources.paths`, the one resolver), applies the label policy, and
+returns a :class:`SourceTable`. Rows it cannot use (missing image, bad value) become ``skipped``
+entries naming the file, the label table and its row, so one bad row among thousands does not
+stop an ingest; ``--strict`` turns them into errors. Ingest replaces every path by a keyed hash
+before anything is written, so a skip entry's ``error`` never repeats the path.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ __all__ = [
     "SourceRecord",
     "SourceTable",
     "check_columns",
-    "find_images",
     "read_csv",
     "skip_entry",
 ]
@@ -37,6 +38,7 @@ class SourceRecord:
 
     path: Path
     rel_path: str
+    """Path of the file relative to the source folder, with forward slashes (hashed before it is stored)."""
     labels: dict[str, float]
     patient: str | None = None
     study: str | None = None
@@ -47,6 +49,8 @@ class SourceRecord:
     official_split: str = ""
     row: int | None = None
     """Line number in the label CSV (header = line 1), for error messages."""
+    table: str | None = None
+    """File name of the label CSV the row is in, for error messages."""
 
 
 @dataclass
@@ -54,12 +58,15 @@ class SourceTable:
     records: list[SourceRecord]
     labels: list[str]
     task: Task
+    root: Path
+    """The source folder every ``rel_path`` (and skipped path) is relative to."""
     skipped: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def skip_entry(path: str | Path, error: str, row: int | None = None) -> dict[str, Any]:
-    return {"path": str(path), "row": row, "error": error}
+def skip_entry(path: str | None, error: str, row: int | None = None, table: Path | None = None) -> dict[str, Any]:
+    """A skipped row: ``path`` relative to the source folder (or as the table wrote it), ``table`` the label file."""
+    return {"path": path, "table": None if table is None else table.name, "row": row, "error": error}
 
 
 def read_csv(path: Path, what: str) -> pd.DataFrame:
@@ -85,12 +92,3 @@ def check_columns(frame: pd.DataFrame, required: Iterable[str], path: Path, what
                 f"{what} has no column {column!r}.{did_you_mean(column, present)} Columns found: {', '.join(present)}",
                 path=path,
             )
-
-
-def find_images(root: Path) -> dict[str, Path]:
-    """Index every image file under ``root`` by file name (NIH and RSNA scatter images in sub-folders)."""
-    index: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            index.setdefault(path.name, path)
-    return index

@@ -5,6 +5,11 @@ study come from the path (``.../patient00001/study1/view1_frontal.jpg``). Rows o
 ``valid.csv`` form CheXpert's official validation set, labelled by radiologist consensus;
 radflow keeps them together as the held-out ``test`` split (the official test set is not
 public), and ``radflow split`` draws train/val from ``train.csv`` patients.
+
+CheXpert's paths start with the dataset's folder name (``CheXpert-v1.0-small/train/...``) while
+the CSVs sit inside that folder, so a path is read two ways, both inside the source folder only:
+as written, or without its first folder. A copy of the dataset under another name is read as the
+copy; a path that means a file both ways, or rows that mix the two, are an error.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 from radflow.data.labels import CHEXPERT_LABELS, parse_label_list, parse_uncertainty
 from radflow.data.sources.base import SourceRecord, SourceTable, check_columns, read_csv, skip_entry
+from radflow.data.sources.paths import AS_WRITTEN, WITHOUT_LEADING_FOLDER, SourceFolder, SourcePathError
 from radflow.errors import DataError, NotFoundError, did_you_mean
 
 __all__ = ["read_chexpert"]
@@ -22,6 +28,7 @@ __all__ = ["read_chexpert"]
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 PATH_RE = re.compile(r"(patient\d+)/(study\d+)/view\d+_(frontal|lateral)", re.IGNORECASE)
 CSV_SPLITS = (("train.csv", ""), ("valid.csv", "test"))
+PATH_RULES = (AS_WRITTEN, WITHOUT_LEADING_FOLDER)
 
 
 def _csv_files(src: Path) -> list[tuple[Path, str]]:
@@ -34,18 +41,6 @@ def _csv_files(src: Path) -> list[tuple[Path, str]]:
             "(columns Path, Sex, Age, Frontal/Lateral, AP/PA and the 14 observations)."
         )
     return found
-
-
-def _resolve(csv_path: Path, rel: str) -> Path:
-    """CheXpert paths start with the dataset folder name; accept the CSV inside or beside it."""
-    rel_path = Path(rel)
-    candidates = [csv_path.parent.parent / rel_path, csv_path.parent / rel_path]
-    if len(rel_path.parts) > 1:
-        candidates.append(csv_path.parent / Path(*rel_path.parts[1:]))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return candidates[0]
 
 
 def _sex(text: str) -> str:
@@ -63,10 +58,12 @@ def read_chexpert(
     if not src.exists():
         raise NotFoundError(f"CheXpert source not found: {src}")
     policy = parse_uncertainty(uncertain, CHEXPERT_LABELS)
+    csv_files = _csv_files(src)
+    folder = SourceFolder(csv_files[0][0].parent)
     records: list[SourceRecord] = []
     skipped = []
     label_columns: list[str] | None = None
-    for csv_path, official in _csv_files(src):
+    for csv_path, official in csv_files:
         frame = read_csv(csv_path, "CheXpert label CSV")
         check_columns(frame, META_COLUMNS, csv_path, "CheXpert label CSV")
         columns = [c for c in frame.columns if c not in META_COLUMNS]
@@ -91,20 +88,22 @@ def read_chexpert(
             if not match:
                 skipped.append(
                     skip_entry(
-                        rel or "<blank>",
+                        rel,
                         "Path does not look like .../patientN/studyN/viewN_frontal|lateral.ext",
                         line,
+                        csv_path,
                     )
                 )
                 continue
-            path = _resolve(csv_path, rel)
-            if not path.is_file():
-                skipped.append(skip_entry(rel, f"image file missing (looked for {path})", line))
+            try:
+                path = folder.resolve(rel, PATH_RULES, table=csv_path, row=line)
+            except SourcePathError as exc:
+                skipped.append(skip_entry(rel, exc.reason, line, csv_path))
                 continue
             try:
                 values = {c: policy.value(c, cells[c]) for c in columns}
             except ValueError as exc:
-                skipped.append(skip_entry(rel, f"bad label value: {exc}", line))
+                skipped.append(skip_entry(folder.relative(path), f"bad label value: {exc}", line, csv_path))
                 continue
             age_text = cells["Age"].strip()
             try:
@@ -114,7 +113,7 @@ def read_chexpert(
             records.append(
                 SourceRecord(
                     path=path,
-                    rel_path=rel,
+                    rel_path=folder.relative(path),
                     labels=values,
                     patient=match.group(1),
                     study=f"{match.group(1)}/{match.group(2)}",
@@ -124,9 +123,11 @@ def read_chexpert(
                     age=age,
                     official_split=official,
                     row=line,
+                    table=csv_path.name,
                 )
             )
     assert label_columns is not None
+    folder.check_layout()
     selected = parse_label_list(labels, label_columns)
     if selected is not None:
         for record in records:
@@ -136,6 +137,7 @@ def read_chexpert(
         records=records,
         labels=list(label_columns),
         task="multilabel",
+        root=folder.root,
         skipped=skipped,
         info={"format": "chexpert", "label_policy": policy.describe()},
     )

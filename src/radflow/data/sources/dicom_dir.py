@@ -4,7 +4,8 @@ The labels CSV (``SRC/labels.csv`` or ``--labels-csv``) is keyed by ``SOPInstanc
 ``path`` (relative to SRC); every other column is a label: 1 positive, 0 negative, -1
 uncertain (under the uncertainty policy), blank unknown (ignored). Without a CSV the dataset
 is unlabelled, fit for ``radflow score``. Patient and study come from the DICOM header and
-are hashed at ingest like every other identifier.
+are hashed at ingest like every other identifier. Only files inside SRC are read: a link
+pointing out of it is skipped and listed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 
 from radflow.data.labels import parse_label_list, parse_uncertainty
 from radflow.data.sources.base import SourceRecord, SourceTable, read_csv, skip_entry
+from radflow.data.sources.paths import SourceFolder
 from radflow.errors import DataError, NotFoundError
 
 __all__ = ["read_dicom_dir"]
@@ -50,11 +52,13 @@ def read_dicom_dir(
         raise NotFoundError(f"DICOM source not found or not a directory: {src}")
     if labels_csv is None and (src / "labels.csv").is_file():
         labels_csv = src / "labels.csv"
-    files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.name != "DICOMDIR" and _is_dicom(p)]
+    folder = SourceFolder(src)
+    walk = folder.walk()
+    files = [p for p in walk.files if p.name != "DICOMDIR" and _is_dicom(p)]
     table: dict[str, dict[str, float]] = {}
     key = ""
     label_names: list[str] = []
-    skipped = []
+    skipped = [skip_entry(folder.relative(p), "links outside the source folder; not read") for p in walk.outside]
     if labels_csv is not None:
         frame = read_csv(Path(labels_csv), "DICOM labels CSV")
         key = next((k for k in KEYS if k in frame.columns), "")
@@ -75,7 +79,7 @@ def read_dicom_dir(
                     cell = str(row[name]).strip()
                     values[name] = math.nan if cell == "" else policy.value(name, cell)
             except ValueError as exc:
-                skipped.append(skip_entry(labels_csv, f"bad label value in column {name!r}: {exc}", i + 2))
+                skipped.append(skip_entry(None, f"bad label value in column {name!r}: {exc}", i + 2, Path(labels_csv)))
                 continue
             table[str(row[key]).strip()] = values
     selected = parse_label_list(labels, label_names) if label_names else None
@@ -83,7 +87,7 @@ def read_dicom_dir(
         label_names = selected
     records = []
     for path in files:
-        rel = str(path.relative_to(src))
+        rel = folder.relative(path)
         values = {}
         if key:
             lookup = rel if key == "path" else _sop_uid(path)
@@ -101,6 +105,7 @@ def read_dicom_dir(
         records=records,
         labels=label_names,
         task="multilabel",
+        root=src,
         skipped=skipped,
         info={"format": "dicom", "labels_csv": str(labels_csv) if labels_csv else None, "key": key or None},
     )

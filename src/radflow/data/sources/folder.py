@@ -2,14 +2,16 @@
 
 Folder names are the classes (sorted); labels are stored one-hot. A folder carries no
 patient identity, so each image counts as its own patient unless it is DICOM, whose
-PatientID (hashed) is used instead; split warns about the risk in dataset.json.
+PatientID (hashed) is used instead; split warns about the risk in dataset.json. Only files
+inside SRC are read: a link pointing out of it is skipped and listed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from radflow.data.sources.base import IMAGE_SUFFIXES, SourceRecord, SourceTable
+from radflow.data.sources.base import IMAGE_SUFFIXES, SourceRecord, SourceTable, skip_entry
+from radflow.data.sources.paths import SourceFolder
 from radflow.errors import DataError, NotFoundError
 
 __all__ = ["read_folder"]
@@ -27,14 +29,20 @@ def read_folder(src: Path) -> SourceTable:
             f"found {classes or 'none'}",
             path=src,
         )
+    folder = SourceFolder(src)
     records = []
+    skipped = []
     for name in classes:
-        for path in sorted((src / name).rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
+        walk = folder.walk(src / name)
+        skipped += [
+            skip_entry(folder.relative(link), "links outside the source folder; not read") for link in walk.outside
+        ]
+        for path in walk.files:
+            if path.name.startswith("."):
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES and path.suffix:
                 continue
-            rel = str(path.relative_to(src))
+            rel = folder.relative(path)
             records.append(
                 SourceRecord(
                     path=path,
@@ -48,5 +56,7 @@ def read_folder(src: Path) -> SourceTable:
         records=records,
         labels=classes,
         task="multiclass",
+        root=src,
+        skipped=skipped,
         info={"format": "folder", "patient_identity": "DICOM PatientID, else one patient per image"},
     )

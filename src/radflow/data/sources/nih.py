@@ -3,7 +3,8 @@
 ``Finding Labels`` holds pipe-separated findings ("Effusion|Mass") or "No Finding". The
 header has bracketed names with commas inside (``OriginalImage[Width,Height]``), so those
 columns split in two; radflow only reads the columns it needs. When ``test_list.txt`` is
-present beside the CSV, its images form the official test split.
+present beside the CSV, its images form the official test split. Images are found by file name
+anywhere below the CSV's folder and nowhere else; a name two files share is an error.
 """
 
 from __future__ import annotations
@@ -13,14 +14,8 @@ import re
 from pathlib import Path
 
 from radflow.data.labels import NIH_LABELS, parse_label_list
-from radflow.data.sources.base import (
-    SourceRecord,
-    SourceTable,
-    check_columns,
-    find_images,
-    read_csv,
-    skip_entry,
-)
+from radflow.data.sources.base import SourceRecord, SourceTable, check_columns, read_csv, skip_entry
+from radflow.data.sources.paths import SourceFolder, SourcePathError
 from radflow.errors import NotFoundError, did_you_mean
 
 __all__ = ["read_nih"]
@@ -56,7 +51,7 @@ def read_nih(src: Path, labels: str | list[str] | None = None, frontal_only: boo
     check_columns(frame, REQUIRED, csv_path, "NIH Data_Entry CSV")
     test_list = root / "test_list.txt"
     official_test = set(test_list.read_text().split()) if test_list.is_file() else set()
-    images = find_images(root)
+    folder = SourceFolder(root)
     selected = parse_label_list(labels, NIH_LABELS) or list(NIH_LABELS)
     records: list[SourceRecord] = []
     skipped = []
@@ -69,23 +64,25 @@ def read_nih(src: Path, labels: str | list[str] | None = None, frontal_only: boo
         projection = view.upper()
         if frontal_only and projection not in ("PA", "AP"):
             continue
-        path = images.get(name)
-        if path is None:
-            skipped.append(skip_entry(name, f"image file missing (searched {root} for {name})", line))
+        try:
+            path = folder.find([name], written=name, table=csv_path, row=line)
+        except SourcePathError as exc:
+            skipped.append(skip_entry(name, exc.reason, line, csv_path))
             continue
+        rel = folder.relative(path)
         found = [f.strip() for f in findings.split("|") if f.strip()]
         unknown = [f for f in found if f not in NIH_LABELS and f != "No Finding"]
         if unknown:
             hint = did_you_mean(unknown[0], [*NIH_LABELS, "No Finding"])
-            skipped.append(skip_entry(name, f"unknown finding {unknown[0]!r} in Finding Labels.{hint}", line))
+            skipped.append(skip_entry(rel, f"unknown finding {unknown[0]!r} in Finding Labels.{hint}", line, csv_path))
             continue
         if not patient:
-            skipped.append(skip_entry(name, "blank Patient ID", line))
+            skipped.append(skip_entry(rel, "blank Patient ID", line, csv_path))
             continue
         records.append(
             SourceRecord(
                 path=path,
-                rel_path=str(path.relative_to(root)),
+                rel_path=rel,
                 labels={label: float(label in found) for label in selected},
                 patient=patient,
                 study=f"{patient}/{follow_up}",
@@ -95,12 +92,14 @@ def read_nih(src: Path, labels: str | list[str] | None = None, frontal_only: boo
                 age=_age(age),
                 official_split="test" if name in official_test else "",
                 row=line,
+                table=csv_path.name,
             )
         )
     return SourceTable(
         records=records,
         labels=selected,
         task="multilabel",
+        root=root,
         skipped=skipped,
         info={"format": "nih", "official_test_list": test_list.is_file()},
     )
