@@ -301,6 +301,30 @@ class GateConfig(_Strict):
     max_mae_increase: float = Field(
         default=1.0, ge=0, description="Largest allowed MAE increase vs the champion (months)."
     )
+    min_positives: int = Field(
+        default=10,
+        ge=1,
+        description="Fewest positive test images a label needs to be compared with the champion; a label with "
+        "fewer is reported 'not gated: n=...' instead of judged on noise.",
+    )
+    min_negatives: int = Field(
+        default=10, ge=1, description="Fewest negative test images a label needs to be compared with the champion."
+    )
+    comparison: Literal["bootstrap", "delong"] = Field(
+        default="bootstrap",
+        description="Paired test of the per-label AUROC difference on the images both models scored: a bootstrap "
+        "over patients, or DeLong's test (treats images as independent).",
+    )
+    comparison_ci: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="Confidence level of the paired test; a label fails only when its drop exceeds max_label_drop "
+        "and the interval of the difference lies below zero.",
+    )
+    comparison_bootstrap: int = Field(
+        default=1000, ge=100, description="Resamples of the paired bootstrap (comparison: bootstrap)."
+    )
 
 
 class Params(_Strict):

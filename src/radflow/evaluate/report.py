@@ -30,6 +30,7 @@ from radflow.data.dataset import Dataset
 from radflow.errors import DataError
 from radflow.evaluate import plots
 from radflow.registry import EVAL_DATASET_TAG, EVAL_SPLIT_TAG
+from radflow.registry.comparison import PREDICTIONS_FILE
 from radflow.tasks import TaskKind, get_task, metric_key
 from radflow.tasks.evaluation import EvalData, Figure, ReportTable
 
@@ -38,12 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVALUATION_FILE",
+    "PREDICTIONS_FILE",
     "SCHEMA_VERSION",
     "evaluate_and_log",
     "evaluate_checkpoint",
     "evaluate_training",
     "metric_key",
     "render_evaluation",
+    "write_predictions",
 ]
 
 SCHEMA_VERSION = 1
@@ -96,6 +99,36 @@ _PLOTS: dict[str, Callable[..., Path]] = {
     "scatter": plots.regression_scatter,
     "error_by_band": plots.regression_error_by_band,
 }
+
+
+def write_predictions(path: Path, manifest: Any, labels: list[str], targets: np.ndarray, scores: np.ndarray) -> Path:
+    """Write ``predictions.parquet`` (:mod:`radflow.registry.comparison`): one row per image, in ``manifest``'s order.
+
+    The registry's paired champion comparison reads two runs' files instead of scoring the images again.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "image_id": manifest["image_id"].astype(str).to_numpy(),
+            "patient_id": manifest["patient_id"].astype(str).to_numpy(),
+        }
+    )
+    for j, label in enumerate(labels):
+        if j < targets.shape[1]:
+            frame[f"target:{label}"] = targets[:, j]
+        if j < scores.shape[1]:
+            frame[f"score:{label}"] = scores[:, j]
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def _untrained(kind: TaskKind, ds: Dataset, meta: Any, labels: list[str]) -> list[str]:
+    """Labels with no positive in the model's train split; known only on the dataset it was trained on."""
+    train_rows = ds.indices("train")
+    if meta.dataset_version and meta.dataset_version == ds.version and len(train_rows):
+        return kind.untrained_labels(labels, ds.manifest[labels].to_numpy(dtype=np.float64)[train_rows])
+    return [label for label in getattr(meta, "untrained_labels", []) or [] if label in labels]
 
 
 def _write_plots(figures: list[Figure], out_dir: Path) -> list[str]:
@@ -160,6 +193,7 @@ def evaluate_checkpoint(
         threshold_method=params.threshold_method,
         target_sensitivity=params.target_sensitivity,
         age_bands=_age_bands(params, kind),
+        untrained=_untrained(kind, ds, meta, labels),
         warnings=warnings,
     )
     body = kind.evaluate(data)
@@ -190,6 +224,7 @@ def evaluate_checkpoint(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         result["plots"] = _write_plots(kind.figures(labels, targets, scores, result), out_dir)
+        write_predictions(out_dir / PREDICTIONS_FILE, ds.manifest.iloc[rows], labels, targets, scores)
     result["seconds"] = round(time.perf_counter() - started, 3)
     if out_dir is not None:
         (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
@@ -228,8 +263,11 @@ def evaluate_and_log(
         ]
         client.log_batch(run_id, metrics=logged, tags=tags)
         if "thresholds" in result:
-            thresholds = {label: float(e["threshold"]) for label, e in result["thresholds"]["per_label"].items()}
-            update_checkpoint_meta(checkpoint, thresholds=thresholds)
+            per_label = result["thresholds"]["per_label"]
+            thresholds = {label: float(e["threshold"]) for label, e in per_label.items() if e["threshold"] is not None}
+            update_checkpoint_meta(
+                checkpoint, thresholds=thresholds, untrained_labels=list(result.get("untrained_labels", []))
+            )
             # The artifact keeps the name the registry downloads, whatever the local file is called.
             copy = Path(tmp) / "checkpoint" / "best.pt"
             copy.parent.mkdir()

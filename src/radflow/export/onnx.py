@@ -113,6 +113,7 @@ def onnx_metadata(meta: ModelMeta, quantization: str | None = None) -> OnnxMetad
         inputs=[IMAGE_INPUT, *([SEX_INPUT] if meta.extra_inputs else [])],
         output=get_task(meta.task).output,
         thresholds=dict(meta.thresholds) if meta.thresholds else None,
+        untrained_labels=list(meta.untrained_labels),
         dataset_version=meta.dataset_version,
         target_unit=meta.target_unit,
         target_mean=meta.target_mean,

@@ -3,17 +3,36 @@
 Absolute gates (macro AUROC, or MAE for regression) always apply. A candidate is compared with the
 champion label by label (or on MAE) only on the same test split, i.e. when both were evaluated on
 the same dataset version; otherwise the comparison is skipped and a note says why.
+
+A label is compared only when the test images hold at least ``gates.min_positives`` positives and
+``gates.min_negatives`` negatives of it; below that it is reported "not gated", because an AUROC
+over one positive image is that image's rank, not a property of the model. When both runs logged
+their per-image test scores (:class:`PairedScores`), the comparison is a paired test on the images
+both scored (a bootstrap over patients, or DeLong's test): a label fails only when its drop is
+larger than ``max_label_drop`` *and* the interval of the difference lies below zero, so noise alone
+never fails a model. Without them it falls back to the two point estimates, and a note says so.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from radflow.config import GateConfig
 from radflow.modelref import DATASET_VERSION_TAG
-from radflow.tasks import get_task, list_tasks
+from radflow.tasks import get_task, list_tasks, metric_key
 
-__all__ = ["EVAL_DATASET_TAG", "EVAL_HELD_OUT_TAG", "EVAL_SPLIT_TAG", "check_gates"]
+__all__ = [
+    "EVAL_DATASET_TAG",
+    "EVAL_HELD_OUT_TAG",
+    "EVAL_SPLIT_TAG",
+    "PairedScores",
+    "check_gates",
+    "eval_version",
+    "gate_family",
+]
 
 EVAL_DATASET_TAG = "radflow.eval_dataset_version"
 """Run tag: dataset version whose split the test metrics were computed on (set by the evaluation)."""
@@ -24,14 +43,28 @@ pipeline's evaluate stage. Models trained on more data (feedback) keep it, so th
 _LABEL_AUROC = "test_auroc_"
 
 
-def _eval_version(tags: dict[str, str]) -> str | None:
+@dataclass
+class PairedScores:
+    """Both models' test scores on the images both scored, in the same row order."""
+
+    labels: list[str]
+    targets: np.ndarray
+    """``(n, L)`` 1/0/NaN."""
+    candidate: np.ndarray
+    champion: np.ndarray
+    groups: np.ndarray
+    """Each image's (pseudonymous) patient: the bootstrap resamples patients."""
+
+
+def eval_version(tags: dict[str, str]) -> str | None:
+    """The test split a run was evaluated on, as comparable across runs (``None`` when unknown)."""
     # Runs evaluated by radflow carry the evaluated dataset version; older ones only the training one,
     # which is the dataset whose test split the loop evaluates.
     # The test split's own hash when known: a dataset grown by training-only rows keeps the same test set.
     return tags.get(EVAL_HELD_OUT_TAG) or tags.get(EVAL_DATASET_TAG) or tags.get(DATASET_VERSION_TAG)
 
 
-def _family(metrics: dict[str, float], tags: dict[str, str]) -> str:
+def gate_family(metrics: dict[str, float], tags: dict[str, str]) -> str:
     """Whose gates apply: the family of the run's task, else of the kind whose first gate metric the run logged.
 
     A run with neither is judged as classification, whose failing AUROC gate says to evaluate it first.
@@ -47,27 +80,109 @@ def _family(metrics: dict[str, float], tags: dict[str, str]) -> str:
     return "classification"
 
 
+def _too_few(positives: int | None, negatives: int | None, gates: GateConfig) -> bool:
+    if positives is None or negatives is None:
+        return False
+    return positives < gates.min_positives or negatives < gates.min_negatives
+
+
+def _not_gated(label: str, metric: str, positives: int, negatives: int, gates: GateConfig) -> dict[str, Any]:
+    return {
+        "label": label,
+        "metric": metric,
+        "positives": positives,
+        "negatives": negatives,
+        "message": f"{label}: not gated: n={positives} positive(s), {negatives} negative(s) on the test images "
+        f"(gates.min_positives {gates.min_positives}, min_negatives {gates.min_negatives}).",
+    }
+
+
+def _paired_label_checks(
+    paired: PairedScores, gates: GateConfig, label_name: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(checks, not gated) of the per-label paired comparison with the champion."""
+    from radflow.metrics.paired import class_counts, delong_auroc, paired_bootstrap_auroc
+
+    checks: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for j, label in enumerate(paired.labels):
+        metric = f"test_auroc_{metric_key(label)}"
+        y = paired.targets[:, j]
+        positives, negatives = class_counts(y)
+        if _too_few(positives, negatives, gates):
+            skipped.append(_not_gated(label, metric, positives, negatives, gates))
+            continue
+        if gates.comparison == "delong":
+            test = delong_auroc(y, paired.champion[:, j], paired.candidate[:, j], ci=gates.comparison_ci)
+        else:
+            test = paired_bootstrap_auroc(
+                y,
+                paired.champion[:, j],
+                paired.candidate[:, j],
+                paired.groups,
+                n_bootstrap=gates.comparison_bootstrap,
+                ci=gates.comparison_ci,
+            )
+        diff, interval = test["diff"], test["ci"]
+        if diff is None:
+            continue
+        drop = -diff
+        worse = interval is not None and interval[1] is not None and interval[1] < 0
+        ok = not (drop > gates.max_label_drop + 1e-9 and worse)
+        ci_text = f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "[-]"
+        p_text = f", p {test['p_value']:.3g}" if test.get("p_value") is not None else ""
+        message = (
+            f"{metric} {test['auroc_b']:.4f} vs {label_name} {test['auroc_a']:.4f} on the same {test['n']} images: "
+            f"difference {diff:+.4f}, {gates.comparison_ci:.0%} CI {ci_text}{p_text} ({test['method']})"
+        )
+        if not ok:
+            message += f"; the drop exceeds max_label_drop {gates.max_label_drop:g} and is not noise"
+        checks.append(
+            {
+                "gate": "max_label_drop",
+                "metric": metric,
+                "value": test["auroc_b"],
+                "limit": test["auroc_a"] - gates.max_label_drop,
+                "passed": ok,
+                "message": message,
+                "comparison": test,
+            }
+        )
+    return checks, skipped
+
+
+def _count(metrics: dict[str, float], kind: str, key: str) -> int | None:
+    value = metrics.get(f"test_{kind}_{key}")
+    return None if value is None else int(value)
+
+
 def check_gates(
     metrics: dict[str, float],
     tags: dict[str, str],
     gates: GateConfig,
     champion: dict[str, Any] | None = None,
+    paired: PairedScores | None = None,
+    paired_note: str | None = None,
 ) -> dict[str, Any]:
     """Apply quality gates to a run's test metrics; pure (no MLflow calls).
 
-    ``champion`` is ``{"version", "metrics", "tags"}`` of the current champion, or ``None``.
-    Returns ``{"passed", "checks": [...], "failures": [...], "notes": [...]}``; each check is
-    ``{"gate", "metric", "value", "limit", "passed", "message"}``.
+    ``champion`` is ``{"version", "metrics", "tags"}`` of the current champion, or ``None``;
+    ``paired`` both models' scores on the shared test images (``paired_note`` says why there are
+    none). Returns ``{"passed", "checks": [...], "failures": [...], "notes": [...], "not_gated":
+    [...]}``; each check is ``{"gate", "metric", "value", "limit", "passed", "message"}`` (a paired
+    one adds ``comparison``), each not-gated label ``{"label", "metric", "positives", "negatives",
+    "message"}``.
     """
     checks: list[dict[str, Any]] = []
     notes: list[str] = []
+    not_gated: list[dict[str, Any]] = []
 
     def check(gate: str, metric: str, value: float | None, limit: float, ok: bool, message: str) -> None:
         checks.append(
             {"gate": gate, "metric": metric, "value": value, "limit": limit, "passed": ok, "message": message}
         )
 
-    family = _family(metrics, tags)
+    family = gate_family(metrics, tags)
     if family == "regression":
         mae = metrics.get("test_mae")
         if mae is None:
@@ -112,7 +227,7 @@ def check_gates(
             )
 
     if champion is not None:
-        mine, theirs = _eval_version(tags), _eval_version(champion["tags"])
+        mine, theirs = eval_version(tags), eval_version(champion["tags"])
         label = f"champion v{champion['version']}"
         if mine is None or mine != theirs:
             notes.append(
@@ -133,13 +248,26 @@ def check_gates(
                     f"test_mae {mae:.3f} is {rise:+.3f} vs {label} ({champ_mae:.3f}); "
                     f"max_mae_increase {gates.max_mae_increase:g}",
                 )
+        elif paired is not None:
+            paired_checks, not_gated = _paired_label_checks(paired, gates, label)
+            checks += paired_checks
         else:
+            notes.append(
+                f"compared with {label} on point estimates, not a paired test: "
+                f"{paired_note or 'no per-image test predictions'}; re-evaluate both runs to compare them on the "
+                "same images."
+            )
             for key, champ_value in sorted(champion["metrics"].items()):
                 if not key.startswith(_LABEL_AUROC):
                     continue
                 value = metrics.get(key)
                 if value is None:
                     notes.append(f"{label} has {key} but this run does not; that label was not compared.")
+                    continue
+                suffix = key.removeprefix(_LABEL_AUROC)
+                positives, negatives = _count(metrics, "positives", suffix), _count(metrics, "negatives", suffix)
+                if positives is not None and negatives is not None and _too_few(positives, negatives, gates):
+                    not_gated.append(_not_gated(suffix, key, positives, negatives, gates))
                     continue
                 drop = champ_value - value
                 ok = drop <= gates.max_label_drop + 1e-9
@@ -152,5 +280,6 @@ def check_gates(
                 check("max_label_drop", key, value, champ_value - gates.max_label_drop, ok, message)
     elif not notes:
         notes.append("no champion yet; only the absolute gates apply.")
+    notes += [entry["message"] for entry in not_gated]
     failures = [c for c in checks if not c["passed"]]
-    return {"passed": not failures, "checks": checks, "failures": failures, "notes": notes}
+    return {"passed": not failures, "checks": checks, "failures": failures, "notes": notes, "not_gated": not_gated}

@@ -12,7 +12,8 @@ from radflow.config import GateConfig
 from radflow.errors import NotFoundError
 from radflow.modelref import CHALLENGER, CHAMPION, DATASET_VERSION_TAG, get_run
 from radflow.registry.client import alias_version, open_client
-from radflow.registry.gates import EVAL_DATASET_TAG, EVAL_HELD_OUT_TAG, check_gates
+from radflow.registry.comparison import fetch_paired
+from radflow.registry.gates import EVAL_DATASET_TAG, EVAL_HELD_OUT_TAG, check_gates, eval_version, gate_family
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -63,7 +64,12 @@ def _champion_info(client: MlflowClient, name: str, uri: str, exclude: str) -> d
     if champ is None or str(champ.version) == exclude or not champ.run_id:
         return None
     run = client.get_run(champ.run_id)
-    return {"version": str(champ.version), "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+    return {
+        "version": str(champ.version),
+        "run_id": str(champ.run_id),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
 
 
 def register(
@@ -72,7 +78,9 @@ def register(
     """Register ``runs:/RUN_ID/model`` as a new version of ``name`` and apply the quality gates.
 
     Returns ``{"name", "version", "run_id", "passed", "alias", "failures", "checks", "notes",
-    "champion", "tags"}``. A failing version stays registered, without alias, tagged ``gate=failed``.
+    "not_gated", "champion", "tags"}``. The champion comparison is a paired test on both runs'
+    logged per-image test predictions (:mod:`radflow.registry.comparison`) when both have them.
+    A failing version stays registered, without alias, tagged ``gate=failed``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -94,7 +102,17 @@ def register(
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
     number = str(version.version)
     champion = _champion_info(client, name, uri, exclude=number)
-    outcome = check_gates(metrics, run_tags, gates, champion)
+    paired, paired_note = None, None
+    # Only worth a download when the gates will compare (same test split); they say why not otherwise.
+    split = eval_version(run_tags)
+    if (
+        champion is not None
+        and split is not None
+        and split == eval_version(champion["tags"])
+        and gate_family(metrics, run_tags) == "classification"
+    ):
+        paired, paired_note = fetch_paired(client, run_id, champion)
+    outcome = check_gates(metrics, run_tags, gates, champion, paired, paired_note)
     client.set_model_version_tag(name, number, GATE_TAG, "passed" if outcome["passed"] else "failed")
     if outcome["failures"]:
         reasons = "; ".join(f["message"] for f in outcome["failures"])
@@ -111,6 +129,7 @@ def register(
         "failures": outcome["failures"],
         "checks": outcome["checks"],
         "notes": outcome["notes"],
+        "not_gated": outcome["not_gated"],
         "champion": champion["version"] if champion else None,
         "tags": tags,
         "tracking_uri": uri,

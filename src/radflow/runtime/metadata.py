@@ -62,6 +62,9 @@ class OnnxMetadata:
     """Name of the prediction output, the task kind's ``output``: ``probabilities`` or ``value``."""
     thresholds: dict[str, float] | None = None
     """Decision thresholds chosen on validation data by the evaluation; 0.5 is used where missing."""
+    untrained_labels: list[str] = field(default_factory=list)
+    """Labels with no positive in the train split: served without a threshold, flagged ``untrained``
+    and never called positive (a 0.5 default would pass a guess off as an operating point)."""
     dataset_version: str = ""
     target_unit: str | None = None
     target_mean: float | None = None

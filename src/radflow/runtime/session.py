@@ -141,7 +141,12 @@ class RadflowModel:
             )
         self.has_cam = CAM_OUTPUT in outputs
         self.needs_sex = SEX_INPUT in names
-        self.thresholds = {label: float((meta.thresholds or {}).get(label, DEFAULT_THRESHOLD)) for label in meta.labels}
+        untrained = set(meta.untrained_labels or [])
+        # None: a label the model never learned has no operating point and is never called positive.
+        self.thresholds: dict[str, float | None] = {
+            label: None if label in untrained else float((meta.thresholds or {}).get(label, DEFAULT_THRESHOLD))
+            for label in meta.labels
+        }
 
     @classmethod
     def load(

@@ -79,15 +79,21 @@ class Finding:
     label: str
     probability: float
     positive: bool
-    threshold: float
+    threshold: float | None
+    """``None`` for a label the model never learned (no positive in its train split): no operating point."""
+    untrained: bool = False
+    """The label had no positive in the train split; it is never called positive."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "label": self.label,
             "probability": self.probability,
             "positive": self.positive,
             "threshold": self.threshold,
         }
+        if self.untrained:
+            out["untrained"] = True  # only on such labels, so every other answer keeps its shape
+        return out
 
 
 @dataclass
@@ -97,6 +103,8 @@ class Prediction:
     findings: list[Finding] | None = None
     value: float | None = None
     unit: str | None = None
+    contradictions: list[dict[str, Any]] | None = None
+    """Findings that cannot all be true at once (``{"labels", "message"}`` each), for kinds that check any."""
 
     @property
     def positives(self) -> list[str]:
@@ -105,7 +113,10 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         if self.findings is None:
             return {"prediction": {"value": self.value, "unit": self.unit}}
-        return {"findings": [f.to_dict() for f in self.findings]}
+        out: dict[str, Any] = {"findings": [f.to_dict() for f in self.findings]}
+        if self.contradictions is not None:
+            out["contradictions"] = self.contradictions
+        return out
 
 
 class TaskKind:
@@ -153,6 +164,10 @@ class TaskKind:
 
     def check_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
         """Warnings about the train split's targets; a dataset the kind cannot learn raises DataError."""
+        return []
+
+    def untrained_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
+        """Labels the train split gave the model nothing to learn from (no positive); they get no threshold."""
         return []
 
     def pos_weight(self, train_targets: np.ndarray) -> np.ndarray | None:
@@ -218,9 +233,12 @@ class TaskKind:
     # -- serving ------------------------------------------------------------------------------
 
     def encode(
-        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float], unit: str | None
+        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float | None], unit: str | None
     ) -> Prediction:
-        """One image's output row as the answer a client receives."""
+        """One image's output row as the answer a client receives.
+
+        A ``None`` threshold marks a label the model never learned (:meth:`untrained_labels`).
+        """
         raise NotImplementedError
 
     def validate_feedback(

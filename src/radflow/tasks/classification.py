@@ -31,6 +31,11 @@ class ClassificationKind(TaskKind):
             if known[:, j].any() and not (train_targets[:, j] == 1).any()
         ]
 
+    def untrained_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
+        """Labels without a single positive among the train split's known targets."""
+        positives = np.nansum(np.asarray(train_targets, dtype=np.float64) == 1, axis=0)
+        return [label for j, label in enumerate(labels) if positives[j] == 0]
+
     def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Per-label AUROC (``val_auroc_<label>``) and their mean (``val_macro_auroc``).
 

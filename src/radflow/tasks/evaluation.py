@@ -49,6 +49,8 @@ class EvalData:
     threshold_method: ThresholdMethod
     target_sensitivity: float
     age_bands: list[float]
+    untrained: list[str] = field(default_factory=list)
+    """Labels with no positive in the model's train split: no operating point is chosen for them."""
     warnings: list[str] = field(default_factory=list)
     """Notes the kind adds about this evaluation (printed and stored in the JSON)."""
 

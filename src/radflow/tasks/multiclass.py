@@ -61,11 +61,12 @@ class Multiclass(ClassificationKind):
         return {"val_accuracy": accuracy, **super().val_metrics(labels, preds, targets)}
 
     def encode(
-        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float], unit: str | None
+        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float | None], unit: str | None
     ) -> Prediction:
         top = int(np.argmax(scores))
         findings = [
-            Finding(label, round(float(scores[i]), 6), i == top, thresholds[label]) for i, label in enumerate(labels)
+            Finding(label, round(float(scores[i]), 6), i == top, thresholds[label], untrained=thresholds[label] is None)
+            for i, label in enumerate(labels)
         ]
         return Prediction(findings=findings)
 

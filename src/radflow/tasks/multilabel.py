@@ -15,7 +15,56 @@ from radflow.tasks.registry import register_task
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Multilabel"]
+__all__ = ["COMPATIBLE_WITH_NO_FINDING", "NO_FINDING", "Multilabel", "contradiction_counts", "contradictions"]
+
+NO_FINDING = "No Finding"
+"""The CheXpert/NIH label that says the image shows none of the other findings."""
+COMPATIBLE_WITH_NO_FINDING = frozenset({"Support Devices"})
+"""Labels that may be positive beside "No Finding": CheXpert's labeler sets No Finding when no
+pathology is found, and lines, tubes or pacemakers are not pathology."""
+
+
+def contradictions(positives: Sequence[str]) -> list[dict[str, Any]]:
+    """ "No Finding" called positive together with a finding: the answer contradicts itself.
+
+    Returns ``[]`` or one ``{"labels": ["No Finding", ...], "message"}``; shown in the answer, never
+    resolved silently, because which side is wrong is for a reader to decide.
+    """
+    if NO_FINDING not in positives:
+        return []
+    others = [p for p in positives if p != NO_FINDING and p not in COMPATIBLE_WITH_NO_FINDING]
+    if not others:
+        return []
+    return [
+        {"labels": [NO_FINDING, *others], "message": f"{NO_FINDING!r} is positive together with {', '.join(others)}"}
+    ]
+
+
+def contradiction_counts(
+    labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, thresholds: Mapping[str, float]
+) -> dict[str, Any] | None:
+    """How many images have "No Finding" positive beside another finding: in the labels and in the predictions.
+
+    ``None`` when the label set has no "No Finding". Predictions count only labels with a threshold.
+    """
+    if NO_FINDING not in labels:
+        return None
+    j = list(labels).index(NO_FINDING)
+    others = [i for i, label in enumerate(labels) if i != j and label not in COMPATIBLE_WITH_NO_FINDING]
+    in_labels = (targets[:, j] == 1) & (targets[:, others] == 1).any(axis=1) if others else np.zeros(len(targets), bool)
+    predicted = np.zeros(len(scores), dtype=bool)
+    if NO_FINDING in thresholds:
+        called = [i for i in others if labels[i] in thresholds]
+        cuts = np.array([thresholds[labels[i]] for i in called])
+        if called:
+            predicted = (scores[:, j] >= thresholds[NO_FINDING]) & (scores[:, called] >= cuts).any(axis=1)
+    return {
+        "rule": f"{NO_FINDING!r} positive together with another finding"
+        + (f" (except {', '.join(sorted(COMPATIBLE_WITH_NO_FINDING))})" if COMPATIBLE_WITH_NO_FINDING else ""),
+        "n": len(scores),
+        "predicted": int(predicted.sum()),
+        "labels": int(in_labels.sum()),
+    }
 
 
 @register_task
@@ -48,13 +97,19 @@ class Multilabel(ClassificationKind):
         return torch.sigmoid(outputs)
 
     def encode(
-        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float], unit: str | None
+        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float | None], unit: str | None
     ) -> Prediction:
-        findings = [
-            Finding(label, round(float(scores[i]), 6), bool(scores[i] >= thresholds[label]), thresholds[label])
-            for i, label in enumerate(labels)
-        ]
-        return Prediction(findings=findings)
+        """Findings at their thresholds; a label without one (never learned) is flagged and never positive."""
+        findings = []
+        for i, label in enumerate(labels):
+            threshold = thresholds[label]
+            positive = threshold is not None and bool(scores[i] >= threshold)
+            findings.append(
+                Finding(label, round(float(scores[i]), 6), positive, threshold, untrained=threshold is None)
+            )
+        prediction = Prediction(findings=findings)
+        prediction.contradictions = contradictions(prediction.positives)
+        return prediction
 
     def evaluate(self, data: EvalData) -> dict[str, Any]:
         """Per-finding metrics at operating points chosen on the val split, calibration and subgroups.
@@ -92,7 +147,21 @@ class Multilabel(ClassificationKind):
             }
             chosen_on = "checkpoint" if stored else "default"
             data.warnings.append("the dataset has no val split; thresholds come from the checkpoint (or 0.5).")
-        thresholds = {label: float(entry["threshold"]) for label, entry in per_label.items()}
+        for label in data.untrained:
+            if label in per_label:
+                # No threshold at all rather than a default 0.5 that would look like an operating point.
+                per_label[label] = {
+                    "threshold": None,
+                    "source": "none: no positive in the train split (never called positive)",
+                    "n": per_label[label].get("n"),
+                }
+                data.warnings.append(
+                    f"{label}: no positive in the train split; the model never learned it, so it gets no "
+                    "threshold and is flagged untrained in the model's metadata and answers."
+                )
+        thresholds = {
+            label: float(entry["threshold"]) for label, entry in per_label.items() if entry["threshold"] is not None
+        }
         result = M.multilabel_metrics(
             data.targets,
             data.scores,
@@ -106,7 +175,15 @@ class Multilabel(ClassificationKind):
             if entry["reason"]:
                 data.warnings.append(f"{label}: {entry['reason']}.")
         calibration = result.pop("calibration")
+        found = contradiction_counts(labels, data.targets, data.scores, thresholds)
+        if found and found["predicted"]:
+            data.warnings.append(
+                f"{found['predicted']} of {found['n']} images are predicted {found['rule']}; "
+                "such answers carry a 'contradictions' entry."
+            )
         return {
+            "contradictions": found,
+            "untrained_labels": [label for label in data.untrained if label in labels],
             "thresholds": {
                 "method": data.threshold_method,
                 "target_sensitivity": data.target_sensitivity if data.threshold_method == "sensitivity" else None,
@@ -131,8 +208,13 @@ class Multilabel(ClassificationKind):
         if m["macro"].get("auroc_ci"):
             out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
         out.update(micro_auroc=m["micro"]["auroc"], ece=result["calibration"]["ece_pooled"])
+        if result.get("contradictions"):
+            out["contradictions"] = result["contradictions"]["predicted"]
         for label, entry in m["per_label"].items():
             key = metric_key(label)
+            # Class counts beside each AUROC: the gates judge a label only when it has enough of both.
+            out[f"positives_{key}"] = entry["positives"]
+            out[f"negatives_{key}"] = entry["n"] - entry["positives"]
             out[f"auroc_{key}"] = entry["auroc"]
             out[f"auprc_{key}"] = entry["auprc"]
             out[f"sensitivity_{key}"] = entry.get("sensitivity")
@@ -206,6 +288,14 @@ class Multilabel(ClassificationKind):
             ReportTable(columns, [rows, pooled], title=f"thresholds: {how['method']} on {how['chosen_on']}"),
             f"calibration: ECE {fmt(result['calibration']['ece_pooled'])} ({result['calibration']['bins']} bins)",
         ]
+        found = result.get("contradictions")
+        if found:
+            out.append(
+                f"contradictions ({found['rule']}): {found['predicted']} of {found['n']} predicted, "
+                f"{found['labels']} in the labels"
+            )
+        if result.get("untrained_labels"):
+            out.append(f"untrained (no positive in train; no threshold): {', '.join(result['untrained_labels'])}")
         if result.get("subgroups"):
             sub = [
                 [grouping, value, str(entry["n"]), fmt(entry["macro_auroc"])]

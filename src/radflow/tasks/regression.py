@@ -116,7 +116,7 @@ class Regression(TaskKind):
         ]
 
     def encode(
-        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float], unit: str | None
+        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float | None], unit: str | None
     ) -> Prediction:
         return Prediction(value=round(float(scores[0]), 4), unit=unit)
 

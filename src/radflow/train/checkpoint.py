@@ -48,6 +48,8 @@ class ModelMeta:
     target_mean: float | None = None
     target_std: float | None = None
     thresholds: dict[str, float] | None = None
+    untrained_labels: list[str] = field(default_factory=list)
+    """Labels with no positive in the train split: they have no threshold and are never called positive."""
     run_id: str | None = None
     epoch: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -77,7 +77,7 @@
       $("est-years").value = "";
       $("est-months").value = "";
     } else {
-      renderFindings(record.findings);
+      renderFindings(record.findings, record.contradictions);
     }
     $("feedback").reset();
     setStatus($("feedback-status"), "");
@@ -85,14 +85,21 @@
     $("result").hidden = false;
   }
 
-  function renderFindings(findings) {
+  function renderFindings(findings, contradictions) {
     const list = $("findings");
     list.replaceChildren();
+    // A self-contradicting answer ("No Finding" beside a finding) is shown, never resolved silently.
+    (contradictions || []).forEach((c) =>
+      list.append(el("li", { class: "finding contradiction", role: "alert", text: "Contradiction: " + c.message }))
+    );
     findings.forEach((f, i) => {
+      // An untrained label (no positive in training) has no threshold and is never called positive.
+      const thr = f.threshold === null || f.threshold === undefined ? "none (untrained)" : pct(f.threshold);
       const fill = el("div", { class: "fill" });
       fill.style.width = (f.probability * 100).toFixed(1) + "%";
-      const tick = el("div", { class: "tick", title: "threshold " + pct(f.threshold) });
-      tick.style.left = (f.threshold * 100).toFixed(1) + "%";
+      const tick = el("div", { class: "tick", title: "threshold " + thr });
+      if (f.threshold === null || f.threshold === undefined) tick.hidden = true;
+      else tick.style.left = (f.threshold * 100).toFixed(1) + "%";
       const bar = el(
         "div",
         {
@@ -102,7 +109,7 @@
           "aria-valuemin": 0,
           "aria-valuemax": 100,
           "aria-valuenow": (f.probability * 100).toFixed(1),
-          "aria-valuetext": pct(f.probability) + ", threshold " + pct(f.threshold),
+          "aria-valuetext": pct(f.probability) + ", threshold " + thr,
         },
         fill,
         tick
@@ -132,9 +139,10 @@
             "div",
             { class: "finding-head" },
             el("span", { class: "name", text: f.label }),
-            el("span", { class: "thr", text: "threshold " + pct(f.threshold) }),
+            el("span", { class: "thr", text: "threshold " + thr }),
             el("span", { class: "prob", text: pct(f.probability) }),
-            f.positive ? el("span", { class: "badge", text: "positive" }) : null
+            f.positive ? el("span", { class: "badge", text: "positive" }) : null,
+            f.untrained ? el("span", { class: "badge untrained", text: "not trained" }) : null
           ),
           bar,
           el(
