@@ -13,8 +13,14 @@ Decisions, because the log holds no patient identity (and must not):
   sources' patients with the folder name, so they can never merge with a real patient.
 * One image per content hash: the latest feedback on any prediction of that image wins, and
   shadow rows (the same request scored by the challenger) are never separate images.
-* Images the main dataset already holds (same bytes) are dropped: an uploaded test image must
-  not come back as training data.
+* Held-out data never flows back into training. Every image is screened against the held-out
+  (val and test) rows of the dataset given (:class:`HeldOutScreen`): it is refused when its
+  preprocessed pixels are a held-out image's (an 8-bit re-encoding of a test film) or a perceptual
+  near-duplicate of one (a re-exposed, noisy or blurred copy, :mod:`radflow.data.neardup`). Of a
+  dataset not yet split, every main-source image counts as held out (any of them may land in test).
+  Refusals are counted per reason in ``held_out``; the screen itself is described in ``screen``.
+* Images the dataset already trains on (same bytes, or the same preprocessed pixels) are dropped
+  as duplicates (``skipped.in_dataset``).
 * Labels the reader gave are written as 1.0 / 0.0; ``correct: true`` without labels confirms the
   model's own calls; other findings stay blank (CheXpert's "not mentioned"). Feedback with
   neither, regression values (the RSNA layout needs the patient's sex, which is not logged) and
@@ -35,19 +41,85 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from radflow.data.labels import CHEXPERT_LABELS
+from radflow.data.neardup import DEFAULT_THRESHOLD
 from radflow.data.sources.chexpert import META_COLUMNS
-from radflow.errors import ConfigError, DataError, NotFoundError
+from radflow.errors import ConfigError, DataError, ImageDecodeError, NotFoundError
 from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions
 
-__all__ = ["CSV_COLUMNS", "FEEDBACK_DIR", "export_feedback", "parse_since", "store_location"]
+__all__ = [
+    "CSV_COLUMNS",
+    "FEEDBACK_DIR",
+    "HELD_OUT_REASONS",
+    "HeldOutScreen",
+    "export_feedback",
+    "held_out_summary",
+    "parse_since",
+    "screen_dataset",
+    "store_location",
+]
 
 FEEDBACK_DIR = "data/feedback"
 """Where ``radflow loop`` exports a workspace's feedback (listed in ``data.extra``)."""
 CSV_COLUMNS = (*META_COLUMNS, *CHEXPERT_LABELS)
 SUMMARY_FILE = "export.json"
+HELD_OUT_REASONS: dict[str, str] = {
+    "pixel_identical": "pixel-identical to a held-out image",
+    "near_duplicate": "perceptual near-duplicate of a held-out image",
+}
+"""Why an image is refused as held-out data (keys of the summary's ``held_out``), in words."""
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class HeldOutScreen:
+    """What must never come back as training data: the held-out images of a dataset, and its training pixels.
+
+    Reads the manifest's split and identity columns and the pixel shards, never source paths or
+    file names (those may be pseudonymised or absent).
+    """
+
+    def __init__(self, dataset: Path, threshold: int = DEFAULT_THRESHOLD):
+        from radflow.data.dataset import Dataset
+        from radflow.data.neardup import NearDuplicateIndex, pixel_digest
+        from radflow.data.split import EXTRA_SPLIT
+
+        ds = Dataset.open(dataset)
+        manifest = ds.manifest
+        main = (manifest["official_split"] != EXTRA_SPLIT).to_numpy()
+        split = manifest["split"].to_numpy()
+        self.split = bool((split != "").all())
+        held = main & np.isin(split, ["val", "test"]) if self.split else main
+        self.dataset = Path(dataset)
+        self.size = ds.spec.size
+        self.index = NearDuplicateIndex(ds.images(np.flatnonzero(held)), threshold)
+        self.bytes_in_dataset = set(manifest.loc[main, "sha256"].astype(str))
+        # main-source training rows only: extra rows are earlier feedback, which each export writes again
+        self.training_pixels = {pixel_digest(ds.image(int(i))) for i in np.flatnonzero(main & ~held)}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dataset": str(self.dataset),
+            "held_out_images": len(self.index),
+            "held_out": "val and test" if self.split else "every main-source image (the dataset is not split)",
+            "near_duplicate_threshold_bits": self.index.threshold,
+        }
+
+    def verdict(self, data: bytes, sha: str) -> str | None:
+        """Why an upload (its stored bytes and their sha256) must not be exported, or None when it may."""
+        from radflow.data.decode import decode_image
+        from radflow.data.neardup import pixel_digest
+        from radflow.data.preprocess import prepare_pixels
+
+        pixels = prepare_pixels(decode_image(data, name=sha).pixels, self.size)
+        match = self.index.find(pixels)
+        if match is not None:
+            return "pixel_identical" if match.exact else "near_duplicate"
+        if sha in self.bytes_in_dataset or pixel_digest(pixels) in self.training_pixels:
+            return "in_dataset"
+        return None
 
 
 @dataclass(frozen=True)
@@ -73,6 +145,14 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
             f"--since {text!r}: give an ISO date or time (2026-01-31, 2026-01-31T08:00) or a duration (12h, 7d)."
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def screen_dataset(workspace: Path) -> Path:
+    """The dataset a workspace's feedback is screened against: the split one when built, else the ingested one."""
+    from radflow.pipeline.dvc_yaml import DATASET, SPLIT_DATASET
+
+    split = workspace / SPLIT_DATASET
+    return split if (split / "manifest.parquet").is_file() else workspace / DATASET
 
 
 def store_location(
@@ -106,19 +186,17 @@ def _labels(row: LabelledPrediction, unknown: set[str]) -> dict[str, float] | No
     return labels or None
 
 
-def _dataset_hashes(dataset: Path | None) -> set[str]:
-    """Content hashes of the main source's images in ``dataset`` (extra rows, e.g. earlier feedback, excluded)."""
-    if dataset is None:
-        return set()
-    import pandas as pd
-
-    from radflow.data.split import EXTRA_SPLIT
-
-    manifest = Path(dataset) / "manifest.parquet"
-    if not manifest.is_file():
-        return set()
-    frame = pd.read_parquet(manifest, columns=["sha256", "official_split"])
-    return set(frame.loc[frame["official_split"] != EXTRA_SPLIT, "sha256"].astype(str))
+def held_out_summary(info: dict[str, Any]) -> str:
+    """One line saying what an export refused as held-out data and why (for the CLI and the loop)."""
+    screen = info.get("screen")
+    if screen is None:
+        return "held-out screen: none (no dataset given, nothing was checked against val/test)"
+    refused = {k: v for k, v in info["held_out"].items() if v}
+    what = ", ".join(f"{v} {HELD_OUT_REASONS[k]}" for k, v in refused.items()) or "none"
+    return (
+        f"held-out images excluded: {what} (screened against {screen['held_out_images']} {screen['held_out']} "
+        f"images of {screen['dataset']}; near-duplicate = pHash within {screen['near_duplicate_threshold_bits']} bits)"
+    )
 
 
 def _csv_row(rel: str, labels: dict[str, float]) -> dict[str, str]:
@@ -138,8 +216,10 @@ def export_feedback(
 ) -> dict[str, Any]:
     """Write the feedback of the store at ``store_url`` to ``out`` in CheXpert layout; returns what was written.
 
-    ``dataset``: a dataset folder whose main-source images are left out (the workspace's ``data/dataset``).
-    The folder is rebuilt from scratch beside ``out`` and swapped in, so a failed export leaves the old one.
+    ``dataset``: the dataset whose held-out images are refused and whose training images are left out
+    (a workspace's split dataset, ``data/split``); see :class:`HeldOutScreen`. Without it nothing is
+    screened, and the summary says so. The folder is rebuilt from scratch beside ``out`` and swapped in,
+    so a failed export leaves the old one.
     """
     out = Path(out).resolve()
     rows = _read_feedback(store_url, inputs_dir, since)
@@ -149,7 +229,8 @@ def export_feedback(
             f"no feedback{when} in {store_url} yet; readers give it in the web UI or with POST /v1/feedback."
         )
     unknown: set[str] = set()
-    skipped = {"no_labels": 0, "regression": 0, "no_input": 0, "missing_pixels": 0, "in_dataset": 0}
+    skipped = {"no_labels": 0, "regression": 0, "no_input": 0, "missing_pixels": 0, "unreadable": 0, "in_dataset": 0}
+    held_out = dict.fromkeys(HELD_OUT_REASONS, 0)
     by_image: dict[str, _Item] = {}
     merged = 0
     for row in rows:  # oldest feedback first: later feedback on the same image replaces earlier
@@ -162,7 +243,7 @@ def export_feedback(
             continue
         merged += row.input_sha256 in by_image
         by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels)
-    known = _dataset_hashes(dataset)
+    screen = HeldOutScreen(dataset) if dataset is not None else None
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "train").mkdir(parents=True)
@@ -175,9 +256,18 @@ def export_feedback(
                 continue
             data = source.read_bytes()
             sha = hashlib.sha256(data).hexdigest()
-            if item.input_sha256 in known or sha in known:
-                skipped["in_dataset"] += 1
-                continue
+            if screen is not None:
+                try:
+                    reason = "in_dataset" if item.input_sha256 in screen.bytes_in_dataset else screen.verdict(data, sha)
+                except ImageDecodeError:
+                    skipped["unreadable"] += 1
+                    continue
+                if reason in held_out:
+                    held_out[reason] += 1
+                    continue
+                if reason == "in_dataset":
+                    skipped["in_dataset"] += 1
+                    continue
             # Two uploads (e.g. PNG and DICOM of one film) with the same stored pixels: the later feedback wins.
             merged += sha in written
             # A pseudo-patient per image, numbered from its hash (CheXpert paths need patient<digits>).
@@ -199,6 +289,8 @@ def export_feedback(
             "predictions_with_feedback": len(rows),
             "duplicates_merged": merged,
             "skipped": skipped,
+            "held_out": held_out,
+            "screen": screen.describe() if screen is not None else None,
             "unknown_labels": sorted(unknown),
             "since": since.isoformat() if since else None,
             "positives": {

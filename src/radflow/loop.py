@@ -1,8 +1,10 @@
 """``radflow loop``: one turn of closing the loop in a workspace, from reader feedback to a canary.
 
 1. Export the feedback of the workspace's prediction store to ``data/feedback`` (CheXpert layout,
-   see :mod:`radflow.feedback`), list it in ``data.extra``, track it with ``dvc add`` and commit
-   the new data version (params.yaml, dvc.yaml and ``data/feedback.dvc``; nothing else).
+   see :mod:`radflow.feedback`), refusing every image that is (or nearly is) one of the split
+   dataset's val or test images (counted per reason and printed), list it in ``data.extra``, track
+   it with ``dvc add`` and commit the new data version (params.yaml, dvc.yaml and
+   ``data/feedback.dvc``; nothing else).
 2. ``radflow run``: ingest adds the feedback images as training-only rows, split keeps the test
    set exactly as it was, and train / evaluate / export / register follow. An unchanged feedback
    folder changes no hash, so nothing reruns.
@@ -96,8 +98,7 @@ def run_loop(
     "rows_added", "test_split_unchanged", "run", "registration", "new_version", "canary"}``.
     """
     from radflow.config import load_params
-    from radflow.feedback import FEEDBACK_DIR, export_feedback, store_location
-    from radflow.pipeline.dvc_yaml import DATASET
+    from radflow.feedback import FEEDBACK_DIR, export_feedback, screen_dataset, store_location
     from radflow.pipeline.run import run_pipeline
     from radflow.pipeline.workspace import commit_paths, dvc_add, find_workspace, use_extra_source
 
@@ -114,7 +115,8 @@ def run_loop(
         )
     before = _dataset_state(root)
     url, inputs_dir = store_location(root, store_url)
-    exported = export_feedback(root / FEEDBACK_DIR, url, inputs_dir, since=since, dataset=root / DATASET)
+    # Screened against the split dataset the gates use: its val and test images never come back as training data.
+    exported = export_feedback(root / FEEDBACK_DIR, url, inputs_dir, since=since, dataset=screen_dataset(root))
     use_extra_source(root, FEEDBACK_DIR)
     md5 = dvc_add(root, FEEDBACK_DIR)
     commit = commit_paths(

@@ -16,6 +16,8 @@ app.add_typer(feedback_app, name="feedback")
 
 
 def _render(info: dict[str, Any]) -> None:
+    from radflow.feedback import held_out_summary
+
     console.print(
         f"[bold]{info['images']} images[/] with reader labels written to {info['out']} (CheXpert layout, train.csv) "
         f"from {info['predictions_with_feedback']} labelled predictions ({info['feedback_rows']} feedback rows)",
@@ -26,6 +28,7 @@ def _render(info: dict[str, Any]) -> None:
         console.print(f"{info['duplicates_merged']} duplicate images merged (latest feedback kept)")
     if skipped:
         console.print("skipped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()))
+    console.print(held_out_summary(info), highlight=False)
     if info["unknown_labels"]:
         console.print(f"[yellow]labels that are not CheXpert findings were left out: {info['unknown_labels']}[/]")
     if info["positives"]:
@@ -50,7 +53,11 @@ def export_command(
         Path | None, typer.Option(help="Stored input images (default: inputs/ beside a SQLite store).")
     ] = None,
     dataset: Annotated[
-        Path | None, typer.Option(help="Dataset whose images are left out (default: the workspace's data/dataset).")
+        Path | None,
+        typer.Option(
+            help="Dataset whose held-out (val/test) images are refused and whose training images are left out "
+            "(default: the workspace's data/split, or data/dataset before it is split)."
+        ),
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="Only feedback given since: ISO date/time or a duration (7d, 12h).")
@@ -59,8 +66,7 @@ def export_command(
 ) -> None:
     """Write feedback-labelled predictions and their stored pixels as a CheXpert-layout training source."""
     from radflow.errors import ConfigError
-    from radflow.feedback import export_feedback, parse_since, store_location
-    from radflow.pipeline.dvc_yaml import DATASET
+    from radflow.feedback import export_feedback, parse_since, screen_dataset, store_location
     from radflow.pipeline.workspace import find_workspace
 
     def body() -> dict[str, Any]:
@@ -68,7 +74,7 @@ def export_command(
             raise ConfigError("say where the feedback is: --workspace DIR or --store-url URL.")
         root = find_workspace(workspace) if workspace is not None else None
         url, inputs = store_location(root, store_url, inputs_dir)
-        exclude = dataset or (root / DATASET if root is not None else None)
+        exclude = dataset or (screen_dataset(root) if root is not None else None)
         return export_feedback(out, url, inputs, since=parse_since(since), dataset=exclude)
 
     emit(run_command(body), as_json, _render)

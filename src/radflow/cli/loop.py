@@ -14,6 +14,7 @@ __all__ = ["loop_command"]
 
 def _render(info: dict[str, Any]) -> None:
     from radflow.cli.workspace import render_results
+    from radflow.feedback import held_out_summary
 
     exported = info["export"]
     console.print(
@@ -21,6 +22,7 @@ def _render(info: dict[str, Any]) -> None:
         f"(skipped: {', '.join(f'{k} {v}' for k, v in exported['skipped'].items() if v) or 'none'})",
         highlight=False,
     )
+    console.print(held_out_summary(exported), highlight=False)
     data = info["data_version"]
     commit = f" · commit {data['commit'][:8]}" if data["commit"] else " · unchanged"
     console.print(f"[bold]data version[/] data/feedback md5 {data['md5']}{commit}", highlight=False)

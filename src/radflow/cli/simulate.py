@@ -1,4 +1,4 @@
-"""``radflow simulate``: a clinic's traffic (held-out images, optional drift, ground-truth feedback) to a server."""
+"""``radflow simulate``: a clinic's traffic (new patients or a split, drift, ground-truth feedback) to a server."""
 
 from __future__ import annotations
 
@@ -17,8 +17,14 @@ def _render(summary: dict[str, Any]) -> None:
     from radflow.sim.drift import DriftSpec
 
     drift = str(DriftSpec(**summary["drift"]))
+    clinic = summary["clinic"]
+    source = (
+        f"clinic pool of {clinic['images']} new {clinic['kind']} phantoms ({clinic['patients']} patients)"
+        if clinic
+        else summary["source"].replace(":", " ")
+    )
     console.print(
-        f"[bold]{summary['url']}[/] · mode {summary['mode']} · split {summary['split']} · "
+        f"[bold]{summary['url']}[/] · mode {summary['mode']} · {source} · "
         f"drift {drift}" + (" · [yellow]interrupted[/]" if summary["interrupted"] else ""),
         highlight=False,
     )
@@ -46,12 +52,18 @@ def _render(summary: dict[str, Any]) -> None:
     for arm, count in summary["arms"].items():
         table.add_row(f"answered by {arm}", str(count))
     console.print(table)
+    if clinic and clinic["dropped"]:
+        console.print(f"{clinic['dropped']} phantoms left out of the pool: they resemble an image of the dataset")
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 @app.command("simulate")
 def simulate_command(
     url: Annotated[str, typer.Argument(help="Base URL of a running `radflow serve`, e.g. http://127.0.0.1:8000.")],
-    data: Annotated[Path, typer.Option("--data", help="radflow dataset whose held-out images are sent.")],
+    data: Annotated[
+        Path, typer.Option("--data", help="radflow dataset the traffic is for (its labels, size and patients).")
+    ],
     rate: Annotated[float, typer.Option("--rate", help="Mean images per second (Poisson arrivals).")] = 2.0,
     mode: Annotated[
         str, typer.Option("--mode", help="single: one image per arrival; batch: worklist bursts.")
@@ -65,18 +77,28 @@ def simulate_command(
         float, typer.Option("--feedback-rate", help="Fraction of answers that get ground-truth feedback.")
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of images, drift noise and feedback choice.")] = 0,
-    split: Annotated[str, typer.Option("--split", help="Dataset split to send (held out: test or val).")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            help="Send this dataset split (train, val, test, all) instead of the clinic's new patients; "
+            "val/test traffic is held out and its feedback can never become training data.",
+        ),
+    ] = None,
+    clinic_images: Annotated[
+        int, typer.Option("--clinic-images", help="Phantoms of new patients in the clinic pool (without --split).")
+    ] = 100,
     batch_size: Annotated[float, typer.Option("--batch-size", help="Mean images per burst in batch mode.")] = 8.0,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Most requests in flight at once.")] = 16,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a request counts as failed.")] = 30.0,
     reader: Annotated[str, typer.Option("--reader", help="Reader id written with the feedback.")] = "simulator",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Send held-out images as a clinic would (Poisson arrivals, optional drift) and post ground-truth feedback."""
+    """Send a clinic's images (new patients by default) as it would: Poisson arrivals, optional drift, feedback."""
 
     def body() -> dict[str, Any]:
         from radflow.sim.drift import parse_drift
-        from radflow.sim.simulator import SimulationConfig, simulate
+        from radflow.sim.simulator import SimulationConfig, held_out_warning, simulate
 
         config = SimulationConfig(
             url=url,
@@ -88,6 +110,7 @@ def simulate_command(
             feedback_rate=feedback_rate,
             seed=seed,
             split=split,
+            clinic_images=clinic_images,
             batch_size=batch_size,
             concurrency=concurrency,
             timeout=timeout,
@@ -95,6 +118,8 @@ def simulate_command(
         )
         if not as_json:
             console.print(f"simulating {rate:g} img/s for {duration:g} s against {url} (Ctrl-C stops)", highlight=False)
+            if config.held_out:
+                console.print(f"[yellow]warning:[/] {held_out_warning(str(split))}", highlight=False)
         return simulate(config).to_dict()
 
     emit(run_command(body), as_json, _render)

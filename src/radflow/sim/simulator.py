@@ -1,9 +1,14 @@
 """``radflow simulate``: a clinic's traffic against a running radflow service.
 
-Held-out images arrive as a Poisson process (one at a time, or in worklist bursts), optionally with
-injected drift; a fraction of answered predictions gets its ground truth posted back as feedback,
-as a reader would. The load is open-loop: arrivals keep their schedule when the server slows down,
-and a bounded number of requests is in flight at once (arrivals beyond it wait their turn).
+Images arrive as a Poisson process (one at a time, or in worklist bursts), optionally with injected
+drift; a fraction of answered predictions gets its ground truth posted back as feedback, as a reader
+would. Feedback can become training data (``radflow feedback export``, ``radflow loop``), so by
+default the images are a clinic pool of new phantom patients (:mod:`radflow.sim.clinic`), disjoint
+from every split a model is gated on. ``split`` sends a dataset split instead; val and test traffic
+is marked held out (a warning in the summary) and feedback export refuses it.
+
+The load is open-loop: arrivals keep their schedule when the server slows down, and a bounded
+number of requests is in flight at once (arrivals beyond it wait their turn).
 
 Everything is prepared in arrival order from one seeded generator (which case, its drift noise,
 whether it gets feedback), so the same seed sends the same images with the same feedback.
@@ -25,9 +30,11 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
+from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError, RadflowError
 from radflow.runtime.cam import encode_png
 from radflow.sim.arrivals import arrivals
+from radflow.sim.clinic import ClinicPool, build_clinic_pool
 from radflow.sim.drift import DriftSpec, apply_drift
 from radflow.sim.traffic import Case, CaseSource, feedback_payload
 from radflow.tasks import get_task
@@ -38,6 +45,7 @@ __all__ = [
     "SimulationSummary",
     "Simulator",
     "check_server",
+    "held_out_warning",
     "simulate",
     "start_background",
 ]
@@ -64,7 +72,10 @@ class SimulationConfig:
     feedback_rate: float = 0.0
     """Fraction of answered predictions that get ground-truth feedback."""
     seed: int = 0
-    split: str = "test"
+    split: str | None = None
+    """A dataset split to send (train, val, test or all); None: the clinic pool of new patients."""
+    clinic_images: int = 100
+    """Phantoms in the clinic pool (sent in a reshuffled cycle)."""
     batch_size: float = 8.0
     """Mean images per worklist burst in batch mode."""
     concurrency: int = 16
@@ -93,6 +104,27 @@ class SimulationConfig:
             raise ConfigError(f"--concurrency must be >= 1, got {self.concurrency}.")
         if not self.timeout > 0:
             raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout:g}.")
+        if self.clinic_images < 1:
+            raise ConfigError(f"--clinic-images must be at least 1, got {self.clinic_images}.")
+
+    @property
+    def source(self) -> str:
+        """What is sent: ``clinic`` or ``split:NAME``."""
+        return "clinic" if self.split is None else f"split:{self.split}"
+
+    @property
+    def held_out(self) -> bool:
+        """True when the traffic includes images models are gated on (val or test): never training data."""
+        return self.split in ("val", "test", "all")
+
+
+def held_out_warning(split: str) -> str:
+    """What the summary says when held-out images are sent."""
+    return (
+        f"the {split!r} split {'holds' if split == 'all' else 'is'} held-out images: models are gated on them, so "
+        "this traffic's feedback can never train a model (`radflow feedback export` refuses these images); "
+        "leave --split out to send the clinic's new patients."
+    )
 
 
 @dataclass
@@ -103,8 +135,12 @@ class SimulationSummary:
     mode: str
     target_rate: float
     drift: DriftSpec
-    split: str
+    source: str
+    """``clinic`` (new phantom patients) or ``split:NAME``."""
     dataset_version: str
+    clinic: dict[str, Any] | None = None
+    """The clinic pool: kind, images, patients, phantoms dropped as resembling a dataset image."""
+    warnings: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     """Length of the sending window (the answers of the last requests may come after it)."""
     arrived: int = 0
@@ -139,7 +175,9 @@ class SimulationSummary:
         return {
             "url": self.url,
             "mode": self.mode,
-            "split": self.split,
+            "source": self.source,
+            "clinic": self.clinic,
+            "warnings": list(self.warnings),
             "dataset_version": self.dataset_version,
             "drift": self.drift.to_dict(),
             "target_rate": self.target_rate,
@@ -172,15 +210,22 @@ class Simulator:
 
     def __init__(self, config: SimulationConfig, cases: CaseSource | None = None):
         self.config = config
-        self.cases = cases or CaseSource(config.dataset, config.split, seed=config.seed)
+        self.clinic: ClinicPool | None = None
+        dataset = Dataset.open(config.dataset) if cases is None else cases.dataset
+        if cases is None and config.split is None:
+            self.clinic = build_clinic_pool(dataset, config.clinic_images, seed=config.seed)
+            cases = CaseSource(self.clinic.dataset, "all", seed=config.seed)
+        self.cases = cases or CaseSource(dataset, str(config.split), seed=config.seed)
         self._rng = np.random.default_rng(config.seed)
         self.summary = SimulationSummary(
             url=config.url,
             mode=config.mode,
             target_rate=config.rate,
             drift=config.drift,
-            split=config.split,
-            dataset_version=self.cases.dataset.version,
+            source=config.source,
+            dataset_version=dataset.version,
+            clinic=self.clinic.to_dict() if self.clinic else None,
+            warnings=[held_out_warning(str(config.split))] if config.held_out else [],
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -342,9 +387,9 @@ def check_server(url: str, timeout: float = 5.0) -> None:
 
 def simulate(config: SimulationConfig, handle_signals: bool = True) -> SimulationSummary:
     """Run a simulation to its end in a fresh event loop; with ``handle_signals`` Ctrl-C stops it cleanly."""
-    simulator = Simulator(config)
     if config.wait_ready <= 0:
-        check_server(config.url)
+        check_server(config.url)  # before the clinic pool is made: a missing server is the likelier mistake
+    simulator = Simulator(config)
     return asyncio.run(simulator.run(handle_signals=handle_signals))
 
 

@@ -1,4 +1,4 @@
-"""What the simulator sends: held-out cases from a radflow dataset, their PNG bytes and their ground-truth feedback.
+"""What the simulator sends: cases from a radflow dataset (a clinic pool or a split), their PNG bytes and feedback.
 
 A dataset keeps preprocessed pixels (not the source files), so each case is sent as a lossless
 PNG of those pixels: the server's decode -> preprocess chain then sees exactly the training-time
@@ -22,7 +22,7 @@ __all__ = ["Case", "CaseSource", "feedback_payload"]
 
 @dataclass(frozen=True)
 class Case:
-    """One held-out image with its ground truth."""
+    """One image to send, with its ground truth."""
 
     row: int
     pixels: np.ndarray
@@ -34,7 +34,7 @@ class Case:
 
 
 class CaseSource:
-    """Cases of one split in a seeded random order, reshuffled each time the split is used up."""
+    """Cases of one split (or ``"all"`` rows) in a seeded random order, reshuffled each time it is used up."""
 
     def __init__(self, dataset: str | Path | Dataset, split: str = "test", seed: int = 0):
         self.dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
