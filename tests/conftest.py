@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from tests.serve.models import make_onnx
 
 _E2E = Path(__file__).parent / "e2e"
+
+# The suite's servers (in process and `radflow serve` subprocesses) run without authentication, as the
+# local demo does; tests/serve/test_auth.py turns it on per test. `radflow serve` itself defaults to tokens.
+os.environ.setdefault("RADFLOW_AUTH", "off")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

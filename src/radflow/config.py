@@ -194,6 +194,27 @@ class ServeConfig(_Strict):
     """How far the CI of the challenger's gain must clear zero before the auto rule acts."""
     online_window: int = Field(default=1000, ge=10)
     """Most recent feedback-labelled predictions per arm that online evaluation uses."""
+    auth: Literal["off", "tokens", "oidc"] = "tokens"
+    """Who may call the server: ``tokens`` (radflow API tokens with roles, ``radflow token create``), ``oidc``
+    (those and JWT bearer tokens of the OIDC issuer below), ``off`` (anyone who reaches the port: the local demo)."""
+    public_metrics: bool = False
+    """Leave ``/metrics`` open (a Prometheus scraping inside a trusted network); else it needs the operator role."""
+    oidc_issuer: str | None = None
+    """OIDC issuer whose access tokens are accepted (``auth: oidc``); the ``iss`` claim must equal it."""
+    oidc_audience: str | None = None
+    """Audience the tokens must be issued for (the ``aud`` claim); required with ``auth: oidc``."""
+    oidc_jwks: str | None = None
+    """The issuer's signing keys (JWKS): a file path or its ``jwks_uri`` (https URL, fetched and cached)."""
+    oidc_roles_claim: str = "roles"
+    """Claim listing the caller's roles or groups; dots reach into objects (``realm_access.roles``)."""
+    oidc_role_map: dict[str, Literal["client", "reader", "operator"]] = Field(default_factory=dict)
+    """Claim value -> radflow role (e.g. ``radiologists: reader``); a value that is a role name maps to itself."""
+    oidc_name_claim: str = "preferred_username"
+    """Claim naming the caller in the audit log (``sub`` when the token lacks it)."""
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256"])
+    """Signature algorithms accepted (asymmetric only: the server holds no issuer secret)."""
+    oidc_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    """Clock skew tolerated when checking ``exp`` and ``nbf``."""
 
     @field_validator("allowed_content_types")
     @classmethod

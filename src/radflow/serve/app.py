@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 
 from radflow.inference.metrics import CONTENT_TYPE
@@ -17,6 +17,7 @@ from radflow.inference.routing import LoadedModel
 from radflow.inference.service import InferenceService
 from radflow.inference.settings import ServeSettings
 from radflow.serve.admin import admin
+from radflow.serve.auth import AuditMiddleware, authenticator_for, authorize, document_auth, log_auth_mode
 from radflow.serve.common import MetricsMiddleware, install_error_handlers
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
@@ -29,10 +30,12 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     """The service app; models load in the lifespan (startup) unless ``preloaded``; the log is flushed at shutdown."""
     settings = settings or ServeSettings()
     service = InferenceService(settings, preloaded=preloaded)
+    auth = authenticator_for(settings, service)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        log_auth_mode(settings, service)
         try:
             yield
         finally:
@@ -44,15 +47,20 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.auth = auth
     install_error_handlers(app)
-    app.include_router(v1)
-    app.include_router(v2)
-    app.include_router(admin)
-    app.include_router(ui_router())
+    # Every router behind the one access check (radflow.serve.auth decides what each route needs).
+    guarded = [Depends(authorize)]
+    app.include_router(v1, dependencies=guarded)
+    app.include_router(v2, dependencies=guarded)
+    app.include_router(admin, dependencies=guarded)
+    app.include_router(ui_router(), dependencies=guarded)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=guarded)
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
+    document_auth(app, auth.enabled)
+    app.add_middleware(AuditMiddleware, service=service)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app

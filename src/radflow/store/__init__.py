@@ -8,10 +8,19 @@ none of them, nor the web server: each of those imports this package. Torch-free
 - :mod:`radflow.store.migrations`: the ordered migrations applied when a store opens.
 - :mod:`radflow.store.store`: :class:`Store`, the writer and the single-row reads and writes.
 - :mod:`radflow.store.queries`: predictions joined to the feedback that counts (latest wins).
+- :mod:`radflow.store.access`: API token records and the append-only audit log (policy: :mod:`radflow.auth`).
 """
 
 from __future__ import annotations
 
+from radflow.store.access import (
+    add_token,
+    append_audit,
+    audit_events,
+    get_token,
+    list_tokens,
+    revoke_tokens,
+)
 from radflow.store.migrations import MIGRATIONS, Migration, SchemaVersionError, migrate, schema_version
 from radflow.store.queries import (
     LabelledPrediction,
@@ -33,12 +42,18 @@ __all__ = [
     "SchemaVersionError",
     "Store",
     "StoreUnavailableError",
+    "add_token",
+    "append_audit",
+    "audit_events",
+    "get_token",
     "input_path",
     "iso_utc",
     "labelled_predictions",
+    "list_tokens",
     "migrate",
     "prediction_counts",
     "recent_predictions",
+    "revoke_tokens",
     "schema_version",
     "sqlite_file",
     "utc",

@@ -23,7 +23,17 @@ from sqlalchemy import Connection, Engine, func, insert, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from radflow.errors import RadflowError
-from radflow.store.schema import ALERTS, FEEDBACK, PREDICTIONS, SCHEMA_VERSION, SCHEMA_VERSIONS, metadata
+from radflow.store.schema import (
+    ALERTS,
+    API_TOKENS,
+    AUDIT_LOG,
+    FEEDBACK,
+    PREDICTIONS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
+    append_only,
+    metadata,
+)
 
 __all__ = ["MIGRATIONS", "Migration", "SchemaVersionError", "migrate", "schema_version"]
 
@@ -56,9 +66,16 @@ def _window_and_since_indexes(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _access_control(conn: Connection) -> None:
+    for table in (API_TOKENS, AUDIT_LOG):
+        table.create(conn, checkfirst=True)
+    append_only(conn)  # also when the table survived a cut-short run of this migration without its triggers
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "version record on the unversioned schema (predictions, feedback, alerts)", _baseline),
     Migration(2, "indexes for the per-model online window and the feedback `since` filter", _window_and_since_indexes),
+    Migration(3, "API tokens (salted digests) and the append-only audit log", _access_control),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "one migration per version, in order"
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     Boolean,
     Column,
@@ -23,21 +24,26 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
 )
+from sqlalchemy.engine import Connection
 
 __all__ = [
     "ALERTS",
+    "API_TOKENS",
+    "AUDIT_LOG",
     "FEEDBACK",
     "PREDICTIONS",
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
+    "append_only",
     "iso_utc",
     "metadata",
     "public",
     "utc",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this radflow writes; a database at a higher version is refused."""
 
 metadata = MetaData()
@@ -92,6 +98,67 @@ ALERTS = Table(
     Column("details", JSON),
 )
 """Monitoring events: ``drift`` (a statistic crossed its threshold) and ``auto_rule`` (a promotion/rollback)."""
+
+API_TOKENS = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, index=True),
+    Column("role", String(20), nullable=False),
+    Column("salt", String(64), nullable=False),
+    Column("digest", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+"""v3: API tokens (``radflow token create``): the public id and a salted digest of the secret, never the secret."""
+
+AUDIT_LOG = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(200), nullable=False),
+    Column("role", String(20)),
+    Column("via", String(20), nullable=False),
+    Column("action", String(50), nullable=False),
+    Column("resource", String(200)),
+    Column("status", Integer),
+    Column("detail", JSON),
+)
+"""v3: who viewed or changed what (staff identities, prediction ids, model versions; no PHI). Append-only:
+triggers refuse UPDATE and DELETE (:func:`append_only`)."""
+
+_APPEND_ONLY_MESSAGE = "the audit log is append-only"
+_SQLITE_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
+    f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY_MESSAGE}'); END"
+    for verb in ("UPDATE", "DELETE")
+)
+_POSTGRES_TRIGGERS = (
+    "CREATE OR REPLACE FUNCTION radflow_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY_MESSAGE}'; END $$",
+    "DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log",
+    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION radflow_audit_append_only()",
+    "DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log",
+    "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+    "FOR EACH STATEMENT EXECUTE FUNCTION radflow_audit_append_only()",
+)
+
+
+def append_only(conn: Connection) -> None:
+    """Install (idempotently) the triggers that make ``audit_log`` refuse UPDATE, DELETE (and TRUNCATE).
+
+    In the database rather than in code, so no radflow process, script or SQL shell edits history
+    without first dropping a trigger, which itself needs the table owner's rights.
+    """
+    statements = {"sqlite": _SQLITE_TRIGGERS, "postgresql": _POSTGRES_TRIGGERS}.get(conn.dialect.name, ())
+    for statement in statements:
+        conn.execute(DDL(statement))
+
+
+# Every way the table comes to exist (create_all on a new store, the v3 migration) gets the triggers.
+event.listen(AUDIT_LOG, "after_create", lambda _table, connection, **_kw: append_only(connection))
 
 SCHEMA_VERSIONS = Table(
     "radflow_schema",
