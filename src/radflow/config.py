@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from radflow.data.decoded import DEFAULT_MAX_PIXELS
+from radflow.data.decoded import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 from radflow.errors import ConfigError, NotFoundError, did_you_mean
 
 __all__ = [
@@ -152,6 +152,10 @@ class ServeConfig(_Strict):
     """Largest request body accepted (413 above)."""
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     """Largest image (width x height) decoded; larger uploads get 422 before decompression."""
+    max_aspect_ratio: float | None = Field(default=DEFAULT_MAX_ASPECT_RATIO, ge=1)
+    """Longest over shortest side accepted (422 beyond, from the header, before decoding); null: no limit."""
+    max_in_flight: int = Field(default=64, ge=1)
+    """Requests worked on at once (body, decode, queue, inference); more are refused at the door with 503."""
     allowed_content_types: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTENT_TYPES))
     """Image types /v1/predict accepts, checked against the sniffed bytes (not the declared header)."""
     store_inputs: bool = True

@@ -27,6 +27,7 @@ def app(onnx_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) 
         store_url=f"sqlite:///{root / 'serving.db'}",
         admin_token=SecretStr("s3cret"),
         max_queue_delay_ms=2,
+        max_in_flight=256,  # the weighted-split test sends 200 requests at once
     )
     harness = AppHarness(settings)
     yield harness

@@ -2,7 +2,8 @@
 
 Sniffs the format from the bytes (not the file name or Content-Type, which lie), decodes
 PNG/JPEG with Pillow and DICOM with :mod:`radflow.data.dicom`, refuses images above a pixel
-limit before decompressing them (decompression bombs), and returns a 2-D float32 image in
+limit (decompression bombs) or beyond an aspect-ratio limit (padding bombs: a 1x120000 strip pads
+to a 57 GB square) from the size their header declares, before decoding them, and returns a 2-D float32 image in
 [0, 1] with 0 = black, ready for :func:`radflow.data.preprocess.prepare_pixels`.
 Every failure is an :class:`~radflow.errors.ImageDecodeError` whose message suits a 4xx answer.
 """
@@ -16,10 +17,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from radflow.data.decoded import DEFAULT_MAX_PIXELS, DecodedImage
+from radflow.data.decoded import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodedImage, check_size
 from radflow.errors import ImageDecodeError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodedImage", "decode_file", "decode_image", "sniff_format"]
+__all__ = [
+    "DEFAULT_MAX_ASPECT_RATIO",
+    "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
+    "check_size",
+    "decode_file",
+    "decode_image",
+    "sniff_format",
+]
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -44,16 +53,13 @@ def _to_unit(arr: np.ndarray, name: str) -> tuple[np.ndarray, int]:
     raise ImageDecodeError(f"unsupported pixel type {arr.dtype}", path=name)
 
 
-def _decode_raster(data: bytes, name: str, max_pixels: int, fmt: str) -> DecodedImage:
+def _decode_raster(data: bytes, name: str, max_pixels: int, max_aspect_ratio: float | None, fmt: str) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}", path=name
-                )
+            w, h = img.size  # from the header: nothing is decompressed yet
+            check_size(w, h, name, max_pixels, max_aspect_ratio)
             if img.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
                 img = img.convert("L")
             elif img.mode == "I;16B":
@@ -74,8 +80,17 @@ def _decode_raster(data: bytes, name: str, max_pixels: int, fmt: str) -> Decoded
     return DecodedImage(pixels=pixels, format=fmt, bits=bits)
 
 
-def decode_image(data: bytes, name: str = "<upload>", max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode PNG, JPEG or DICOM bytes; ``name`` is only used in error messages."""
+def decode_image(
+    data: bytes,
+    name: str = "<upload>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> DecodedImage:
+    """Decode PNG, JPEG or DICOM bytes; ``name`` is only used in error messages.
+
+    ``max_pixels`` and ``max_aspect_ratio`` (None: no limit) are checked against the declared size
+    before any pixel is decompressed.
+    """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)", path=name)
     fmt = sniff_format(data)
@@ -88,11 +103,19 @@ def decode_image(data: bytes, name: str = "<upload>", max_pixels: int = DEFAULT_
     if fmt == "dicom":
         from radflow.data.dicom import decode_dicom
 
-        return decode_dicom(data, name=name, max_pixels=max_pixels)
-    return _decode_raster(data, name, max_pixels, fmt)
+        decoded = decode_dicom(data, name=name, max_pixels=max_pixels)
+        # decode_dicom bounds the pixel count before decoding, so this check of the shape costs nothing
+        h, w = decoded.pixels.shape
+        check_size(w, h, name, max_pixels, max_aspect_ratio)
+        return decoded
+    return _decode_raster(data, name, max_pixels, max_aspect_ratio, fmt)
 
 
-def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_file(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> DecodedImage:
     """Read and decode one image file."""
     path = Path(path)
     try:
@@ -101,4 +124,4 @@ def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decod
         raise ImageDecodeError("image file not found", path=path) from None
     except OSError as exc:
         raise ImageDecodeError(f"cannot read image file ({exc.strerror})", path=path) from None
-    return decode_image(data, name=str(path), max_pixels=max_pixels)
+    return decode_image(data, name=str(path), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)

@@ -5,7 +5,8 @@ model input the same way:
 
 1. :func:`prepare_pixels` — a decoded grey-level image (float in [0, 1], 0 = black) to a
    square ``uint8`` array at training size: pad to square (anatomy keeps its proportions,
-   which matters for e.g. the cardiothoracic ratio), then area-resample.
+   which matters for e.g. the cardiothoracic ratio), then area-resample. The padded square
+   is never larger than :data:`MAX_PAD_SIDE` on a side, whatever the image's shape.
 2. :func:`to_model_input` — a batch of those arrays to the normalised float32 NCHW tensor a
    model takes.
 
@@ -20,7 +21,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["PreprocessSpec", "from_model_input", "prepare_pixels", "to_model_input"]
+__all__ = ["MAX_PAD_SIDE", "PreprocessSpec", "from_model_input", "padded_side", "prepare_pixels", "to_model_input"]
+
+MAX_PAD_SIDE = 4096
+"""Longest side an image is padded at: larger images are area-resampled down to it first.
+
+Padding allocates side x side floats, so a 20000x20 strip would take 1.6 GB and a 1x120000 one
+57.6 GB. Every model input is at most 4096 pixels (:class:`PreprocessSpec`), so resampling down to
+this side first loses nothing the model sees; images up to this side (nearly every radiograph)
+go through exactly the pad-then-resample they always did.
+"""
 
 
 @dataclass(frozen=True)
@@ -53,16 +63,31 @@ class PreprocessSpec:
         return cls(**known)
 
 
+def padded_side(height: int, width: int) -> int:
+    """Side of the square :func:`prepare_pixels` pads an image of this size to (before resampling to the model)."""
+    return min(max(height, width), MAX_PAD_SIDE)
+
+
 def prepare_pixels(image: np.ndarray, size: int) -> np.ndarray:
     """Pad a 2-D grey image (float in [0, 1]) to a square and resample it to ``size`` x ``size``.
 
-    Returns ``uint8``. Padding is black (0), centred, so the image is not distorted.
+    Returns ``uint8``. Padding is black (0), centred, so the image is not distorted. An image
+    longer than :data:`MAX_PAD_SIDE` is first area-resampled so its long side is that, keeping its
+    proportions: the padded square is computed before it is allocated and stays bounded.
     """
     if image.ndim != 2:
         raise ValueError(f"prepare_pixels expects a 2-D grey image, got shape {image.shape}.")
+    if 0 in image.shape:
+        raise ValueError(f"prepare_pixels expects a non-empty image, got shape {image.shape}.")
     img: np.ndarray = np.asarray(image, dtype=np.float32)
     h, w = img.shape
-    side = max(h, w)
+    side = padded_side(h, w)
+    if max(h, w) > side:
+        scale = side / max(h, w)
+        # the long side lands exactly on ``side``; the short side keeps its proportion (at least 1 pixel)
+        new_h, new_w = (side, max(1, round(w * scale))) if h >= w else (max(1, round(h * scale)), side)
+        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        h, w = new_h, new_w
     if h != w:
         top, left = (side - h) // 2, (side - w) // 2
         img = cv2.copyMakeBorder(img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)

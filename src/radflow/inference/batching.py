@@ -35,13 +35,17 @@ class CpuGate:
     decoding an upload slows a whole batch far more than the decode is worth on a small machine.
     With the gate, decodes run in parallel with each other but never beside a batch; a waiting
     batch goes first.
+
+    A batch waits at most ``max_wait_s`` for the decodes already running, then runs beside them:
+    one slow decode (a huge upload) must not hold up the batch and, behind it, every other decode.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_wait_s: float = 0.05) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
+        self.max_wait_s = max_wait_s
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
@@ -59,7 +63,19 @@ class CpuGate:
     def exclusive(self) -> Iterator[None]:
         with self._cond:
             self._waiting_writers += 1
-            self._cond.wait_for(lambda: not self._writer and self._readers == 0)
+            deadline: float | None = None
+            while True:
+                if self._writer:
+                    self._cond.wait()
+                    continue
+                if self._readers == 0:
+                    break
+                # decodes already running get a short head start; new ones wait until the batch is done
+                now = time.monotonic()
+                deadline = now + self.max_wait_s if deadline is None else deadline
+                if now >= deadline:
+                    break
+                self._cond.wait(deadline - now)
             self._waiting_writers -= 1
             self._writer = True
         try:
@@ -118,7 +134,7 @@ class DynamicBatcher:
         self.stats = BatchStats()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue_size)
         self._carry: list[_Item] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radflow-ort")
+        self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pending = 0
         self.gate = gate
@@ -130,12 +146,22 @@ class DynamicBatcher:
         """Requests waiting or running."""
         return self._pending
 
+    @property
+    def running(self) -> bool:
+        """The worker is started (and not closed): submitted requests will be run."""
+        return self._worker is not None
+
     def start(self) -> None:
+        """Start the worker (again, after :meth:`close`: an arm kept for a late request restarts it)."""
         if self._worker is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radflow-ort")
             self._worker = asyncio.get_running_loop().create_task(self._loop(), name="radflow-batcher")
 
     async def submit(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Run ``feeds`` (leading axis = rows) with the others in the queue; the outputs for these rows."""
+        if self._worker is None:
+            # a request queued here would wait for a worker that never comes: fail it now, clearly
+            raise OverloadedError("the model is not running (it was unloaded); retry.", headers={"Retry-After": "1"})
         rows = int(next(iter(feeds.values())).shape[0])
         loop = asyncio.get_running_loop()
         item = _Item(feeds, tuple(outputs), rows, loop.create_future())
@@ -206,6 +232,8 @@ class DynamicBatcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        executor = self._executor
+        assert executor is not None
         while True:
             batch = [i for i in await self._gather() if not i.future.done()]
             if not batch:
@@ -216,7 +244,7 @@ class DynamicBatcher:
                 n: np.concatenate([i.feeds[n] for i in batch]) if len(batch) > 1 else batch[0].feeds[n] for n in names
             }
             try:
-                outs = await loop.run_in_executor(self._executor, self._gated_run, batch[0].outputs, feeds)
+                outs = await loop.run_in_executor(executor, self._gated_run, batch[0].outputs, feeds)
             except Exception as exc:  # delivered to each waiting request, whose handler decides the status
                 self.stats.failures += len(batch)
                 for item in batch:
@@ -250,26 +278,27 @@ class DynamicBatcher:
         if self.on_batch is not None:
             self.on_batch(rows, waits, compute_s)
 
-    async def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait until every queued request has been answered (or ``timeout_s``), then stop the worker."""
-        deadline = time.perf_counter() + timeout_s
-        while (self._pending or not self._queue.empty() or self._carry) and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        await self.close()
-
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        """Stop the worker; requests still queued get 503. Callers close a batcher once nothing uses it.
+
+        :class:`radflow.inference.routing.ModelArm` does, by counting the requests that hold it.
+        """
+        worker, executor = self._worker, self._executor
+        self._worker, self._executor = None, None  # a start() from here on gets a fresh worker
+        if worker is not None:
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+                await worker
+        if executor is not None:
+            executor.shutdown(wait=False)
+        if self._worker is not None:  # restarted meanwhile: what is queued is the new worker's
+            return
         for item in [*self._carry, *_drain_queue(self._queue)]:
             if not item.future.done():
                 item.future.set_exception(
                     OverloadedError("the model is shutting down; retry.", headers={"Retry-After": "1"})
                 )
         self._carry = []
-        self._executor.shutdown(wait=False)
 
 
 def _drain_queue(queue: asyncio.Queue[_Item]) -> list[_Item]:

@@ -4,15 +4,23 @@ A :class:`ModelArm` is one loaded model with its own batcher. The :class:`Router
 answers a request: a routing key (``X-Routing-Key``) is hashed to a fixed point in [0, 1), so the
 same key always lands on the same arm for a given weight; requests without a key are split at
 random. In shadow mode the champion always answers and the challenger scores the same input in the
-background. :meth:`Router.swap` installs freshly loaded arms in one assignment and only then drains
-the old ones, so a reload never fails a request.
+background.
+
+Hot swap without failed requests: every request holds the arm it was routed to
+(:meth:`ModelArm.acquire` at the moment it is routed, :meth:`ModelArm.release` once it is
+answered, shadow scoring included). :meth:`Router.swap` installs freshly loaded arms in one
+assignment — new requests go to them — and retires the old ones: an old arm keeps its batcher
+running until the last request that holds it has its answer, and only then stops it. A request
+that picked the old model is answered by the old model, however long its decode or queue takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,14 +89,74 @@ def load_model(uri: str, settings: ServeSettings) -> LoadedModel:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelArm:
-    """A loaded model serving one arm, with its batcher."""
+    """A loaded model serving one arm, with its batcher and the count of requests that hold it."""
 
     loaded: LoadedModel
     arm: str
     batcher: DynamicBatcher
     served: int = 0
+    in_flight: int = 0
+    """Requests routed here and not yet answered (shadow scoring included)."""
+    retired: bool = False
+    """Swapped out: no new request is routed here; the batcher stops once ``in_flight`` is 0."""
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _closing: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def acquire(self) -> ModelArm:
+        """Hold the arm for one request (on the event loop, in the same step that routed it here).
+
+        A retired arm already stopped (a ``/v2`` request that named it before the swap and reached
+        the model after) restarts its batcher: the request is still answered by the model it picked.
+        """
+        self.in_flight += 1
+        self._idle.clear()
+        if not self.batcher.running:
+            self.batcher.start()
+        return self
+
+    def release(self) -> None:
+        """The request holding the arm has its answer; a retired arm with none left stops its batcher."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.retired and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(), name="radflow-retire")
+
+    async def _close(self) -> None:
+        try:
+            while True:
+                await self.batcher.close()
+                # a request that came (restarting the batcher) and went while it closed: close again
+                if self.in_flight > 0 or not self.batcher.running:
+                    break
+        finally:
+            self._closing = None
+            if self.in_flight == 0:
+                self._idle.set()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[ModelArm]:
+        """``acquire`` for the block, ``release`` after it."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    async def retire(self, timeout_s: float | None = None) -> bool:
+        """Route nothing new here; wait until every request holding the arm is answered and the batcher stopped.
+
+        True once stopped; False when ``timeout_s`` passed first (then the batcher still stops
+        when the last request is answered). Only shutdown passes a timeout.
+        """
+        self.retired = True
+        if self.in_flight == 0 and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(), name="radflow-retire")
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def model(self) -> RadflowModel:
@@ -177,12 +245,12 @@ class Router:
         return None
 
     async def swap(self, champion: ModelArm, challenger: ModelArm | None) -> None:
-        """Install new arms, then let the old ones finish what they queued."""
+        """Install new arms (new requests go to them at once), then wait until the old ones have answered theirs."""
         old = [a for a in self.arms() if a is not champion and a is not challenger]
         self.champion, self.challenger = champion, challenger
         if challenger is None:
             self.weight, self.shadow = 0.0, False
-        await asyncio.gather(*(a.batcher.drain() for a in old))
+        await asyncio.gather(*(a.retire() for a in old))
 
     def state(self) -> dict[str, Any]:
         return {

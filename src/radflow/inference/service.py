@@ -26,6 +26,7 @@ import numpy as np
 from radflow.data.decode import DecodedImage, decode_image, sniff_format
 from radflow.data.preprocess import from_model_input, to_model_input
 from radflow.errors import ConfigError, NotFoundError
+from radflow.inference.admission import Admission
 from radflow.inference.batching import CpuGate
 from radflow.inference.errors import OverloadedError, UnsupportedMediaError
 from radflow.inference.metrics import ServiceMetrics
@@ -85,6 +86,7 @@ class InferenceService:
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self.gate = CpuGate() if settings.exclusive_inference else None
+        self.admission = Admission(settings.max_in_flight)
         self.drift = (
             DriftTracker(
                 DriftThresholds(
@@ -165,7 +167,12 @@ class InferenceService:
         if self._background:
             await asyncio.wait(self._background, timeout=30)
         if self.router is not None:
-            await asyncio.gather(*(a.batcher.drain() for a in self.router.arms()))
+            # every request in flight is answered (each is bounded by the request timeout) before the log closes
+            arms = self.router.arms()
+            stopped = await asyncio.gather(*(a.retire(timeout_s=30) for a in arms))
+            for arm, done in zip(arms, stopped, strict=True):
+                if not done:
+                    await arm.batcher.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         self.decode_pool.shutdown(wait=False)
@@ -197,7 +204,8 @@ class InferenceService:
         if fmt is not None and fmt not in self.settings.allowed_formats:
             allowed = ", ".join(self.settings.allowed_content_types)
             raise UnsupportedMediaError(f"{fmt.upper()} uploads are not accepted here; allowed: {allowed}.")
-        decoded = decode_image(data, name="upload", max_pixels=self.settings.max_pixels)
+        s = self.settings
+        decoded = decode_image(data, name="upload", max_pixels=s.max_pixels, max_aspect_ratio=s.max_aspect_ratio)
         tensors, summaries = [], []
         for a in arms:
             pixels = a.model.prepare(decoded)
@@ -267,14 +275,35 @@ class InferenceService:
         """Score one image with the routed arm (and the shadow arm in the background); log both.
 
         Every door that receives images calls this: ``/v1/predict``, the web UI, and the streaming
-        and DICOM doors.
+        and DICOM doors. The request is admitted first (503 at capacity, before any decoding) and
+        holds the arms it is routed to until they have answered, so a hot swap cannot fail it.
         """
-        start = time.perf_counter()
-        router = self.require_router()
-        self.require_store()
-        arm = router.choose(routing_key)
-        shadow = router.shadow_arm()
-        arms = [arm, *([shadow] if shadow is not None and shadow is not arm else [])]
+        with self.admission.enter():
+            start = time.perf_counter()
+            router = self.require_router()
+            self.require_store()
+            # routed and held in one step of the event loop: a swap cannot come in between
+            arm = router.choose(routing_key).acquire()
+            shadow = router.shadow_arm()
+            shadow = shadow.acquire() if shadow is not None and shadow is not arm else None
+            try:
+                answer, prepared, sex_arr, request_id = await self._predict(arm, shadow, data, sex, start)
+            except BaseException:
+                if shadow is not None:
+                    shadow.release()
+                raise
+            finally:
+                arm.release()
+            if shadow is not None:  # the background task releases it
+                task = asyncio.create_task(self._shadow(shadow, prepared, sex_arr, request_id))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return answer
+
+    async def _predict(
+        self, arm: ModelArm, shadow: ModelArm | None, data: bytes, sex: str | None, start: float
+    ) -> tuple[dict[str, Any], PreparedImage, np.ndarray | None, str]:
+        arms = [arm, *([shadow] if shadow is not None else [])]
         loop = asyncio.get_running_loop()
         for a in arms:
             a.batcher.incoming += 1
@@ -301,11 +330,7 @@ class InferenceService:
             view=_view(prepared.decoded),
             pixels=prepared.decoded.pixels,
         )
-        if len(arms) > 1:
-            task = asyncio.create_task(self._shadow(arms[1], prepared, sex_arr, request_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return {
+        answer = {
             "id": record.id,
             "model": {"name": arm.name, "version": arm.version, "alias": arm.loaded.alias},
             "arm": arm.arm,
@@ -313,26 +338,31 @@ class InferenceService:
             "input_sha256": prepared.sha256,
             "latency_ms": latency_ms,
         }
+        return answer, prepared, sex_arr, request_id
 
     async def _shadow(self, arm: ModelArm, prepared: PreparedImage, sex: np.ndarray | None, request_id: str) -> None:
-        start = time.perf_counter()
+        """Score with the shadow arm (which the request acquired for us) and log it; release the arm after."""
         try:
-            scores, embedding = await self._score(arm, prepared.tensors[1], sex)
-        except Exception:  # a failing shadow must never affect the answer already given
-            log.exception("shadow scoring with %s v%s failed", arm.name, arm.version)
-            return
-        self._log(
-            arm,
-            "shadow",
-            scores,
-            input_sha256=prepared.sha256,
-            input_format=prepared.decoded.format,
-            latency_ms=round((time.perf_counter() - start) * 1000, 2),
-            request_id=request_id,
-            summary=prepared.summaries[1],
-            embedding=embedding,
-            view=_view(prepared.decoded),
-        )
+            start = time.perf_counter()
+            try:
+                scores, embedding = await self._score(arm, prepared.tensors[1], sex)
+            except Exception:  # a failing shadow must never affect the answer already given
+                log.exception("shadow scoring with %s v%s failed", arm.name, arm.version)
+                return
+            self._log(
+                arm,
+                "shadow",
+                scores,
+                input_sha256=prepared.sha256,
+                input_format=prepared.decoded.format,
+                latency_ms=round((time.perf_counter() - start) * 1000, 2),
+                request_id=request_id,
+                summary=prepared.summaries[1],
+                embedding=embedding,
+                view=_view(prepared.decoded),
+            )
+        finally:
+            arm.release()
 
     # -- /v2 infer ------------------------------------------------------------------------
 
@@ -365,8 +395,13 @@ class InferenceService:
         """Score preprocessed tensors (the ``/v2`` door): the same batches, log, metrics and drift as images.
 
         ``outputs`` are the graph outputs the caller asked for; the score output (and the embedding,
-        when drift needs it) are fetched in the same run for the log, metrics and drift.
+        when drift needs it) are fetched in the same run for the log, metrics and drift. ``arm`` is
+        answered even if it was swapped out since the caller found it (it is held from here on).
         """
+        with self.admission.enter(), arm.hold():
+            return await self._infer_tensors(arm, feeds, outputs)
+
+    async def _infer_tensors(self, arm: ModelArm, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         start = time.perf_counter()
         self.require_store()
         emb_source = self._embedding_outputs.get(id(arm.model))
@@ -454,7 +489,7 @@ class InferenceService:
         arm = router.find(record["model_name"], record["model_version"]) or router.champion
 
         def draw() -> bytes:
-            pixels = decode_image(path.read_bytes(), name=str(path)).pixels
+            pixels = decode_image(path.read_bytes(), name=str(path), max_pixels=self.settings.max_pixels).pixels
             if self.gate is None:
                 return arm.model.heatmap_png(pixels, label)
             with self.gate.exclusive():

@@ -81,11 +81,11 @@ def render_overlay(
 ) -> np.ndarray:
     """The BGR overlay of one raw CAM ``(h, w)`` on a grey image (float [0, 1] or uint8), at most ``max_side``."""
     grey = to_grey8(image)
-    heat = cam_to_image(normalise_cam(cam), grey.shape[:2])
     h, w = grey.shape[:2]
     if max_side is not None and max(h, w) > max_side:
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        heat = cv2.resize(heat, size, interpolation=cv2.INTER_AREA)
+    # the map is drawn at the output size: a full-size map of a large image (and its padded square) is never made
+    heat = cam_to_image(normalise_cam(cam), grey.shape[:2])
     return overlay(grey, heat, alpha)

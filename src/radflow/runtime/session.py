@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from radflow.data.decode import DEFAULT_MAX_PIXELS, DecodedImage, decode_image
+from radflow.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels, to_model_input
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError, did_you_mean
 from radflow.hardware import available_cores
@@ -125,11 +125,13 @@ class RadflowModel:
         meta: OnnxMetadata,
         source: str = "<model>",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
     ):
         self.session = session
         self.meta = meta
         self.source = source
         self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
         self.spec = PreprocessSpec.from_dict(meta.preprocess or {"size": meta.input_size})
         names = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
@@ -157,6 +159,7 @@ class RadflowModel:
         int8: bool = False,
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
         providers: list[str] | None = None,
     ) -> RadflowModel:
         """Open an ONNX file, ``runs:/ID``, a run id or ``models:/NAME@ALIAS`` (``int8``: its INT8 export).
@@ -165,7 +168,8 @@ class RadflowModel:
         the ONNX file then comes from the run it resolved to, and the caller can name the model by
         the same resolution.
 
-        ``max_pixels`` bounds decoded images (decompression bombs); ``threads`` defaults to the cores.
+        ``max_pixels`` and ``max_aspect_ratio`` bound decoded images (decompression and padding bombs;
+        checked from the header, before decoding); ``threads`` defaults to the cores.
         """
         path = _resolve_source(source, tracking_uri, int8)
         try:
@@ -181,7 +185,8 @@ class RadflowModel:
                 "export models with `radflow export`.",
                 path=path,
             )
-        return cls(session, OnnxMetadata.from_json(props[METADATA_KEY], str(path)), str(path), max_pixels)
+        meta = OnnxMetadata.from_json(props[METADATA_KEY], str(path))
+        return cls(session, meta, str(path), max_pixels, max_aspect_ratio)
 
     @property
     def labels(self) -> list[str]:
@@ -195,7 +200,7 @@ class RadflowModel:
 
     def decode(self, data: bytes, name: str = "<upload>") -> DecodedImage:
         """Decode PNG/JPEG/DICOM bytes (ImageDecodeError on bad input, with a 4xx-fit message)."""
-        return decode_image(data, name=name, max_pixels=self.max_pixels)
+        return decode_image(data, name=name, max_pixels=self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
 
     def prepare(self, image: DecodedImage | np.ndarray) -> np.ndarray:
         """A decoded image (or float [0, 1] / uint8 grey array) as model-size ``uint8`` pixels."""
