@@ -15,17 +15,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter
 from typer.testing import CliRunner
 
 from radflow.cli import app
-from radflow.data.dataset import Dataset
+from radflow.data.dataset import Dataset, ShardWriter, write_dataset
 from radflow.data.ingest import IngestOptions, ingest
+from radflow.data.neardup import NearDuplicateIndex
+from radflow.data.preprocess import PreprocessSpec
 from radflow.data.sources.chexpert import read_chexpert
 from radflow.data.split import EXTRA_SPLIT, held_out_version, split_dataset
 from radflow.data.synth import synth_chest
 from radflow.errors import ConfigError, NotFoundError
-from radflow.feedback import CSV_COLUMNS, export_feedback, parse_since
+from radflow.feedback import CSV_COLUMNS, export_feedback, held_out_summary, parse_since
 from radflow.runtime.cam import encode_png
+from radflow.sim.drift import apply_drift, parse_drift
 from radflow.store import PredictionRecord, Store
 
 
@@ -85,11 +90,49 @@ def store(tmp_path: Path) -> tuple[str, Path, dict[str, str]]:
     return url, inputs, names
 
 
-def _dataset_with(tmp_path: Path, sha: str) -> Path:
-    folder = tmp_path / "dataset"
-    folder.mkdir()
-    pd.DataFrame({"sha256": [sha, "0" * 64], "official_split": ["", "test"]}).to_parquet(folder / "manifest.parquet")
+def _film(seed: int, size: int = 48) -> np.ndarray:
+    """A smooth grey film (structure at several scales, as a radiograph has)."""
+    noise = np.random.default_rng(seed).normal(size=(size, size))
+    img = gaussian_filter(noise, 3) + 0.3 * gaussian_filter(noise, 1)
+    return np.clip((img - img.min()) / np.ptp(img) * 255, 0, 255).astype(np.uint8)
+
+
+def _dataset(tmp_path: Path, rows: list[tuple[str, str, np.ndarray]], split: bool = True) -> Path:
+    """A real dataset of 48 px films: rows of (split, sha256 of the source file, pixels)."""
+    folder = tmp_path / ("dataset" if split else "unsplit")
+    writer = ShardWriter(folder, 48)
+    records = []
+    for i, (name, sha, pixels) in enumerate(rows):
+        shard, offset = writer.add(pixels)
+        records.append(
+            {
+                "image_id": f"{i:020x}",
+                "source_key": f"k{i}",
+                "sha256": sha,
+                "patient_id": f"patient-{i}",
+                "study_id": f"study-{i}",
+                "view": "frontal",
+                "projection": "PA",
+                "sex": "",
+                "age": float("nan"),
+                "split": name if split else "",
+                "official_split": "",
+                "shard": shard,
+                "offset": offset,
+                "Edema": 0.0,
+            }
+        )
+    writer.close()
+    manifest = pd.DataFrame(records)
+    write_dataset(
+        folder, manifest, labels=["Edema"], task="multilabel", spec=PreprocessSpec(size=48), source={"format": "test"}
+    )
     return folder
+
+
+def _dataset_with(tmp_path: Path, sha: str) -> Path:
+    """g (bytes ``sha``) in train, and an unrelated film in test."""
+    return _dataset(tmp_path, [("train", sha, _image(6)[0]), ("test", "0" * 64, _film(99))])
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -109,7 +152,16 @@ def test_export_writes_chexpert_layout_with_latest_labels_and_no_duplicates(
         assert next(csv.reader(fh)) == list(CSV_COLUMNS)  # CheXpert's exact columns, in order
     by_sha = {hashlib.sha256((out.parent / r["Path"]).read_bytes()).hexdigest(): r for r in rows}
     assert len(by_sha) == len(rows)  # no image twice
-    assert info["skipped"] == {"no_labels": 1, "regression": 1, "no_input": 0, "missing_pixels": 1, "in_dataset": 1}
+    assert info["skipped"] == {
+        "no_labels": 1,
+        "regression": 1,
+        "no_input": 0,
+        "missing_pixels": 1,
+        "unreadable": 0,
+        "in_dataset": 1,
+    }
+    assert info["held_out"] == {"pixel_identical": 0, "near_duplicate": 0}
+    assert info["screen"]["held_out_images"] == 1 and info["screen"]["held_out"] == "val and test"
     assert info["unknown_labels"] == ["Foo"]
     assert info["duplicates_merged"] == 1  # b: two predictions of one film
     for row in rows:
@@ -129,6 +181,7 @@ def test_export_is_read_by_the_chexpert_reader_and_is_byte_stable(
     out = tmp_path / "fb"
     info = export_feedback(out, url, inputs)
     assert info["images"] == 4 and info["skipped"]["in_dataset"] == 0  # no dataset given: g stays
+    assert info["screen"] is None and "nothing was checked" in held_out_summary(info)
     table = read_chexpert(out)
     assert len(table.records) == 4 and not table.skipped
     assert len({r.patient for r in table.records}) == 4  # every image its own pseudo-patient
@@ -194,3 +247,43 @@ def test_extra_rows_train_only_and_the_test_split_stays_the_same(
     assert Dataset.open(plain).version != Dataset.open(grown).version
     edema = extra.set_index("sha256")["Edema"]
     assert sorted(edema.tolist()) == [0.0, 0.0, 1.0, 1.0]  # a, b corrected to 0; g and h positive
+
+
+def test_held_out_images_never_come_back_however_they_were_re_encoded_or_drifted(
+    store: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    url, inputs, names = store
+    held = [_film(10 + i) for i in range(4)]
+    rows = [("test", f"{i:064x}", film) for i, film in enumerate(held[:3])] + [("val", "f" * 64, held[3])]
+    dataset = _dataset(tmp_path, [*rows, ("train", names["g"], _image(6)[0])])
+    rng = np.random.default_rng(0)
+    uploads = [
+        held[0],  # the test film itself, re-encoded as the service stores it: new bytes, same pixels
+        apply_drift(held[1], parse_drift("brightness=0.2,noise=0.02"), rng),
+        apply_drift(held[2], parse_drift("contrast=0.7,blur=0.8"), rng),
+        apply_drift(held[3], parse_drift("brightness=0.1"), rng),  # a val film counts as held out too
+    ]
+    s = Store(url, inputs)
+    try:
+        for pixels in uploads:
+            record = _log(s, hashlib.sha256(encode_png(pixels)).hexdigest(), pixels, _findings(True, False))
+            s.add_feedback(record.id, labels={"Edema": 1})
+        s.flush()
+    finally:
+        s.close()
+    out = tmp_path / "fb"
+    info = export_feedback(out, url, inputs, dataset=dataset)
+    assert info["held_out"] == {"pixel_identical": 1, "near_duplicate": 3}, info["held_out"]
+    assert info["images"] == 3 and info["skipped"]["in_dataset"] == 1  # a, b, h; g trains already
+    index = NearDuplicateIndex(np.stack(held))
+    for row in _rows(out):
+        pixels = np.asarray(Image.open(out.parent / row["Path"]))
+        assert index.find(pixels) is None, row["Path"]
+    line = held_out_summary(info)
+    assert "1 pixel-identical to a held-out image" in line and "3 perceptual near-duplicate" in line
+    assert "screened against 4 val and test images" in line
+    # Before a split, any image may end up in test: every main-source film is held out, g included.
+    unsplit = _dataset(tmp_path, [*rows, ("train", "e" * 64, _image(6)[0])], split=False)
+    again = export_feedback(tmp_path / "fb2", url, inputs, dataset=unsplit)
+    assert again["held_out"] == {"pixel_identical": 2, "near_duplicate": 3} and again["images"] == 3
+    assert "every main-source image" in held_out_summary(again)

@@ -35,6 +35,7 @@ def test_simulate_and_loadtest_say_when_no_server_answers(tmp_path: Path) -> Non
 
 def test_simulate_names_an_empty_split_and_the_one_to_use(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "ds", n=12)  # 4 patients: none lands in test
-    result = CliRunner().invoke(app, ["simulate", f"http://127.0.0.1:{free_port()}", "--data", str(ds)])
+    args = ["simulate", f"http://127.0.0.1:{free_port()}", "--data", str(ds), "--split", "test"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "the 'test' split is empty. Try --split val." in _text(result.output)

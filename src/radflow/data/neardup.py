@@ -47,8 +47,19 @@ HASH_BITS = _LOW * _LOW - 1
 DEFAULT_THRESHOLD = 6
 """Hamming distance (of 63 bits) at or below which an image counts as a near-duplicate of an indexed one.
 
-Measured by ``tests/data/test_neardup.py`` on phantom chest films (the figures are printed by
-``bench/neardup.py``-style runs of its helpers; see the README's figures table).
+Measured on 300 phantom chest films (160 patients) preprocessed to 128 px, each copy compared
+with all 300 (``tests/data/test_neardup.py`` keeps floors under these):
+
+* recall, the share of drifted copies matched to their original: 100 % for PNG/8-bit re-encoding
+  and contrast 0.7, 100 % blur 1.5 px, 99.7 % noise 0.05, 91 % brightness +0.3, 98 % for
+  brightness 0.3 + contrast 0.7 + noise 0.05 + blur 1.5 together, but 5 % for brightness -0.3
+  (it clips the lungs to black);
+* false matches: 0.05 % of pairs of distinct patients' films (11 % of films have at least one
+  look-alike among the other 299: phantoms share one template far more than real patients do).
+
+At 32 px (the tests' tiny workspaces) drift wipes out most of what tells phantoms apart: recall
+falls to 92 % for brightness +0.3, 72 % for noise 0.05, 23 % for blur 1.5 and 2 % for the four
+drifts together, with 0.02 % false matches. Pixel copies are found at any size.
 """
 
 

@@ -387,9 +387,11 @@ def check_server(url: str, timeout: float = 5.0) -> None:
 
 def simulate(config: SimulationConfig, handle_signals: bool = True) -> SimulationSummary:
     """Run a simulation to its end in a fresh event loop; with ``handle_signals`` Ctrl-C stops it cleanly."""
+    # A bad or empty split is named before the server is tried; the clinic pool (seconds) is made after.
+    simulator = Simulator(config) if config.split is not None else None
     if config.wait_ready <= 0:
-        check_server(config.url)  # before the clinic pool is made: a missing server is the likelier mistake
-    simulator = Simulator(config)
+        check_server(config.url)
+    simulator = simulator or Simulator(config)
     return asyncio.run(simulator.run(handle_signals=handle_signals))
 
 
