@@ -122,3 +122,69 @@ def test_no_phi_in_anything_ingest_writes(tmp_path: Path) -> None:
     text = "\n".join(cells).encode()
     for needle in needles:
         assert needle not in text
+
+
+def _files_under(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def test_phi_in_folder_and_file_names_never_reaches_the_dataset(tmp_path: Path) -> None:
+    """A hospital export whose folders and files are named after the patient: no path part is written."""
+    from typer.testing import CliRunner
+
+    from radflow.cli import app
+    from radflow.data.split import split_dataset
+    from tests.data.sources_fixtures import write_png
+
+    name, mrn, born = "DOE^JANE^PHANTOMPHI", "MRN12345678", PHI["PatientBirthDate"]
+    patient_dir = tmp_path / "export" / f"{name}_{mrn}" / f"{born}_DOE_JANE"
+    src = tmp_path / "export"
+    for i in range(3):
+        _write(patient_dir / f"IMG_{mrn}_{i}.dcm", i, patient=mrn)
+    _write(src / "SMITH^JOHN_MRN87654321" / "IMG_MRN87654321.dcm", 9, patient="MRN87654321")
+    broken = patient_dir / f"{mrn}_broken.dcm"
+    broken.write_bytes((patient_dir / f"IMG_{mrn}_0.dcm").read_bytes()[:-500])
+    (patient_dir / f"copy_of_{mrn}.dcm").write_bytes((patient_dir / f"IMG_{mrn}_1.dcm").read_bytes())
+    rel = f"{name}_{mrn}/{born}_DOE_JANE"
+    (src / "labels.csv").write_text(f"path,Nodule\n{rel}/IMG_{mrn}_0.dcm,1\n{rel}/IMG_{mrn}_1.dcm,0\n{rel}/x.dcm,zz\n")
+    ds = tmp_path / "datasets" / "ds"
+    info = ingest(src, "dicom", ds, IngestOptions(size=32, workers=1))
+    assert info["counts"]["images"] == 4 and info["counts"]["patients"] == 2
+    errors = sorted(e["error"] for e in info["skipped"])
+    assert [e.split(" ")[0] for e in errors] == ["bad", "corrupt", "duplicate"], errors
+    split_dataset(ds, val=0.25, test=0.25)
+
+    # a folder source whose class sub-folders hold patient-named folders and files, through the CLI
+    folder = tmp_path / "pngs"
+    write_png(folder / "normal" / f"{name}_{mrn}" / f"{born}.png", seed=1)
+    write_png(folder / "abnormal" / f"{mrn}_DOE_JANE.png", seed=2)
+    (folder / "abnormal" / f"{mrn}_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    folder_ds = tmp_path / "datasets" / "folder-ds"
+    result = CliRunner().invoke(app, ["ingest", str(folder), "--format", "folder", "--out", str(folder_ds)])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1" in result.output
+
+    needles = [b"DOE^JANE", b"DOE_JANE", b"JANE", b"SMITH", b"MRN12345678", b"12345678", b"87654321", born.encode()]
+    needles += [v.encode() for v in PHI.values()]
+    written = _files_under(ds, folder_ds)
+    assert {p.name for p in written} >= {"manifest.parquet", "dataset.json", "pixels-00000.npy"}
+    for path in written:
+        data = path.read_bytes()
+        for needle in needles:
+            assert needle not in data, f"{needle!r} found in {path}"
+    cells = [Dataset.open(d).manifest.astype(str).to_numpy().ravel() for d in (ds, folder_ds)]
+    text = "\n".join(str(c) for group in cells for c in group).upper().encode()
+    for needle in needles:
+        assert needle not in text
+    for needle in needles:
+        assert needle.decode() not in result.output
+    # the way back from key to file exists only beside the salt, outside the datasets
+    located = source_paths(tmp_path / "datasets" / SALT_FILE)
+    manifest = Dataset.open(ds).manifest
+    assert {located[k].name for k in manifest["source_key"]} == {
+        f"IMG_{mrn}_0.dcm",
+        f"IMG_{mrn}_1.dcm",
+        f"IMG_{mrn}_2.dcm",
+        "IMG_MRN87654321.dcm",
+    }
+    assert broken.resolve() in set(located.values())

@@ -324,9 +324,10 @@ def ingest(
         raw_skipped += [(entry, origin) for entry in extra.skipped]
     if options.strict and raw_skipped:
         first = raw_skipped[0][0]
+        path = f"path {first['path']!r}; " if first["path"] else ""
         raise DataError(
-            f"{first['error']} (--strict; {len(raw_skipped)} problem(s) in all)",
-            first["path"] or first["table"],
+            f"{first['error']} ({path}--strict; {len(raw_skipped)} problem(s) in all)",
+            first["table"] or first["path"],
             first["row"],
         )
     if not records:
