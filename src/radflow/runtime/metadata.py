@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from radflow.data.preprocess import PreprocessSpec
 from radflow.errors import DataError
 from radflow.tasks import TaskKind, get_task
 
@@ -35,6 +36,7 @@ __all__ = [
     "METADATA_KEY",
     "SEX_INPUT",
     "OnnxMetadata",
+    "preprocessing_parameters",
     "sex_feature",
 ]
 
@@ -94,6 +96,27 @@ class OnnxMetadata:
         if missing:
             raise DataError(f"the ONNX metadata lacks {missing}; re-export the model.", path=source)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def preprocessing_parameters(spec: PreprocessSpec) -> dict[str, str | int | float]:
+    """How a client makes the ``image`` input from a radiograph, as flat key/value parameters.
+
+    Flat scalars because the Open Inference Protocol's ``parameters`` hold only strings, numbers
+    and booleans; ``/v2`` model metadata carries them. The steps are those of
+    :func:`radflow.data.preprocess.prepare_pixels` then :func:`~radflow.data.preprocess.to_model_input`.
+    """
+    return {
+        "preprocess_size": spec.size,
+        "preprocess_channels": spec.channels,
+        "preprocess_mean": spec.mean,
+        "preprocess_std": spec.std,
+        "preprocess_layout": "NCHW",
+        "preprocess_steps": (
+            "grey levels scaled to [0, 1] by bit depth (DICOM: modality LUT and window, MONOCHROME1 inverted); "
+            "pad to a centred square with black; resample to size x size (area when shrinking, bilinear when "
+            "enlarging); round to 8 bits; x = (pixel / 255 - mean) / std; repeat over channels"
+        ),
+    }
 
 
 def sex_feature(sex: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from radflow.inference.service import InferenceService
 from radflow.inference.settings import ServeSettings
 from radflow.serve.admin import admin
 from radflow.serve.auth import AuditMiddleware, authenticator_for, authorize, document_auth, log_auth_mode
-from radflow.serve.common import MetricsMiddleware, install_error_handlers
+from radflow.serve.common import MetricsMiddleware, OptionsMiddleware, install_error_handlers
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
 from radflow.ui import ui_router
@@ -62,5 +62,6 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
 
     document_auth(app, auth.enabled)
     app.add_middleware(AuditMiddleware, service=service)
+    app.add_middleware(OptionsMiddleware)  # inside the metrics middleware, so OPTIONS answers are counted
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     return app

@@ -1,34 +1,80 @@
-"""What every HTTP transport shares: the size-limited body reader, the service lookup, one error handler, metrics.
+"""What every HTTP transport shares: the size-limited body reader, the service lookup, one error handler,
+the documented error answers, OPTIONS, metrics.
 
 Every error goes through one handler: :class:`radflow.errors.RadflowError` (client mistakes,
 overload, timeouts) becomes ``{"error": msg}`` with its status; anything else is logged and
 answered with a generic 500. Request bodies are read with a size limit before anything else.
+Each route declares the error statuses it really answers with :func:`error_responses`, so the
+OpenAPI schema lists every status a client can get (a Schemathesis run checks it).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from radflow.errors import RadflowError
 from radflow.inference.errors import PayloadTooLargeError, ServiceError
 from radflow.inference.metrics import ServiceMetrics
 from radflow.inference.service import InferenceService
 
-__all__ = ["MetricsMiddleware", "install_error_handlers", "label_answer", "read_body", "service_of"]
+__all__ = [
+    "ErrorBody",
+    "MetricsMiddleware",
+    "OptionsMiddleware",
+    "allowed_methods",
+    "error_responses",
+    "install_error_handlers",
+    "label_answer",
+    "read_body",
+    "service_of",
+]
 
 log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one message naming the problem (and the field, file or limit)."""
+
+    error: str
+
+
+_ERROR_MEANINGS = {
+    400: "Malformed request: a body that does not parse, a bad header, or a setting that does not apply.",
+    401: "No credentials: send `Authorization: Bearer <token>`.",
+    403: "Credentials given but not accepted for this endpoint.",
+    404: "No such model, model version or prediction, or the endpoint is disabled.",
+    413: "The body is above the server's `max_body_bytes`.",
+    415: "The content type (declared, or sniffed from the bytes) is not one this server accepts.",
+    422: "The request is well-formed but invalid: the message names the field or the problem with the image.",
+    503: "The model or store is still loading, or the queue is full: retry after `Retry-After` seconds.",
+    504: "The model did not answer within `request_timeout_s`.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers, each with the ``{"error"}`` body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": _ERROR_MEANINGS[code]}
+        if code == 503:
+            entry["headers"] = _RETRY_AFTER
+        out[code] = entry
+    return out
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -97,11 +143,100 @@ class MetricsMiddleware:
                 self.metrics.rejected.labels("overload" if status[0] == 503 else "timeout").inc()
 
 
+def _route_table(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every route of the app, flat: FastAPI >= 0.16x keeps included routers nested (``iter_route_contexts``)."""
+    try:
+        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        yield from routes
+    else:
+        yield from iter_route_contexts(list(routes))
+
+
+def allowed_methods(app: Any, scope: Scope) -> tuple[set[str], Any]:
+    """(the methods some route answers at this request's path, the first such route); empty for unknown paths."""
+    methods: set[str] = set()
+    first = None
+    for route in _route_table(app.routes):
+        declared = getattr(route, "methods", None)
+        if declared and route.matches(scope)[0] is not Match.NONE:
+            methods |= set(declared)
+            first = first or route
+    return methods, first
+
+
+class OptionsMiddleware:
+    """ASGI middleware: ``OPTIONS`` and 405 answers list the path's real methods in ``Allow``.
+
+    Starlette answers 405 to ``OPTIONS`` on a route that does not declare it, which tells a client
+    the path refuses a method every HTTP server is expected to understand (RFC 9110 §9.3.7), and
+    its 405s name only the first route at the path (``Allow: GET`` where PUT works too). Here an
+    ``OPTIONS`` on an existing path answers 204, and a 405's ``Allow`` is replaced, with every
+    method the app's routes declare at that path (plus OPTIONS); unknown paths fall through to the
+    router's 404. No CORS headers are sent: the server configures no CORS, so a browser preflight
+    from another origin is refused, as it should be.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            methods, route = allowed_methods(scope["app"], scope)
+            if methods:
+                scope.setdefault("route", route)  # the metrics middleware labels the answer by this endpoint
+                allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
+                await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+
+        async def send_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                methods, _ = allowed_methods(scope["app"], scope)
+                allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message = {**message, "headers": [*headers, (b"allow", allow)]}
+            await send(message)
+
+        await self.app(scope, receive, send_allow)
+
+
 def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": msg}, status_code=status, headers=headers)
 
 
+_VALIDATION_REF = "#/components/schemas/HTTPValidationError"
+
+
+def _document_error_body(app: FastAPI) -> None:
+    """Document 422 as the ``{"error"}`` body the handler answers, not FastAPI's ``{"detail": [...]}``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operation in (op for ops in schema.get("paths", {}).values() for op in ops.values()):
+            content = operation.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == _VALIDATION_REF:
+                content["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+        components = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in components:
+            components.pop("HTTPValidationError")
+            components.pop("ValidationError", None)
+            components.setdefault("ErrorBody", ErrorBody.model_json_schema())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """One handler per error family, each answering ``{"error": msg}``; the schema documents that body."""
+    _document_error_body(app)
+
     @app.exception_handler(RadflowError)
     async def _radflow(_request: Request, exc: RadflowError) -> JSONResponse:
         return _error(exc.status_code, str(exc), getattr(exc, "headers", None))

@@ -1,4 +1,10 @@
-"""``/v1``: images in (multipart or raw PNG, JPEG, DICOM), findings or values out; predictions, feedback, monitoring."""
+"""``/v1``: images in (multipart or raw PNG, JPEG, DICOM), findings or values out; predictions, feedback, monitoring.
+
+A raw body's type is sniffed from its bytes (PNG and JPEG signatures, DICOM's ``DICM`` at offset
+128): a declared image type, ``application/octet-stream``, none, or curl's ``--data-binary``
+default ``application/x-www-form-urlencoded`` is accepted when the bytes are an image; any other
+declared type is refused with 415 naming it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from radflow.data.decode import sniff_format
 from radflow.inference.errors import UnsupportedMediaError
 from radflow.runtime import InvalidInputError
-from radflow.serve.common import label_answer, read_body, service_of
+from radflow.serve.common import error_responses, label_answer, read_body, service_of
 
 __all__ = ["FeedbackIn", "v1"]
 
-_RAW_EXTRA = {"application/octet-stream", ""}
+_FORM = "application/x-www-form-urlencoded"
+_UNTYPED = {"application/octet-stream", _FORM, ""}
+"""Declared types that say nothing about an image: none, generic binary, and curl's default for ``--data-binary``."""
 
 v1 = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -44,16 +53,24 @@ _UPLOAD = {
             "image/png": _BINARY,
             "image/jpeg": _BINARY,
             "application/dicom": _BINARY,
+            "application/octet-stream": {**_BINARY, "description": "Any raw image; the type is sniffed."},
         },
     }
 }
+_PREDICTION_ERRORS = error_responses(404, 503)
+"""An unknown (or no longer stored) prediction, or the store still opening."""
 
 
 @v1.post(
     "/predict",
     summary="Score one radiograph (PNG, JPEG or DICOM) as multipart field `file` or raw body",
-    description="Send `X-Routing-Key` to stick a caller (e.g. a hashed study id) to one A/B arm.",
+    description=(
+        "Send `X-Routing-Key` to stick a caller (e.g. a hashed study id) to one A/B arm. A raw body's type "
+        "is sniffed from its bytes: a declared image type, `application/octet-stream`, none, or curl's "
+        "default `application/x-www-form-urlencoded` is accepted when the bytes are PNG, JPEG or DICOM."
+    ),
     openapi_extra=_UPLOAD,
+    responses=error_responses(400, 413, 415, 422, 503, 504),
 )
 async def predict(
     request: Request,
@@ -69,7 +86,12 @@ async def predict(
         if upload is None or isinstance(upload, str):
             raise InvalidInputError("a multipart upload needs the image in a file field named 'file'.")
         data = await upload.read()
-    elif declared in s.allowed_content_types or declared in _RAW_EXTRA:
+    elif declared in s.allowed_content_types or declared in _UNTYPED:
+        if declared == _FORM and sniff_format(body) is None:
+            raise UnsupportedMediaError(
+                f"Content-Type {declared!r} is a form and the body is not a PNG, JPEG or DICOM file; send the "
+                "image with curl --data-binary @file (any type) or -F file=@file."
+            )
         data = body
     else:
         raise UnsupportedMediaError(
@@ -81,18 +103,31 @@ async def predict(
     return JSONResponse(answer)
 
 
-@v1.get("/predictions/{prediction_id}", summary="A logged prediction")
+@v1.get("/predictions/{prediction_id}", summary="A logged prediction", responses=_PREDICTION_ERRORS)
 async def get_prediction(request: Request, prediction_id: str) -> JSONResponse:
     return JSONResponse(await service_of(request).get_prediction(prediction_id))
 
 
-@v1.get("/predictions/{prediction_id}/heatmap.png", summary="Class activation map of one label over the input")
+@v1.get(
+    "/predictions/{prediction_id}/heatmap.png",
+    summary="Class activation map of one label over the input",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The CAM blended over the stored input."},
+        **error_responses(400, 404, 422, 503),
+    },
+)
 async def heatmap(request: Request, prediction_id: str, label: str = Query(..., min_length=1)) -> Response:
     png = await service_of(request).heatmap(prediction_id, label)
     return Response(png, media_type="image/png")
 
 
-@v1.post("/feedback", status_code=201, summary="Ground truth or verdict for a prediction (durable before 201)")
+@v1.post(
+    "/feedback",
+    status_code=201,
+    summary="Ground truth or verdict for a prediction (durable before 201)",
+    responses=error_responses(400, 404, 422, 503),
+)
 async def feedback(request: Request, body: FeedbackIn) -> JSONResponse:
     saved = await service_of(request).add_feedback(
         body.prediction_id,
@@ -105,7 +140,11 @@ async def feedback(request: Request, body: FeedbackIn) -> JSONResponse:
     return JSONResponse(saved, status_code=201)
 
 
-@v1.get("/monitoring", summary="Drift against each model version's reference, online evaluation, recent alerts")
+@v1.get(
+    "/monitoring",
+    summary="Drift against each model version's reference, online evaluation, recent alerts",
+    responses=error_responses(422, 503),
+)
 async def monitoring(request: Request, alerts: int = Query(20, ge=0, le=500)) -> JSONResponse:
     """Drift is scored on the current window when asked (and every ``drift_interval_s`` in the background).
 

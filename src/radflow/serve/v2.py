@@ -9,6 +9,12 @@ little-endian tensors after the JSON, one per input with ``parameters.binary_dat
 Content-Type is needed. Outputs come back binary when asked (``binary_data_output`` or a
 per-output ``binary_data``), else as JSON lists. Errors are ``{"error": msg}``: 400 for a bad
 request, 404 for an unknown model, 503 while loading or overloaded, as Triton maps them.
+
+Health answers carry the protocol's JSON bodies (``{"live": true}``, ``{"ready": bool}``, model
+ready ``{"name", "ready"}``) as well as the status codes probes read. Model metadata adds the
+protocol's extension ``parameters`` (flat string/number/boolean values): the task, labels and the
+preprocessing a client needs to build the ``image`` tensor from a radiograph
+(:func:`radflow.runtime.metadata.preprocessing_parameters`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from radflow.inference.errors import ServiceError
 from radflow.inference.routing import ModelArm
-from radflow.serve.common import read_body, service_of
+from radflow.runtime.metadata import preprocessing_parameters
+from radflow.serve.common import error_responses, read_body, service_of
 
 __all__ = ["BINARY_HEADER", "v2"]
 
@@ -52,17 +60,39 @@ def _tensors(arm: ModelArm, outputs: bool) -> list[dict[str, Any]]:
     return [{"name": n.name, "datatype": "FP32", "shape": [-1, *_dims(n.shape)[1:]]} for n in nodes]
 
 
-@v2.get("/health/live")
-async def live() -> Response:
-    return Response(status_code=200)
+_MODEL = error_responses(404, 503)
+"""What every per-model endpoint can answer besides 200: an unknown model, or models still loading."""
 
 
-@v2.get("/health/ready")
-async def ready(request: Request) -> Response:
-    return Response(status_code=200 if service_of(request).ready else 503)
+class Live(BaseModel):
+    live: bool
 
 
-@v2.get("")
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+@v2.get("/health/live", summary="Server live (liveness probe)")
+async def live() -> Live:
+    return Live(live=True)
+
+
+@v2.get(
+    "/health/ready",
+    summary="Server ready (readiness probe): 200 once the models are loaded, else 503",
+    responses={503: {"model": Ready, "description": "The models are still loading."}},
+)
+async def ready(request: Request) -> JSONResponse:
+    is_ready = service_of(request).ready
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@v2.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
     return {
         "name": "radflow",
@@ -72,33 +102,38 @@ async def server_metadata() -> dict[str, Any]:
 
 
 # Declared before /models/{name}, which would otherwise take "stats" for a model name.
-@v2.get("/models/stats")
+@v2.get("/models/stats", summary="Statistics of every served model", responses=error_responses(503))
 async def all_stats(request: Request) -> dict[str, Any]:
     return {"model_stats": [_stats(a) for a in service_of(request).require_router().arms()]}
 
 
-@v2.get("/models/{name}")
-@v2.get("/models/{name}/versions/{model_version}")
+@v2.get("/models/{name}", summary="Model metadata, with the preprocessing that makes its input", responses=_MODEL)
+@v2.get("/models/{name}/versions/{model_version}", summary="Model version metadata", responses=_MODEL)
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
     arm = _arm(request, name, model_version)
+    model = arm.model
     return {
         "name": arm.name,
         "versions": [arm.version],
         "platform": "onnxruntime_onnx",
         "inputs": _tensors(arm, outputs=False),
         "outputs": _tensors(arm, outputs=True),
+        "parameters": {
+            "task": model.task,
+            "labels": ",".join(model.labels),
+            **preprocessing_parameters(model.spec),
+        },
     }
 
 
-@v2.get("/models/{name}/ready")
-@v2.get("/models/{name}/versions/{model_version}/ready")
-async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
-    _arm(request, name, model_version)
-    return Response(status_code=200)
+@v2.get("/models/{name}/ready", summary="Model ready", responses=_MODEL)
+@v2.get("/models/{name}/versions/{model_version}/ready", summary="Model version ready", responses=_MODEL)
+async def model_ready(request: Request, name: str, model_version: str | None = None) -> ModelReady:
+    return ModelReady(name=_arm(request, name, model_version).name, ready=True)
 
 
-@v2.get("/models/{name}/config")
-@v2.get("/models/{name}/versions/{model_version}/config")
+@v2.get("/models/{name}/config", summary="Model configuration (Triton's shape)", responses=_MODEL)
+@v2.get("/models/{name}/versions/{model_version}/config", summary="Model version configuration", responses=_MODEL)
 async def model_config(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
     arm = _arm(request, name, model_version)
     s = service_of(request).settings
@@ -153,8 +188,8 @@ def _stats(arm: ModelArm) -> dict[str, Any]:
     }
 
 
-@v2.get("/models/{name}/stats")
-@v2.get("/models/{name}/versions/{model_version}/stats")
+@v2.get("/models/{name}/stats", summary="Model statistics", responses=_MODEL)
+@v2.get("/models/{name}/versions/{model_version}/stats", summary="Model version statistics", responses=_MODEL)
 async def model_stats(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
     return {"model_stats": [_stats(_arm(request, name, model_version))]}
 
@@ -173,7 +208,21 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
         raise ServiceError(f"the inference request header is not valid JSON ({exc}).") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise ServiceError("the inference request needs an 'inputs' list.")
+    _parameters(request, "the inference request")
+    for key in ("inputs", "outputs"):
+        specs = request.get(key) or []
+        if not isinstance(specs, list) or not all(isinstance(spec, dict) for spec in specs):
+            raise ServiceError(f"'{key}' must be a list of objects, got {json.dumps(request.get(key))[:200]}.")
+        for spec in specs:
+            _parameters(spec, f"{key[:-1]} {spec.get('name')!r}")
     return request, binary
+
+
+def _parameters(spec: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ServiceError(f"{what}: 'parameters' must be an object, got {json.dumps(parameters)[:200]}.")
+    return parameters
 
 
 def _input_arrays(request: dict[str, Any], binary: bytes, arm: ModelArm) -> dict[str, np.ndarray]:
@@ -182,25 +231,27 @@ def _input_arrays(request: dict[str, Any], binary: bytes, arm: ModelArm) -> dict
     offset = 0
     for spec in request["inputs"]:
         name, shape, dtype = spec.get("name"), spec.get("shape"), spec.get("datatype")
-        if name not in expected:
+        if not isinstance(name, str) or name not in expected:
             raise ServiceError(f"unexpected inference input {name!r}; the model takes {sorted(expected)}.")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ServiceError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}.")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise ServiceError(f"input {name!r}: datatype {dtype!r} is not supported; send FP32.")
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(spec, f"input {name!r}").get("binary_data_size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ServiceError(f"input {name!r}: binary_data_size must be a byte count, got {size!r}.")
         try:
             if size is not None:
-                chunk = binary[offset : offset + int(size)]
-                if len(chunk) != int(size):
+                chunk = binary[offset : offset + size]
+                if len(chunk) != size:
                     raise ServiceError(f"input {name!r}: binary data is shorter than binary_data_size {size}.")
-                offset += int(size)
+                offset += size
                 array = np.frombuffer(chunk, dtype=np.dtype(_DTYPES[dtype]).newbyteorder("<")).reshape(shape)
             else:
                 if "data" not in spec:
                     raise ServiceError(f"input {name!r} has neither 'data' nor parameters.binary_data_size.")
                 array = np.asarray(spec["data"], dtype=_DTYPES[dtype]).reshape(shape)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ServiceError(f"input {name!r}: data does not fit shape {shape} ({exc}).") from None
         want = _dims(expected[name].shape)
         if len(shape) != len(want) or any(w not in (-1, g) for w, g in zip(want, shape, strict=True)):
@@ -217,28 +268,93 @@ def _input_arrays(request: dict[str, Any], binary: bytes, arm: ModelArm) -> dict
 
 def _requested_outputs(request: dict[str, Any], arm: ModelArm) -> list[tuple[str, bool]]:
     available = [o.name for o in arm.model.session.get_outputs()]
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(request, "the inference request").get("binary_data_output", False))
     asked = request.get("outputs")
     if not asked:
         return [(name, default_binary) for name in available]
     out = []
     for spec in asked:
-        name = spec.get("name") if isinstance(spec, dict) else None
+        name = spec.get("name")
         if not isinstance(name, str) or name not in available:
             raise ServiceError(f"unknown output {name!r}; the model has {available}.")
-        binary = (spec.get("parameters") or {}).get("binary_data", default_binary)
+        binary = _parameters(spec, f"output {name!r}").get("binary_data", default_binary)
         out.append((name, bool(binary)))
     return out
 
 
-@v2.post("/models/{name}/infer")
-@v2.post("/models/{name}/versions/{model_version}/infer")
-async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
+_OBJECT = {"type": "object", "description": "Key/value parameters (string, number or boolean values)."}
+_INFER_REQUEST = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string", "description": "Echoed in the answer."},
+        "parameters": {**_OBJECT, "description": "`binary_data_output: true` answers every output as binary."},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": list(_DTYPES)},
+                    "parameters": {**_OBJECT, "description": "`binary_data_size`: bytes of this input after the JSON."},
+                    "data": {"type": "array", "items": {}, "description": "Row-major values (JSON mode)."},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": _OBJECT},
+            },
+        },
+    },
+}
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _INFER_REQUEST},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"The JSON request ({BINARY_HEADER} bytes) followed by the raw little-endian tensors.",
+            },
+        },
+    }
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Outputs as JSON lists, or the JSON header followed by raw tensors when binary was asked.",
+        "content": {"application/json": {}, "application/octet-stream": {}},
+    },
+    **error_responses(400, 404, 413, 503, 504),
+}
+_INFER_SUMMARY = "Inference on preprocessed tensors (JSON, or the binary tensor extension)"
+
+
+@v2.post("/models/{name}/infer", summary=_INFER_SUMMARY, responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY)
+@v2.post(
+    "/models/{name}/versions/{model_version}/infer",
+    summary=_INFER_SUMMARY,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+async def infer(
+    request: Request,
+    name: str,
+    model_version: str | None = None,
+    header_length: str | None = Header(
+        None, alias=BINARY_HEADER, description="Size of the JSON header when raw tensors follow it."
+    ),
+) -> Response:
     service = service_of(request)
     arm = _arm(request, name, model_version)
     request.state.model = {"name": arm.name, "version": arm.version, "arm": arm.arm}
     body = await read_body(request, service.settings.max_body_bytes)
-    payload, binary = _parse(body, request.headers.get(BINARY_HEADER.lower()))
+    payload, binary = _parse(body, header_length)
     feeds = _input_arrays(payload, binary, arm)
     wanted = _requested_outputs(payload, arm)
     results = await service.infer_tensors(arm, feeds, [n for n, _ in wanted])

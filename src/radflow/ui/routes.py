@@ -54,7 +54,9 @@ def _static_file(name: str) -> bytes:
 
 def ui_router(service: InferenceService | None = None) -> APIRouter:
     """Routes of the web UI; ``service`` defaults to the app's ``app.state.service`` at request time."""
-    router = APIRouter(tags=["ui"])
+    # Every JSON view reads the store or the models, which answer 503 while they open (radflow.serve.common
+    # documents the /v1 and /v2 errors the same way; the UI cannot import the transport package).
+    router = APIRouter(tags=["ui"], responses={503: {"description": "The store or the models are still loading."}})
 
     def svc(request: Request) -> InferenceService:
         found: InferenceService = service or request.app.state.service
@@ -84,7 +86,15 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
         store = svc(request).require_store()
         return JSONResponse({"predictions": await asyncio.to_thread(recent_predictions, store, limit)})
 
-    @router.get("/v1/ui/predictions/{prediction_id}/image.png", summary="The stored input of a prediction as PNG")
+    @router.get(
+        "/v1/ui/predictions/{prediction_id}/image.png",
+        summary="The stored input of a prediction as PNG",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "The stored 8-bit input."},
+            404: {"description": "No such prediction, or its input is not stored."},
+        },
+    )
     async def input_image(request: Request, prediction_id: str) -> FileResponse:
         _, path = await svc(request).stored_input(prediction_id, "preview")
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
