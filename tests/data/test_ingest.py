@@ -13,7 +13,7 @@ from radflow.data.dataset import Dataset
 from radflow.data.decode import decode_file
 from radflow.data.ingest import SALT_FILE, IngestOptions, ingest, source_paths
 from radflow.data.preprocess import prepare_pixels
-from radflow.errors import DataError
+from radflow.errors import ConfigError, DataError
 from tests.data.sources_fixtures import write_boneage, write_chexpert, write_folder, write_nih
 
 
@@ -144,3 +144,10 @@ def test_cli_ingest_json_and_error_exit(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["ingest", str(src), "--format", "bonage", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2
     assert "Did you mean 'boneage'" in bad.output
+
+
+def test_salt_file_inside_the_dataset_is_refused(tmp_path: Path) -> None:
+    src = write_folder(tmp_path / "f")
+    with pytest.raises(ConfigError, match=r"salt.*inside the dataset"):
+        ingest(src, "folder", tmp_path / "ds", IngestOptions(size=32, salt_file=tmp_path / "ds" / "salt"))
+    assert not (tmp_path / "ds" / "salt").exists()

@@ -49,7 +49,7 @@ from radflow.data.decode import DEFAULT_MAX_PIXELS, decode_image
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels
 from radflow.data.sources import SourceRecord, SourceTable, read_source
 from radflow.data.split import EXTRA_SPLIT
-from radflow.errors import DataError, ImageDecodeError, RadflowError
+from radflow.errors import ConfigError, DataError, ImageDecodeError, RadflowError
 from radflow.hardware import available_cores
 
 __all__ = ["IngestOptions", "ingest", "load_salt", "pseudonymize", "source_key", "source_paths"]
@@ -338,6 +338,11 @@ def ingest(
         )
     out.mkdir(parents=True, exist_ok=True)
     salt_file = options.salt_file or out.parent / SALT_FILE
+    if Path(salt_file).resolve().is_relative_to(out.resolve()):
+        raise ConfigError(
+            f"--salt-file {salt_file} is inside the dataset {out}; the key and its path map must stay outside "
+            "what is shared (default: .radflow-salt beside the dataset)."
+        )
     keys = _Keys(load_salt(salt_file))
     skipped = [keys.skip(entry, origin) for entry, origin in raw_skipped]
     previous, reusable_rows = _previous_pixels(out, spec)
