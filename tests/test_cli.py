@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -42,7 +43,9 @@ def _radflow(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_mlflow_logs_only_with_verbose(tmp_path: Path) -> None:
-    # `rollback` on an empty store creates it: MLflow logs its table creation at INFO.
+    # `rollback` on an empty (0-byte) store file makes MLflow create its tables, which it logs at INFO.
+    (tmp_path / "a.db").touch()
+    (tmp_path / "b.db").touch()
     quiet = _radflow(tmp_path, "rollback", "chest-xray", "--tracking-uri", f"sqlite:///{tmp_path / 'a.db'}")
     assert quiet.returncode == 2 and "registry is empty" in quiet.stderr.replace("\n", " ")
     assert "Creating initial MLflow database tables" not in quiet.stdout + quiet.stderr
@@ -55,3 +58,52 @@ def test_dvc_warnings_are_notices_and_stage_lines_are_not() -> None:
     assert is_dvc_notice("\x1b[33mWARNING\x1b[39m: No file hash info found for 'data/y'.")
     assert not is_dvc_notice("Running stage 'train':")
     assert not is_dvc_notice("ERROR: failed to reproduce 'train'")
+
+
+def test_run_exits_1_when_a_gate_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import radflow.pipeline.run as run_module
+
+    def fake_run(*args: object, **kwargs: object) -> dict[str, object]:
+        registration = {"name": "chest-xray", "version": "3", "passed": False, "failures": ["test_macro_auroc 0.61"]}
+        return {
+            "workspace": "ws",
+            "ran": ["register"],
+            "skipped": [],
+            "experiment": None,
+            "seconds": 1.0,
+            "stage_seconds": {},
+            "metrics": {},
+            "training": {},
+            "registration": registration,
+            "gates_passed": False,
+        }
+
+    monkeypatch.setattr(run_module, "run_pipeline", fake_run)
+    failed = CliRunner().invoke(app, ["run"])
+    assert failed.exit_code == 1, failed.output
+    assert "gates failed" in failed.output and "test_macro_auroc 0.61" in failed.output
+    monkeypatch.setattr(run_module, "run_pipeline", lambda *a, **k: {**fake_run(), "gates_passed": True})
+    assert CliRunner().invoke(app, ["run", "--json"]).exit_code == 0
+
+
+def test_train_refuses_another_runs_checkpoints_unless_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radflow.cli.train import _checkpoint_folder
+    from radflow.train.checkpoint import ModelMeta, save_checkpoint
+    from radflow.train.models import create_model
+
+    shared = tmp_path / "shared"
+    meta = ModelMeta(arch="small_cnn", task="multilabel", labels=["a"], num_outputs=1, run_id="run-of-alice")
+    save_checkpoint(shared / "best.pt", create_model("small_cnn", 1), meta)
+    refused = CliRunner().invoke(app, ["train", str(tmp_path / "ds"), "--out-dir", str(shared)])
+    assert refused.exit_code == 2
+    assert "holds the checkpoints (best.pt) of run run-of-alice" in refused.output.replace("\n", " ")
+    assert _checkpoint_folder(shared, "small_cnn", resume=False, overwrite=True) == shared
+    assert _checkpoint_folder(shared, "small_cnn", resume=True, overwrite=False) == shared
+    # Without --out-dir each run gets a folder of its own, and --resume finds the newest one.
+    monkeypatch.chdir(tmp_path)
+    first = _checkpoint_folder(None, "small_cnn", resume=False, overwrite=False)
+    assert first.parent == Path("checkpoints") and first.name.startswith("small_cnn-")
+    save_checkpoint(first / "last.pt", create_model("small_cnn", 1), meta)
+    second = _checkpoint_folder(None, "small_cnn", resume=False, overwrite=False)
+    assert second != first
+    assert _checkpoint_folder(None, "small_cnn", resume=True, overwrite=False).resolve() == first.resolve()

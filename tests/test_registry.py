@@ -14,12 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.config import GateConfig
 from radflow.errors import NotFoundError, RadflowError
+from radflow.evaluate.report import write_predictions
 from radflow.registry import (
     EVAL_DATASET_TAG,
     PREVIOUS_CHAMPION_TAG,
@@ -71,16 +75,31 @@ def make_run(
     mae: float | None = None,
     dataset_version: str = "ds-v1",
     model: bool = True,
+    counts: dict[str, tuple[int, int]] | None = None,
+    predictions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str:
-    """A finished run laid out like a `radflow train` run; ``aurocs`` per label -> macro is their mean."""
+    """A finished run laid out like a `radflow train` run; ``aurocs`` per label -> macro is their mean.
+
+    ``counts`` logs (positives, negatives) per label as the evaluation does; ``predictions``
+    ``(targets, scores)`` logs the per-image test predictions (and the AUROCs, counts they give).
+    """
     import mlflow
     import mlflow.pytorch
     import torch
 
     metrics: dict[str, float] = {}
+    if predictions is not None:
+        targets, scores = predictions
+        aurocs = {label: float(roc_auc_score(targets[:, j], scores[:, j])) for j, label in enumerate(LABELS)}
+        counts = {
+            label: (int((targets[:, j] == 1).sum()), int((targets[:, j] == 0).sum())) for j, label in enumerate(LABELS)
+        }
     if aurocs is not None:
         metrics["test_macro_auroc"] = sum(aurocs.values()) / len(aurocs)
         metrics.update({f"test_auroc_{label.replace(' ', '_')}": v for label, v in aurocs.items()})
+    for label, (positives, negatives) in (counts or {}).items():
+        metrics[f"test_positives_{label.replace(' ', '_')}"] = positives
+        metrics[f"test_negatives_{label.replace(' ', '_')}"] = negatives
     if mae is not None:
         metrics["test_mae"] = mae
     with mlflow.start_run(experiment_id=store.experiment_id) as run:
@@ -94,6 +113,15 @@ def make_run(
         )
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(store.checkpoint), "checkpoint")
+        if predictions is not None:
+            folder = store.checkpoint.parent / run.info.run_id
+            folder.mkdir()
+            n = len(predictions[0])
+            manifest = pd.DataFrame(
+                {"image_id": [f"img{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)]}
+            )
+            write_predictions(folder / "predictions.parquet", manifest, LABELS, *predictions)
+            mlflow.log_artifact(str(folder / "predictions.parquet"), "evaluation")
         if model:
             mlflow.pytorch.log_model(
                 torch.nn.Linear(2, 1), name="model", pip_requirements=["torch"], serialization_format="pickle"
@@ -333,3 +361,83 @@ def test_gates_follow_the_runs_task_kind(metrics: dict[str, float], tags: dict[s
 
     outcome = check_gates(metrics, tags, GateConfig(max_mae_months=10.0))
     assert [c["gate"] for c in outcome["checks"]] == [gate]
+
+
+def _test_split(seed: int = 10, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Targets, a champion's scores and a challenger's that is the champion plus noise (2 images per patient)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < 0.3).astype(float)
+    champion = y * 1.5 + rng.normal(0, 1, (n, 3))
+    return y, champion, champion + rng.normal(0, 0.6, (n, 3))
+
+
+def test_a_label_with_one_positive_is_not_gated(store: Store) -> None:
+    name = _name()
+    register(make_run(store, GOOD, counts=dict.fromkeys(LABELS, (40, 160))), name, GateConfig(), store.uri)
+    promote(name, "1", store.uri)
+    # Pneumothorax: 0.25 lower on the one positive image of the test split: that image's rank, not a model property.
+    one_positive = {**dict.fromkeys(LABELS, (40, 160)), "Pneumothorax": (1, 199)}
+    result = register(
+        make_run(store, {**GOOD, "Pneumothorax": 0.63}, counts=one_positive), name, GateConfig(), store.uri
+    )
+    assert result["passed"], result["failures"]
+    (skipped,) = result["not_gated"]
+    assert skipped["label"] == "Pneumothorax" and skipped["positives"] == 1
+    assert any("Pneumothorax: not gated: n=1 positive(s)" in note for note in result["notes"])
+    assert "test_auroc_Pneumothorax" not in [c["metric"] for c in result["checks"]]
+
+
+def test_champion_comparison_is_a_paired_test_on_the_same_images(store: Store) -> None:
+    y, champion, challenger = _test_split()
+    name = _name()
+    register(make_run(store, predictions=(y, champion)), name, GateConfig(min_macro_auroc=0.5), store.uri)
+    promote(name, "1", store.uri)
+    # Every label is 0.026-0.037 lower than the champion's point estimate (more than max_label_drop
+    # 0.02), but the paired interval of each difference holds zero: noise, so the gate passes.
+    noisy = register(make_run(store, predictions=(y, challenger)), name, GateConfig(min_macro_auroc=0.5), store.uri)
+    assert noisy["passed"], noisy["failures"]
+    paired = [c for c in noisy["checks"] if c["gate"] == "max_label_drop"]
+    assert len(paired) == 3
+    for c in paired:
+        assert c["comparison"]["method"] == "paired bootstrap over patients" and c["comparison"]["n"] == 200
+        assert c["comparison"]["diff"] < -0.02 and c["comparison"]["ci"][1] >= 0
+    # A challenger that lost Pneumothorax altogether fails on it, with the interval in the message.
+    rng = np.random.default_rng(1)
+    broken = champion.copy()
+    broken[:, 2] = rng.normal(0, 1, len(y))
+    worse = register(make_run(store, predictions=(y, broken)), name, GateConfig(min_macro_auroc=0.5), store.uri)
+    assert [f["metric"] for f in worse["failures"]] == ["test_auroc_Pneumothorax"]
+    assert "95% CI [" in worse["failures"][0]["message"] and "is not noise" in worse["failures"][0]["message"]
+    delong = register(
+        make_run(store, predictions=(y, broken)), name, GateConfig(min_macro_auroc=0.5, comparison="delong"), store.uri
+    )
+    assert [f["metric"] for f in delong["failures"]] == ["test_auroc_Pneumothorax"]
+    assert delong["failures"][0]["comparison"]["method"] == "DeLong"
+
+
+def test_models_lists_versions_aliases_and_gate_verdicts(store: Store) -> None:
+    from radflow.registry import list_models
+
+    name = _name()
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    register(make_run(store, {label: 0.6 for label in LABELS}), name, GateConfig(), store.uri)
+    register(make_run(store, GOOD), name, GateConfig(), store.uri)
+    promote(name, "1", store.uri)
+    (model,) = list_models(store.uri, name)["models"]
+    assert model["aliases"] == {"challenger": "3", "champion": "1"}
+    assert [(v["version"], v["aliases"], v["gate"]) for v in model["versions"]] == [
+        ("3", ["challenger"], "passed"),
+        ("2", [], "failed"),
+        ("1", ["champion"], "passed"),
+    ]
+    assert "test_macro_auroc 0.6000 < min_macro_auroc" in model["versions"][1]["gate_failures"]
+    assert model["versions"][2]["metrics"]["test_macro_auroc"] == pytest.approx(0.9)
+    assert name in [m["name"] for m in list_models(store.uri)["models"]]
+    runner = CliRunner()
+    shown = runner.invoke(app, ["models", name, "--tracking-uri", store.uri])
+    assert shown.exit_code == 0, shown.output
+    assert "@champion" in shown.output and "failed" in shown.output
+    as_json = runner.invoke(app, ["models", "--tracking-uri", store.uri, "--json"])
+    assert as_json.exit_code == 0 and name in as_json.stdout
+    unknown = runner.invoke(app, ["models", name + "x", "--tracking-uri", store.uri])
+    assert unknown.exit_code == 2 and "Did you mean" in unknown.output

@@ -54,3 +54,23 @@ def test_ui_command_targets_the_workspace_store(tmp_path: Path, monkeypatch: pyt
     assert "--port 5123" in result.output and f"file://{tmp_path.resolve()}/mlartifacts" in result.output
     with pytest.raises(RadflowError, match="already an MLflow server"):
         server_command("http://mlflow.example:5000")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["models"],
+        ["rollback", "chest-xray"],
+        ["promote", "chest-xray", "1"],
+        ["lineage", "models:/chest-xray@champion"],
+    ],
+)
+def test_a_command_outside_a_workspace_leaves_no_mlflow_db(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert "no MLflow store at" in result.output and "radflow init" in result.output.replace("\n", " ")
+    assert not (tmp_path / "mlflow.db").exists()

@@ -5,6 +5,11 @@ workspace store ``sqlite:///<absolute workspace>/mlflow.db`` with artifacts in `
 beside it. A server that cannot be reached is reported before any training starts, so a long run
 never dies at its first ``log_metric``.
 
+A command that only reads (register, promote, lineage, models, serve, ...) never creates a store:
+MLflow would otherwise leave an empty ``mlflow.db`` in whatever folder the command ran in, which
+later commands would then mistake for a workspace's store. Only the training run creates one
+(:func:`ensure_experiment`); elsewhere a missing SQLite store is a clear error (:func:`require_store`).
+
 This module owns MLflow's environment: telemetry off, its log level and download progress bars
 (:func:`set_mlflow_verbosity`, quiet unless ``radflow -v``), and ``MLFLOW_TRACKING_URI``.
 :func:`env_scope` is radflow's one way to change environment variables for a block.
@@ -39,6 +44,7 @@ __all__ = [
     "env_scope",
     "git_state",
     "quiet_downloads",
+    "require_store",
     "resolve_tracking_uri",
     "server_command",
     "set_mlflow_verbosity",
@@ -121,16 +127,34 @@ def check_tracking(uri: str, timeout: float = 3.0) -> None:
             raise RadflowError(f"tracking store folder {db.parent} does not exist; create it or pick another URI.")
 
 
-def client(uri: str) -> MlflowClient:
-    """An MlflowClient for ``uri``."""
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def require_store(uri: str) -> None:
+    """Raise NotFoundError when ``uri`` is a SQLite store that does not exist (servers are not checked here)."""
+    from radflow.errors import NotFoundError
+
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise NotFoundError(
+            f"no MLflow store at {db}: run this inside a radflow workspace (`radflow init`; its first run "
+            "creates the store), or point --tracking-uri / MLFLOW_TRACKING_URI at an existing one."
+        )
+
+
+def client(uri: str, *, create: bool = False) -> MlflowClient:
+    """An MlflowClient for ``uri``; a SQLite store that does not exist is created only when ``create``."""
     from mlflow.tracking import MlflowClient
 
+    if not create:
+        require_store(uri)
     return MlflowClient(tracking_uri=uri)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    """Experiment id of ``name``, creating it (artifacts beside a SQLite db) when missing."""
-    mlflow_client = client(uri)
+    """Experiment id of ``name``, creating it (artifacts beside a SQLite db) when missing, and the store with it."""
+    mlflow_client = client(uri, create=True)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)

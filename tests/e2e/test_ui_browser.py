@@ -59,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
     champion, challenger = make_onnx(root / "a", seed=0), make_onnx(root / "b", seed=1)
     # A registry whose versions the dashboard lists, promotes and rolls back (the served files stand in).
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow = client(tracking_uri)
+    mlflow = client(tracking_uri, create=True)
     mlflow.create_registered_model(MODEL_NAME)
     for n in (1, 2):
         mlflow.create_model_version(MODEL_NAME, f"file://{root}/v{n}", tags={"test_macro_auroc": f"0.8{n}"})

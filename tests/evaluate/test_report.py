@@ -145,3 +145,23 @@ def test_cli_evaluates_a_checkpoint_on_its_training_dataset(
     assert any("optimistic" in w for w in data["warnings"])
     missing = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 2 and "not a checkpoint file" in missing.output
+
+
+def test_report_writes_per_image_predictions_for_the_paired_champion_comparison(
+    models: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    from radflow.registry.comparison import PREDICTIONS_FILE, align_predictions, read_predictions
+
+    ds_path, checkpoint = models["multilabel"]
+    result = evaluate_checkpoint(checkpoint, ds_path, "test", FAST, tmp_path)
+    ds = Dataset.open(ds_path)
+    frame, labels = read_predictions(tmp_path / PREDICTIONS_FILE)
+    test_rows = ds.manifest.iloc[ds.indices("test")]
+    assert labels == ds.labels and len(frame) == result["n"] == len(test_rows)
+    assert list(frame.index) == list(test_rows["image_id"].astype(str))
+    assert list(frame["patient_id"]) == list(test_rows["patient_id"].astype(str))  # pseudonyms, as in the manifest
+    paired, why = align_predictions(tmp_path / PREDICTIONS_FILE, tmp_path / PREDICTIONS_FILE)
+    assert why is None and paired is not None and paired.candidate.shape == (result["n"], len(labels))
+    np.testing.assert_array_equal(paired.candidate, paired.champion)
+    # Every label had positives in train: none is untrained; the labels hold no "No Finding".
+    assert result["untrained_labels"] == [] and result["contradictions"] is None

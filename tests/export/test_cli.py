@@ -105,7 +105,7 @@ def test_export_from_the_registry_logs_and_tags_the_onnx(
     checkpoint, _, _ = exported
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = make_client(uri)
+    client = make_client(uri, create=True)
     experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
     client.log_artifact(run_id, str(checkpoint.rename(checkpoint.with_name("best.pt"))), "checkpoint")

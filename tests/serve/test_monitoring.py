@@ -259,7 +259,7 @@ def test_registry_models_bring_their_reference_from_the_run(onnx_pair: tuple[Pat
     from radflow.tracking import client as make_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = make_client(uri)
+    client = make_client(uri, create=True)
     experiment = client.create_experiment("serve", artifact_location=str(tmp_path / "mlartifacts"))
     client.create_registered_model("chest-xray")
     for i, path in enumerate(onnx_pair):

@@ -19,7 +19,7 @@ def _registry(workspace: Path, models: tuple[Path, Path]) -> str:
     from radflow.tracking import client as make_client
 
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    client = make_client(uri)
+    client = make_client(uri, create=True)
     experiment = client.create_experiment("serve", artifact_location=str(workspace / "mlartifacts"))
     client.create_registered_model("chest-xray")
     for path in models:

@@ -121,7 +121,7 @@ def test_registry_versions_show_aliases_and_headline_metrics(tmp_path: Path) -> 
     from radflow.ui.summary import registry_versions
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow = client(uri)
+    mlflow = client(uri, create=True)
     mlflow.create_registered_model("chest")
     for n in (1, 2):
         mlflow.create_model_version("chest", f"file://{tmp_path}/m{n}", tags={"test_macro_auroc": f"0.{80 + n}"})

@@ -13,6 +13,7 @@ from radflow.cli import feedback as _feedback  # noqa: F401
 from radflow.cli import ingest as _ingest  # noqa: F401
 from radflow.cli import loadtest as _loadtest  # noqa: F401
 from radflow.cli import loop as _loop  # noqa: F401
+from radflow.cli import models as _models  # noqa: F401
 from radflow.cli import registry as _registry  # noqa: F401
 from radflow.cli import serve as _serve  # noqa: F401
 from radflow.cli import simulate as _simulate  # noqa: F401

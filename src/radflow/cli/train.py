@@ -47,6 +47,25 @@ def _render(result: dict[str, Any]) -> None:
     console.print(f"checkpoint {result['checkpoint_path']} · model {result['model_uri']}", highlight=False)
 
 
+_CHECKPOINTS = Path("checkpoints")
+
+
+def _checkpoint_folder(out_dir: Path | None, arch: str, *, resume: bool, overwrite: bool) -> Path:
+    """Where this run's checkpoints go: ``out_dir`` if free (or resumed, or ``overwrite``), else a new run folder."""
+    from radflow.errors import NotFoundError
+    from radflow.train.checkpoint import check_out_dir, latest_run_dir, new_run_dir
+
+    if out_dir is not None:
+        check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+        return out_dir
+    if resume:
+        latest = latest_run_dir(_CHECKPOINTS)
+        if latest is None:
+            raise NotFoundError(f"nothing to resume: no run in {_CHECKPOINTS}/ has a last.pt; pass --out-dir.")
+        return latest
+    return new_run_dir(_CHECKPOINTS, arch)
+
+
 @app.command("train")
 def train_command(
     dataset: Annotated[Path, typer.Argument(help="Split dataset directory (from `radflow ingest` + `radflow split`).")],
@@ -68,8 +87,17 @@ def train_command(
         str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).")
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "radflow",
-    out_dir: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: ./checkpoints).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from last.pt in the checkpoint folder.")] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint folder (default: a new ./checkpoints/ARCH-TIMESTAMP for each run)."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from last.pt in --out-dir (default: the newest run in ./checkpoints)."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Let this run replace the checkpoints already in --out-dir.")
+    ] = False,
     no_evaluate: Annotated[
         bool, typer.Option("--no-evaluate", help="Skip the test-split evaluation at the end.")
     ] = False,
@@ -94,13 +122,14 @@ def train_command(
             **parse_sets(sets or []),
         }
         params = load_params(path).with_overrides(overrides)
+        folder = _checkpoint_folder(out_dir, params.train.arch, resume=resume, overwrite=overwrite)
         result = train(
             dataset,
             params,
             tracking_uri=tracking_uri,
             experiment=experiment,
             resume=resume,
-            out_dir=out_dir,
+            out_dir=folder,
             progress=not as_json,
         )
         if not no_evaluate:

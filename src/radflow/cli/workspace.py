@@ -86,13 +86,15 @@ def run_pipeline_command(
     name: Annotated[str | None, typer.Option("--name", "-n", help="Experiment name (default: DVC picks one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Run the workspace pipeline as a DVC experiment; only stages whose inputs changed rerun."""
+    """Run the workspace pipeline as a DVC experiment; only stages whose inputs changed rerun (exit 1: gate failed)."""
     from radflow.pipeline.run import run_pipeline
 
     show = line_printer(as_json)
 
     result = run_command(lambda: run_pipeline(workspace, sets or [], name=name, on_line=show))
     emit(result, as_json, render_results)
+    if result.get("gates_passed") is False:
+        raise typer.Exit(1)
 
 
 def _render_lineage(info: dict[str, Any]) -> None:

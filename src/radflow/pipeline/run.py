@@ -116,6 +116,7 @@ def _unchanged(root: Path) -> bool:
 
 
 def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | None, seconds: float) -> dict[str, Any]:
+    registration = _read(root / paths.REGISTRATION)
     return {
         "workspace": str(root),
         "ran": ran,
@@ -124,7 +125,10 @@ def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | No
         "seconds": round(seconds, 2),
         "metrics": _read(root / paths.METRICS),
         "training": _read(root / paths.TRAIN_METRICS),
-        "registration": _read(root / paths.REGISTRATION),
+        "registration": registration,
+        # The workspace's current model, whether registered by this run or an earlier one: a rerun that
+        # changes nothing still reports a failed gate (a CI job must not turn green by running twice).
+        "gates_passed": bool(registration.get("passed")) if registration else None,
     }
 
 
@@ -162,7 +166,9 @@ def run_pipeline(
     """Run the pipeline of ``workspace`` (default: the one holding cwd) as a DVC experiment.
 
     ``on_line`` receives DVC's output line by line as it comes. Returns ``{"workspace", "ran",
-    "skipped", "experiment", "seconds", "stage_seconds", "metrics", "training", "registration"}``.
+    "skipped", "experiment", "seconds", "stage_seconds", "metrics", "training", "registration",
+    "gates_passed"}`` (``gates_passed`` None before anything was registered); a failed gate is a
+    result, not an error: ``radflow run`` turns it into exit code 1.
     """
     root = find_workspace(workspace)
     sets = list(sets or [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,21 @@ from torch import nn
 from radflow.errors import ConfigError, DataError, NotFoundError
 
 __all__ = [
+    "CHECKPOINT_FILES",
     "CHECKPOINT_FORMAT",
     "ModelMeta",
+    "check_out_dir",
+    "latest_run_dir",
     "load_checkpoint",
     "load_model",
+    "new_run_dir",
     "save_checkpoint",
     "update_checkpoint_meta",
 ]
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+"""What a training run writes into its checkpoint folder."""
 
 
 @dataclass
@@ -118,3 +125,53 @@ def update_checkpoint_meta(path: str | Path, **fields: Any) -> ModelMeta:
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return ModelMeta.from_dict(payload["meta"])
+
+
+def _owner(folder: Path) -> str | None:
+    """Run id recorded in the folder's checkpoints (``None`` when they carry none or cannot be read)."""
+    for name in CHECKPOINT_FILES:
+        try:
+            run_id = load_checkpoint(folder / name)["meta"].get("run_id")
+        except (NotFoundError, DataError):
+            continue
+        if run_id:
+            return str(run_id)
+    return None
+
+
+def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to train into a folder holding another run's checkpoints, unless resuming it or ``overwrite``.
+
+    Two trainings pointed at one shared folder would otherwise silently replace each other's
+    ``best.pt``, and a registered model's local checkpoint would change under it.
+    """
+    out_dir = Path(out_dir)
+    present = [name for name in CHECKPOINT_FILES if (out_dir / name).is_file()]
+    if not present or resume or overwrite:
+        return
+    owner = _owner(out_dir)
+    raise ConfigError(
+        f"{out_dir} already holds the checkpoints ({', '.join(present)}) of "
+        f"{f'run {owner}' if owner else 'an earlier training'}; training would overwrite them. "
+        "Pass --resume to continue that run, --overwrite to replace them, or choose another --out-dir."
+    )
+
+
+def new_run_dir(parent: Path, arch: str) -> Path:
+    """A fresh per-run folder under ``parent``: ``<arch>-<UTC timestamp>`` (suffixed when taken)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    candidate = Path(parent) / f"{arch}-{stamp}"
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = Path(parent) / f"{arch}-{stamp}-{n}"
+    return candidate
+
+
+def latest_run_dir(parent: Path) -> Path | None:
+    """The run folder under ``parent`` (or ``parent`` itself, the old shared layout) whose ``last.pt`` is newest."""
+    parent = Path(parent)
+    found = [p for p in [parent / "last.pt", *parent.glob("*/last.pt")] if p.is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime_ns).parent
