@@ -42,8 +42,9 @@ def check_size(
         )
     long, short = max(width, height), min(width, height)
     if max_aspect_ratio is not None and long > max_aspect_ratio * short:
+        ratio = long / short
         raise ImageDecodeError(
-            f"image is {width}x{height} pixels, an aspect ratio of {long / short:,.4g}:1, beyond the limit of "
+            f"image is {width}x{height} pixels, an aspect ratio of {ratio:,.0f}:1, beyond the limit of "
             f"{max_aspect_ratio:g}:1 (padding it to a {long}x{long} square would waste memory); crop it to the anatomy",
             path=name,
         )
