@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,17 @@ def test_internal_errors_are_logged_and_answered_generically(app: AppHarness, mo
     assert "internal server error" in answer.json()["error"] and "secret" not in answer.text
     monkeypatch.undo()
     assert app.request("POST", "/v1/predict", content=png_bytes(30)).status_code == 200
+
+
+def test_a_raw_image_with_curls_default_form_type_is_sniffed_and_accepted(app: AppHarness) -> None:
+    """``curl --data-binary @x.png`` declares application/x-www-form-urlencoded; the bytes decide."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for image in (png_bytes(8), jpeg_bytes(8)):
+        answer = app.request("POST", "/v1/predict", content=image, headers=form)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["input_sha256"] == hashlib.sha256(image).hexdigest()
+    refused = app.request("POST", "/v1/predict", content=b"name=chest&view=PA", headers=form)
+    assert refused.status_code == 415
+    assert "application/x-www-form-urlencoded" in refused.json()["error"] and "not a PNG" in refused.json()["error"]
+    dicom_like = b"\0" * 128 + b"DICM" + b"\0" * 64  # an image, but not one this server allows
+    assert app.request("POST", "/v1/predict", content=dicom_like, headers=form).status_code == 415

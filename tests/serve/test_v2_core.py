@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from radflow.data.decode import decode_image
 from radflow.data.preprocess import PreprocessSpec, from_model_input, to_model_input
@@ -99,3 +101,30 @@ def test_a_v2_request_is_logged_metered_and_monitored(app: AppHarness, onnx_pair
     # and feedback on a V2 prediction is accepted like any other
     fb = app.request("POST", "/v1/feedback", json={"prediction_id": rows[0]["id"], "labels": {label: 1}})
     assert fb.status_code == 201, fb.text
+
+
+def test_health_answers_carry_the_protocols_json_bodies(app: AppHarness) -> None:
+    live, ready = app.request("GET", "/v2/health/live"), app.request("GET", "/v2/health/ready")
+    assert (live.status_code, live.json()) == (200, {"live": True})
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    model = app.request("GET", "/v2/models/multilabel-0/ready")
+    assert (model.status_code, model.json()) == (200, {"name": "multilabel-0", "ready": True})
+    assert app.request("GET", "/v2/models/multilabel-0/versions/1/ready").json()["ready"] is True
+
+
+def test_model_metadata_is_enough_to_build_the_input_tensor(app: AppHarness, onnx_pair: tuple[Path, Path]) -> None:
+    """A client that reads only /v2 metadata makes the tensor the server makes from the same image."""
+    meta = app.request("GET", "/v2/models/multilabel-0").json()
+    params = meta["parameters"]
+    assert all(isinstance(v, str | int | float | bool) for v in params.values())  # OIP parameters are flat
+    assert params["task"] == "multilabel" and params["labels"].split(",") == RadflowModel.load(onnx_pair[0]).labels
+    size, channels = params["preprocess_size"], params["preprocess_channels"]
+    assert meta["inputs"][0]["shape"] == [-1, channels, size, size] and params["preprocess_layout"] == "NCHW"
+
+    pixels = _images(1, seed=7)[0]  # already at the model's size: the client only normalises
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    client_side = (pixels.astype(np.float32) / 255 - params["preprocess_mean"]) / params["preprocess_std"]
+    client_side = np.repeat(client_side[None, None], channels, axis=1)
+    server_side = RadflowModel.load(onnx_pair[0]).model_input(buf.getvalue())
+    np.testing.assert_allclose(client_side, server_side, atol=1e-6)
