@@ -56,6 +56,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train.epochs": 1,
         **parse_sets(list(TINY_SETS)),
         "gates.max_label_drop": 1.0,  # one epoch on 60 images is noise; the comparison must run, not pass on merit
+        "gates.min_positives": 1,  # a test split of ~10 images: compare every label that has both classes
+        "gates.min_negatives": 1,
     }
     init_workspace(root, "synthetic", overrides=overrides)
     first = run_pipeline(root)

@@ -91,3 +91,27 @@ def test_untrained_labels_get_no_threshold_in_the_evaluation() -> None:
     headline = kind.headline({**result, "config": {"ci": 0.95}})
     assert headline["positives_Edema"] + headline["negatives_Edema"] == 80
     assert headline["contradictions"] == result["contradictions"]["predicted"]
+
+
+def test_an_exported_model_serves_its_untrained_label_flagged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ModelMeta -> ONNX metadata -> RadflowModel: the label keeps no threshold (no 0.5 default) in the answer."""
+    from radflow.export import export_onnx
+    from radflow.runtime import RadflowModel
+    from radflow.train.checkpoint import ModelMeta
+    from tests.export.checkpoints import PoolNet
+
+    meta = ModelMeta(
+        arch="pool",
+        task="multilabel",
+        labels=["No Finding", "Edema"],
+        num_outputs=2,
+        preprocess={"size": 16},
+        thresholds={"No Finding": 0.4},
+        untrained_labels=["Edema"],
+    )
+    model = RadflowModel.load(export_onnx(PoolNet(), meta, tmp_path / "model.onnx"))
+    assert model.meta.untrained_labels == ["Edema"]
+    assert model.thresholds == {"No Finding": 0.4, "Edema": None}
+    (answer,) = model.predict_batch(np.full((1, 16, 16), 200, dtype=np.uint8))
+    edema = answer.to_dict()["findings"][1]
+    assert edema["threshold"] is None and edema["untrained"] is True and edema["positive"] is False
