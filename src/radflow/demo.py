@@ -151,7 +151,7 @@ def serve_demo(
 
     workdir = workdir.resolve()
     serving = DemoServing()
-    settings = ServeSettings(workspace=workdir)
+    settings = ServeSettings(workspace=workdir, auth="off")  # the local demo: open, and the server says so
     if settings.admin_token is None:
         settings = settings.model_copy(update={"admin_token": SecretStr(secrets.token_urlsafe(18))})
         serving.token_generated = True

@@ -107,6 +107,11 @@ def test_migrated_rows_answer_the_new_queries(migrated: Store) -> None:
     assert (recent[3]["feedback"]["count"], recent[3]["feedback"]["reader"]) == (2, "reader-b")
 
 
+def _triggers(url: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        return sorted(conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'").fetchall())
+
+
 def test_a_migrated_store_has_the_schema_of_a_new_one(migrated: Store, tmp_path: Path) -> None:
     def shape(url: str) -> dict[str, object]:
         engine = create_engine(url)
@@ -118,7 +123,7 @@ def test_a_migrated_store_has_the_schema_of_a_new_one(migrated: Store, tmp_path:
                     sorted((i["name"], tuple(i["column_names"])) for i in insp.get_indexes(table)),
                 )
                 for table in sorted(insp.get_table_names())
-            }
+            } | {"triggers": _triggers(url)}
         finally:
             engine.dispose()
 

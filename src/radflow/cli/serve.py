@@ -30,6 +30,9 @@ def serve_command(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
     store_url: Annotated[str | None, typer.Option("--store-url", help="SQLAlchemy URL of the prediction log.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No authentication: anyone who reaches the port (local use only).")
+    ] = False,
 ) -> None:
     """Serve the champion (and challenger) over HTTP: /v1 images, /v2 tensors, /metrics.
 
@@ -53,6 +56,7 @@ def serve_command(
             "store_url": store_url,
             "host": host,
             "port": port,
+            "auth": "off" if no_auth else None,
         }
         settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -62,6 +66,10 @@ def serve_command(
                 f"API {url}/docs (store {settings.resolved_store_url()})",
                 highlight=False,
             )
+            if settings.auth == "off":
+                console.print("[bold red]authentication is off:[/] anyone who reaches this port can read predictions.")
+            else:
+                console.print(f"authentication: {settings.auth} (`radflow token create --role reader --name NAME`)")
 
         run_server(settings, host=settings.host, port=settings.port, log_level=log_level, on_ready=ready)
 

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from radflow.auth import redact_paths
 from radflow.errors import NotFoundError
 from radflow.inference.service import InferenceService
 from radflow.modelref import parse_model_ref
@@ -104,11 +105,13 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
         service_ = svc(request)
         store = service_.require_store()
         token = service_.settings.admin_token
+        auth_on = service_.settings.auth != "off"
         body: dict[str, Any] = {
             "metrics": metrics_snapshot(service_.metrics.render().decode()),
             "routing": _routing(service_),
             "feedback": await asyncio.to_thread(feedback_stats, store),
-            "admin_enabled": token is not None and bool(token.get_secret_value()),
+            "admin_enabled": auth_on or (token is not None and bool(token.get_secret_value())),
+            "auth": service_.settings.auth,
         }
         return JSONResponse(body)
 
@@ -132,7 +135,7 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
                 registry = await asyncio.to_thread(registry_versions, s.model_name, s.resolved_tracking_uri())
                 note = ""
             except Exception as exc:  # the registry is optional to the page: show why it is missing
-                note = f"registry unavailable: {exc}"
+                note = f"registry unavailable: {redact_paths(str(exc))}"
         return JSONResponse({"routing": routing, "registry": registry, "registry_note": note})
 
     return router

@@ -30,13 +30,57 @@ class ApiError extends Error {
   }
 }
 
-async function api(url, options) {
+// The access token (a radflow API token or an OIDC access token) lives in this tab only: it is sent as
+// "Authorization: Bearer" with every call, and asked for when the server answers 401.
+const TOKEN_KEY = "radflow.token";
+
+function withToken(options) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = new Headers((options && options.headers) || {});
+  if (token && !headers.has("authorization")) headers.set("authorization", "Bearer " + token);
+  return { ...(options || {}), headers };
+}
+
+function askToken(message) {
+  let bar = document.getElementById("token-bar");
+  if (!bar) {
+    const input = el("input", { id: "token-input", type: "password", autocomplete: "off", spellcheck: "false" });
+    bar = el(
+      "form",
+      { id: "token-bar", class: "token-bar", role: "alert" },
+      el("p", { id: "token-message" }),
+      el("label", { for: "token-input", text: "Access token (kept in this tab only) " }, input),
+      el("button", { type: "submit", text: "Use token" })
+    );
+    bar.addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      location.reload();
+    });
+    document.body.prepend(bar);
+  }
+  document.getElementById("token-message").textContent = message;
+  bar.hidden = false;
+}
+
+async function send(url, options) {
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, withToken(options));
   } catch (err) {
     throw new ApiError(0, "the server cannot be reached (" + err.message + ")");
   }
+  if (response.status === 401) {
+    const body = await response.json().catch(() => ({}));
+    const msg = body.error || "this server needs an access token";
+    askToken(msg);
+    throw new ApiError(401, msg);
+  }
+  return response;
+}
+
+async function api(url, options) {
+  const response = await send(url, options);
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json() : await response.text();
   if (!response.ok) {
@@ -44,6 +88,29 @@ async function api(url, options) {
     throw new ApiError(response.status, msg);
   }
   return body;
+}
+
+// Images the server keeps behind the token: fetched with it and shown from a blob URL (an <img src>
+// cannot send a header); a failure calls the image's onerror as a plain <img src> would.
+async function loadImage(img, url) {
+  const token = Symbol();
+  img.radflowLoad = token;
+  img.dataset.src = url;
+  if (!sessionStorage.getItem(TOKEN_KEY)) {
+    img.src = url;
+    return;
+  }
+  try {
+    const response = await send(url);
+    if (!response.ok) throw new ApiError(response.status, "HTTP " + response.status);
+    const blobUrl = URL.createObjectURL(await response.blob());
+    if (img.radflowLoad !== token) return URL.revokeObjectURL(blobUrl);
+    if (img.radflowBlob) URL.revokeObjectURL(img.radflowBlob);
+    img.radflowBlob = blobUrl;
+    img.src = blobUrl;
+  } catch (err) {
+    if (img.radflowLoad === token && img.onerror) img.onerror(err);
+  }
 }
 
 function pct(p) {
@@ -115,4 +182,4 @@ function lineChart(svg, series, opts) {
   svg.prepend(title);
 }
 
-window.radflow = { el, svgEl, api, ApiError, pct, yearsMonths, formatValue, timeOf, lineChart };
+window.radflow = { el, svgEl, api, loadImage, TOKEN_KEY, ApiError, pct, yearsMonths, formatValue, timeOf, lineChart };

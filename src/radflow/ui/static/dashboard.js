@@ -6,7 +6,7 @@
   const { el, api, pct, lineChart, timeOf } = window.radflow;
   const $ = (id) => document.getElementById(id);
   const POINTS = 60;
-  const TOKEN_KEY = "radflow.adminToken";
+  const TOKEN_KEY = radflow.TOKEN_KEY; // one token per tab: the admin token, or an operator's API/OIDC token
   const history = { rate: [], p50: [], p95: [], batch: [], overload: [], timeout: [] };
   let prev = null;
   let timer = null;

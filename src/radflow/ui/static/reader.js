@@ -43,7 +43,7 @@
       if (current && current.localUrl && img.src !== current.localUrl) img.src = current.localUrl;
       else setStatus($("status"), "The image cannot be shown: " + caption, "error");
     };
-    img.src = src;
+    radflow.loadImage(img, src);
     $("caption").textContent = caption;
     $("viewer").hidden = false;
   }
@@ -169,7 +169,7 @@
     const url = "/v1/predictions/" + encodeURIComponent(current.id) + "/heatmap.png?label=" + encodeURIComponent(label);
     const img = $("image");
     img.onerror = () => setStatus($("status"), "No heatmap for " + label + " (the server keeps no inputs or the model has no CAM).", "error");
-    img.src = url;
+    radflow.loadImage(img, url);
     $("caption").textContent = "Heatmap: " + label;
   }
 
