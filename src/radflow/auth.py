@@ -345,7 +345,9 @@ class Authenticator:
 # -- what a caller may be told ------------------------------------------------------------------------
 
 _URL_PATH = re.compile(r"\b(?:sqlite|file):/{2,}[^\s'\"`,;)\]}>]+")
-_ABS_PATH = re.compile(r"(?<![\w.:/\\~-])(?:[A-Za-z]:)?(?:[/\\][^\s'\"`,;:()\[\]{}<>/\\]+){2,}[/\\]?")
+_ABS_PATH = re.compile(
+    r"(?<![\w.:/\\~-])(?!/(?:v1|v2|admin|ui)/)(?:[A-Za-z]:)?(?:[/\\][^\s'\"`,;:()\[\]{}<>/\\]+){2,}[/\\]?"
+)  # the server's own routes (/v1/..., /admin/...) are not paths to hide
 
 
 def _basename(match: re.Match[str]) -> str:

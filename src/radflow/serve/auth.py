@@ -304,11 +304,19 @@ class AuditMiddleware:
 
 
 def document_auth(app: FastAPI, enabled: bool) -> None:
-    """Document 401/403 on the routes that can answer them (admin always; all but the open ones with auth on)."""
-    from fastapi.routing import APIRoute
+    """Document 401/403 in the OpenAPI schema where they can be answered (admin always; all but the open routes
+    with auth on). Done on the generated schema, so it holds however the routers were included."""
+    generate = app.openapi
 
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or route.path in OPEN_PATHS:
-            continue
-        if enabled or route.path.startswith("/admin/"):
-            route.responses = {**AUTH_RESPONSES, **route.responses}
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for path, operations in schema.get("paths", {}).items():
+            if path in OPEN_PATHS or not (enabled or path.startswith("/admin/")):
+                continue
+            for operation in operations.values():
+                if isinstance(operation, dict) and "responses" in operation:
+                    for code, doc in AUTH_RESPONSES.items():
+                        operation["responses"].setdefault(str(code), doc)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
