@@ -207,3 +207,28 @@ def test_a_slow_decode_does_not_stall_other_requests(harness: AppHarness) -> Non
     assert [a.status_code for a in others] == [200] * 4
     assert took < 3.0
     assert slow.status_code == 200
+
+
+@pytest.mark.parametrize("harness", [{"max_in_flight": 1}], indirect=True)
+def test_the_door_admits_before_reading_the_body_and_counts_a_request_once(harness: AppHarness) -> None:
+    assert harness.request("POST", "/v1/predict", content=png_bytes(1)).status_code == 200  # door + service: one
+    held = HeldDecode(harness, png_bytes(2))
+    read: list[bool] = []
+
+    async def body() -> Any:
+        read.append(True)
+        yield png_bytes(3)
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        first = asyncio.create_task(harness.client.post("/v1/predict", content=held.held))
+        await held.wait_entered()
+        refused = await harness.client.post("/v1/predict", content=body())
+        v2 = await harness.client.post("/v2/models/multilabel-0/infer", json={"inputs": []})
+        held.release()
+        return await first, refused, v2
+
+    first, refused, v2 = harness.run(scenario())
+    assert first.status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert read == []  # refused before a byte of the body was read
+    assert v2.status_code == 503 and "at capacity" in v2.json()["error"]

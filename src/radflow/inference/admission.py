@@ -53,5 +53,7 @@ class Admission:
         try:
             yield
         finally:
-            _ADMITTED.reset(token)
             self.active -= 1
+            # left in another context than it was entered in (a framework's exit code): nothing to undo
+            with contextlib.suppress(ValueError):
+                _ADMITTED.reset(token)

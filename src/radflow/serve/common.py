@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +31,7 @@ __all__ = [
     "ErrorBody",
     "MetricsMiddleware",
     "OptionsMiddleware",
+    "admitted",
     "allowed_methods",
     "error_responses",
     "install_error_handlers",
@@ -99,6 +100,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 def service_of(request: Request) -> InferenceService:
     service: InferenceService = request.app.state.service
     return service
+
+
+async def admitted(request: Request) -> AsyncIterator[None]:
+    """Dependency of the scoring routes: admission (503 + Retry-After at capacity) before the body is read.
+
+    Held until the answer; the service's own admission inside the same request does not count it again.
+    """
+    with service_of(request).admission.enter():
+        yield
 
 
 def label_answer(request: Request, arm: dict[str, Any]) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from radflow.data.decode import sniff_format
 from radflow.inference.errors import UnsupportedMediaError
 from radflow.runtime import InvalidInputError
-from radflow.serve.common import error_responses, label_answer, read_body, service_of
+from radflow.serve.common import admitted, error_responses, label_answer, read_body, service_of
 
 __all__ = ["FeedbackIn", "v1"]
 
@@ -71,6 +71,7 @@ _PREDICTION_ERRORS = error_responses(404, 503)
     ),
     openapi_extra=_UPLOAD,
     responses=error_responses(400, 413, 415, 422, 503, 504),
+    dependencies=[Depends(admitted)],
 )
 async def predict(
     request: Request,

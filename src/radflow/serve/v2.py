@@ -24,14 +24,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from radflow.inference.errors import ServiceError
 from radflow.inference.routing import ModelArm
 from radflow.runtime.metadata import preprocessing_parameters
-from radflow.serve.common import error_responses, read_body, service_of
+from radflow.serve.common import admitted, error_responses, read_body, service_of
 
 __all__ = ["BINARY_HEADER", "v2"]
 
@@ -335,12 +335,19 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 _INFER_SUMMARY = "Inference on preprocessed tensors (JSON, or the binary tensor extension)"
 
 
-@v2.post("/models/{name}/infer", summary=_INFER_SUMMARY, responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY)
+@v2.post(
+    "/models/{name}/infer",
+    summary=_INFER_SUMMARY,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+    dependencies=[Depends(admitted)],
+)
 @v2.post(
     "/models/{name}/versions/{model_version}/infer",
     summary=_INFER_SUMMARY,
     responses=_INFER_RESPONSES,
     openapi_extra=_INFER_BODY,
+    dependencies=[Depends(admitted)],
 )
 async def infer(
     request: Request,
