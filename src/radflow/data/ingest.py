@@ -16,7 +16,10 @@ cores -> write pixel shards and the manifest. Properties users rely on:
   from its shards instead of being decoded again.
 * Safety: new shards and manifest are written beside the old ones and swapped in at the
   end; a failed or interrupted ingest leaves the previous dataset intact.
-* Bad files are skipped and listed in ``dataset.json`` (``strict=True`` makes them fatal).
+* Bad files are skipped and listed in ``dataset.json`` by source key, label table and row
+  (``strict=True`` makes them fatal, with the path in the error). Only files inside the source
+  folder are read (:mod:`radflow.data.sources.paths`): missing, linked-out and climbing paths
+  are skipped and listed the same way, never looked for elsewhere.
 * Extra sources (``IngestOptions.extra``, e.g. exported reader feedback) are read in the same
   format and appended as training-only rows: ``official_split`` is ``"extra"``, which
   :func:`radflow.data.split.split_dataset` keeps out of the split it draws, so the test set stays
