@@ -1,11 +1,11 @@
 """A Schemathesis run against the real server's ``/openapi.json``: no server errors, no undocumented status.
 
 The server is ``radflow serve`` (uvicorn) with a tiny real ONNX model; Schemathesis generates
-requests for every operation from the schema (coverage, fuzzing and stateful phases, both valid
-and invalid data) and checks each answer: no 5xx, every status and content type documented,
-bodies matching their schemas, and honest ``OPTIONS``/405 answers with ``Allow``. Bounded: a few
-examples per operation, a fixed seed, one worker and a wall-clock limit, so it takes about a
-minute on two cores.
+requests for every operation from the schema (its coverage phase: boundary and invalid values of
+every parameter and body, undeclared methods; and fuzzing) and checks each answer: no 5xx, every
+status and content type documented, bodies matching their schemas, and honest ``OPTIONS``/405
+answers with ``Allow``. Once with auth off, once with an operator token (coverage only). Bounded:
+a few fuzzed examples per operation, a fixed seed, one worker and a wall-clock limit per run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,33 +31,38 @@ CHECKS = [
     "unsupported_method",
     "allow_header_conformance",
 ]
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 4
+"""Fuzzed cases per operation; the coverage phase adds its own (boundary values, every documented type)."""
 TIME_LIMIT_S = 240
-"""A hard stop for the whole run (it takes ~45 s alone on two cores): a hang fails instead of stalling the suite."""
+"""A hard stop for each run (10-40 s alone on two cores): a hang fails instead of stalling the suite."""
+CONFIG = '[parameters]\n"path.name" = "multilabel-0"\n"path.model_version" = "1"\n'
+"""The served model's name and version, so valid requests reach the real model (random names only 404)."""
 
 
-@pytest.fixture(scope="module")
-def server(onnx_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("schemathesis-server")
-    proc = ServerProcess(
-        ["--model", str(onnx_pair[0]), "--store-url", f"sqlite:///{root / 'serving.db'}", "--log-level", "warning"],
-        env={"RADFLOW_AUTH": "off", "RADFLOW_DRIFT_INTERVAL_S": "3600"},
-        log=root / "server.log",
-    ).start()
-    yield proc
-    proc.kill()
+def _server(model: Path, root: Path, auth: str) -> ServerProcess:
+    env = {
+        "RADFLOW_AUTH": auth,
+        "RADFLOW_DRIFT_INTERVAL_S": "3600",
+        # admin promote/rollback reach a registry: an empty one here, never ./mlflow.db of the checkout
+        "RADFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    }
+    args = ["--model", str(model), "--store-url", f"sqlite:///{root / 'serving.db'}", "--log-level", "warning"]
+    return ServerProcess(args, env=env, log=root / "server.log").start()
 
 
-def _schemathesis(url: str, cwd: Path, config: str) -> subprocess.CompletedProcess[str]:
-    (cwd / "schemathesis.toml").write_text(config)
+def _schemathesis(server: ServerProcess, cwd: Path, phases: str, *extra: str) -> str:
+    """Run Schemathesis against ``server``; its output, after checking that every generated case passed."""
+    (cwd / "schemathesis.toml").write_text(CONFIG)
     cmd = [
         str(Path(sys.executable).parent / "schemathesis"),
         "--config-file",
         str(cwd / "schemathesis.toml"),
         "run",
-        f"{url}/openapi.json",
+        f"{server.url}/openapi.json",
         "--checks",
         ",".join(CHECKS),
+        "--phases",
+        phases,
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",
@@ -71,17 +75,39 @@ def _schemathesis(url: str, cwd: Path, config: str) -> subprocess.CompletedProce
         "--generation-database",
         "none",
         "--no-color",
+        *extra,
     ]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIME_LIMIT_S, check=False)
-
-
-def test_every_answer_is_documented_and_no_request_is_a_server_error(server: ServerProcess, tmp_path: Path) -> None:
-    # The served model's name and version, so valid requests reach real models (random names only 404).
-    config = '[parameters]\n"path.name" = "multilabel-0"\n"path.model_version" = "1"\n'
-    run = _schemathesis(server.url, tmp_path, config)
+    run = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIME_LIMIT_S, check=False)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-8000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", output)
     assert counts is not None and counts[1] == counts[2] and int(counts[1]) > 200, output[-3000:]
     server_log = server.log.read_text() if server.log else ""
     assert "internal error answering" not in server_log, server_log[-4000:]
+    return output
+
+
+def test_auth_off_every_answer_is_documented_and_none_is_a_server_error(
+    onnx_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    server = _server(onnx_pair[0], tmp_path, auth="off")
+    try:
+        _schemathesis(server, tmp_path, "coverage,fuzzing")
+    finally:
+        server.kill()
+
+
+def test_with_a_token_every_answer_is_documented_and_none_is_a_server_error(
+    onnx_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Auth on, as an operator (every route, admin included): 401/403 are documented where they can answer."""
+    from radflow.auth import create_token
+    from radflow.store import Store
+
+    with Store(f"sqlite:///{tmp_path / 'serving.db'}", create=True) as store:
+        token, _ = create_token(store, "schemathesis", "operator")
+    server = _server(onnx_pair[0], tmp_path, auth="tokens")
+    try:
+        _schemathesis(server, tmp_path, "coverage", "--header", f"Authorization: Bearer {token}")
+    finally:
+        server.kill()
