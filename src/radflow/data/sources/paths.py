@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from radflow.errors import DataError
 
@@ -87,26 +87,41 @@ class SourceFolder:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.real = self.root.resolve()
-        self._dirs: dict[Path, Path] = {}
+        self._root_text = os.fspath(self.root)
+        self._real_text = os.fspath(self.real)
+        # Real locations of folders, each level resolved once: a source has many folders and few links.
+        self._dirs: dict[str, str] = {self._root_text: self._real_text}
         self._names: dict[str, list[Path]] | None = None
         self._outside_names: dict[str, list[Path]] = {}
         self._rules_used: dict[str, tuple[Path | None, int | None, str]] = {}
 
     # ------------------------------------------------------------------------------ containment
 
-    def _real(self, path: Path) -> Path:
-        parent = path.parent
-        real_parent = self._dirs.get(parent)
-        if real_parent is None:
-            real_parent = self._dirs[parent] = parent.resolve()
-        return path.resolve() if path.is_symlink() else real_parent / path.name
+    def _real_path(self, text: str, *, cache: bool = True) -> str:
+        real = self._dirs.get(text)
+        if real is not None:
+            return real
+        parent, name = os.path.split(text)
+        if not parent or parent == text or os.path.islink(text):
+            real = os.path.realpath(text)
+        else:
+            real = os.path.join(self._real_path(parent), name)
+        if cache:
+            self._dirs[text] = real
+        return real
+
+    def _contains(self, real: str) -> bool:
+        return real == self._real_text or real.startswith(self._real_text.rstrip(os.sep) + os.sep)
 
     def inside(self, path: Path) -> bool:
         """Whether ``path``'s real location (symlinks followed) is inside the source folder."""
-        return self._real(path).is_relative_to(self.real)
+        return self._contains(self._real_path(os.fspath(path), cache=False))
 
     def relative(self, path: Path) -> str:
         """``path`` (found below the root) relative to the root, with forward slashes."""
+        text, prefix = os.fspath(path), self._root_text.rstrip(os.sep) + os.sep
+        if text.startswith(prefix):
+            return text[len(prefix) :].replace(os.sep, "/")
         return Path(path).relative_to(self.root).as_posix()
 
     def walk(self, under: Path | None = None) -> Walk:
@@ -121,16 +136,16 @@ class SourceFolder:
             found.outside.append(start)
             return found
         for folder, dirs, files in os.walk(start, followlinks=False):
-            base = Path(folder)
             for name in dirs:
-                link = base / name
-                if link.is_symlink() and not self.inside(link):
-                    found.outside.append(link)
+                link = os.path.join(folder, name)
+                if os.path.islink(link) and not self.inside(Path(link)):
+                    found.outside.append(Path(link))
             for name in files:
-                path = base / name
-                if not path.is_file():
+                path = os.path.join(folder, name)
+                if not os.path.isfile(path):
                     continue
-                (found.files if self.inside(path) else found.outside).append(path)
+                inside = self._contains(self._real_path(path, cache=False))
+                (found.files if inside else found.outside).append(Path(path))
         found.files.sort()
         found.outside.sort()
         return found
@@ -145,21 +160,21 @@ class SourceFolder:
         Raises :class:`SourcePathError` (skip the row) when the path is absolute, climbs out, or no
         rule finds a file inside; :class:`AmbiguousSourcePath` when two rules find two files.
         """
-        tried = "; ".join(f"{rule.name}" for rule in rules)
         parts = self._safe_parts(written, table, row)
-        found: dict[Path, tuple[Rule, Path]] = {}
+        found: dict[str, tuple[Rule, Path]] = {}
         refused: list[Path] = []
         for rule in rules:
             below = rule.apply(parts)
             if not below:
                 continue
-            candidate = self.root.joinpath(*below)
-            if not candidate.is_file():
+            candidate = os.path.join(self._root_text, *below)
+            if not os.path.isfile(candidate):
                 continue
-            if not self.inside(candidate):
-                refused.append(candidate)
+            real = self._real_path(candidate, cache=False)
+            if not self._contains(real):
+                refused.append(Path(candidate))
                 continue
-            found.setdefault(self._real(candidate), (rule, candidate))
+            found.setdefault(real, (rule, Path(candidate)))
         if len(found) > 1 or (found and refused):
             readings = [f"{rule.name} -> {self.relative(path)}" for rule, path in found.values()]
             readings += [f"{self.relative(path)} (links outside the source)" for path in refused]
@@ -169,6 +184,7 @@ class SourceFolder:
                 table,
                 row,
             )
+        tried = "; ".join(rule.name for rule in rules)
         if refused:
             raise SourcePathError(
                 f"image file links outside the source folder; not read (tried: {tried})", written, table, row
@@ -183,14 +199,14 @@ class SourceFolder:
         text = written.strip()
         if not text:
             raise SourcePathError("blank image path", written, table, row)
-        pure = PurePosixPath(text)
-        if pure.is_absolute():
+        if text.startswith("/"):
             raise SourcePathError(
                 "absolute image path; paths must be relative to the source folder", written, table, row
             )
-        if ".." in pure.parts:
+        parts = tuple(part for part in text.split("/") if part not in ("", "."))
+        if ".." in parts:
             raise SourcePathError("image path climbs out of its folder with '..'; not read", written, table, row)
-        return pure.parts
+        return parts
 
     def _note_rule(self, rule: Rule, table: Path | None, row: int | None, written: str) -> None:
         self._rules_used.setdefault(rule.name, (table, row, written))
