@@ -151,3 +151,14 @@ def test_salt_file_inside_the_dataset_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"salt.*inside the dataset"):
         ingest(src, "folder", tmp_path / "ds", IngestOptions(size=32, salt_file=tmp_path / "ds" / "salt"))
     assert not (tmp_path / "ds" / "salt").exists()
+
+
+def test_a_format_1_dataset_with_verbatim_paths_is_refused_and_reingest_replaces_it(tmp_path: Path) -> None:
+    src = write_folder(tmp_path / "f")
+    ingest(src, "folder", tmp_path / "ds", IngestOptions(size=32))
+    meta = tmp_path / "ds" / "dataset.json"
+    meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 1'))
+    with pytest.raises(DataError, match=r"format 1 .*source paths verbatim.*re-ingest"):
+        Dataset.open(tmp_path / "ds")
+    info = ingest(src, "folder", tmp_path / "ds", IngestOptions(size=32))
+    assert info["format_version"] == 2 and "source_key" in Dataset.open(tmp_path / "ds").manifest
