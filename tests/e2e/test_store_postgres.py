@@ -74,3 +74,17 @@ def test_an_unversioned_postgresql_store_migrates_and_keeps_its_rows(pg_url: str
         (row,) = [r for r in labelled_predictions(store) if r.id == record.id]
         assert (row.correct, row.n_feedback, row.input_sha256) == (True, 2, "ab" * 32)
         assert row.created_at.utcoffset() is not None and row.created_at.utcoffset().total_seconds() == 0
+
+
+def test_the_audit_log_is_append_only_in_postgresql(pg_url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DatabaseError
+
+    from radflow.store import append_audit, audit_events
+
+    with Store(pg_url) as store:
+        append_audit(store, "reader-1", "view_image", via="token", role="reader", resource="prediction:p", status=200)
+        for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+            with pytest.raises(DatabaseError, match="append-only"), store.engine.begin() as conn:
+                conn.execute(text(statement))
+        assert [e["actor"] for e in audit_events(store, actor="reader-1")] == ["reader-1"]
