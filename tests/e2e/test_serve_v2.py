@@ -51,8 +51,10 @@ def test_server_and_model_metadata(client: Any) -> None:
     assert not client.is_model_ready("nope")
     meta = client.get_model_metadata("multilabel-0")
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
+    assert meta["parameters"]["preprocess_size"] == 32 and meta["parameters"]["preprocess_channels"] == 1
     config = client.get_model_config("multilabel-0")
     assert config["max_batch_size"] == 8 and config["input"][0]["dims"] == [1, 32, 32]
+    assert config["parameters"]["preprocess_std"] == {"string_value": str(meta["parameters"]["preprocess_std"])}
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

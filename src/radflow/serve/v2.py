@@ -60,6 +60,12 @@ def _tensors(arm: ModelArm, outputs: bool) -> list[dict[str, Any]]:
     return [{"name": n.name, "datatype": "FP32", "shape": [-1, *_dims(n.shape)[1:]]} for n in nodes]
 
 
+def _model_parameters(arm: ModelArm) -> dict[str, str | int | float]:
+    """The protocol's extension parameters of a model: its task, labels and how to make its ``image`` input."""
+    model = arm.model
+    return {"task": model.task, "labels": ",".join(model.labels), **preprocessing_parameters(model.spec)}
+
+
 _MODEL = error_responses(404, 503)
 """What every per-model endpoint can answer besides 200: an unknown model, or models still loading."""
 
@@ -111,18 +117,13 @@ async def all_stats(request: Request) -> dict[str, Any]:
 @v2.get("/models/{name}/versions/{model_version}", summary="Model version metadata", responses=_MODEL)
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
     arm = _arm(request, name, model_version)
-    model = arm.model
     return {
         "name": arm.name,
         "versions": [arm.version],
         "platform": "onnxruntime_onnx",
         "inputs": _tensors(arm, outputs=False),
         "outputs": _tensors(arm, outputs=True),
-        "parameters": {
-            "task": model.task,
-            "labels": ",".join(model.labels),
-            **preprocessing_parameters(model.spec),
-        },
+        "parameters": _model_parameters(arm),
     }
 
 
@@ -154,7 +155,9 @@ async def model_config(request: Request, name: str, model_version: str | None = 
             "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
         },
         "instance_group": [{"name": arm.name, "kind": "KIND_CPU", "count": 1}],
-        "parameters": {"labels": {"string_value": ",".join(arm.model.labels)}},
+        "parameters": {  # Triton's config parameters are string maps; the same values as model metadata's
+            key: {"string_value": str(value)} for key, value in _model_parameters(arm).items()
+        },
     }
 
 
