@@ -101,6 +101,14 @@ def test_each_error_is_answered_as_documented(
     assert body == {"$ref": "#/components/schemas/ErrorBody"}
 
 
+def test_unparsable_bodies_are_named_as_such(app: AppHarness) -> None:
+    json_type = {"content-type": "application/json"}
+    not_utf8 = app.request("POST", "/v1/feedback", content=b'{"prediction_id": "\xff"}', headers=json_type)
+    assert not_utf8.status_code == 400 and "not UTF-8" in not_utf8.json()["error"]  # was "an error parsing the body"
+    not_json = app.request("POST", "/v1/feedback", content=b"{not json", headers=json_type)
+    assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]  # was "1: JSON decode error"
+
+
 def test_the_schema_documents_the_error_body_the_handler_answers(app: AppHarness) -> None:
     schema = app.request("GET", "/openapi.json").json()
     assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's {"detail": [...]} never answers

@@ -255,13 +255,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # its loc is a character offset, not a field
+                at = [p for p in err.get("loc", ()) if p != "body"]
+                reason = (err.get("ctx") or {}).get("error", "malformed")
+                parts.append(f"the body is not valid JSON ({reason}" + (f" at character {at[0]})" if at else ")"))
+                continue
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return _error(422, "invalid request: " + "; ".join(parts))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        detail, cause = str(exc.detail), exc.__cause__
+        if isinstance(cause, UnicodeDecodeError):  # FastAPI says only "There was an error parsing the body"
+            detail = f"the body is not UTF-8 text ({cause.reason} at byte {cause.start}); send UTF-8 JSON."
+        return _error(exc.status_code, detail, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
