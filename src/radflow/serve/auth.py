@@ -109,8 +109,9 @@ _PREFIXES: tuple[tuple[str, AccessRule], ...] = (
 def access_rule(method: str, path: str, public_metrics: bool = False) -> AccessRule | None:
     """The rule of the route ``method path`` (the route's template, e.g. ``/v1/predictions/{prediction_id}``).
 
-    None when no rule covers it: the route is refused until one does.
+    None when no rule covers it: the route is refused until one does. HEAD follows GET.
     """
+    method = "GET" if method == "HEAD" else method
     if path in OPEN_PATHS or (public_metrics and path == "/metrics"):
         return _OPEN
     if path.startswith("/admin/"):
