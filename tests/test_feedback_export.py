@@ -31,7 +31,7 @@ from radflow.errors import ConfigError, NotFoundError
 from radflow.feedback import CSV_COLUMNS, export_feedback, held_out_summary, parse_since
 from radflow.runtime.cam import encode_png
 from radflow.sim.drift import apply_drift, parse_drift
-from radflow.store import PredictionRecord, Store
+from radflow.store import PredictionRecord, Store, study_key
 
 
 def _image(seed: int, size: int = 48) -> tuple[np.ndarray, str]:
@@ -160,7 +160,7 @@ def test_export_writes_chexpert_layout_with_latest_labels_and_no_duplicates(
         "unreadable": 0,
         "in_dataset": 1,
     }
-    assert info["held_out"] == {"pixel_identical": 0, "near_duplicate": 0}
+    assert info["held_out"] == {"held_out_study": 0, "pixel_identical": 0, "near_duplicate": 0}
     assert info["screen"]["held_out_images"] == 1 and info["screen"]["held_out"] == "val and test"
     assert info["unknown_labels"] == ["Foo"]
     assert info["duplicates_merged"] == 1  # b: two predictions of one film
@@ -273,7 +273,7 @@ def test_held_out_images_never_come_back_however_they_were_re_encoded_or_drifted
         s.close()
     out = tmp_path / "fb"
     info = export_feedback(out, url, inputs, dataset=dataset)
-    assert info["held_out"] == {"pixel_identical": 1, "near_duplicate": 3}, info["held_out"]
+    assert info["held_out"] == {"held_out_study": 0, "pixel_identical": 1, "near_duplicate": 3}, info["held_out"]
     assert info["images"] == 3 and info["skipped"]["in_dataset"] == 1  # a, b, h; g trains already
     index = NearDuplicateIndex(np.stack(held))
     for row in _rows(out):
@@ -282,8 +282,22 @@ def test_held_out_images_never_come_back_however_they_were_re_encoded_or_drifted
     line = held_out_summary(info)
     assert "1 pixel-identical to a held-out image" in line and "3 perceptual near-duplicate" in line
     assert "screened against 4 val and test images" in line
+    # Another film of a held-out study (no pixel in common): refused by identity, the hashed routing key.
+    s = Store(url, inputs)
+    try:
+        other = _film(50)
+        sha = hashlib.sha256(encode_png(other)).hexdigest()
+        record = _log(s, sha, other, _findings(True, False), study_key=study_key("study-1"))
+        s.add_feedback(record.id, labels={"Edema": 1})
+        s.flush()
+    finally:
+        s.close()
+    info = export_feedback(out, url, inputs, dataset=dataset)
+    assert info["held_out"] == {"held_out_study": 1, "pixel_identical": 1, "near_duplicate": 3}, info["held_out"]
+    assert info["images"] == 3 and "1 of a held-out patient or study" in held_out_summary(info)
     # Before a split, any image may end up in test: every main-source film is held out, g included.
     unsplit = _dataset(tmp_path, [*rows, ("train", "e" * 64, _image(6)[0])], split=False)
     again = export_feedback(tmp_path / "fb2", url, inputs, dataset=unsplit)
-    assert again["held_out"] == {"pixel_identical": 2, "near_duplicate": 3} and again["images"] == 3
+    assert again["held_out"] == {"held_out_study": 1, "pixel_identical": 2, "near_duplicate": 3}
+    assert again["images"] == 3
     assert "every main-source image" in held_out_summary(again)

@@ -14,8 +14,9 @@ Decisions, because the log holds no patient identity (and must not):
 * One image per content hash: the latest feedback on any prediction of that image wins, and
   shadow rows (the same request scored by the challenger) are never separate images.
 * Held-out data never flows back into training. Every image is screened against the held-out
-  (val and test) rows of the dataset given (:class:`HeldOutScreen`): it is refused when its
-  preprocessed pixels are a held-out image's (an 8-bit re-encoding of a test film) or a perceptual
+  (val and test) rows of the dataset given (:class:`HeldOutScreen`): it is refused when it was sent
+  with a held-out patient's or study's id as routing key (the store keeps a hash of the key), when
+  its preprocessed pixels are a held-out image's (an 8-bit re-encoding of a test film) or a perceptual
   near-duplicate of one (a re-exposed, noisy or blurred copy, :mod:`radflow.data.neardup`). Of a
   dataset not yet split, every main-source image counts as held out (any of them may land in test).
   Refusals are counted per reason in ``held_out``; the screen itself is described in ``screen``.
@@ -47,7 +48,7 @@ from radflow.data.labels import CHEXPERT_LABELS
 from radflow.data.neardup import DEFAULT_THRESHOLD
 from radflow.data.sources.chexpert import META_COLUMNS
 from radflow.errors import ConfigError, DataError, ImageDecodeError, NotFoundError
-from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions
+from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions, study_key
 
 __all__ = [
     "CSV_COLUMNS",
@@ -66,6 +67,7 @@ FEEDBACK_DIR = "data/feedback"
 CSV_COLUMNS = (*META_COLUMNS, *CHEXPERT_LABELS)
 SUMMARY_FILE = "export.json"
 HELD_OUT_REASONS: dict[str, str] = {
+    "held_out_study": "of a held-out patient or study",
     "pixel_identical": "pixel-identical to a held-out image",
     "near_duplicate": "perceptual near-duplicate of a held-out image",
 }
@@ -82,6 +84,8 @@ class HeldOutScreen:
     """
 
     def __init__(self, dataset: Path, threshold: int = DEFAULT_THRESHOLD):
+        import pandas as pd
+
         from radflow.data.dataset import Dataset
         from radflow.data.neardup import NearDuplicateIndex, pixel_digest
         from radflow.data.split import EXTRA_SPLIT
@@ -96,6 +100,10 @@ class HeldOutScreen:
         self.size = ds.spec.size
         self.index = NearDuplicateIndex(ds.images(np.flatnonzero(held)), threshold)
         self.bytes_in_dataset = set(manifest.loc[main, "sha256"].astype(str))
+        self.held_out_bytes = set(manifest.loc[held, "sha256"].astype(str))
+        # Callers route by a hashed study id (the simulator sends the manifest's own); the store keeps its hash.
+        held_ids = pd.concat([manifest.loc[held, "study_id"], manifest.loc[held, "patient_id"]]).astype(str)
+        self.held_out_keys = {study_key(value) for value in held_ids}
         # main-source training rows only: extra rows are earlier feedback, which each export writes again
         self.training_pixels = {pixel_digest(ds.image(int(i))) for i in np.flatnonzero(main & ~held)}
 
@@ -107,17 +115,24 @@ class HeldOutScreen:
             "near_duplicate_threshold_bits": self.index.threshold,
         }
 
-    def verdict(self, data: bytes, sha: str) -> str | None:
-        """Why an upload (its stored bytes and their sha256) must not be exported, or None when it may."""
+    def verdict(self, data: bytes, shas: tuple[str, ...], key: str | None = None) -> str | None:
+        """Why an upload must not be exported, or None when it may.
+
+        ``data``: the stored bytes; ``shas``: their sha256 and the upload's; ``key``: its study key.
+        """
+        if key is not None and key in self.held_out_keys:
+            return "held_out_study"
+        if self.held_out_bytes.intersection(shas):  # a held-out source file itself
+            return "pixel_identical"
         from radflow.data.decode import decode_image
         from radflow.data.neardup import pixel_digest
         from radflow.data.preprocess import prepare_pixels
 
-        pixels = prepare_pixels(decode_image(data, name=sha).pixels, self.size)
+        pixels = prepare_pixels(decode_image(data, name=shas[0]).pixels, self.size)
         match = self.index.find(pixels)
         if match is not None:
             return "pixel_identical" if match.exact else "near_duplicate"
-        if sha in self.bytes_in_dataset or pixel_digest(pixels) in self.training_pixels:
+        if self.bytes_in_dataset.intersection(shas) or pixel_digest(pixels) in self.training_pixels:
             return "in_dataset"
         return None
 
@@ -128,6 +143,7 @@ class _Item:
     prediction_id: str
     input_sha256: str
     labels: dict[str, float]
+    study_key: str | None
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
@@ -242,7 +258,7 @@ def export_feedback(
             skipped["no_input"] += 1
             continue
         merged += row.input_sha256 in by_image
-        by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels)
+        by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels, row.study_key)
     screen = HeldOutScreen(dataset) if dataset is not None else None
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -258,7 +274,7 @@ def export_feedback(
             sha = hashlib.sha256(data).hexdigest()
             if screen is not None:
                 try:
-                    reason = "in_dataset" if item.input_sha256 in screen.bytes_in_dataset else screen.verdict(data, sha)
+                    reason = screen.verdict(data, (sha, item.input_sha256), item.study_key)
                 except ImageDecodeError:
                     skipped["unreadable"] += 1
                     continue

@@ -248,9 +248,10 @@ class InferenceService:
         embedding: np.ndarray | None,
         view: str = "",
         pixels: np.ndarray | None = None,
+        routing_key: str | None = None,
     ) -> Any:
         """What every door does after scoring one image: the prediction log, the score metrics, the drift window."""
-        from radflow.store import PredictionRecord
+        from radflow.store import PredictionRecord, study_key
 
         record = PredictionRecord(
             model_name=arm.name,
@@ -263,6 +264,7 @@ class InferenceService:
             latency_ms=latency_ms,
             shadow=arm_label == "shadow",
             request_id=request_id,
+            study_key=study_key(routing_key),
         )
         self.require_store().log(record, pixels if self.settings.store_inputs else None)
         if arm_label != "shadow":
@@ -287,7 +289,7 @@ class InferenceService:
             shadow = router.shadow_arm()
             shadow = shadow.acquire() if shadow is not None and shadow is not arm else None
             try:
-                answer, prepared, sex_arr, request_id = await self._predict(arm, shadow, data, sex, start)
+                answer, prepared, sex_arr, request_id = await self._predict(arm, shadow, data, sex, start, routing_key)
             except BaseException:
                 if shadow is not None:
                     shadow.release()
@@ -301,7 +303,13 @@ class InferenceService:
             return answer
 
     async def _predict(
-        self, arm: ModelArm, shadow: ModelArm | None, data: bytes, sex: str | None, start: float
+        self,
+        arm: ModelArm,
+        shadow: ModelArm | None,
+        data: bytes,
+        sex: str | None,
+        start: float,
+        routing_key: str | None = None,
     ) -> tuple[dict[str, Any], PreparedImage, np.ndarray | None, str]:
         arms = [arm, *([shadow] if shadow is not None else [])]
         loop = asyncio.get_running_loop()
@@ -329,6 +337,7 @@ class InferenceService:
             embedding=embedding,
             view=_view(prepared.decoded),
             pixels=prepared.decoded.pixels,
+            routing_key=routing_key,  # its hash lets feedback export refuse held-out studies
         )
         answer = {
             "id": record.id,

@@ -30,7 +30,7 @@ from radflow.store.queries import (
     recent_predictions,
 )
 from radflow.store.schema import SCHEMA_VERSION, iso_utc, utc
-from radflow.store.store import PredictionRecord, Store, StoreUnavailableError, input_path, sqlite_file
+from radflow.store.store import PredictionRecord, Store, StoreUnavailableError, input_path, sqlite_file, study_key
 
 __all__ = [
     "MIGRATIONS",
@@ -56,5 +56,6 @@ __all__ = [
     "revoke_tokens",
     "schema_version",
     "sqlite_file",
+    "study_key",
     "utc",
 ]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, func, insert, inspect, select
+from sqlalchemy import Connection, Engine, func, insert, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from radflow.errors import RadflowError
@@ -72,10 +72,19 @@ def _access_control(conn: Connection) -> None:
     append_only(conn)  # also when the table survived a cut-short run of this migration without its triggers
 
 
+def _study_key(conn: Connection) -> None:
+    # A store created at v0 or v1 made this column with its tables (the baseline uses today's schema).
+    if "study_key" not in {column["name"] for column in inspect(conn).get_columns("predictions")}:
+        conn.execute(text("ALTER TABLE predictions ADD COLUMN study_key VARCHAR(64)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "version record on the unversioned schema (predictions, feedback, alerts)", _baseline),
     Migration(2, "indexes for the per-model online window and the feedback `since` filter", _window_and_since_indexes),
     Migration(3, "API tokens (salted digests) and the append-only audit log", _access_control),
+    Migration(
+        4, "predictions.study_key: a hash of the routing key, to keep held-out studies out of training", _study_key
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "one migration per version, in order"
 

@@ -54,6 +54,8 @@ class LabelledPrediction:
     """The reader's verdict on this prediction's answer; never inherited (it judged another model's answer)."""
     inherited: bool
     """True when the truth was copied from the answered prediction of the same request (a shadow row)."""
+    study_key: str | None = None
+    """The hashed routing key of the request (:func:`radflow.store.store.study_key`), if it had one."""
 
 
 def _latest(since: datetime | None) -> Subquery:
@@ -140,6 +142,7 @@ def _labelled(row: Any, correct: Any, *, inherited: bool) -> LabelledPrediction:
         value=None if row["fb_value"] is None else float(row["fb_value"]),
         correct=None if correct is None else bool(correct),
         inherited=inherited,
+        study_key=row["study_key"],
     )
 
 

@@ -43,7 +43,7 @@ __all__ = [
     "utc",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this radflow writes; a database at a higher version is refused."""
 
 metadata = MetaData()
@@ -63,6 +63,9 @@ PREDICTIONS = Table(
     Column("input_format", String(10)),
     Column("outputs", JSON, nullable=False),
     Column("latency_ms", Float),
+    # v4: sha256 of the request's routing key (a caller's hashed study id), never the key itself: feedback
+    # export refuses films of held-out patients and studies by it (radflow.feedback.HeldOutScreen).
+    Column("study_key", String(64)),
     # v2: the online window ranks each model version's predictions by time.
     Index("ix_predictions_model_created_at", "model_name", "model_version", "arm", "shadow", "created_at"),
 )

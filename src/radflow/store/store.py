@@ -11,6 +11,7 @@ migrates its schema (:mod:`radflow.store.migrations`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -31,7 +32,7 @@ from radflow.runtime.cam import encode_png, to_grey8
 from radflow.store.migrations import migrate, schema_version
 from radflow.store.schema import ALERTS, FEEDBACK, PREDICTIONS, public, utc
 
-__all__ = ["PredictionRecord", "Store", "StoreUnavailableError", "input_path", "sqlite_file"]
+__all__ = ["PredictionRecord", "Store", "StoreUnavailableError", "input_path", "sqlite_file", "study_key"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,13 @@ def input_path(inputs_dir: Path, sha: str) -> Path:
     return Path(inputs_dir) / sha[:2] / f"{sha}.png"
 
 
+def study_key(routing_key: str | None) -> str | None:
+    """What the store keeps of a request's routing key (sha256 hex): enough to match a known study id, not the key."""
+    if not routing_key:
+        return None
+    return hashlib.sha256(routing_key.encode()).hexdigest()
+
+
 @dataclass
 class PredictionRecord:
     """One logged prediction (``outputs`` is the answer's findings or prediction)."""
@@ -68,6 +76,8 @@ class PredictionRecord:
     latency_ms: float | None = None
     shadow: bool = False
     request_id: str | None = None
+    study_key: str | None = None
+    """:func:`study_key` of the request's routing key."""
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
