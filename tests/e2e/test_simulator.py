@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,12 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
+from radflow.data.neardup import NearDuplicateIndex
+from radflow.feedback import export_feedback, held_out_summary
+from radflow.sim.clinic import build_clinic_pool
 from radflow.sim.drift import parse_drift
 from radflow.sim.simulator import start_background
-from radflow.store import Store
+from radflow.store import Store, input_path
 from tests.fixtures import make_dataset
 from tests.serve.models import make_onnx
 from tests.serve.server import ServerProcess
@@ -59,9 +63,10 @@ def _stored(url: str) -> tuple[list[dict[str, object]], list[dict[str, object]]]
         store.close()
 
 
-def test_simulate_sends_held_out_images_and_posts_ground_truth_feedback(served: Served) -> None:
+def test_simulate_sends_the_clinics_new_patients_and_posts_ground_truth_feedback(served: Served) -> None:
     before_predictions, before_feedback = _stored(served.store_url)
     args = ["simulate", served.url, "--data", str(served.dataset), "--rate", "10", "--duration", "3"]
+    args += ["--clinic-images", "40"]
     result = CliRunner().invoke(app, [*args, "--feedback-rate", "0.5", "--seed", "1", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -76,18 +81,45 @@ def test_simulate_sends_held_out_images_and_posts_ground_truth_feedback(served: 
     assert len(predictions) - len(before_predictions) == summary["answered"]
     new_feedback = feedback[len(before_feedback) :]
     assert len(new_feedback) == summary["feedback_posted"]
+    assert summary["source"] == "clinic" and summary["warnings"] == [] and summary["clinic"]["kind"] == "chest"
     ds = Dataset.open(served.dataset)
     labels = set(ds.labels)
-    test_rows = ds.manifest[ds.manifest["split"] == "test"]
+    pool = build_clinic_pool(ds, 40, seed=1).dataset  # what was sent: the same seed gives the same pool
+    pool_rows = pool.manifest
     for row in new_feedback:
         assert row["reader"] == "simulator"
         given = row["labels"]
         assert isinstance(given, dict) and given and set(given) <= labels
-        # the labels are a test image's ground truth
-        match = np.ones(len(test_rows), bool)
+        # the labels are a clinic film's ground truth
+        match = np.ones(len(pool_rows), bool)
         for label, value in given.items():
-            match &= (test_rows[label] == value).to_numpy()
+            match &= (pool_rows[label] == value).to_numpy()
         assert match.any(), given
+    # nothing sent was a dataset film: every stored input is one of the pool's, none a held-out one
+    held_out = NearDuplicateIndex(ds.images(np.flatnonzero(ds.manifest["split"].isin(["val", "test"]))))
+    pool_index = NearDuplicateIndex(pool.images(pool.indices("all")), threshold=0)
+    for prediction in predictions[len(before_predictions) :]:
+        pixels = np.asarray(Image.open(input_path(served.root / "inputs", str(prediction["input_sha256"]))))
+        assert held_out.find(pixels) is None and pool_index.find(pixels) is not None
+
+
+def test_held_out_traffic_is_marked_and_its_feedback_refused_by_the_export(served: Served, tmp_path: Path) -> None:
+    since = datetime.now(UTC)
+    args = ["simulate", served.url, "--data", str(served.dataset), "--rate", "10", "--duration", "1.5"]
+    result = CliRunner().invoke(app, [*args, "--split", "test", "--feedback-rate", "1", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the 'test' split is held-out images" in " ".join(result.output.split())
+    summary = CliRunner().invoke(app, [*args, "--split", "test", "--drift", "brightness=0.2,noise=0.02", "--json"])
+    assert json.loads(summary.stdout)["warnings"] and json.loads(summary.stdout)["source"] == "split:test"
+    store_url, inputs = served.store_url, served.root / "inputs"
+    info = export_feedback(tmp_path / "fb", store_url, inputs, since=since, dataset=served.dataset)
+    # refused by identity first: the simulator routes by the study id, the service logs its hash
+    assert info["images"] == 0 and info["held_out"]["held_out_study"] == info["predictions_with_feedback"] > 0
+    assert "of a held-out patient or study" in held_out_summary(info)
+    predictions, _ = _stored(store_url)
+    keys = {p["study_key"] for p in predictions if p["study_key"]}
+    ds = Dataset.open(served.dataset)
+    assert keys and not keys & set(ds.manifest["study_id"])  # a hash of the key is stored, never the key
 
 
 def test_background_simulation_injects_drift_into_what_the_server_sees(served: Served) -> None:
@@ -102,6 +134,7 @@ def test_background_simulation_injects_drift_into_what_the_server_sees(served: S
         batch_size=4,
         drift=parse_drift("brightness=0.3,noise=0.02"),
         seed=2,
+        split="test",  # the dataset's own films, whose clean brightness is known
     )
     time.sleep(2.0)
     assert handle.running
@@ -124,10 +157,14 @@ def test_background_simulation_injects_drift_into_what_the_server_sees(served: S
 
 def test_ctrl_c_stops_the_simulator_cleanly_with_a_summary(served: Served) -> None:
     cmd = [sys.executable, "-c", "from radflow.cli import main; main()", "simulate", served.url]
-    cmd += ["--data", str(served.dataset), "--rate", "20", "--duration", "120", "--json"]
+    cmd += ["--data", str(served.dataset), "--rate", "20", "--duration", "120", "--split", "train", "--json"]
+    before = len(_stored(served.store_url)[0])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4.0)
+        # Ctrl-C once it is sending (on a loaded machine the interpreter alone can take seconds to start)
+        deadline = time.monotonic() + 60
+        while len(_stored(served.store_url)[0]) < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -183,7 +220,7 @@ def test_simulate_posts_the_true_value_for_a_regression_model(tmp_path: Path) ->
     server = ServerProcess(["--model", str(model), "--store-url", store_url, "--log-level", "warning"]).start()
     try:
         args = ["simulate", server.url, "--data", str(dataset), "--rate", "10", "--duration", "1.5"]
-        result = CliRunner().invoke(app, [*args, "--feedback-rate", "1", "--json"])
+        result = CliRunner().invoke(app, [*args, "--feedback-rate", "1", "--clinic-images", "20", "--json"])
     finally:
         server.kill()
     assert result.exit_code == 0, result.output
@@ -191,7 +228,8 @@ def test_simulate_posts_the_true_value_for_a_regression_model(tmp_path: Path) ->
     assert summary["failed"] == {} and summary["answered"] > 0
     assert summary["feedback_posted"] == summary["answered"]
     _, feedback = _stored(store_url)
-    ds = Dataset.open(dataset)
-    truths = set(ds.targets(ds.indices("test"))[:, 0].tolist())
+    assert summary["clinic"]["kind"] == "hand"  # new patients' hand films for a bone-age model
+    pool = build_clinic_pool(Dataset.open(dataset), 20, seed=0).dataset
+    truths = set(pool.targets()[:, 0].tolist())
     assert len(feedback) == summary["answered"]
     assert all(row["labels"] is None and row["value"] in truths for row in feedback)
