@@ -1,4 +1,4 @@
-"""The simulator's clinic pool: new phantom patients, disjoint from every image and patient of the dataset."""
+"""The simulator's clinic pool: new phantom patients, disjoint from the dataset's patients and held-out images."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def test_the_pool_holds_new_patients_with_the_datasets_labels_and_size(dataset: 
     assert ds.labels == dataset.labels and ds.spec.size == dataset.spec.size and ds.task == dataset.task
     ids = set(dataset.manifest["patient_id"]) | set(dataset.manifest["study_id"])
     assert not ids & (set(ds.manifest["patient_id"]) | set(ds.manifest["study_id"]))
-    index = NearDuplicateIndex(dataset.images(dataset.indices("all")))
+    held_out = np.flatnonzero(dataset.manifest["split"].isin(["val", "test"]).to_numpy())
+    index = NearDuplicateIndex(dataset.images(held_out))
     assert all(index.find(ds.image(i)) is None for i in range(len(ds.manifest)))
     again = build_clinic_pool(dataset, n=30, seed=1).dataset  # the same seed, the same pool
     assert np.array_equal(again.images(again.indices("all")), ds.images(ds.indices("all")))
@@ -46,11 +47,12 @@ def test_datasets_without_phantoms_have_no_clinic(tmp_path: Path) -> None:
 def test_the_simulator_sends_the_clinic_by_default_and_warns_on_held_out_splits(dataset: Dataset) -> None:
     url = "http://127.0.0.1:9"
     default = Simulator(SimulationConfig(url=url, dataset=dataset.root, clinic_images=20))
+    assert default.summary.clinic is None  # made when sending starts (off the caller's thread), not here
+    held_ids = set(dataset.manifest.loc[dataset.manifest["split"] != "train", "study_id"])
+    assert {default.prepare().case.study for _ in range(20)}.isdisjoint(held_ids)
     summary = default.summary.to_dict()
     assert summary["source"] == "clinic" and summary["clinic"]["kind"] == "chest" and summary["warnings"] == []
     assert not default.config.held_out
-    held_ids = set(dataset.manifest.loc[dataset.manifest["split"] != "train", "study_id"])
-    assert {default.prepare().case.study for _ in range(20)}.isdisjoint(held_ids)
     for split in ("test", "val"):
         explicit = Simulator(SimulationConfig(url=url, dataset=dataset.root, split=split))
         (warning,) = explicit.summary.to_dict()["warnings"]

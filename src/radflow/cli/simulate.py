@@ -53,7 +53,7 @@ def _render(summary: dict[str, Any]) -> None:
         table.add_row(f"answered by {arm}", str(count))
     console.print(table)
     if clinic and clinic["dropped"]:
-        console.print(f"{clinic['dropped']} phantoms left out of the pool: they resemble an image of the dataset")
+        console.print(f"{clinic['dropped']} phantoms left out of the pool: each resembles a held-out image")
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 

@@ -6,8 +6,9 @@ new phantoms instead, made by the same generators and ingested by the same code 
 workspace (so they look like the dataset's images and carry its labels), under their own
 pseudonymisation key: their patient and study ids cannot be any of the dataset's. Their seed is
 offset far beyond the seeds a dataset is synthesised with (``CLINIC_SEED_OFFSET``), and every pool
-image is checked against every dataset image (pixel copy or perceptual near-duplicate,
-:mod:`radflow.data.neardup`); any that match are left out of the pool and counted.
+image is checked against every held-out (val and test; before a split, every) dataset image (pixel
+copy or perceptual near-duplicate, :mod:`radflow.data.neardup`); any that match are left out of the
+pool and counted.
 
 Phantoms exist for chest films (CheXpert findings) and hand films (bone age). A dataset with
 other labels has no clinic pool: :func:`clinic_kind` says so, and the user sends a split explicitly.
@@ -54,7 +55,7 @@ class ClinicPool:
     kind: str
     seed: int
     dropped: int
-    """Phantoms left out because they copy (or nearly copy) one of the dataset's images."""
+    """Phantoms left out because they copy (or nearly copy) one of the dataset's held-out images."""
     _tmp: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def _salt(seed: int) -> str:
 
 
 def build_clinic_pool(dataset: Dataset, n: int = 200, seed: int = 0) -> ClinicPool:
-    """``n`` phantoms of new patients, preprocessed like ``dataset`` and disjoint from every image in it."""
+    """``n`` phantoms of new patients, preprocessed like ``dataset``, none of them resembling a held-out image."""
     import numpy as np
 
     from radflow.data.ingest import IngestOptions, ingest
@@ -82,7 +83,9 @@ def build_clinic_pool(dataset: Dataset, n: int = 200, seed: int = 0) -> ClinicPo
     spec = dataset.spec
     tmp = tempfile.TemporaryDirectory(prefix="radflow-clinic-")
     root = Path(tmp.name)
-    size = max(spec.size, _MIN_SYNTH_SIZE)
+    # Drawn at twice the training size and resampled by ingest, as synthetic workspaces draw theirs: the same
+    # sharpness, so the clinic does not look like acquisition drift to the monitors.
+    size = min(max(2 * spec.size, _MIN_SYNTH_SIZE), 1024)
     if kind == "chest":
         raw = root / "CheXpert-clinic"
         synth_chest(raw, n, seed=pool_seed, size=size, valid_fraction=0.0, workers=1)
@@ -107,11 +110,14 @@ def build_clinic_pool(dataset: Dataset, n: int = 200, seed: int = 0) -> ClinicPo
     clash = pool.manifest["patient_id"].isin(ids) | pool.manifest["study_id"].isin(ids)
     if clash.any():  # impossible with distinct keys; a guard, because the promise is what feedback relies on
         raise ConfigError(f"{int(clash.sum())} clinic phantoms share an id with {dataset.root}; choose another --seed.")
-    index = NearDuplicateIndex(dataset.images(dataset.indices("all")))
+    held = dataset.indices("all")  # before a split, any image may end up held out
+    if dataset.is_split:
+        held = np.flatnonzero(dataset.manifest["split"].isin(["val", "test"]).to_numpy())
+    index = NearDuplicateIndex(dataset.images(held))
     keep = np.array([index.find(pool.image(i)) is None for i in range(len(pool.manifest))], dtype=bool)
     if not keep.any():
         raise ConfigError(
-            f"every clinic phantom resembles an image of {dataset.root}; send a split explicitly with --split."
+            f"every clinic phantom resembles a held-out image of {dataset.root}; send a split explicitly with --split."
         )
     if not keep.all():
         pool.manifest = pool.manifest[keep].reset_index(drop=True)

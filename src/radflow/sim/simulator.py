@@ -211,11 +211,10 @@ class Simulator:
     def __init__(self, config: SimulationConfig, cases: CaseSource | None = None):
         self.config = config
         self.clinic: ClinicPool | None = None
-        dataset = Dataset.open(config.dataset) if cases is None else cases.dataset
-        if cases is None and config.split is None:
-            self.clinic = build_clinic_pool(dataset, config.clinic_images, seed=config.seed)
-            cases = CaseSource(self.clinic.dataset, "all", seed=config.seed)
-        self.cases = cases or CaseSource(dataset, str(config.split), seed=config.seed)
+        self._dataset = Dataset.open(config.dataset) if cases is None else cases.dataset
+        if cases is None and config.split is not None:  # at once: a bad or empty split is named before sending
+            cases = CaseSource(self._dataset, config.split, seed=config.seed)
+        self._cases = cases
         self._rng = np.random.default_rng(config.seed)
         self.summary = SimulationSummary(
             url=config.url,
@@ -223,13 +222,21 @@ class Simulator:
             target_rate=config.rate,
             drift=config.drift,
             source=config.source,
-            dataset_version=dataset.version,
-            clinic=self.clinic.to_dict() if self.clinic else None,
+            dataset_version=self._dataset.version,
             warnings=[held_out_warning(str(config.split))] if config.held_out else [],
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
+
+    @property
+    def cases(self) -> CaseSource:
+        """What is sent; the clinic pool is made on first use (seconds), which :meth:`run` does off the event loop."""
+        if self._cases is None:
+            self.clinic = build_clinic_pool(self._dataset, self.config.clinic_images, seed=self.config.seed)
+            self.summary.clinic = self.clinic.to_dict()
+            self._cases = CaseSource(self.clinic.dataset, "all", seed=self.config.seed)
+        return self._cases
 
     def stop(self) -> None:
         """Stop sending (safe from any thread and from a signal handler); in-flight requests finish."""
@@ -263,6 +270,7 @@ class Simulator:
             async with httpx.AsyncClient(
                 base_url=self.config.url.rstrip("/"), timeout=self.config.timeout, limits=limits
             ) as client:
+                await asyncio.to_thread(lambda: self.cases)
                 await self._wait_ready()
                 await self._send_all(client)
         finally:
@@ -387,11 +395,9 @@ def check_server(url: str, timeout: float = 5.0) -> None:
 
 def simulate(config: SimulationConfig, handle_signals: bool = True) -> SimulationSummary:
     """Run a simulation to its end in a fresh event loop; with ``handle_signals`` Ctrl-C stops it cleanly."""
-    # A bad or empty split is named before the server is tried; the clinic pool (seconds) is made after.
-    simulator = Simulator(config) if config.split is not None else None
+    simulator = Simulator(config)
     if config.wait_ready <= 0:
         check_server(config.url)
-    simulator = simulator or Simulator(config)
     return asyncio.run(simulator.run(handle_signals=handle_signals))
 
 
