@@ -1,10 +1,11 @@
-"""The real server's lifecycle: acknowledged feedback survives SIGKILL; SIGTERM drains in-flight requests."""
+"""The real server's lifecycle: feedback survives SIGKILL; SIGTERM drains in-flight requests; hot swaps fail none."""
 
 from __future__ import annotations
 
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from tests.serve.models import make_onnx, png_bytes
 from tests.serve.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
+
+ADMIN = {"Authorization": "Bearer s3cret"}
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,45 @@ def test_sigterm_answers_in_flight_requests_and_flushes_the_log(model_path: Path
     finally:
         store.close()
     assert {a.json()["id"] for a in answers} <= logged
+
+
+def test_hot_swaps_under_load_fail_no_request(onnx_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """8 clients send without pause while the champion is swapped back and forth three times: every answer is 200.
+
+    Before, a request routed to the old model but still decoding when the swap drained it waited on a
+    stopped batcher until the timeout (504), and the reload could answer queued requests with 503.
+    """
+    first, second = onnx_pair
+    env = {"RADFLOW_REQUEST_TIMEOUT_S": "10", "RADFLOW_DRIFT": "false", "RADFLOW_ADMIN_TOKEN": "s3cret"}
+    server = _server(first, tmp_path, env=env).start()
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                answer = http.post(f"{server.url}/v1/predict", content=png_bytes(n))
+                model = answer.json().get("model", {}).get("name", "") if answer.status_code == 200 else answer.text
+                answers.append((answer.status_code, model))
+
+    swaps = []
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            clients = [pool.submit(client, n) for n in range(8)]
+            try:
+                for model in (second, first) * 3:  # three swap cycles
+                    time.sleep(0.3)
+                    body = {"model": str(model)}
+                    swaps.append(httpx.post(f"{server.url}/admin/reload", json=body, headers=ADMIN, timeout=60))
+                time.sleep(0.3)
+            finally:
+                stop.set()
+            for future in clients:
+                future.result()
+    finally:
+        server.kill()
+    assert [s.status_code for s in swaps] == [200] * 6, swaps[-1].text
+    statuses = Counter(status for status, _ in answers)
+    assert set(statuses) == {200}, f"{statuses}: {[m for s, m in answers if s != 200][:3]}"
+    assert len(answers) > 50
+    assert {m for _, m in answers} == {"multilabel-0", "multilabel-1"}
