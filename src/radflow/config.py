@@ -142,8 +142,10 @@ class ServeConfig(_Strict):
     """Optional challenger model URI for A/B, canary or shadow routing."""
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     """Most images run together in one ONNX Runtime call."""
-    max_queue_delay_ms: float = Field(default=10.0, ge=0)
-    """Longest a request waits for others to fill its batch."""
+    max_queue_delay_ms: float = Field(default=0.0, ge=0)
+    """0: adaptive batching — a batch runs as soon as ONNX Runtime is free, with the requests that queued while
+    it was busy (a lone request waits for nothing); above 0: a fixed window, the longest a request waits for
+    others to fill its batch."""
     max_queue_size: int = Field(default=256, ge=1)
     """Requests waiting for the model beyond this are refused with 503 and Retry-After."""
     request_timeout_s: float = Field(default=30.0, gt=0)

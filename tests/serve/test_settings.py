@@ -17,7 +17,7 @@ def test_environment_overrides_defaults_and_store_goes_in_the_workspace(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     defaults = ServeSettings()
-    assert (defaults.max_batch_size, defaults.max_queue_delay_ms, defaults.max_body_bytes) == (8, 10.0, 50 * 2**20)
+    assert (defaults.max_batch_size, defaults.max_queue_delay_ms, defaults.max_body_bytes) == (8, 0.0, 50 * 2**20)
     assert defaults.admin_token is None and defaults.store_inputs
     monkeypatch.setenv("RADFLOW_MAX_BATCH_SIZE", "16")
     monkeypatch.setenv("RADFLOW_ADMIN_TOKEN", "t0k")

@@ -1,11 +1,21 @@
 """Dynamic batching: requests queue up and run together in one ONNX Runtime call, off the event loop.
 
-A single worker task takes the first waiting request, then gathers more until ``max_batch_size``
-rows or ``max_queue_delay_ms`` have passed, concatenates their feeds along the batch axis and runs
-the session in a dedicated thread. While ORT works, new requests queue, so under load the next
-batch is already full when the previous one finishes — batching costs no latency when idle and
-gives the throughput of large batches when busy. Requests with different output sets (e.g. a V2
-client asking for the CAM) are batched separately.
+A single worker forms a batch whenever ONNX Runtime is idle and runs it in a dedicated thread; the
+event loop only queues and answers. How a batch is formed:
+
+- **Adaptive** (``max_queue_delay_ms`` 0, the default): a batch is what is queued when ORT becomes
+  idle, up to ``max_batch_size`` rows. A lone request runs at once and pays no window; under load,
+  the requests that arrived while one batch ran make up the next. A batch waits only for requests
+  already decoding (``incoming``, at most ``incoming_wait_ms``), never for ones that may come: those
+  are known to be moments away, and with the :class:`CpuGate` (decodes pause while a batch runs)
+  they are what fills batches under load — without that wait, little would have queued behind each
+  batch and batches would stay small.
+- **Fixed window** (``max_queue_delay_ms`` > 0): a batch also waits for more requests until its
+  oldest one has queued that long, as Triton's dynamic batcher does with a queue delay.
+
+Requests with different output sets (e.g. a V2 client asking for the CAM) are batched separately.
+One batch runs at a time: ORT already spreads one run over every core (intra-op threads), and a
+second concurrent run would only compete with it for them.
 """
 
 from __future__ import annotations
@@ -14,7 +24,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -109,13 +120,16 @@ class BatchStats:
 
 
 class DynamicBatcher:
-    """Queue + batching worker around one model's ``run``; create and :meth:`start` inside the event loop."""
+    """Queue + batching worker around one model's ``run``; create and :meth:`start` inside the event loop.
+
+    ``max_queue_delay_ms`` 0 (the default) is adaptive batching; above 0, a fixed window (see the module).
+    """
 
     def __init__(
         self,
         run: RunFn,
         max_batch_size: int = 8,
-        max_queue_delay_ms: float = 10.0,
+        max_queue_delay_ms: float = 0.0,
         max_queue_size: int = 256,
         timeout_s: float = 30.0,
         on_batch: Callable[[int, list[float], float], None] | None = None,
@@ -124,6 +138,8 @@ class DynamicBatcher:
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+        if max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be 0 (adaptive) or more, got {max_queue_delay_ms}.")
         self._run = run
         self.max_batch_size = max_batch_size
         self.delay = max_queue_delay_ms / 1000.0
@@ -132,14 +148,25 @@ class DynamicBatcher:
         self.timeout_s = timeout_s
         self.on_batch = on_batch
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue_size)
-        self._carry: list[_Item] = []
+        self.max_queue_size = max_queue_size
+        self._queue: deque[_Item] = deque()
+        self._wake: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pending = 0
+        self._incoming = 0
         self.gate = gate
-        self.incoming = 0
+
+    @property
+    def incoming(self) -> int:
         """Requests still decoding that will be submitted here: a batch waits a little longer for them."""
+        return self._incoming
+
+    @incoming.setter
+    def incoming(self, value: int) -> None:
+        self._incoming = value
+        if value <= 0:  # the last one arrived (or failed to decode): a batch waiting for it can go
+            self._notify()
 
     @property
     def depth(self) -> int:
@@ -154,6 +181,7 @@ class DynamicBatcher:
     def start(self) -> None:
         """Start the worker (again, after :meth:`close`: an arm kept for a late request restarts it)."""
         if self._worker is None:
+            self._wake = asyncio.Event()
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radflow-ort")
             self._worker = asyncio.get_running_loop().create_task(self._loop(), name="radflow-batcher")
 
@@ -162,16 +190,15 @@ class DynamicBatcher:
         if self._worker is None:
             # a request queued here would wait for a worker that never comes: fail it now, clearly
             raise OverloadedError("the model is not running (it was unloaded); retry.", headers={"Retry-After": "1"})
-        rows = int(next(iter(feeds.values())).shape[0])
-        loop = asyncio.get_running_loop()
-        item = _Item(feeds, tuple(outputs), rows, loop.create_future())
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._queue) >= self.max_queue_size:
             raise OverloadedError(
-                f"the server is at capacity ({self._queue.maxsize} requests queued); retry shortly.",
+                f"the server is at capacity ({self.max_queue_size} requests queued); retry shortly.",
                 headers={"Retry-After": "1"},
-            ) from None
+            )
+        rows = int(next(iter(feeds.values())).shape[0])
+        item = _Item(feeds, tuple(outputs), rows, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._notify()
         self._pending += 1
         try:
             return await asyncio.wait_for(asyncio.shield(item.future), self.timeout_s)
@@ -181,53 +208,75 @@ class DynamicBatcher:
         finally:
             self._pending -= 1
 
-    async def _next(self, timeout: float | None) -> _Item | None:
-        if self._carry:
-            return self._carry.pop(0)
-        if timeout is None:
-            return await self._queue.get()
-        if timeout <= 0:
-            try:
-                return self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Until a request is submitted, ``incoming`` drops to 0, or ``timeout`` seconds pass."""
+        wake = self._wake
+        assert wake is not None
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout)
+
+    def _take(self, batch: list[_Item]) -> bool:
+        """Move the queued requests that fit into ``batch``; True when it is full (or the next one is too big).
+
+        The first request opens the batch (alone, when it has more rows than a batch); requests for
+        other outputs stay queued, in order, for a later batch, and so does everything behind a
+        request too big to join.
+        """
+        rows = sum(i.rows for i in batch)
+        full = rows >= self.max_batch_size
+        kept: deque[_Item] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # timed out while queued
+                continue
+            if not batch:
+                batch.append(item)
+                rows = item.rows
+                full = rows >= self.max_batch_size
+            elif full or item.outputs != batch[0].outputs:
+                kept.append(item)
+            elif rows + item.rows > self.max_batch_size:
+                kept.append(item)
+                full = True
+            else:
+                batch.append(item)
+                rows += item.rows
+                full = rows >= self.max_batch_size
+        self._queue = kept
+        return full
 
     async def _gather(self) -> list[_Item]:
-        first = await self._next(None)
-        assert first is not None
-        batch, rows = [first], first.rows
-        start = time.perf_counter()
-        deadline = start + self.delay
-        # Requests already decoding are worth a short extra wait: they fill the batch for free.
-        hard_deadline = start + max(self.incoming_wait, self.delay)
-        skipped: list[_Item] = []
-        closing = False
-        while rows < self.max_batch_size:
-            now = time.perf_counter()
-            if now >= deadline and (self.incoming <= 0 or now >= hard_deadline):
-                # Time is up, but requests already queued join at no cost (one may have landed just as
-                # the last wait timed out).
-                closing = True
-            if closing:
-                item = await self._next(0)
-                if item is None:
+        """The next batch, taken once the previous one has finished (ORT is idle while this runs).
+
+        Adaptive (no window): the requests queued now, which under load are the ones that arrived
+        while the last batch ran, plus those still decoding (see the module). A fixed window also
+        waits until the oldest request has queued ``max_queue_delay_ms``.
+        """
+        batch: list[_Item] = []
+        try:
+            while not batch:
+                self._take(batch)
+                if not batch:
+                    await self._wait(None)
+            opened = time.perf_counter()
+            window_end = batch[0].enqueued + self.delay
+            incoming_end = max(window_end, opened + self.incoming_wait)
+            while not self._take(batch):
+                now = time.perf_counter()
+                if now < window_end:
+                    await self._wait(window_end - now)
+                elif self.incoming > 0 and now < incoming_end:
+                    await self._wait(incoming_end - now)
+                else:
                     break
-            else:
-                item = await self._next(deadline - now if now < deadline else min(0.002, hard_deadline - now))
-                if item is None:
-                    continue
-            if item.outputs != first.outputs or rows + item.rows > self.max_batch_size:
-                skipped.append(item)
-                if rows + item.rows > self.max_batch_size:
-                    break
-                continue
-            batch.append(item)
-            rows += item.rows
-        self._carry = skipped + self._carry
+        except asyncio.CancelledError:  # closing: what was being gathered is queued again, for close() to settle
+            self._queue.extendleft(reversed(batch))
+            raise
         return batch
 
     async def _loop(self) -> None:
@@ -235,9 +284,7 @@ class DynamicBatcher:
         executor = self._executor
         assert executor is not None
         while True:
-            batch = [i for i in await self._gather() if not i.future.done()]
-            if not batch:
-                continue
+            batch = await self._gather()
             start = time.perf_counter()
             names = batch[0].feeds.keys()
             feeds = {
@@ -245,6 +292,9 @@ class DynamicBatcher:
             }
             try:
                 outs = await loop.run_in_executor(executor, self._gated_run, batch[0].outputs, feeds)
+            except asyncio.CancelledError:  # closed mid-run: the answers would never be delivered
+                _refuse(batch)
+                raise
             except Exception as exc:  # delivered to each waiting request, whose handler decides the status
                 self.stats.failures += len(batch)
                 for item in batch:
@@ -293,16 +343,13 @@ class DynamicBatcher:
             executor.shutdown(wait=False)
         if self._worker is not None:  # restarted meanwhile: what is queued is the new worker's
             return
-        for item in [*self._carry, *_drain_queue(self._queue)]:
-            if not item.future.done():
-                item.future.set_exception(
-                    OverloadedError("the model is shutting down; retry.", headers={"Retry-After": "1"})
-                )
-        self._carry = []
+        queued, self._queue = self._queue, deque()
+        _refuse(queued)
 
 
-def _drain_queue(queue: asyncio.Queue[_Item]) -> list[_Item]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
+def _refuse(items: Iterable[_Item]) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(
+                OverloadedError("the model is shutting down; retry.", headers={"Retry-After": "1"})
+            )
