@@ -62,6 +62,7 @@ def test_predict_answers_like_the_runtime_and_logs_the_prediction(
     assert Image.open(io.BytesIO(heat.content)).size == (36, 40)  # drawn on the stored input, at its size
     stored = list(Path(app.service.require_store().inputs_dir or "").rglob("*.png"))
     assert len(stored) == 1  # the same image twice is stored once (content-addressed)
+    assert stored[0].read_bytes() == image  # an 8-bit grey PNG of nothing but pixels is kept as sent
 
 
 def test_feedback_is_stored_and_checked(app: AppHarness) -> None:
@@ -121,6 +122,46 @@ def test_every_bad_input_is_a_clear_4xx_and_serving_continues(app: AppHarness) -
     assert bad_label.status_code == 422 and "Cardiomegaly" in bad_label.json()["error"]
     assert app.request("GET", "/nowhere").json() == {"error": "Not Found"}
     assert app.request("POST", "/v1/predict", content=png_bytes(6)).status_code == 200
+
+
+def _multipart(*parts: tuple[bytes, bytes], boundary: bytes = b"b0und4ry", end: bytes = b"--\r\n") -> bytes:
+    """A multipart body of (Content-Disposition value, content) parts, written by hand."""
+    body = b"".join(b"--" + boundary + b"\r\nContent-Disposition: " + d + b"\r\n\r\n" + c + b"\r\n" for d, c in parts)
+    return body + b"--" + boundary + end
+
+
+def test_multipart_bodies_are_read_by_the_rules_of_a_form_parser(app: AppHarness) -> None:
+    image = png_bytes(40)
+    file_part = (b'form-data; name="file"; filename="a b.png"', image)
+    typed = {"content-type": 'multipart/form-data; boundary="b0und4ry"'}
+    good = {
+        "preamble, a text field, epilogue": b"ignored preamble\r\n"
+        + _multipart((b'form-data; name="note"', b"PA view"), file_part, end=b"--\r\nepilogue"),
+        "transport padding after the boundary": _multipart(file_part).replace(b"b0und4ry\r\n", b"b0und4ry  \r\n", 1),
+        "ten text fields": _multipart(*[(f'form-data; name="f{i}"'.encode(), b"x") for i in range(10)], file_part),
+    }
+    for name, body in good.items():
+        answer = app.request("POST", "/v1/predict", content=body, headers=typed)
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.json()["input_sha256"] == hashlib.sha256(image).hexdigest(), name
+    bad = {
+        "no boundary declared": (_multipart(file_part), {"content-type": "multipart/form-data"}, 400, "boundary"),
+        "no closing boundary": (_multipart(file_part)[:-20], typed, 400, "cut short"),
+        "no part at all": (b"just text", typed, 400, "no part"),
+        "two files": (_multipart(file_part, file_part), typed, 400, "one image"),
+        "an unnamed part": (_multipart((b"form-data", b"x"), file_part), typed, 400, "name="),
+        "eleven text fields": (
+            _multipart(*[(f'form-data; name="f{i}"'.encode(), b"x") for i in range(11)], file_part),
+            typed,
+            400,
+            "10 fields",
+        ),
+        "'file' as a text field": (_multipart((b'form-data; name="file"', image)), typed, 422, "'file'"),
+    }
+    for name, (body, headers, status, words) in bad.items():
+        answer = app.request("POST", "/v1/predict", content=body, headers=headers)
+        assert answer.status_code == status, (name, answer.text)
+        assert words in answer.json()["error"], (name, answer.json())
 
 
 def test_concurrent_requests_form_one_batch(app: AppHarness) -> None:

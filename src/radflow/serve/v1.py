@@ -17,7 +17,15 @@ from pydantic import BaseModel, Field
 from radflow.data.decode import sniff_format
 from radflow.inference.errors import UnsupportedMediaError
 from radflow.runtime import InvalidInputError
-from radflow.serve.common import admitted, error_responses, label_answer, read_body, service_of
+from radflow.serve.common import (
+    admitted,
+    error_responses,
+    json_answer,
+    label_answer,
+    multipart_file,
+    read_body,
+    service_of,
+)
 
 __all__ = ["FeedbackIn", "v1"]
 
@@ -76,17 +84,16 @@ _PREDICTION_ERRORS = error_responses(404, 503)
 async def predict(
     request: Request,
     sex: Literal["M", "F"] | None = Query(None, description="Sex for regression models (else the DICOM header)."),
-) -> JSONResponse:
+) -> Response:
     service = service_of(request)
     s = service.settings
     body = await read_body(request, s.max_body_bytes)
     declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if declared == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=10)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+        upload = multipart_file(body, request.headers["content-type"])
+        if upload is None:
             raise InvalidInputError("a multipart upload needs the image in a file field named 'file'.")
-        data = await upload.read()
+        data = upload
     elif declared in s.allowed_content_types or declared in _UNTYPED:
         if declared == _FORM and sniff_format(body) is None:
             raise UnsupportedMediaError(
@@ -101,12 +108,12 @@ async def predict(
         )
     answer = await service.predict(data, request.headers.get("x-routing-key"), sex)
     label_answer(request, {**answer["model"], "arm": answer["arm"]})
-    return JSONResponse(answer)
+    return json_answer(answer)
 
 
 @v1.get("/predictions/{prediction_id}", summary="A logged prediction", responses=_PREDICTION_ERRORS)
-async def get_prediction(request: Request, prediction_id: str) -> JSONResponse:
-    return JSONResponse(await service_of(request).get_prediction(prediction_id))
+async def get_prediction(request: Request, prediction_id: str) -> Response:
+    return json_answer(await service_of(request).get_prediction(prediction_id))
 
 
 @v1.get(

@@ -30,7 +30,15 @@ from radflow.store.queries import (
     recent_predictions,
 )
 from radflow.store.schema import SCHEMA_VERSION, iso_utc, utc
-from radflow.store.store import PredictionRecord, Store, StoreUnavailableError, input_path, sqlite_file, study_key
+from radflow.store.store import (
+    PredictionRecord,
+    Store,
+    StoreUnavailableError,
+    input_path,
+    plain_grey_png,
+    sqlite_file,
+    study_key,
+)
 
 __all__ = [
     "MIGRATIONS",
@@ -51,6 +59,7 @@ __all__ = [
     "labelled_predictions",
     "list_tokens",
     "migrate",
+    "plain_grey_png",
     "prediction_counts",
     "recent_predictions",
     "revoke_tokens",

@@ -1,12 +1,15 @@
 """The prediction log, feedback and alerts (SQLAlchemy 2: SQLite WAL by default, PostgreSQL by URL).
 
 Predictions are written behind the request by one writer thread in small transactions (so logging
-never holds a request up); a read of a prediction still in the writer's queue is answered from
-memory. Feedback is committed before the handler answers 201 (SQLite: WAL, ``synchronous=FULL``),
-so an acknowledged label survives a crash. Input pixels are kept as 8-bit PNGs named by the sha256
-of the upload, so the same image is stored once. No PHI is stored: uploads are hashed, DICOM
-headers are dropped, and only model outputs and model identity are logged. Opening a store
-migrates its schema (:mod:`radflow.store.migrations`).
+never holds a request up, and one commit serves every prediction that arrived while the last one was
+written); a read of a prediction still in the writer's queue is answered from memory, and
+:meth:`Store.flush` writes what is queued at once. Feedback is committed before the handler answers
+201 (SQLite: WAL, ``synchronous=FULL``), after the prediction it names, so an acknowledged label
+survives a crash. Inputs are kept as 8-bit grey PNGs named by the sha256 of the upload, so the same
+image is stored once: an upload that already is one, holding nothing but its pixels, is kept as sent
+(no re-encoding); any other is encoded from its decoded pixels. No PHI is stored: uploads are
+hashed, DICOM headers and PNG text chunks are dropped, and only model outputs and model identity are
+logged. Opening a store migrates its schema (:mod:`radflow.store.migrations`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
+import struct
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,9 +37,22 @@ from radflow.runtime.cam import encode_png, to_grey8
 from radflow.store.migrations import migrate, schema_version
 from radflow.store.schema import ALERTS, FEEDBACK, PREDICTIONS, public, utc
 
-__all__ = ["PredictionRecord", "Store", "StoreUnavailableError", "input_path", "sqlite_file", "study_key"]
+__all__ = [
+    "PredictionRecord",
+    "Store",
+    "StoreUnavailableError",
+    "input_path",
+    "plain_grey_png",
+    "sqlite_file",
+    "study_key",
+]
 
 log = logging.getLogger(__name__)
+
+_MAX_BATCH = 256
+"""Predictions written in one transaction at most."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PIXEL_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND"})
 
 
 class StoreUnavailableError(RadflowError):
@@ -53,6 +71,27 @@ def sqlite_file(url: str) -> Path | None:
 def input_path(inputs_dir: Path, sha: str) -> Path:
     """Where the stored input with content hash ``sha`` lives under ``inputs_dir`` (whether or not it exists)."""
     return Path(inputs_dir) / sha[:2] / f"{sha}.png"
+
+
+def plain_grey_png(data: bytes) -> bool:
+    """Whether ``data`` is an 8-bit grey PNG of nothing but its pixels (IHDR, IDAT, IEND): stored as sent.
+
+    Such a file decodes to exactly the pixels the store would encode, so storing it unchanged saves the
+    encoding. Any other chunk (text, EXIF, ICC profile, time) may carry what a DICOM header would, and
+    bytes after IEND may hide anything: those files are stored re-encoded from their pixels instead.
+    """
+    # IHDR is the first chunk: length, type, width, height, then bit depth and colour type (0: grey)
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x00":
+        return False
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind not in _PIXEL_CHUNKS:
+            return False
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return pos == len(data)
+    return False
 
 
 def study_key(routing_key: str | None) -> str | None:
@@ -98,14 +137,34 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
+@dataclass
+class _Queued:
+    """One prediction waiting for the writer, with what its stored input is made from."""
+
+    seq: int
+    at: float
+    """When it was queued (``time.monotonic``)."""
+    record: PredictionRecord
+    pixels: np.ndarray | None
+    upload: bytes | None
+
+
+_FLUSH = "flush"
+"""Queue marker: write what is queued now."""
+_STOP = "stop"
+"""Queue marker: write what is queued, then end the writer."""
+
+
 class Store:
     """Prediction log, feedback, alerts and stored inputs; thread-safe. Reads: :mod:`radflow.store.queries`.
 
     ``create=False`` opens only an existing store (NotFoundError otherwise): readers such as
     ``radflow feedback export`` must not leave an empty database behind a mistyped path.
+    ``write_window_s``: under load, how long the writer waits after a prediction for more to share
+    its transaction (0: write at once; a flush never waits it out).
     """
 
-    def __init__(self, url: str, inputs_dir: Path | None = None, *, create: bool = True):
+    def __init__(self, url: str, inputs_dir: Path | None = None, *, create: bool = True, write_window_s: float = 0.0):
         self.url = url
         file = sqlite_file(url)
         if file is not None and not create and not file.is_file():
@@ -137,8 +196,12 @@ class Store:
             self.engine.dispose()
             raise
         self.inputs_dir = inputs_dir
-        self._queue: queue.Queue[tuple[PredictionRecord, np.ndarray | None] | None] = queue.Queue()
+        self.write_window_s = write_window_s
+        self._queue: queue.Queue[_Queued | str] = queue.Queue()
         self._pending: dict[str, PredictionRecord] = {}
+        self._logged = 0  # predictions queued so far; the writer takes them in this order
+        self._written = 0  # of those, how many the writer is done with
+        self._last_at = float("-inf")  # when the last prediction the writer took was queued
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._writer = threading.Thread(target=self._write_loop, name="radflow-store", daemon=True)
@@ -146,50 +209,81 @@ class Store:
 
     # -- predictions ------------------------------------------------------------------------
 
-    def log(self, record: PredictionRecord, pixels: np.ndarray | None = None) -> None:
-        """Queue a prediction (and its input pixels, kept when an inputs folder is set) for writing."""
+    def log(self, record: PredictionRecord, pixels: np.ndarray | None = None, upload: bytes | None = None) -> None:
+        """Queue a prediction for writing; its input is kept when an inputs folder is set.
+
+        The stored input is ``upload`` itself when that is a :func:`plain_grey_png`, else ``pixels``
+        (the decoded upload) encoded as an 8-bit PNG; nothing is stored without ``pixels`` or ``upload``.
+        """
         with self._lock:
             self._pending[record.id] = record
-        self._queue.put((record, pixels))
+            self._logged += 1
+            # queued under the lock, so the queue's order is the order of ``_logged``
+            self._queue.put(_Queued(self._logged, time.monotonic(), record, pixels, upload))
+
+    def _take(self) -> tuple[list[_Queued], bool]:
+        """The next transaction's predictions, and whether to stop after it.
+
+        Under load (this prediction came within ``write_window_s`` of the one before) the writer
+        waits up to ``write_window_s`` for more to share the commit; a prediction after a lull is
+        written at once, so a caller reading the database from outside soon sees the last one.
+        """
+        batch: list[_Queued] = []
+        item = self._queue.get()
+        window = 0.0
+        if isinstance(item, _Queued):
+            window = self.write_window_s if item.at - self._last_at < self.write_window_s else 0.0
+        deadline = time.monotonic() + window
+        while isinstance(item, _Queued):
+            self._last_at = item.at
+            batch.append(item)
+            if len(batch) >= _MAX_BATCH:
+                break
+            wait = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+        return batch, item == _STOP
 
     def _write_loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
+            batch, stop = self._take()
+            if batch:
+                self._write(batch)
+            if stop:
                 return
-            items = [first]
-            while len(items) < 256:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                items.append(nxt)
-            records = [r for r, _ in items]
-            try:
-                for record, pixels in items:
-                    if pixels is not None:
-                        self._save_input(record.input_sha256, pixels)
-                with self.engine.begin() as conn:
-                    conn.execute(insert(PREDICTIONS), [r.to_row() for r in records])
-            except Exception:  # the log must not take the service down; the error is reported
-                log.exception("could not write %d predictions to %s", len(records), self.url)
-            with self._lock:
-                for r in records:
-                    self._pending.pop(r.id, None)
-                self._idle.notify_all()
 
-    def _save_input(self, sha: str | None, pixels: np.ndarray) -> None:
-        if self.inputs_dir is None or sha is None:
+    def _write(self, batch: list[_Queued]) -> None:
+        records = [q.record for q in batch]
+        try:
+            for q in batch:
+                self._save_input(q.record.input_sha256, q.pixels, q.upload)
+            with self.engine.begin() as conn:
+                conn.execute(insert(PREDICTIONS), [r.to_row() for r in records])
+        except Exception:  # the log must not take the service down; the error is reported
+            log.exception("could not write %d predictions to %s", len(records), self.url)
+        with self._lock:
+            for r in records:
+                self._pending.pop(r.id, None)
+            self._written = batch[-1].seq
+            self._idle.notify_all()
+
+    def _save_input(self, sha: str | None, pixels: np.ndarray | None, upload: bytes | None) -> None:
+        if self.inputs_dir is None or sha is None or (pixels is None and upload is None):
             return
         path = self.input_path(sha)
         if path.exists():
             return
+        if upload is not None and plain_grey_png(upload):
+            data = upload
+        elif pixels is not None:
+            data = encode_png(to_grey8(pixels))
+        else:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(encode_png(to_grey8(pixels)))
+        tmp.write_bytes(data)
         tmp.replace(path)
 
     def input_path(self, sha: str) -> Path:
@@ -198,10 +292,17 @@ class Store:
             raise NotFoundError("inputs are not stored with this prediction store (no inputs folder).")
         return input_path(self.inputs_dir, sha)
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Block until every queued prediction is written."""
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Write every prediction logged before this call now, and wait for it; False if that took over ``timeout_s``.
+
+        Predictions logged meanwhile are not waited for, so a flush ends under any load.
+        """
         with self._idle:
-            self._idle.wait_for(lambda: not self._pending, timeout=timeout_s)
+            target = self._logged
+            if self._written >= target:
+                return True
+            self._queue.put(_FLUSH)
+            return self._idle.wait_for(lambda: self._written >= target, timeout=timeout_s)
 
     def get_prediction(self, prediction_id: str) -> dict[str, Any]:
         with self._lock:
@@ -236,7 +337,10 @@ class Store:
     ) -> dict[str, Any]:
         """Commit one feedback row (durable when this returns); NotFoundError for an unknown prediction."""
         self.get_prediction(prediction_id)
-        self.flush()
+        with self._lock:
+            queued = prediction_id in self._pending
+        if queued:  # the row it refers to is written first
+            self.flush()
         row = {
             "prediction_id": prediction_id,
             "created_at": datetime.now(UTC),
@@ -300,7 +404,7 @@ class Store:
 
     def close(self) -> None:
         """Write everything queued, stop the writer and release the database."""
-        self._queue.put(None)
+        self._queue.put(_STOP)
         self._writer.join(timeout=30)
         self.engine.dispose()
 
