@@ -36,7 +36,13 @@ e2e: $(STAMP)
 test: lint $(STAMP)
 	$(BIN)/pytest -q --durations=15
 
-bench: $(STAMP)
+# The benches also need the `bench` extra (LitServe, psutil); bench/serve.py installs wrk itself (apt-get).
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
