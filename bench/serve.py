@@ -9,11 +9,12 @@ weights (speed does not depend on them) exported with ``radflow.export`` — one
 2. ``radflow serve`` as a new user starts it (uvicorn subprocess, default settings, auth off: every
    prediction logged with its input stored) and LitServe 0.2.19 serving the same ONNX file with the
    same decode and preprocessing (``bench/_litserve_app.py``: batch 8, 10 ms timeout), both up at once
-   and driven in turn, level by level, so drift in the machine's speed hits both alike;
+   and driven in turn, level by level, so drift in the machine's speed hits both alike (the one not
+   measured is paused with SIGSTOP: LitServe's idle polling takes about a quarter of a core);
 3. by ``wrk`` (``bench/_wrk.lua``: prebuilt multipart bodies of 512 px PNGs, so the client is not the
    bottleneck) and by a Python httpx client posting the same bodies, at 1, 4 and 16 connections: after a
    warm-up, p50/p99 latency, throughput, and the server's CPU time per request (user + system time of
-   its process tree over the measured window, divided by the requests answered in it).
+   its process tree from idle before the window to idle after it, divided by the requests sent in it).
 
 Goals (issue 13), printed as ratio lines from the wrk rows (the httpx rows where wrk is unavailable):
 lone request (c1) p50 <= in-process one-image p50 + 3 ms; c16 throughput >= 1.2x LitServe's and
@@ -223,6 +224,12 @@ class Server:
             total += times.user + times.system
         return total
 
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP (or SIGCONT) the process tree: an idle server's own polling then takes no CPU from the other."""
+        for proc in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.suspend() if paused else proc.resume()
+
     def stop(self) -> None:
         if self.proc.poll() is not None:
             return
@@ -398,6 +405,8 @@ def _run_model(arch: str, size: int, args: argparse.Namespace, clients: list[str
         for client in clients:
             for concurrency in LEVELS:
                 for server in servers:
+                    for other in servers:
+                        other.pause(other is not server)
                     path = "/v1/predict" if server.name == RADFLOW else "/predict"
                     url = server.url + path
 
@@ -409,6 +418,7 @@ def _run_model(arch: str, size: int, args: argparse.Namespace, clients: list[str
                     run.loads[server.name, client, concurrency] = _measure(server, drive, args.seconds, args.warmup)
     finally:
         for server in servers:
+            server.pause(False)
             server.stop()
             if any(load.errors for (name, _, _), load in run.loads.items() if name == server.name):
                 print(f"{server.name} answered errors; the end of its log:\n{server.log_tail()}")
