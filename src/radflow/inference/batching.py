@@ -14,8 +14,8 @@ event loop only queues and answers. How a batch is formed:
   oldest one has queued that long, as Triton's dynamic batcher does with a queue delay.
 
 Requests with different output sets (e.g. a V2 client asking for the CAM) are batched separately.
-One batch runs at a time: ORT already spreads one run over every core (intra-op threads), and a
-second concurrent run would only compete with it for them.
+One batch runs at a time, spread over the cores by ORT's intra-op threads, so "idle" means no
+batch running.
 """
 
 from __future__ import annotations
