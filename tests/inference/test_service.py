@@ -232,3 +232,16 @@ def test_the_door_admits_before_reading_the_body_and_counts_a_request_once(harne
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert read == []  # refused before a byte of the body was read
     assert v2.status_code == 503 and "at capacity" in v2.json()["error"]
+
+
+# -- adaptive batching on /v2 (issue 13) ------------------------------------------------------
+
+
+def test_a_lone_v2_request_does_not_wait_for_itself_as_still_decoding(harness: AppHarness) -> None:
+    arm = harness.service.find_arm("multilabel-0")
+    arm.batcher.incoming_wait = 10.0  # a request counted as decoding would hold its own batch 10 s
+    feeds = {IMAGE_INPUT: to_model_input(np.zeros((32, 32), np.uint8), arm.model.spec)}
+    (scores,) = harness.run(harness.service.infer_tensors(arm, feeds, [arm.model.meta.output]))
+    assert scores.shape == (1, len(arm.model.labels))
+    assert arm.batcher.stats.batches == 1
+    assert arm.batcher.stats.queue_ns < 5e9, "the batch waited for the request it already held"

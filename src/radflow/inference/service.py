@@ -438,11 +438,8 @@ class InferenceService:
         names = [*outputs, *extra]
         loop = asyncio.get_running_loop()
         rows_task = loop.run_in_executor(self.decode_pool, self._tensor_rows, arm, feeds[IMAGE_INPUT])
-        arm.batcher.incoming += 1
-        try:
-            results = await arm.batcher.submit(feeds, names)
-        finally:
-            arm.batcher.incoming -= 1
+        # Already decoded: not counted in ``incoming``, or its own batch would wait for it.
+        results = await arm.batcher.submit(feeds, names)
         by_name = dict(zip(names, results, strict=True))
         scores = np.asarray(by_name[score_output])
         embeddings = embeddings_from(by_name[emb_source], emb_source) if emb_source else None
