@@ -5,11 +5,15 @@ Layout of a dataset directory ``DS/``::
     manifest.parquet      one row per image (see MANIFEST_COLUMNS; then one float column per label)
     dataset.json          version, task, labels, preprocessing, counts, prevalence, skipped files (by key)
     shards/pixels-00000.npy   uint8 arrays (n, size, size), memory-mapped by readers
+    masks/masks-00000.npy     segmentation only: packed masks (n, size, size), same shard/offset as
+                              the image (bit k = structure k; see radflow.data.masks)
 
 Pixels live in a few large ``.npy`` files rather than one file per image, because DVC and file
 systems are slow with many small files and ``np.load(mmap_mode="r")`` gives zero-copy reads to
 DataLoader workers. Label columns are floats: 1 positive, 0 negative, NaN = ignore (unknown or
-uncertain under the U-Ignore policy); for regression the single label column is the target.
+uncertain under the U-Ignore policy); for regression the single label column is the target; for
+segmentation the labels are the structures and a label column says whether the image shows the
+structure at all (1 present, 0 absent, NaN not annotated), which stratifies the split.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from radflow.data.masks import MASK_DIR, mask_dtype
 from radflow.data.preprocess import PreprocessSpec
 from radflow.errors import DataError, NotFoundError, did_you_mean
 
@@ -42,7 +47,7 @@ __all__ = [
 
 FORMAT_VERSION = 2
 """2: ``source_key`` (a keyed hash of the source path) replaced ``source_path``, which could hold PHI."""
-Task = Literal["multilabel", "multiclass", "regression"]
+Task = Literal["multilabel", "multiclass", "regression", "segmentation"]
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
     "image_id",  # sha256 of the source file, first 20 hex digits
@@ -63,32 +68,58 @@ SHARD_DIR = "shards"
 DEFAULT_SHARD_IMAGES = 4096
 
 
-def _shard_name(index: int) -> str:
-    return f"pixels-{index:05d}.npy"
+def _shard_name(index: int, prefix: str = "pixels") -> str:
+    return f"{prefix}-{index:05d}.npy"
 
 
 def _shard_path(root: Path, index: int) -> Path:
     return root / SHARD_DIR / _shard_name(index)
 
 
-class ShardWriter:
-    """Appends ``uint8`` images to shard files of at most ``shard_images`` images each."""
+def _mask_path(root: Path, index: int) -> Path:
+    return root / MASK_DIR / _shard_name(index, "masks")
 
-    def __init__(self, root: Path, size: int, shard_images: int = DEFAULT_SHARD_IMAGES, subdir: str = SHARD_DIR):
+
+class ShardWriter:
+    """Appends ``(size, size)`` arrays to shard files of at most ``shard_images`` arrays each.
+
+    Images are ``uint8`` in ``shards/pixels-*.npy``; :meth:`for_masks` makes the writer of a
+    segmentation dataset's packed masks (``masks/masks-*.npy``), fed in step with the image writer
+    so each mask has its image's shard and offset.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        size: int,
+        shard_images: int = DEFAULT_SHARD_IMAGES,
+        subdir: str = SHARD_DIR,
+        prefix: str = "pixels",
+        dtype: np.dtype | type = np.uint8,
+    ):
         self.dir = Path(root) / subdir
         self.size = size
         self.shard_images = shard_images
+        self.prefix = prefix
+        self.dtype = np.dtype(dtype)
         self._buffer: list[np.ndarray] = []
         self._shard = 0
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob("pixels-*.npy"):
+        for stale in self.dir.glob(f"{prefix}-*.npy"):
             stale.unlink()
 
+    @classmethod
+    def for_masks(
+        cls, root: Path, size: int, n_structures: int, shard_images: int = DEFAULT_SHARD_IMAGES
+    ) -> ShardWriter:
+        """The mask shards' writer: packed masks with a bit per structure (:func:`radflow.data.masks.mask_dtype`)."""
+        return cls(root, size, shard_images, subdir=MASK_DIR, prefix="masks", dtype=mask_dtype(n_structures))
+
     def add(self, pixels: np.ndarray) -> tuple[int, int]:
-        """Store one image; returns its (shard, offset)."""
-        if pixels.shape != (self.size, self.size) or pixels.dtype != np.uint8:
+        """Store one image (or packed mask); returns its (shard, offset)."""
+        if pixels.shape != (self.size, self.size) or pixels.dtype != self.dtype:
             raise ValueError(
-                f"shard images must be uint8 ({self.size}, {self.size}), got {pixels.dtype} {pixels.shape}."
+                f"shard arrays must be {self.dtype} ({self.size}, {self.size}), got {pixels.dtype} {pixels.shape}."
             )
         location = (self._shard, len(self._buffer))
         self._buffer.append(pixels)
@@ -99,7 +130,7 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        final = self.dir / _shard_name(self._shard)
+        final = self.dir / _shard_name(self._shard, self.prefix)
         tmp = final.with_suffix(".tmp.npy")
         np.save(tmp, np.stack(self._buffer))
         os.replace(tmp, final)
@@ -159,6 +190,9 @@ def write_dataset(
     missing = [c for c in [*MANIFEST_COLUMNS, *labels] if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest lacks columns {missing}")
+    if task == "segmentation":
+        # the labels are the structures; the masks are already in the mask shards
+        extra = {**(extra or {}), "masks": {"encoding": "bits", "dtype": str(mask_dtype(len(labels)))}}
     manifest = manifest[[*MANIFEST_COLUMNS, *labels]].reset_index(drop=True)
     for label in labels:
         manifest[label] = manifest[label].astype("float32")
@@ -197,6 +231,7 @@ class Dataset:
     manifest: pd.DataFrame
     info: dict[str, Any]
     _shards: list[np.ndarray] = field(default_factory=list, repr=False)
+    _mask_shards: list[np.ndarray] = field(default_factory=list, repr=False)
     _location: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
@@ -266,6 +301,36 @@ class Dataset:
         loc = self._locations()[np.asarray(rows, dtype=np.int64)]
         size = self.spec.size
         out = np.empty((len(loc), size, size), dtype=np.uint8)
+        for i, (shard, offset) in enumerate(loc):
+            out[i] = shards[shard][offset]
+        return out
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the dataset keeps a mask per image (task ``segmentation``)."""
+        return "masks" in self.info
+
+    @property
+    def structures(self) -> list[str]:
+        """The segmented structures, in bit order (a segmentation dataset's labels)."""
+        if not self.has_masks:
+            raise DataError(f"dataset {self.root} has no masks (task {self.task}).", path=self.root / "dataset.json")
+        return self.labels
+
+    def mask_shards(self) -> list[np.ndarray]:
+        """The mask shards as read-only memory maps (opened lazily, once per process)."""
+        if not self._mask_shards:
+            self.structures  # noqa: B018 - raises for a dataset without masks
+            n = int(self.manifest["shard"].max()) + 1 if len(self.manifest) else 0
+            self._mask_shards = [np.load(_mask_path(self.root, i), mmap_mode="r") for i in range(n)]
+        return self._mask_shards
+
+    def masks(self, rows: np.ndarray | list[int] | range) -> np.ndarray:
+        """Packed masks of several manifest rows (n, size, size); :func:`radflow.data.masks.unpack` splits them."""
+        shards = self.mask_shards()
+        loc = self._locations()[np.asarray(rows, dtype=np.int64)]
+        size = self.spec.size
+        out = np.empty((len(loc), size, size), dtype=shards[0].dtype if shards else np.uint8)
         for i, (shard, offset) in enumerate(loc):
             out[i] = shards[shard][offset]
         return out
