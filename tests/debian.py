@@ -10,20 +10,32 @@ import pytest
 
 __all__ = ["ensure_debian_package"]
 
+# The package lists are fetched once per test session: `apt-get update` takes tens of seconds and
+# its answer does not change between the packages one session installs.
+_lists_updated = False
+
+
+def _run(cmd: list[str], package: str) -> None:
+    """Run one apt-get command; skip the test, saying why, where it fails."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"could not install {package} ({' '.join(cmd)}: {exc}).")
+    if done.returncode != 0:
+        reason = f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-300:]}"
+        pytest.skip(f"could not install {package} ({reason}).")
+
 
 def ensure_debian_package(package: str, present: Callable[[], bool]) -> None:
     """Make ``present()`` true by ``apt-get install package``; skip the test, saying why, where that fails."""
+    global _lists_updated
     if present():
         return
     if shutil.which("apt-get") is None:
         pytest.skip(f"{package} is not installed and apt-get is not available to install it.")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", package]):
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"could not install {package} ({' '.join(cmd)}: {exc}).")
-        if done.returncode != 0:
-            reason = f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-300:]}"
-            pytest.skip(f"could not install {package} ({reason}).")
+    if not _lists_updated:
+        _run(["apt-get", "update"], package)
+        _lists_updated = True
+    _run(["apt-get", "install", "-y", package], package)
     if not present():
         pytest.skip(f"apt-get installed {package} but it is still not usable here.")
