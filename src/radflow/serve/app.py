@@ -17,8 +17,8 @@ from radflow.inference.routing import LoadedModel
 from radflow.inference.service import InferenceService
 from radflow.inference.settings import ServeSettings
 from radflow.serve.admin import admin
-from radflow.serve.auth import AuditMiddleware, authenticator_for, authorize, document_auth, log_auth_mode
-from radflow.serve.common import MetricsMiddleware, OptionsMiddleware, install_error_handlers
+from radflow.serve.auth import authenticator_for, authorize, document_auth, log_auth_mode
+from radflow.serve.common import RequestMiddleware, install_error_handlers
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
 from radflow.ui import ui_router
@@ -61,7 +61,5 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     document_auth(app, auth.enabled)
-    app.add_middleware(AuditMiddleware, service=service)
-    app.add_middleware(OptionsMiddleware)  # inside the metrics middleware, so OPTIONS answers are counted
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(RequestMiddleware, service=service)  # OPTIONS/Allow, metrics and the audit log in one
     return app

@@ -1,4 +1,4 @@
-"""Authentication and the audit log over HTTP: one dependency on every route, one rule table, one middleware.
+"""Authentication and the audit log over HTTP: one dependency on every route, one rule table, the audit events.
 
 :func:`authorize` is attached where the app includes each router (:mod:`radflow.serve.app`), so no
 route of ``/v1``, ``/v2``, admin or the UI is reachable without it; :func:`access_rule` says what a
@@ -10,8 +10,8 @@ FastAPI's ``/docs`` and ``/openapi.json``. ``/metrics`` needs the operator role 
 
 With ``auth: off`` (the local demo) everything but admin is open, and admin takes the admin token
 as before. Either way, views of predictions and stored images, feedback, admin changes and every
-refusal of those are appended to the store's audit log by :class:`AuditMiddleware` once the answer
-(and its status) is known.
+refusal of those are appended to the store's audit log (:func:`write_audit`, called by the one request
+middleware, :class:`radflow.serve.common.RequestMiddleware`) once the answer (and its status) is known.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,14 +45,15 @@ __all__ = [
     "FASTAPI_OPEN_PATHS",
     "OPEN_PATHS",
     "AccessRule",
-    "AuditMiddleware",
     "access_rule",
     "audit_detail",
+    "audit_event",
     "authenticator_for",
     "authorize",
     "document_auth",
     "identity_of",
     "log_auth_mode",
+    "write_audit",
 ]
 
 log = logging.getLogger(__name__)
@@ -240,68 +241,43 @@ async def authorize(request: Request, _credentials: HTTPAuthorizationCredentials
     return identity
 
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+def audit_event(scope: MutableMapping[str, Any], status: int) -> dict[str, Any] | None:
+    """The audit event of a request answered with ``status``: the one :func:`authorize` prepared, a 403's
+    ``denied`` (any route, once the caller was identified), or None (nothing to record)."""
+    state = scope.get("state") or {}
+    event: dict[str, Any] | None = state.get("audit")
+    if event is None and status == 403 and "identity" in state:
+        event = {"action": "denied", "resource": f"{scope['method']} {getattr(scope.get('route'), 'path', '?')}"}
+    return event
 
 
-class AuditMiddleware:
-    """ASGI middleware: appends the audit event :func:`authorize` prepared, with the answer's status.
+async def write_audit(service: InferenceService, event: dict[str, Any], identity: Identity | None, status: int) -> None:
+    """Append ``event`` with the answer's ``status`` to the audit log, once the answer is sent.
 
-    Written after the answer is sent (the status is known then, and the caller does not wait on the
-    write). A refusal (403) of any route is recorded too, as ``denied``. A failed write is logged as
-    an error and never turns an answer into a failure.
+    Written after the answer (the status is known then, and the caller does not wait on the write),
+    by :class:`radflow.serve.common.RequestMiddleware`. A failed write is logged as an error and never
+    turns an answer into a failure.
     """
+    from radflow.store import append_audit
 
-    def __init__(self, app: ASGIApp, service: InferenceService):
-        self.app = app
-        self.service = service
-
-    async def __call__(
-        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state: dict[str, Any] = scope.setdefault("state", {})
-        status = [500]
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            event = state.get("audit")
-            if event is None and status[0] == 403 and "identity" in state:
-                route = scope.get("route")
-                event = {"action": "denied", "resource": f"{scope['method']} {getattr(route, 'path', '?')}"}
-            if event is not None:
-                await self._write(event, state.get("identity"), status[0])
-
-    async def _write(self, event: dict[str, Any], identity: Identity | None, status: int) -> None:
-        from radflow.store import append_audit
-
-        store = self.service.store
-        if store is None:
-            return
-        who = identity or Identity("unauthenticated", None, "anonymous")
-        try:
-            await asyncio.to_thread(
-                append_audit,
-                store,
-                who.name,
-                event["action"],
-                via=who.via,
-                role=who.role,
-                resource=event.get("resource"),
-                status=status,
-                detail=event.get("detail"),
-            )
-        except Exception:
-            log.exception("could not append the audit event %s of %s", event.get("action"), who.name)
+    store = service.store
+    if store is None:
+        return
+    who = identity or Identity("unauthenticated", None, "anonymous")
+    try:
+        await asyncio.to_thread(
+            append_audit,
+            store,
+            who.name,
+            event["action"],
+            via=who.via,
+            role=who.role,
+            resource=event.get("resource"),
+            status=status,
+            detail=event.get("detail"),
+        )
+    except Exception:
+        log.exception("could not append the audit event %s of %s", event.get("action"), who.name)
 
 
 def document_auth(app: FastAPI, enabled: bool) -> None:

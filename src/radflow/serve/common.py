@@ -1,5 +1,5 @@
 """What every HTTP transport shares: the size-limited body reader, the multipart file reader, the service
-lookup, one error handler, the documented error answers, OPTIONS, metrics.
+lookup, one error handler, the documented error answers, the one middleware (OPTIONS, metrics, audit).
 
 Every error goes through one handler: :class:`radflow.errors.RadflowError` (client mistakes,
 overload, timeouts) becomes ``{"error": msg}`` with its status; anything else is logged and
@@ -30,11 +30,11 @@ from radflow.errors import RadflowError
 from radflow.inference.errors import PayloadTooLargeError, ServiceError
 from radflow.inference.metrics import ServiceMetrics
 from radflow.inference.service import InferenceService
+from radflow.serve.auth import audit_event, write_audit
 
 __all__ = [
     "ErrorBody",
-    "MetricsMiddleware",
-    "OptionsMiddleware",
+    "RequestMiddleware",
     "admitted",
     "allowed_methods",
     "error_responses",
@@ -179,43 +179,6 @@ def label_answer(request: Request, arm: dict[str, Any]) -> None:
     request.state.model = arm
 
 
-class MetricsMiddleware:
-    """ASGI middleware: per-endpoint request counts and latency, in-flight gauge (cheaper than BaseHTTPMiddleware)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(
-        self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        state: dict[str, Any] = scope.setdefault("state", {})
-        status = [500]
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.metrics.in_flight.dec()
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            model = state.get("model") or {}
-            labels = (endpoint, model.get("name", ""), model.get("version", ""), model.get("arm", ""))
-            self.metrics.requests.labels(*labels, str(status[0])).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
-            if status[0] in (503, 504):
-                self.metrics.rejected.labels("overload" if status[0] == 503 else "timeout").inc()
-
-
 def _route_table(routes: Iterable[Any]) -> Iterator[Any]:
     """Every route of the app, flat: FastAPI >= 0.16x keeps included routers nested (``iter_route_contexts``)."""
     try:
@@ -238,20 +201,32 @@ def allowed_methods(app: Any, scope: Scope) -> tuple[set[str], Any]:
     return methods, first
 
 
-class OptionsMiddleware:
-    """ASGI middleware: ``OPTIONS`` and 405 answers list the path's real methods in ``Allow``.
+class RequestMiddleware:
+    """The one ASGI middleware: honest ``OPTIONS``/405 ``Allow``, request metrics, the audit log.
 
-    Starlette answers 405 to ``OPTIONS`` on a route that does not declare it, which tells a client
-    the path refuses a method every HTTP server is expected to understand (RFC 9110 §9.3.7), and
-    its 405s name only the first route at the path (``Allow: GET`` where PUT works too). Here an
-    ``OPTIONS`` on an existing path answers 204, and a 405's ``Allow`` is replaced, with every
-    method the app's routes declare at that path (plus OPTIONS); unknown paths fall through to the
-    router's 404. No CORS headers are sent: the server configures no CORS, so a browser preflight
-    from another origin is refused, as it should be.
+    One wrapper of ``send`` reads the answer's status once, one clock times the request; each
+    middleware used to wrap ``send`` and read the status on its own, a third of what a request cost
+    beyond decoding and inference.
+
+    ``OPTIONS`` and ``Allow``: Starlette answers 405 to ``OPTIONS`` on a route that does not declare
+    it, which tells a client the path refuses a method every HTTP server is expected to understand
+    (RFC 9110 §9.3.7), and its 405s name only the first route at the path (``Allow: GET`` where PUT
+    works too). Here an ``OPTIONS`` on an existing path answers 204, and a 405's ``Allow`` is
+    replaced, with every method the app's routes declare at that path (plus OPTIONS); unknown paths
+    fall through to the router's 404. No CORS headers are sent: the server configures no CORS, so a
+    browser preflight from another origin is refused, as it should be.
+
+    Metrics: per-endpoint request counts and latency labelled with the model that answered
+    (:func:`label_answer`), the in-flight gauge, 503/504 rejections. OPTIONS answers are counted too.
+
+    Audit: the event :func:`radflow.serve.auth.authorize` prepared (or a 403 refusal) is appended by
+    :func:`radflow.serve.auth.write_audit` with the answer's status, after the answer is sent.
     """
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, service: InferenceService):
         self.app = app
+        self.service = service
+        self.metrics: ServiceMetrics = service.metrics
 
     async def __call__(
         self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
@@ -259,24 +234,58 @@ class OptionsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "OPTIONS":
-            methods, route = allowed_methods(scope["app"], scope)
-            if methods:
-                scope.setdefault("route", route)  # the metrics middleware labels the answer by this endpoint
-                allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
-                await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
-                await send({"type": "http.response.body", "body": b""})
-                return
+        start = time.perf_counter()
+        state: dict[str, Any] = scope.setdefault("state", {})
+        status = 500
 
-        async def send_allow(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 405:
-                methods, _ = allowed_methods(scope["app"], scope)
-                allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
-                message = {**message, "headers": [*headers, (b"allow", allow)]}
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status == 405:
+                    message = {**message, "headers": _with_allow(message.get("headers", []), scope)}
             await send(message)
 
-        await self.app(scope, receive, send_allow)
+        self.metrics.in_flight.inc()
+        try:
+            if scope["method"] == "OPTIONS" and await _answer_options(scope, send):
+                status = 204
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            model = state.get("model") or {}
+            labels = (endpoint, model.get("name", ""), model.get("version", ""), model.get("arm", ""))
+            self.metrics.requests.labels(*labels, str(status)).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+            if status in (503, 504):
+                self.metrics.rejected.labels("overload" if status == 503 else "timeout").inc()
+            event = audit_event(scope, status)
+            if event is not None:
+                await write_audit(self.service, event, state.get("identity"), status)
+
+
+def _allow(methods: set[str]) -> bytes:
+    return ", ".join(sorted(methods | {"OPTIONS"})).encode()
+
+
+async def _answer_options(scope: Scope, send: Callable[[Message], Awaitable[None]]) -> bool:
+    """Answer ``OPTIONS`` on an existing path with 204 and its methods; False (not answered) for unknown paths."""
+    methods, route = allowed_methods(scope["app"], scope)
+    if not methods:
+        return False
+    scope.setdefault("route", route)  # the request is labelled by this endpoint
+    await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", _allow(methods))]})
+    await send({"type": "http.response.body", "body": b""})
+    return True
+
+
+def _with_allow(headers: Iterable[tuple[bytes, bytes]], scope: Scope) -> list[tuple[bytes, bytes]]:
+    """``headers`` of a 405 with ``Allow`` naming every method of the path."""
+    methods, _ = allowed_methods(scope["app"], scope)
+    return [*((k, v) for k, v in headers if k.lower() != b"allow"), (b"allow", _allow(methods))]
 
 
 def _error(status: int, msg: str, headers: dict[str, str] | None = None) -> JSONResponse:
