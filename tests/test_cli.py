@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,19 @@ def _radflow(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_mlflow_logs_only_with_verbose(tmp_path: Path) -> None:
     # `rollback` on an empty (0-byte) store file makes MLflow create its tables, which it logs at INFO.
+    # Both commands run at once: each spends most of its ~10 s importing MLflow.
     (tmp_path / "a.db").touch()
     (tmp_path / "b.db").touch()
-    quiet = _radflow(tmp_path, "rollback", "chest-xray", "--tracking-uri", f"sqlite:///{tmp_path / 'a.db'}")
+    with ThreadPoolExecutor(2) as pool:
+        quiet_run = pool.submit(
+            _radflow, tmp_path, "rollback", "chest-xray", "--tracking-uri", f"sqlite:///{tmp_path / 'a.db'}"
+        )
+        loud_run = pool.submit(
+            _radflow, tmp_path, "-v", "rollback", "chest-xray", "--tracking-uri", f"sqlite:///{tmp_path / 'b.db'}"
+        )
+        quiet, loud = quiet_run.result(), loud_run.result()
     assert quiet.returncode == 2 and "registry is empty" in quiet.stderr.replace("\n", " ")
     assert "Creating initial MLflow database tables" not in quiet.stdout + quiet.stderr
-    loud = _radflow(tmp_path, "-v", "rollback", "chest-xray", "--tracking-uri", f"sqlite:///{tmp_path / 'b.db'}")
     assert "Creating initial MLflow database tables" in loud.stdout + loud.stderr
 
 

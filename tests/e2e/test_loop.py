@@ -1,12 +1,12 @@
 """``radflow loop`` end to end: a real server collects predictions and reader feedback, the loop retrains on it.
 
-One tiny workspace of its own (the shared ``tiny_demo`` one is left as other tests expect it): the
-pipeline makes v1, v1 becomes champion and is served by a real ``radflow serve``; the README's
-sequence follows: ``radflow simulate`` (the clinic's new patients, with ground-truth feedback), again
-with drift, ``radflow feedback export``, and one loop. No exported film may be a held-out one (or a
-near-duplicate, or a held-out patient's), and the loop must give a new data version, a v2 gated
-against v1 on the unchanged test split, lineage that shows it, and a canary on the running server.
-The tests run in file order.
+The shared tiny demo workspace (tests/pipeline/tiny.py: the demo made v1 and promoted it to
+champion), served by a real ``radflow serve``; the README's sequence follows: ``radflow simulate``
+(the clinic's new patients, with ground-truth feedback), again with drift, ``radflow feedback
+export``, and one loop. No exported film may be a held-out one (or a near-duplicate, or a held-out
+patient's), and the loop must give a new data version, a new version gated against v1 on the
+unchanged test split, lineage that shows it, and a canary on the running server. The tests run in
+file order; tests/e2e/test_workspace.py goes on in the same workspace afterwards.
 """
 
 from __future__ import annotations
@@ -26,22 +26,18 @@ from typer.testing import CliRunner
 from radflow.cli import app
 from radflow.data.dataset import Dataset
 from radflow.data.neardup import NearDuplicateIndex
-from radflow.demo import DemoConfig
 from radflow.loop import run_loop
-from radflow.pipeline import init_workspace, run_pipeline, show_lineage
+from radflow.pipeline import show_lineage
 from radflow.pipeline.dvc_yaml import SPLIT_DATASET
 from radflow.pipeline.lineage import lock_hashes
-from radflow.pipeline.run import parse_sets
-from radflow.registry import promote
 from radflow.sim.clinic import build_clinic_pool
 from radflow.tracking import resolve_tracking_uri
-from tests.pipeline.tiny import TINY_SETS
+from tests.pipeline.tiny import latest_version, tiny_demo
 from tests.serve.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "loop-test-token"
-LABELS = list(DemoConfig(workdir=Path(".")).labels)
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +47,9 @@ def state() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("loop") / "ws"
-    overrides = {
-        "data.synth.n": 60,
-        "data.synth.size": 96,
-        "data.size": 32,
-        "data.labels": LABELS,
-        "train.epochs": 1,
-        **parse_sets(list(TINY_SETS)),
-        "gates.max_label_drop": 1.0,  # one epoch on 60 images is noise; the comparison must run, not pass on merit
-        "gates.min_positives": 1,  # a test split of ~10 images: compare every label that has both classes
-        "gates.min_negatives": 1,
-    }
-    init_workspace(root, "synthetic", overrides=overrides)
-    first = run_pipeline(root)
-    assert first["registration"]["version"] == "1", first
-    promote("chest-xray", "1", tracking_uri=resolve_tracking_uri(workspace=root))
-    return root
+    demo = tiny_demo(tmp_path_factory.getbasetemp())
+    assert demo.exit_code == 0, demo.output
+    return demo.workdir
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +103,7 @@ def test_feedback_from_a_real_server_becomes_v2_on_the_same_test_split(
             assert pool.manifest["patient_id"].iloc[source.row] not in held_patients
     assert traced >= 1 and len(paths) == exported["images"]
 
+    before_loop = latest_version(ws)
     result = run_loop(ws, canary=0.25, serve_url=server.url, admin_token=TOKEN)
     state["result"] = result
     n = result["export"]["images"]
@@ -136,21 +119,23 @@ def test_feedback_from_a_real_server_becomes_v2_on_the_same_test_split(
     )
     assert set(manifest.loc[manifest["official_split"] == "extra", "split"]) == {"train"}
     reg = result["registration"]
-    assert result["new_version"] and reg["version"] == "2" and reg["passed"] and reg["alias"] == "challenger"
-    assert reg["champion"] == "1"
+    new = str(before_loop + 1)
+    state["version"] = new
+    assert result["new_version"] and reg["version"] == new and reg["passed"] and reg["alias"] == "challenger"
+    assert reg["champion"] == "1"  # the demo's champion
     # gated against v1, not skipped: labels with enough test cases are compared, the others named as not gated
     assert [c for c in reg["checks"] if "vs champion v1" in c] or reg["not_gated"], reg
     assert not any("skipped" in note for note in reg["notes"])
     canary = result["canary"]
-    assert canary["started"] and canary["challenger"] == "models:/chest-xray/2"
+    assert canary["started"] and canary["challenger"] == f"models:/chest-xray/{new}"
     routing = httpx.get(f"{server.url}/admin/routing", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert routing["challenger"]["version"] == "2" and routing["champion"]["version"] == "1", routing
+    assert routing["challenger"]["version"] == new and routing["champion"]["version"] == "1", routing
     assert routing["challenger_weight"] == 0.25
 
 
 def test_lineage_shows_the_new_data_version(ws: Path, state: dict[str, Any]) -> None:
     result = state["result"]
-    lineage = show_lineage("models:/chest-xray/2", resolve_tracking_uri(workspace=ws))
+    lineage = show_lineage(f"models:/chest-xray/{state['version']}", resolve_tracking_uri(workspace=ws))
     assert lineage["dataset"]["version"] == result["dataset"]["after"]["version"]
     assert lineage["dataset"]["held_out_version"] == result["dataset"]["before"]["held_out_version"]
     n = result["export"]["images"]

@@ -75,15 +75,26 @@ def test_every_acknowledged_feedback_survives_sigkill(model_path: Path, tmp_path
         restarted.kill()
 
 
+def _in_flight(url: str) -> float:
+    """The server's ``radflow_requests_in_flight`` gauge (this request included)."""
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("radflow_requests_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no radflow_requests_in_flight in /metrics")
+
+
 def test_sigterm_answers_in_flight_requests_and_flushes_the_log(model_path: Path, tmp_path: Path) -> None:
-    # A 400 ms batching window keeps the requests in flight when SIGTERM arrives.
-    server = _server(model_path, tmp_path, env={"RADFLOW_MAX_QUEUE_DELAY_MS": "400"}).start()
+    # A 2 s batching window keeps the requests in flight when SIGTERM arrives; SIGTERM is sent only once
+    # the server counts all four in flight (a request still connecting when it lands is refused, rightly).
+    server = _server(model_path, tmp_path, env={"RADFLOW_MAX_QUEUE_DELAY_MS": "2000"}).start()
     try:
         with ThreadPoolExecutor(4) as pool:
             futures = [
                 pool.submit(httpx.post, f"{server.url}/v1/predict", content=png_bytes(i), timeout=10) for i in range(4)
             ]
-            time.sleep(0.15)
+            deadline = time.monotonic() + 10
+            while _in_flight(server.url) < 4 + 1 and time.monotonic() < deadline:  # + 1: the /metrics request
+                time.sleep(0.02)
             code = server.terminate()
             answers = [f.result() for f in futures]
     finally:

@@ -1,7 +1,8 @@
 """A tiny synthetic workspace run end to end: no-op reruns, param changes, DVC tooling and lineage.
 
-The workspace is the one ``radflow demo --no-serve`` made (shared with tests/test_demo.py); the
-tests run in file order because the last one changes a param.
+The workspace is the one ``radflow demo --no-serve`` made (tests/pipeline/tiny.py, shared with
+tests/e2e/test_demo.py and test_loop.py, which may have registered versions and committed a data
+version before these run); the tests run in file order because the last one changes a param.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from radflow.pipeline.lineage import lock_hashes
 from radflow.pipeline.run import SIGNATURE_FILE
 from radflow.pipeline.stages import FINGERPRINT_FILE
 from radflow.tracking import resolve_tracking_uri
-from tests.pipeline.tiny import tiny_demo
+from tests.pipeline.tiny import latest_version, tiny_demo
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,9 @@ def test_second_run_is_a_noop(ws: Path) -> None:
     assert (ws / SIGNATURE_FILE).is_file()
 
 
-def test_lineage_of_the_champion_matches_dvc_lock(ws: Path) -> None:
-    lineage = show_lineage("models:/chest-xray@champion", resolve_tracking_uri(workspace=ws))
+def test_lineage_of_the_newest_version_matches_dvc_lock(ws: Path) -> None:
+    newest = f"models:/chest-xray/{latest_version(ws)}"  # what the workspace's current dvc.lock made
+    lineage = show_lineage(newest, resolve_tracking_uri(workspace=ws))
     lock = lock_hashes(ws)
     for stage in (*UPSTREAM, "train", "evaluate", "export"):
         assert lineage["data_hashes"][stage] == lock[stage], stage
@@ -71,7 +73,7 @@ def test_lineage_of_the_champion_matches_dvc_lock(ws: Path) -> None:
     assert lineage["dataset"]["version"] == json.loads((ws / METRICS).read_text())["dataset_version"]
     assert lineage["params"]["train"]["epochs"] == 1
     assert f"git checkout {_head(ws)}" in lineage["reproduce"]
-    result = CliRunner().invoke(app, ["lineage", "models:/chest-xray@champion", "--workspace", str(ws)])
+    result = CliRunner().invoke(app, ["lineage", newest, "--workspace", str(ws)])
     assert result.exit_code == 0, result.output
     assert lock["ingest"]["data/dataset"][:20] in result.output and "dvc pull" in result.output
 
@@ -118,15 +120,16 @@ def test_a_train_param_change_interrupted_in_training_resumes_and_reruns_only_do
     # One pipeline run serves two checks (each costs a minute on two cores): Ctrl-C during the
     # training a param change started, then the same command again.
     sets = ["train.epochs=2", "train.lr=0.002"]
+    new = str(latest_version(ws) + 1)
     _interrupt_after_first_checkpoint(ws, sets)
     result = run_pipeline(ws, sets)
     assert result["training"]["resumed"] is True, result["training"]  # picked up from epoch 1's checkpoint
     assert json.loads((ws / TRAIN_METRICS).read_text())["resumed"] is True
     assert result["ran"] == list(DOWNSTREAM)
     assert result["skipped"] == list(UPSTREAM)
-    assert result["registration"]["version"] == "2"  # the interrupted run registered nothing
+    assert result["registration"]["version"] == new  # the interrupted run registered nothing
     assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["lr"] == 0.002
-    lineage = show_lineage("models:/chest-xray/2", resolve_tracking_uri(workspace=ws))
+    lineage = show_lineage(f"models:/chest-xray/{new}", resolve_tracking_uri(workspace=ws))
     assert lineage["git"]["dirty"] is True  # params.yaml differs from the commit: recorded, not refused
     assert lineage["params_changed"] == sets
     assert "radflow run -S train.epochs=2 -S train.lr=0.002" in lineage["reproduce"]
