@@ -17,11 +17,13 @@ __all__ = ["ClassificationKind"]
 class ClassificationKind(TaskKind):
     """A kind whose network outputs one probability per label and whose answer lists findings."""
 
-    family: ClassVar[Literal["classification", "regression"]] = "classification"
+    family: ClassVar[Literal["classification", "regression", "segmentation"]] = "classification"
     online_metric: ClassVar[str] = "macro_auroc"
     output: ClassVar[str] = "probabilities"
-    renderer: ClassVar[Literal["findings", "value"]] = "findings"
-    response_key: ClassVar[Literal["findings", "prediction"]] = "findings"
+    renderer: ClassVar[Literal["findings", "value", "mask"]] = "findings"
+    response_key: ClassVar[Literal["findings", "prediction", "structures"]] = "findings"
+    per_label_key: ClassVar[str]
+    """Key of the metrics body (:meth:`score_metrics`) that holds each label's entry."""
 
     def check_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
         known = ~np.isnan(train_targets)
@@ -54,6 +56,34 @@ class ClassificationKind(TaskKind):
                 out[f"val_auroc_{metric_key(label)}"] = auc
         out["val_macro_auroc"] = float(np.mean(aurocs)) if aurocs else math.nan
         return out
+
+    def score_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """The kind's :mod:`radflow.metrics` body of probabilities against targets, without a bootstrap."""
+        raise NotImplementedError
+
+    def quality_metric(
+        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
+    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+        return "macro_auroc", self.score_metrics(labels, preds, targets)["macro"]["auroc"]
+
+    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        """Macro AUROC (with its interval) and AUPRC, the kind's pooled numbers, then each label's numbers."""
+        m = result["metrics"]
+        out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}
+        if m["macro"].get("auroc_ci"):
+            out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
+        out.update(self.pooled_headline(result))
+        for label, entry in m[self.per_label_key].items():
+            out.update(self.label_headline(metric_key(label), entry))
+        return out
+
+    def pooled_headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        """Headline numbers over all labels besides macro AUROC and AUPRC (accuracy, micro AUROC, ECE ...)."""
+        return {}
+
+    def label_headline(self, key: str, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        """One label's headline numbers, named ``<metric>_<key>``; ``auroc_<key>`` is what the gates compare."""
+        return {f"auroc_{key}": entry["auroc"], f"auprc_{key}": entry["auprc"]}
 
     def curve_figures(
         self,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from radflow.errors import DataError
-from radflow.tasks.base import Finding, LabelSchema, LossFn, Prediction, metric_key
+from radflow.tasks.base import Finding, LabelSchema, LossFn, Prediction
 from radflow.tasks.classification import ClassificationKind
 from radflow.tasks.evaluation import EvalData, Figure, ReportTable, auroc_cell, fmt, pct
 from radflow.tasks.registry import register_task
@@ -35,6 +35,7 @@ class Multiclass(ClassificationKind):
     monitor: ClassVar[tuple[str, Literal["min", "max"]]] = ("val_accuracy", "max")
     gate_metrics: ClassVar[tuple[str, ...]] = ("test_macro_auroc", "test_accuracy", "test_auroc_<label>")
     activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]] = "softmax"
+    per_label_key: ClassVar[str] = "per_class"
 
     def check_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
         if len(labels) < self.label_schema.min_labels:
@@ -80,24 +81,13 @@ class Multiclass(ClassificationKind):
             data.warnings.append(f"{dropped} image(s) without exactly one known class were left out.")
         return {"metrics": mc}
 
-    def quality_metric(
-        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
-    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+    def score_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         from radflow.metrics.metrics import multiclass_metrics
 
-        return "macro_auroc", multiclass_metrics(targets, preds, labels, n_bootstrap=0)["macro"]["auroc"]
+        return multiclass_metrics(targets, preds, labels, n_bootstrap=0)
 
-    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
-        m = result["metrics"]
-        out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}
-        if m["macro"].get("auroc_ci"):
-            out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
-        out["accuracy"] = m["accuracy"]
-        for label, entry in m["per_class"].items():
-            key = metric_key(label)
-            out[f"auroc_{key}"] = entry["auroc"]
-            out[f"auprc_{key}"] = entry["auprc"]
-        return out
+    def pooled_headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        return {"accuracy": result["metrics"]["accuracy"]}
 
     def figures(
         self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from radflow.tasks.base import DEFAULT_THRESHOLD, Finding, LabelSchema, LossFn, Prediction, metric_key
+from radflow.tasks.base import DEFAULT_THRESHOLD, Finding, LabelSchema, LossFn, Prediction
 from radflow.tasks.classification import ClassificationKind
 from radflow.tasks.evaluation import EvalData, Figure, ReportTable, auroc_cell, fmt, pct
 from radflow.tasks.registry import register_task
@@ -79,6 +79,7 @@ class Multilabel(ClassificationKind):
     monitor: ClassVar[tuple[str, Literal["min", "max"]]] = ("val_macro_auroc", "max")
     gate_metrics: ClassVar[tuple[str, ...]] = ("test_macro_auroc", "test_auroc_<label>", "test_ece")
     activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]] = "sigmoid"
+    per_label_key: ClassVar[str] = "per_label"
 
     def pos_weight(self, train_targets: np.ndarray) -> np.ndarray | None:
         """Negatives over positives among the known targets of each finding, at least 1 (rare findings weigh more)."""
@@ -195,31 +196,27 @@ class Multilabel(ClassificationKind):
             "subgroups": M.subgroup_metrics(data.targets, data.scores, labels, data.manifest, data.age_bands),
         }
 
-    def quality_metric(
-        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
-    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+    def score_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         from radflow.metrics.metrics import multilabel_metrics
 
-        return "macro_auroc", multilabel_metrics(targets, preds, labels, n_bootstrap=0)["macro"]["auroc"]
+        return multilabel_metrics(targets, preds, labels, n_bootstrap=0)
 
-    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+    def pooled_headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
         m = result["metrics"]
-        out: dict[str, float | None] = {"macro_auroc": m["macro"]["auroc"], "macro_auprc": m["macro"]["auprc"]}
-        if m["macro"].get("auroc_ci"):
-            out.update(macro_auroc_ci_low=m["macro"]["auroc_ci"][0], macro_auroc_ci_high=m["macro"]["auroc_ci"][1])
-        out.update(micro_auroc=m["micro"]["auroc"], ece=result["calibration"]["ece_pooled"])
+        out: dict[str, float | None] = {"micro_auroc": m["micro"]["auroc"], "ece": result["calibration"]["ece_pooled"]}
         if result.get("contradictions"):
             out["contradictions"] = result["contradictions"]["predicted"]
-        for label, entry in m["per_label"].items():
-            key = metric_key(label)
-            # Class counts beside each AUROC: the gates judge a label only when it has enough of both.
-            out[f"positives_{key}"] = entry["positives"]
-            out[f"negatives_{key}"] = entry["n"] - entry["positives"]
-            out[f"auroc_{key}"] = entry["auroc"]
-            out[f"auprc_{key}"] = entry["auprc"]
-            out[f"sensitivity_{key}"] = entry.get("sensitivity")
-            out[f"specificity_{key}"] = entry.get("specificity")
         return out
+
+    def label_headline(self, key: str, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        # Class counts beside each AUROC: the gates judge a label only when it has enough of both.
+        return {
+            f"positives_{key}": entry["positives"],
+            f"negatives_{key}": entry["n"] - entry["positives"],
+            **super().label_headline(key, entry),
+            f"sensitivity_{key}": entry.get("sensitivity"),
+            f"specificity_{key}": entry.get("specificity"),
+        }
 
     def figures(
         self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
