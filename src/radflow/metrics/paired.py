@@ -44,6 +44,27 @@ def _checked(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, n
     return y[known], a[known], b[known]
 
 
+def _result(method: str, y: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """The answer for a label without a test yet: counts of the known targets ``y``, every estimate ``None``.
+
+    ``extra`` are the method's own keys (DeLong's ``se`` and ``z``), placed before ``resamples``.
+    """
+    positives, negatives = class_counts(y)
+    return {
+        "method": method,
+        "n": int(y.size),
+        "positives": positives,
+        "negatives": negatives,
+        "auroc_a": None,
+        "auroc_b": None,
+        "diff": None,
+        "ci": None,
+        "p_value": None,
+        **extra,
+        "resamples": 0,
+    }
+
+
 def _both_classes(y: np.ndarray) -> bool:
     return bool(y.size) and 0 < int(np.sum(y == 1)) < y.size
 
@@ -69,19 +90,7 @@ def paired_bootstrap_auroc(
     y_all = np.asarray(y, dtype=np.float64).reshape(-1)
     known = ~np.isnan(y_all)
     y, a, b = _checked(y_all, score_a, score_b)
-    positives, negatives = class_counts(y)
-    out: dict[str, Any] = {
-        "method": "paired bootstrap over patients",
-        "n": int(y.size),
-        "positives": positives,
-        "negatives": negatives,
-        "auroc_a": None,
-        "auroc_b": None,
-        "diff": None,
-        "ci": None,
-        "p_value": None,
-        "resamples": 0,
-    }
+    out = _result("paired bootstrap over patients", y)
     if not _both_classes(y):
         return out
     ones = np.ones((1, y.size))
@@ -127,25 +136,11 @@ def delong_auroc(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, ci:
     from scipy.stats import norm, rankdata
 
     y, a, b = _checked(y, score_a, score_b)
-    positives, negatives = class_counts(y)
-    out: dict[str, Any] = {
-        "method": "DeLong",
-        "n": int(y.size),
-        "positives": positives,
-        "negatives": negatives,
-        "auroc_a": None,
-        "auroc_b": None,
-        "diff": None,
-        "ci": None,
-        "p_value": None,
-        "se": None,
-        "z": None,
-        "resamples": 0,
-    }
+    out = _result("DeLong", y, se=None, z=None)
     if not _both_classes(y):
         return out
     pos, neg = y == 1, y == 0
-    m, n = positives, negatives
+    m, n = out["positives"], out["negatives"]
     aucs, v10, v01 = [], [], []
     for s in (a, b):
         # Mid-ranks (ties share their mean rank), as in Sun & Xu's fast DeLong.
