@@ -19,13 +19,13 @@ from pydantic import SecretStr
 from radflow.data.preprocess import to_model_input
 from radflow.inference import ServeSettings
 from radflow.runtime.metadata import IMAGE_INPUT
-from tests.serve.harness import AppHarness
-from tests.serve.models import png_bytes
+from tests.serve.harness import AppHarness, metric_value
+from tests.serve.models import make_onnx, png_bytes
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 
 
-def _settings(onnx_pair: tuple[Path, Path], root: Path, **extra: Any) -> ServeSettings:
+def _settings(onnx_pair: tuple[Path, ...], root: Path, **extra: Any) -> ServeSettings:
     return ServeSettings(
         model=str(onnx_pair[0]),
         store_url=f"sqlite:///{root / 'serving.db'}",
@@ -245,3 +245,27 @@ def test_a_lone_v2_request_does_not_wait_for_itself_as_still_decoding(harness: A
     assert scores.shape == (1, len(arm.model.labels))
     assert arm.batcher.stats.batches == 1
     assert arm.batcher.stats.queue_ns < 5e9, "the batch waited for the request it already held"
+
+
+# -- score histograms ---------------------------------------------------------------------------
+
+
+def test_the_score_histograms_observe_what_each_kind_answered(harness: AppHarness, tmp_path: Path) -> None:
+    """Findings feed radflow_label_score per label, a regression value radflow_predicted_value; neither the other."""
+    answer = harness.request("POST", "/v1/predict", content=png_bytes(7)).json()
+    text = harness.request("GET", "/metrics").text
+    for finding in answer["findings"]:
+        labels = {"arm": "champion", "label": finding["label"]}
+        assert metric_value(text, "radflow_label_score_count", **labels) == 1
+        assert metric_value(text, "radflow_label_score_sum", **labels) == pytest.approx(finding["probability"])
+    assert metric_value(text, "radflow_predicted_value_count") == 0
+
+    regression = AppHarness(_settings((make_onnx(tmp_path / "m", task="regression"),), tmp_path))
+    try:
+        value = regression.request("POST", "/v1/predict?sex=F", content=png_bytes(7)).json()["prediction"]["value"]
+        text = regression.request("GET", "/metrics").text
+    finally:
+        regression.close()
+    assert metric_value(text, "radflow_predicted_value_count", arm="champion") == 1
+    assert metric_value(text, "radflow_predicted_value_sum", arm="champion") == pytest.approx(value)
+    assert "radflow_label_score_count{" not in text

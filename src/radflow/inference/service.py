@@ -36,7 +36,7 @@ from radflow.monitor.drift import DriftAlert, DriftThresholds, DriftTracker
 from radflow.monitor.reference import embedding_source, embeddings_from, fetch_reference, input_summary, load_reference
 from radflow.runtime import InvalidInputError
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
-from radflow.tasks import validate_feedback
+from radflow.tasks import Prediction, validate_feedback
 
 if TYPE_CHECKING:
     from radflow.store import Store
@@ -268,12 +268,13 @@ class InferenceService:
         """
         from radflow.store import PredictionRecord, study_key
 
+        prediction = arm.model.to_prediction(scores)
         record = PredictionRecord(
             model_name=arm.name,
             model_version=arm.version,
             model_alias=arm.loaded.alias,
             arm=arm.arm,
-            outputs=arm.model.to_prediction(scores).to_dict(),
+            outputs=prediction.to_dict(),
             input_sha256=input_sha256,
             input_format=input_format,
             latency_ms=latency_ms,
@@ -287,7 +288,7 @@ class InferenceService:
             self.require_store().log(record)
         if arm_label != "shadow":
             arm.served += 1
-        self._observe_scores(arm, arm_label, scores)
+        self._observe_scores(arm, arm_label, prediction)
         self._observe_drift(arm, summary, scores, embedding, view)
         return record
 
@@ -461,12 +462,16 @@ class InferenceService:
             )
         return [by_name[n] for n in outputs]
 
-    def _observe_scores(self, arm: ModelArm, arm_label: str, scores: np.ndarray) -> None:
-        if arm.model.meta.kind.output == "value":
-            self.metrics.values.labels(arm.name, arm.version, arm_label).observe(float(scores[0]))
-            return
-        for label, score in zip(arm.model.labels, scores, strict=False):
-            self.metrics.scores.labels(arm.name, arm.version, arm_label, label).observe(float(score))
+    def _observe_scores(self, arm: ModelArm, arm_label: str, prediction: Prediction) -> None:
+        """One answer into the score histograms, read from what its task kind encoded.
+
+        Each finding's probability goes to ``radflow_label_score``, a value to ``radflow_predicted_value``;
+        an answer with neither (a kind whose output is not one number per label) is not observed.
+        """
+        for finding in prediction.findings or []:
+            self.metrics.scores.labels(arm.name, arm.version, arm_label, finding.label).observe(finding.probability)
+        if prediction.value is not None:
+            self.metrics.values.labels(arm.name, arm.version, arm_label).observe(prediction.value)
 
     async def get_prediction(self, prediction_id: str) -> dict[str, Any]:
         """A logged prediction as the API shows it (NotFoundError for an unknown id)."""
