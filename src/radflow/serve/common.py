@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from python_multipart.multipart import parse_options_header
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -31,6 +32,9 @@ from radflow.inference.errors import PayloadTooLargeError, ServiceError
 from radflow.inference.metrics import ServiceMetrics
 from radflow.inference.service import InferenceService
 from radflow.serve.auth import audit_event, write_audit
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 __all__ = [
     "ErrorBody",
@@ -106,11 +110,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 def multipart_file(body: bytes, content_type: str, field: str = "file", max_fields: int = 10) -> bytes | None:
     """The contents of file part ``field`` of a ``multipart/form-data`` body already read; None if it has none.
 
-    Starlette's ``request.form()`` streams a body through python-multipart's byte-level parser into
-    spooled temporary files and reads them back in a thread: most of a small model's request. The
-    body is in memory here (read with its size limit), so the parts are found with ``bytes.find`` and
-    the file is a slice. The same rules hold: one file at most, ``max_fields`` other fields, every
-    part named; a malformed body is a 400.
+    Starlette's ``request.form()`` streams a body through python-multipart into spooled temporary
+    files and reads them back in a thread: most of a small model's request. The body is in memory
+    here (read with its size limit), so it goes to python-multipart's ``MultipartParser`` in one
+    write and the file's bytes are kept as the parser hands them over. The same rules hold: one
+    file at most, ``max_fields`` other fields, every part named; a malformed body is a 400.
     """
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
@@ -120,35 +124,76 @@ def multipart_file(body: bytes, content_type: str, field: str = "file", max_fiel
     start = body.find(delimiter)  # anything before it is the preamble, which carries nothing
     if start < 0:
         raise ServiceError("invalid multipart body: it has no part (no line with its boundary).")
-    pos, found, files, fields = start + len(delimiter), None, 0, 0
-    while not body.startswith(b"--", pos):  # "--" after a delimiter closes the body
-        line_end = body.find(b"\r\n", pos)  # the rest of the delimiter line is padding
-        head_end = body.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
-        end = body.find(b"\r\n" + delimiter, head_end + 2) if head_end >= 0 else -1
-        if end < 0:
-            raise ServiceError(
-                "invalid multipart body: a part is cut short (no blank line after its headers or no closing boundary)."
-            )
-        disposition = b""
-        for header in body[line_end + 2 : head_end].split(b"\r\n"):
-            name, _, value = header.partition(b":")
-            if name.strip().lower() == b"content-disposition":
-                disposition = value.strip()
-        _, options = parse_options_header(disposition)
+    end = padded = start + len(delimiter)
+    while body[padded : padded + 1] in (b" ", b"\t"):  # transport padding (RFC 2046), which the parser refuses
+        padded += 1
+    form = _FormReader(field.encode(), max_fields)
+    parser = MultipartParser(boundary, form.callbacks())
+    try:
+        parser.write(delimiter + body[padded:] if start or padded > end else body)
+    except MultipartParseError as exc:
+        raise ServiceError(f"invalid multipart body: {exc}") from None
+    if not form.ended:
+        raise ServiceError(
+            "invalid multipart body: a part is cut short (no blank line after its headers or no closing boundary)."
+        )
+    return b"".join(form.found) if form.found is not None else None
+
+
+class _FormReader:
+    """``MultipartParser`` callbacks that keep one file part's bytes and enforce the form's rules."""
+
+    def __init__(self, field: bytes, max_fields: int):
+        self.field, self.max_fields = field, max_fields
+        self.files = self.fields = 0
+        self.found: list[bytes] | None = None
+        self.ended = False
+        self._header: list[bytes] = []
+        self._value: list[bytes] = []
+        self._disposition = b""
+        self._keep: list[bytes] | None = None
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, a, b: self._header.append(data[a:b]),
+            "on_header_value": lambda data, a, b: self._value.append(data[a:b]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._disposition, self._keep = b"", None
+
+    def _header_end(self) -> None:
+        if b"".join(self._header).strip().lower() == b"content-disposition":
+            self._disposition = b"".join(self._value).strip()
+        self._header.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
         if b"name" not in options:
             raise ServiceError('invalid multipart body: every part needs Content-Disposition: form-data; name="...".')
         if b"filename" in options:
-            files += 1
-            if files > 1:
+            self.files += 1
+            if self.files > 1:
                 raise ServiceError("invalid multipart body: send one image (one file part) per request.")
-            if options[b"name"] == field.encode():
-                found = body[head_end + 4 : end]
+            if options[b"name"] == self.field:
+                self.found = self._keep = []
         else:
-            fields += 1
-            if fields > max_fields:
-                raise ServiceError(f"invalid multipart body: more than {max_fields} fields.")
-        pos = end + 2 + len(delimiter)
-    return found
+            self.fields += 1
+            if self.fields > self.max_fields:
+                raise ServiceError(f"invalid multipart body: more than {self.max_fields} fields.")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._keep is not None:
+            self._keep.append(data[start:end])
+
+    def _end(self) -> None:
+        self.ended = True
 
 
 def json_answer(content: Any, status_code: int = 200) -> Response:
