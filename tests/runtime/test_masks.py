@@ -55,6 +55,7 @@ def test_rle_matches_pycocotools_and_round_trips(shape: tuple[int, int]) -> None
         assert np.array_equal(coco.decode({"size": ours["size"], "counts": ours["counts"].encode()}), mask)
         uncompressed = {"size": list(shape), "counts": rle_counts(mask).tolist()}
         assert np.array_equal(decode_rle(uncompressed), mask)
+        assert np.array_equal(decode_rle({"size": list(shape), "counts": rle_counts(mask)}), mask)
 
 
 def test_uncompressed_counts_are_column_major_starting_with_zeros() -> None:

@@ -140,7 +140,7 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def decode_rle(rle: Mapping[str, Any], what: str = "mask") -> np.ndarray:
-    """A boolean ``(h, w)`` mask from COCO RLE, compact (string/bytes counts) or uncompressed (a list of counts).
+    """A boolean ``(h, w)`` mask from COCO RLE, compact (string/bytes counts) or uncompressed (integer counts).
 
     ``what`` names the mask in errors (a field, a file and row). Counts must cover the image exactly.
     """
@@ -153,6 +153,8 @@ def decode_rle(rle: Mapping[str, Any], what: str = "mask") -> np.ndarray:
         raw = raw.decode("ascii", errors="replace")
     if isinstance(raw, str):
         counts = _string_to_counts(raw, what)
+    elif isinstance(raw, np.ndarray) and raw.ndim == 1 and np.issubdtype(raw.dtype, np.integer):
+        counts = raw.astype(np.int64)
     elif isinstance(raw, Sequence) and all(isinstance(v, int) for v in raw):
         counts = np.asarray(raw, dtype=np.int64).reshape(-1)
     else:
