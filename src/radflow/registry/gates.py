@@ -1,8 +1,10 @@
 """Quality gates: whether a run's test metrics may make it ``@challenger``; pure (no MLflow calls).
 
-Absolute gates (macro AUROC, or MAE for regression) always apply. A candidate is compared with the
-champion label by label (or on MAE) only on the same test split, i.e. when both were evaluated on
-the same dataset version; otherwise the comparison is skipped and a note says why.
+Absolute gates (macro AUROC, or MAE for regression) always apply; the family of the run's task kind
+picks them, and a family radflow has no gates for (segmentation, so far) fails rather than passing
+unjudged. A candidate is compared with the champion label by label (or on MAE) only on the same
+test split, i.e. when both were evaluated on the same dataset version; otherwise the comparison is
+skipped and a note says why.
 
 A label is compared only when the test images hold at least ``gates.min_positives`` positives and
 ``gates.min_negatives`` negatives of it; below that it is reported "not gated", because an AUROC
@@ -204,7 +206,7 @@ def check_gates(
                 ok,
                 f"test_mae {mae:.3f} {'<=' if ok else '>'} max_mae_months {gates.max_mae_months:g}",
             )
-    else:
+    elif family == "classification":
         auroc = metrics.get("test_macro_auroc")
         if auroc is None:
             check(
@@ -225,6 +227,17 @@ def check_gates(
                 ok,
                 f"test_macro_auroc {auroc:.4f} {'>=' if ok else '<'} min_macro_auroc {gates.min_macro_auroc:g}",
             )
+    else:
+        # A family without gates (segmentation has no Dice gates yet) is never made challenger unjudged.
+        check(
+            "gates_defined",
+            "-",
+            None,
+            0.0,
+            False,
+            f"radflow has no quality gates for {family} models yet; once judged by hand, promote the version with "
+            "`radflow promote --force`.",
+        )
 
     if champion is not None:
         mine, theirs = eval_version(tags), eval_version(champion["tags"])
@@ -248,10 +261,10 @@ def check_gates(
                     f"test_mae {mae:.3f} is {rise:+.3f} vs {label} ({champ_mae:.3f}); "
                     f"max_mae_increase {gates.max_mae_increase:g}",
                 )
-        elif paired is not None:
+        elif family == "classification" and paired is not None:
             paired_checks, not_gated = _paired_label_checks(paired, gates, label)
             checks += paired_checks
-        else:
+        elif family == "classification":
             notes.append(
                 f"compared with {label} on point estimates, not a paired test: "
                 f"{paired_note or 'no per-image test predictions'}; re-evaluate both runs to compare them on the "
