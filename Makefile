@@ -9,10 +9,12 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: demo test lint unit e2e bench install clean
 
+# --no-compile: pip writes no bytecode for the ~20k modules it installs (over a minute on two cores);
+# the few thousand that are imported compile on first use.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,7 +41,7 @@ test: lint $(STAMP)
 # The benches also need the `bench` extra (LitServe, psutil); bench/serve.py installs wrk itself (apt-get).
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
