@@ -28,9 +28,11 @@ from radflow.tasks import (
 from radflow.tasks.evaluation import EvalData, PlotKind, ReportTable
 from radflow.train.checkpoint import ModelMeta
 from radflow.train.losses import make_loss
-from radflow.train.models import create_model
+from radflow.train.models import create_model, model_network
 
 LABELS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
+POOLED = [name for name in list_tasks() if get_task(name).network == "pooled"]
+"""Kinds answering one row per image; dense kinds (segmentation) have tests of their own in test_segmentation."""
 
 
 def _rows(kind: TaskKind, n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,15 +68,17 @@ def test_a_name_registers_once() -> None:
 def test_kind_declares_everything(name: str) -> None:
     kind = get_task(name)
     assert kind.name == name
-    assert kind.family in ("classification", "regression")
+    assert kind.family in ("classification", "regression", "segmentation")
+    assert kind.network in ("pooled", "dense")
+    assert kind.default_arch is None or model_network(kind.default_arch) == kind.network
     assert kind.losses and kind.monitor[1] in ("min", "max") and kind.monitor[0].startswith("val_")
     assert kind.gate_metrics and all(m.startswith("test_") for m in kind.gate_metrics)
-    assert kind.output and kind.renderer in ("findings", "value")
+    assert kind.output and kind.renderer in ("findings", "value", "mask")
     assert kind.label_schema.nan_policy in ("unknown", "drop_row")
     assert len(kind.drift_features(LABELS)) == kind.num_outputs(LABELS)
 
 
-@pytest.mark.parametrize("name", list_tasks())
+@pytest.mark.parametrize("name", POOLED)
 def test_kind_encodes_a_response_that_validates_its_feedback(name: str) -> None:
     kind = get_task(name)
     _, scores = _rows(kind)
@@ -101,7 +105,7 @@ def test_multiclass_answers_its_arg_max_and_multilabel_its_thresholds() -> None:
     assert get_task("multilabel").encode(scores, LABELS, dict.fromkeys(LABELS, 0.3), None).positives == LABELS[1:]
 
 
-@pytest.mark.parametrize("name", list_tasks())
+@pytest.mark.parametrize("name", POOLED)
 def test_kind_trains_and_scores_validation(name: str) -> None:
     kind = get_task(name)
     targets, preds = _rows(kind)
@@ -140,7 +144,7 @@ def _eval_data(kind: TaskKind) -> EvalData:
     )
 
 
-@pytest.mark.parametrize("name", list_tasks())
+@pytest.mark.parametrize("name", POOLED)
 def test_kind_evaluates_a_split_into_its_gate_metrics_figures_and_tables(name: str) -> None:
     kind = get_task(name)
     data = _eval_data(kind)
@@ -174,7 +178,7 @@ def test_multiclass_needs_two_classes() -> None:
         get_task("multiclass").check_labels(["only"], np.ones((4, 1)))
 
 
-@pytest.mark.parametrize("name", list_tasks())
+@pytest.mark.parametrize("name", POOLED)
 def test_kind_outputs_are_in_the_exported_graph(name: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 

@@ -22,7 +22,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("pooled"))
 def test_model_features_head_and_training_steps(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_outputs=3, in_chans=1)

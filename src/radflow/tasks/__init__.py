@@ -1,4 +1,4 @@
-"""Task kinds as plugins: each kind (multi-label, multi-class, regression) declares in one module
+"""Task kinds as plugins: each kind (multi-label, multi-class, regression, segmentation) declares in one module
 what the rest of radflow used to branch on; see :class:`radflow.tasks.base.TaskKind`.
 
 Adding a kind: write ``radflow/tasks/<kind>.py`` with a :class:`TaskKind` subclass decorated by
@@ -7,13 +7,14 @@ Adding a kind: write ``radflow/tasks/<kind>.py`` with a :class:`TaskKind` subcla
 
 from __future__ import annotations
 
-from radflow.tasks import multiclass, multilabel, regression  # noqa: F401  (importing registers the kinds)
+from radflow.tasks import multiclass, multilabel, regression, segmentation  # noqa: F401  (importing registers the kinds)
 from radflow.tasks.base import (
     DEFAULT_THRESHOLD,
     Finding,
     InvalidFeedbackError,
     LabelSchema,
     LossFn,
+    NotBuiltError,
     Prediction,
     TaskKind,
     metric_key,
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidFeedbackError",
     "LabelSchema",
     "LossFn",
+    "NotBuiltError",
     "Prediction",
     "TaskKind",
     "get_task",

@@ -32,6 +32,7 @@ __all__ = [
     "InvalidFeedbackError",
     "LabelSchema",
     "LossFn",
+    "NotBuiltError",
     "Prediction",
     "TaskKind",
     "metric_key",
@@ -47,6 +48,15 @@ class InvalidFeedbackError(RadflowError):
     """A reader's correction that does not fit the prediction it corrects."""
 
     status_code = 422
+
+
+class NotBuiltError(RadflowError, NotImplementedError):
+    """A hook of a task kind whose radflow side is not built yet (the message names the missing part).
+
+    A RadflowError, so the CLI prints one line and the server answers 501 instead of a traceback.
+    """
+
+    status_code = 501
 
 
 def metric_key(label: str) -> str:
@@ -128,8 +138,14 @@ class TaskKind:
 
     name: ClassVar[str]
     """The task name stored in ``dataset.json``, checkpoints, ONNX metadata and the ``radflow.task`` tag."""
-    family: ClassVar[Literal["classification", "regression"]]
-    """How answers are judged online (AUROC/sensitivity/specificity or MAE) and in the load test."""
+    family: ClassVar[Literal["classification", "regression", "segmentation"]]
+    """How answers are judged online (AUROC/sensitivity/specificity, MAE or Dice) and in the load test."""
+    network: ClassVar[Literal["pooled", "dense"]] = "pooled"
+    """The network head the kind trains (:func:`radflow.train.models.model_network`): ``pooled``, one row of
+    ``num_outputs`` per image, or ``dense``, ``num_outputs`` maps ``(S, S)`` at the input's size."""
+    default_arch: ClassVar[str | None] = None
+    """The architecture trained when ``train.arch`` is left at its (classifier) default and that does not fit
+    :attr:`network`; None: the config's default fits."""
     label_schema: ClassVar[LabelSchema]
     losses: ClassVar[tuple[str, ...]]
     """``train.loss`` names that fit this kind; the first is the default."""
@@ -142,15 +158,16 @@ class TaskKind:
     output: ClassVar[str]
     """Name of the prediction output of the exported ONNX graph."""
     activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]]
-    """What the graph applies to the network's raw outputs (``denormalise``: back to the target unit)."""
-    renderer: ClassVar[Literal["findings", "value"]]
+    """What the graph applies to the network's raw outputs (``denormalise``: back to the target unit);
+    dense kinds apply it to every pixel of every map."""
+    renderer: ClassVar[Literal["findings", "value", "mask"]]
     """Which reader-UI view shows an answer."""
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     """Inputs besides the image the network takes (``sex`` for bone age)."""
     target_unit: ClassVar[str | None] = None
     normalise_targets: ClassVar[bool] = False
     """Whether training standardises targets (mean/std stored in the model meta)."""
-    response_key: ClassVar[Literal["findings", "prediction"]]
+    response_key: ClassVar[Literal["findings", "prediction", "structures"]]
     """The key of a ``/v1/predict`` answer that holds the prediction (see :meth:`Prediction.to_dict`)."""
 
     def __repr__(self) -> str:
@@ -187,9 +204,28 @@ class TaskKind:
         """
         raise NotImplementedError
 
+    def val_batch(self, preds: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What validation keeps of one batch of activated predictions and targets in user units.
+
+        Validation runs batch by batch and hands :meth:`val_metrics` the kept rows of the whole split.
+        Kinds with one output row per image keep both as they are; a dense kind keeps per-image
+        summaries instead of the maps, so a split's maps never have to fit in memory at once.
+        """
+        return preds, targets
+
     def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        """Validation metrics (``val_...``) of activated predictions against targets in user units."""
+        """Validation metrics (``val_...``) of the split's :meth:`val_batch` rows (predictions, targets)."""
         raise NotImplementedError
+
+    def monitor_defined(self, labels: Sequence[str], val_targets: np.ndarray) -> bool:
+        """Whether the val split (its label columns ``val_targets``) can yield :attr:`monitor` at all.
+
+        Perfect predictions tell: AUROC, for one, needs both classes of some label in the split.
+        """
+        import math
+
+        perfect = self.val_metrics(labels, *self.val_batch(np.nan_to_num(val_targets), val_targets))
+        return math.isfinite(perfect.get(self.monitor[0], math.nan))
 
     # -- evaluation (scikit-learn is imported inside these hooks, through radflow.metrics) ------
 

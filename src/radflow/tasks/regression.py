@@ -23,7 +23,7 @@ class Regression(TaskKind):
     """One value; trained on standardised targets, answered in the target unit."""
 
     name: ClassVar[str] = "regression"
-    family: ClassVar[Literal["classification", "regression"]] = "regression"
+    family: ClassVar[Literal["classification", "regression", "segmentation"]] = "regression"
     label_schema: ClassVar[LabelSchema] = LabelSchema(
         dtype="float32", values="one number in the target unit; NaN = unknown", nan_policy="unknown"
     )
@@ -33,8 +33,8 @@ class Regression(TaskKind):
     online_metric: ClassVar[str] = "mae"
     output: ClassVar[str] = "value"
     activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]] = "denormalise"
-    renderer: ClassVar[Literal["findings", "value"]] = "value"
-    response_key: ClassVar[Literal["findings", "prediction"]] = "prediction"
+    renderer: ClassVar[Literal["findings", "value", "mask"]] = "value"
+    response_key: ClassVar[Literal["findings", "prediction", "structures"]] = "prediction"
     extra_inputs: ClassVar[tuple[str, ...]] = ("sex",)
     target_unit: ClassVar[str | None] = "months"
     normalise_targets: ClassVar[bool] = True

@@ -4,8 +4,10 @@
 worker does one sorted read per shard and one vectorised normalisation per batch instead of
 per-image Python work and a collate step. Workers receive only the dataset path and row/location
 arrays; each opens the shards lazily as read-only memory maps, so no pixel array is ever pickled.
-Augmentation runs on the batched tensor (on the GPU when training there) with its own seeded
-generator.
+For a segmentation dataset the targets are the masks, read from the mask shards at the image's
+shard and offset and unpacked to float maps ``(K, S, S)`` per image. Augmentation runs on the
+batched tensor (on the GPU when training there) with its own seeded generator; masks move with
+their image (the same affine and flip), intensity changes touch the image only.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from radflow.config import AugmentConfig
 from radflow.data.dataset import SHARD_DIR, Dataset
+from radflow.data.masks import MASK_DIR, unpack
 from radflow.data.preprocess import PreprocessSpec, to_model_input
 
 __all__ = ["Batch", "ShardBatches", "augment", "make_loader", "sex_feature"]
@@ -37,7 +40,12 @@ def sex_feature(sex: Sequence[str] | np.ndarray) -> np.ndarray:
 
 
 class ShardBatches(torch.utils.data.Dataset[Batch]):
-    """Batches (images, targets, extra) of chosen manifest rows, read from the shards on demand."""
+    """Batches (images, targets, extra) of chosen manifest rows, read from the shards on demand.
+
+    With ``masks`` the targets of a batch are the rows' masks as float maps ``(n, K, S, S)``
+    (K = the columns of ``targets``, the structures); the map of a structure whose ``targets``
+    cell is NaN (not annotated on that image) is NaN throughout, which the losses and metrics skip.
+    """
 
     def __init__(
         self,
@@ -46,6 +54,7 @@ class ShardBatches(torch.utils.data.Dataset[Batch]):
         spec: PreprocessSpec,
         targets: np.ndarray | None = None,
         extra: np.ndarray | None = None,
+        masks: bool = False,
     ):
         self.root = Path(ds.root)
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -54,7 +63,12 @@ class ShardBatches(torch.utils.data.Dataset[Batch]):
         n = len(self.rows)
         self.targets = np.zeros((n, 0), np.float32) if targets is None else np.asarray(targets, np.float32)
         self.extra = np.zeros((n, 0), np.float32) if extra is None else np.asarray(extra, np.float32)
-        self._shards: dict[int, np.ndarray] = {}
+        self.masks = masks
+        if masks:
+            ds.structures  # noqa: B018 - a dataset without masks is refused here, not in a worker
+            if self.targets.shape[1] != len(ds.structures):
+                raise ValueError(f"masks need one target column per structure, got {self.targets.shape[1]}.")
+        self._shards: dict[tuple[str, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,27 +79,41 @@ class ShardBatches(torch.utils.data.Dataset[Batch]):
         state["_shards"] = {}
         return state
 
-    def _shard(self, index: int) -> np.ndarray:
-        if index not in self._shards:
-            self._shards[index] = np.load(self.root / SHARD_DIR / f"pixels-{index:05d}.npy", mmap_mode="r")
-        return self._shards[index]
+    def _shard(self, index: int, kind: str = "pixels") -> np.ndarray:
+        if (kind, index) not in self._shards:
+            folder = MASK_DIR if kind == "masks" else SHARD_DIR
+            self._shards[kind, index] = np.load(self.root / folder / f"{kind}-{index:05d}.npy", mmap_mode="r")
+        return self._shards[kind, index]
 
-    def read(self, positions: np.ndarray) -> np.ndarray:
-        """uint8 pixels (n, size, size) of the given positions (indices into ``rows``)."""
+    def read(self, positions: np.ndarray, kind: str = "pixels") -> np.ndarray:
+        """uint8 pixels (n, size, size) of the given positions (indices into ``rows``); ``masks``: packed masks."""
         loc = self.locations[positions]
-        out = np.empty((len(loc), self.spec.size, self.spec.size), dtype=np.uint8)
+        out: np.ndarray | None = None
         for shard in np.unique(loc[:, 0]):
+            mapped = self._shard(int(shard), kind)
+            if out is None:
+                out = np.empty((len(loc), self.spec.size, self.spec.size), dtype=mapped.dtype)
             where = np.flatnonzero(loc[:, 0] == shard)
             offsets = loc[where, 1]
             order = np.argsort(offsets, kind="stable")
             # Sorted offsets turn random access into a forward sweep over the mapped file.
-            out[where[order]] = self._shard(int(shard))[offsets[order]]
+            out[where[order]] = mapped[offsets[order]]
+        if out is None:
+            return np.empty((0, self.spec.size, self.spec.size), dtype=np.uint8)
         return out
+
+    def read_masks(self, positions: np.ndarray) -> np.ndarray:
+        """Float maps (n, K, size, size) of the positions' masks; NaN maps for structures not annotated."""
+        targets = self.targets[positions]
+        maps = unpack(self.read(positions, "masks"), targets.shape[1]).astype(np.float32)
+        maps[np.isnan(targets)] = np.nan
+        return maps
 
     def __getitem__(self, positions: Sequence[int] | int) -> Batch:
         pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
         x = torch.from_numpy(to_model_input(self.read(pos), self.spec))
-        return x, torch.from_numpy(self.targets[pos]), torch.from_numpy(self.extra[pos])
+        y = self.read_masks(pos) if self.masks else self.targets[pos]
+        return x, torch.from_numpy(y), torch.from_numpy(self.extra[pos])
 
 
 def _worker_init(worker_id: int) -> None:
@@ -121,13 +149,28 @@ def make_loader(
     )
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+@overload
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@overload
+def augment(
+    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def augment(
+    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, masks: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Random rotation/scale (one affine resample), brightness, contrast and optional flip of a batch.
 
-    Random numbers come from ``generator`` (CPU) so runs repeat exactly whatever the device.
+    Random numbers come from ``generator`` (CPU) so runs repeat exactly whatever the device. With
+    ``masks`` (``(N, K, S, S)``) returns ``(x, masks)``: each mask goes through its image's affine
+    and flip, resampled nearest-neighbour so its values stay 0/1 (and NaN maps stay NaN); brightness
+    and contrast change the image only. The random draws are the same with or without masks.
     """
     if not cfg.enabled:
-        return x
+        return x if masks is None else (x, masks)
     n = x.shape[0]
 
     def uniform(span: float) -> torch.Tensor:
@@ -149,9 +192,14 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
         )
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if masks is not None:
+            # The image's border padding, so a structure cut by the edge stays cut where the image is.
+            masks = F.grid_sample(
+                masks, grid.to(masks.dtype), mode="nearest", padding_mode="border", align_corners=False
+            )
     if cfg.contrast:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * (1 + uniform(cfg.contrast)).view(n, 1, 1, 1) + mean
     if cfg.brightness:
         x = x + uniform(cfg.brightness).view(n, 1, 1, 1)
-    return x
+    return x if masks is None else (x, masks)

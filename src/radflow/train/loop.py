@@ -5,7 +5,9 @@ One function, :func:`train`, trains as ``radflow train`` does: checks inputs bef
 reduce-on-plateau, early stopping on the validation metric), checkpoints every epoch so
 ``resume=True`` continues where a run stopped, and logs everything to MLflow. What differs between
 tasks (targets, loss, activation, validation metrics) comes from the run's task kind
-(:mod:`radflow.tasks`). The test-split evaluation that ``radflow train`` ends with is
+(:mod:`radflow.tasks`); a dense kind (segmentation) trains a dense network on masks, augmented
+jointly with their images, and validation runs batch by batch through the kind's ``val_batch``.
+The test-split evaluation that ``radflow train`` ends with is
 :func:`radflow.evaluate.report.evaluate_training`: evaluation depends on training, not the reverse.
 
 The steps of one run, in order: :func:`_prepare` (dataset, targets, model meta), :func:`_resume_state`,
@@ -39,10 +41,10 @@ from radflow.tracking import check_tracking, ensure_experiment, env_scope, git_s
 from radflow.train.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from radflow.train.data import ShardBatches, augment, make_loader
 from radflow.train.losses import LossFn, make_loss
-from radflow.train.models import create_model, load_weights
-from radflow.train.predict import extra_inputs, predict_loader
+from radflow.train.models import create_model, list_models, load_weights, model_network
+from radflow.train.predict import extra_inputs, outputs_to_predictions
 
-__all__ = ["TrainResult", "resolve_device", "train"]
+__all__ = ["TrainResult", "fit_arch", "resolve_device", "train"]
 
 _console = Console(stderr=True)
 
@@ -102,6 +104,24 @@ class _Prepared:
     warnings: list[str]
 
 
+def fit_arch(arch: str, kind: TaskKind) -> str:
+    """The architecture a run of ``kind`` trains for ``train.arch`` = ``arch``.
+
+    A network that does not fit the kind (a classifier for segmentation) is an error naming those
+    that do, unless ``arch`` is the config's default and the kind brings its own
+    (:attr:`TaskKind.default_arch`): ``radflow train`` on a segmentation dataset trains ``small_unet``.
+    """
+    network = model_network(arch)
+    if network == kind.network:
+        return arch
+    if kind.default_arch is not None and arch == TrainConfig.model_fields["arch"].default:
+        return kind.default_arch
+    raise ConfigError(
+        f"train.arch {arch!r} is a {network} network, but a {kind.name} dataset needs a {kind.network} one: "
+        f"use --arch {' or '.join(list_models(kind.network))}."
+    )
+
+
 def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
     """Open and check the dataset; build targets, extra inputs and the model meta. No side effects."""
     ds = Dataset.open(dataset_path)
@@ -111,6 +131,9 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
         kind = get_task(ds.task)
     except ConfigError as exc:
         raise DataError(f"{exc} (the task of dataset.json)", path=dataset_path) from None
+    dense = kind.network == "dense"
+    if dense and not ds.has_masks:
+        raise DataError(f"a {ds.task} dataset needs masks, and this one has none; re-ingest it.", path=dataset_path)
     if not ds.is_split:
         raise DataError(
             f"the dataset is not split into train/val/test yet; run `radflow split {dataset_path}` first.",
@@ -138,8 +161,11 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
     except DataError as exc:
         raise DataError(str(exc), path=dataset_path) from None
 
+    arch = fit_arch(cfg.arch, kind)
+    if arch != cfg.arch:
+        warnings.append(f"train.arch {cfg.arch} (the default) does not fit a {ds.task} dataset; training {arch}.")
     meta = ModelMeta(
-        arch=cfg.arch,
+        arch=arch,
         task=ds.task,
         labels=ds.labels,
         num_outputs=kind.num_outputs(ds.labels),
@@ -162,8 +188,8 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
     weights = kind.pos_weight(targets[train_rows]) if cfg.pos_weight else None
     pos_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     spec = ds.spec.__class__.from_dict(meta.preprocess)
-    train_data = ShardBatches(ds, train_rows, spec, train_targets, extra_inputs(ds, train_rows, meta))
-    val_data = ShardBatches(ds, val_rows, spec, val_norm, extra_inputs(ds, val_rows, meta))
+    train_data = ShardBatches(ds, train_rows, spec, train_targets, extra_inputs(ds, train_rows, meta), masks=dense)
+    val_data = ShardBatches(ds, val_rows, spec, val_norm, extra_inputs(ds, val_rows, meta), masks=dense)
     return _Prepared(ds, kind, meta, train_data, val_data, val_targets_raw, pos_weight, warnings)
 
 
@@ -225,9 +251,11 @@ def _log_model(model: torch.nn.Module, meta: ModelMeta, name: str = "model") -> 
     else:
         # Unnamed, so pyfunc's predict takes a plain array rather than a dict.
         inputs = [TensorSpec(np.dtype(np.float32), image_shape)]
+    dense = model_network(meta.arch) == "dense"
+    output_shape = (-1, meta.num_outputs, size, size) if dense else (-1, meta.num_outputs)
     signature = ModelSignature(
         inputs=Schema(inputs),  # type: ignore[arg-type]
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta.num_outputs))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape)]),
     )
     # A batch of two keeps the batch dimension dynamic in the exported graph.
     example: tuple[np.ndarray, ...] = (np.zeros((2, meta.in_chans, size, size), np.float32),)
@@ -342,9 +370,7 @@ def _setup(cfg: TrainConfig, prep: _Prepared, device: torch.device, warnings: li
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     monitor, mode = prep.kind.monitor
-    # Perfect predictions show whether the split can yield the metric at all (AUROC needs both classes).
-    perfect = prep.kind.val_metrics(prep.ds.labels, np.nan_to_num(prep.val_targets), prep.val_targets)
-    if not math.isfinite(perfect.get(monitor, math.nan)):
+    if not prep.kind.monitor_defined(prep.ds.labels, prep.val_targets):
         monitor, mode = "val_loss", "min"
         warnings.append(
             f"{prep.kind.monitor[0]} is undefined on the val split (e.g. no label has both classes there); "
@@ -498,7 +524,10 @@ class _Epochs:
                 break
             x = x.to(device, non_blocking=True).to(memory_format=setup.memory_format)
             y = y.to(device, non_blocking=True)
-            x = augment(x, self.cfg.augment, self.aug_gen)
+            if self.prep.kind.network == "dense":
+                x, y = augment(x, self.cfg.augment, self.aug_gen, masks=y)
+            else:
+                x = augment(x, self.cfg.augment, self.aug_gen)
             with torch.autocast(device.type, dtype=torch.float16, enabled=setup.use_amp):
                 out = model(x, extra.to(device) if extra.shape[1] else None)
             loss = self.loss_fn(out.float(), y)
@@ -515,14 +544,34 @@ class _Epochs:
         train_time = time.perf_counter() - started
         return loss_sum / max(seen, 1), seen / max(train_time, 1e-9)
 
+    @torch.no_grad()
     def _validate(self, epoch: int) -> dict[str, float]:
-        """Validation loss (on normalised targets, like the train loss) and the kind's validation metrics."""
-        prep = self.prep
-        raw, preds = predict_loader(self.setup.model, prep.meta, self.val_loader, self.device)
-        val_loss = float(self.loss_fn(torch.from_numpy(raw), torch.from_numpy(prep.val_data.targets)))
+        """Validation loss (on normalised targets, like the train loss) and the kind's validation metrics.
+
+        Batch by batch: the loss is the mean of the batch losses weighted by their known targets (the
+        whole split's loss for the masked means of the classifiers), and the kind keeps of each batch
+        what its metrics need (:meth:`TaskKind.val_batch`), so a split of masks is never held whole.
+        """
+        prep, model, kind = self.prep, self.setup.model, self.prep.kind
+        was_training = model.training
+        model.eval()
+        loss_sum, known_sum, start = 0.0, 0.0, 0
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+        for x, y, extra in self.val_loader:
+            out = model(x.to(self.device), extra.to(self.device) if extra.shape[1] else None).float().cpu()
+            known = float((~torch.isnan(y)).sum())
+            loss_sum += float(self.loss_fn(out, y)) * known
+            known_sum += known
+            # Targets in user units: the loader's own unless the kind trains on normalised ones.
+            targets = prep.val_targets[start : start + len(y)] if kind.normalise_targets else y.numpy()
+            kept.append(kind.val_batch(outputs_to_predictions(out, prep.meta).numpy(), targets))
+            start += len(y)
+        model.train(was_training)
+        val_loss = loss_sum / known_sum if known_sum else math.nan
         if not math.isfinite(val_loss):
             raise _nan_error(val_loss, f"validation after epoch {epoch}", self.setup.optimizer, self.last_path, epoch)
-        return {"val_loss": val_loss, **prep.kind.val_metrics(prep.ds.labels, preds, prep.val_targets)}
+        preds, targets = (np.concatenate([k[i] for k in kept]) for i in (0, 1))
+        return {"val_loss": val_loss, **kind.val_metrics(prep.ds.labels, preds, targets)}
 
     def _end_epoch(self, epoch: int, metrics: dict[str, float], score: float) -> bool:
         """Schedule, early stopping, history, MLflow metrics and checkpoints; whether to stop."""
@@ -598,8 +647,12 @@ def _train(
     dataset_path = Path(dataset_path)
     out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "checkpoints"
     # Every check a user can fail runs before the first expensive step.
-    create_model(cfg.arch, 1)  # unknown architecture -> did-you-mean, before touching data
+    model_network(cfg.arch)  # unknown architecture -> did-you-mean, before touching data
     prep = _prepare(dataset_path, cfg)
+    if prep.meta.arch != cfg.arch:
+        # The run is logged, checkpointed and resumed as the architecture it trains.
+        params = params.with_overrides({"train.arch": prep.meta.arch})
+        cfg = params.train
     loss_fn = make_loss(cfg.loss, prep.ds.task, prep.pos_weight)
     device = resolve_device(cfg.device)
     uri = resolve_tracking_uri(tracking_uri)

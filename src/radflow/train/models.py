@@ -1,45 +1,80 @@
 """Model registry and factory: every architecture is built by ``create_model(name, ...)``.
 
-Each model splits into a feature extractor and a head, timm-style: ``forward_features(x)`` returns
+Two kinds of network share the registry, told apart by :func:`model_network`: ``pooled`` ones
+(classifiers and regressors, one output row per image) and ``dense`` ones (segmentation, one logit
+map per output at the input's size, ``(N, K, S, S)``), which :func:`register_dense_model` registers.
+
+Each pooled model splits into a feature extractor and a head, timm-style: ``forward_features(x)`` returns
 the last feature map (N, C, h, w) that class activation maps and ONNX export use, and
 ``forward_head(features, extra)`` pools it, appends extra inputs (sex, for bone age as in
 Iglovikov et al.) and applies the linear layer. torchvision networks are built with random
-weights; ``load_weights`` reads a local state dict. Nothing here downloads anything.
+weights; ``load_weights`` reads a local state dict. Dense models are a small UNet written here for
+CPU demos and MONAI's UNet and SegResNet (random init; MONAI is imported inside their builders, as
+it takes seconds to import). Nothing here downloads anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from radflow.errors import ConfigError, NotFoundError, did_you_mean
 
-__all__ = ["RadNet", "create_model", "list_models", "load_weights", "register_model"]
+__all__ = [
+    "Network",
+    "RadNet",
+    "SegNet",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "model_network",
+    "register_dense_model",
+    "register_model",
+]
+
+Network = Literal["pooled", "dense"]
+"""What a network outputs: a row per image (``pooled``) or a map per output (``dense``)."""
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_NETWORK: dict[str, Network] = {}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder ``fn(num_outputs, in_chans, num_extra, **kw)`` under its function name."""
+    """Register a pooled builder ``fn(num_outputs, in_chans, num_extra, **kw)`` under its function name."""
     _REGISTRY[fn.__name__] = fn
+    _NETWORK[fn.__name__] = "pooled"
     return fn
 
 
-def list_models() -> list[str]:
-    """Names of the registered architectures, sorted."""
-    return sorted(_REGISTRY)
+def register_dense_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a dense builder (same signature; it returns a :class:`SegNet`) under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    _NETWORK[fn.__name__] = "dense"
+    return fn
 
 
-def create_model(name: str, num_outputs: int, in_chans: int = 1, num_extra: int = 0, **kw: Any) -> nn.Module:
-    """Build architecture ``name`` with ``num_outputs`` outputs, ``in_chans`` input channels, random weights."""
+def list_models(network: Network | None = None) -> list[str]:
+    """Names of the registered architectures (of one ``network`` kind when given), sorted."""
+    return sorted(name for name in _REGISTRY if network is None or _NETWORK[name] == network)
+
+
+def model_network(name: str) -> Network:
+    """Whether architecture ``name`` is ``pooled`` or ``dense``; an unknown name is a ConfigError with a hint."""
     if name not in _REGISTRY:
         raise ConfigError(
             f"unknown architecture {name!r}; choose one of {', '.join(list_models())}.{did_you_mean(name, _REGISTRY)}"
         )
+    return _NETWORK[name]
+
+
+def create_model(name: str, num_outputs: int, in_chans: int = 1, num_extra: int = 0, **kw: Any) -> nn.Module:
+    """Build architecture ``name`` with ``num_outputs`` outputs, ``in_chans`` input channels, random weights."""
+    model_network(name)
     if num_outputs < 1:
         raise ConfigError(f"a model needs at least one output, got num_outputs={num_outputs}.")
     return _REGISTRY[name](num_outputs=num_outputs, in_chans=in_chans, num_extra=num_extra, **kw)
@@ -206,6 +241,144 @@ def efficientnet_b0(num_outputs: int, in_chans: int = 1, num_extra: int = 0, **k
     return TorchvisionNet(
         body, _plain_features, num_features=num_features, num_outputs=num_outputs, num_extra=num_extra, **kw
     )
+
+
+class SegNet(nn.Module):
+    """A dense network: ``forward(x)`` gives logits ``(N, num_outputs, S, S)`` at the input's size.
+
+    ``forward`` takes (and refuses) ``extra`` so the training loop and prediction call every
+    network alike; a segmentation network has no scalar inputs.
+    """
+
+    def __init__(self, num_outputs: int):
+        super().__init__()
+        self.num_outputs = num_outputs
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        if extra is not None:
+            raise ValueError("a segmentation network takes the image only, no extra inputs.")
+        return self.forward_maps(x)
+
+
+def _no_extra(name: str, num_extra: int) -> None:
+    if num_extra:
+        raise ConfigError(f"{name} is a segmentation network; it takes no extra inputs (got {num_extra}).")
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(_conv_bn(cin, cout, 1), _conv_bn(cout, cout, 1))
+
+
+class SmallUNet(SegNet):
+    """A four-level UNet: double 3x3 conv-BN-ReLU per level, max-pool down, bilinear up, skip concatenation.
+
+    Sized for CPU demos (about 97k parameters at the default widths): at 128 px most of the work
+    is at full and half resolution, where the few channels keep a step to tens of milliseconds.
+    Any input size works: each decoder stage is resized to its skip's size.
+    """
+
+    def __init__(
+        self, num_outputs: int, in_chans: int = 1, widths: tuple[int, ...] = (8, 16, 32, 48), dropout: float = 0.0
+    ):
+        super().__init__(num_outputs)
+        if len(widths) < 2:
+            raise ConfigError(f"small_unet needs at least two widths (levels), got {widths}.")
+        self.down = nn.ModuleList()
+        cin = in_chans
+        for width in widths:
+            self.down.append(_double_conv(cin, width))
+            cin = width
+        self.up = nn.ModuleList(
+            _double_conv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+        )
+        self.drop = nn.Dropout2d(dropout)
+        self.head = nn.Conv2d(widths[0], num_outputs, 1)
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(self.drop(x))
+
+
+class MonaiNet(SegNet):
+    """A MONAI 2-D network under ``net``, so its state-dict keys are MONAI's with a ``net.`` prefix."""
+
+    def __init__(self, net: nn.Module, num_outputs: int):
+        super().__init__(num_outputs)
+        self.net = net
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+@register_dense_model
+def small_unet(num_outputs: int, in_chans: int = 1, num_extra: int = 0, **kw: Any) -> nn.Module:
+    """A small UNet for CPU demos: four levels, 8 to 48 channels, BN + ReLU, logits per structure."""
+    _no_extra("small_unet", num_extra)
+    return SmallUNet(num_outputs, in_chans, **kw)
+
+
+@register_dense_model
+def monai_unet(
+    num_outputs: int,
+    in_chans: int = 1,
+    num_extra: int = 0,
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256),
+    strides: tuple[int, ...] = (2, 2, 2, 2),
+    num_res_units: int = 2,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI's residual UNet (Kerfoot et al.), random init; input sides divisible by the product of ``strides``."""
+    _no_extra("monai_unet", num_extra)
+    from monai.networks.nets import UNet
+
+    net = UNet(
+        spatial_dims=2,
+        in_channels=in_chans,
+        out_channels=num_outputs,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=num_res_units,
+        dropout=dropout,
+    )
+    return MonaiNet(net, num_outputs)
+
+
+@register_dense_model
+def monai_segresnet(
+    num_outputs: int,
+    in_chans: int = 1,
+    num_extra: int = 0,
+    init_filters: int = 8,
+    blocks_down: tuple[int, ...] = (1, 2, 2, 4),
+    blocks_up: tuple[int, ...] = (1, 1, 1),
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI's SegResNet (Myronenko 2018) without the VAE branch, random init; sides divisible by 2^(levels-1)."""
+    _no_extra("monai_segresnet", num_extra)
+    from monai.networks.nets import SegResNet
+
+    net = SegResNet(
+        spatial_dims=2,
+        in_channels=in_chans,
+        out_channels=num_outputs,
+        init_filters=init_filters,
+        blocks_down=tuple(blocks_down),
+        blocks_up=tuple(blocks_up),
+        dropout_prob=dropout or None,
+    )
+    return MonaiNet(net, num_outputs)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
