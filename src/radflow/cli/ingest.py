@@ -57,7 +57,10 @@ def ingest_command(
         str,
         typer.Option(help="CheXpert uncertain (-1) policy: zeros|ones|ignore, per label as 'zeros,Edema=ones'."),
     ] = "zeros",
-    labels: Annotated[str | None, typer.Option(help="Comma-separated label columns to keep (default: all).")] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated label columns (segmentation: structures) to keep (default: all)."),
+    ] = None,
     frontal_only: Annotated[bool, typer.Option("--frontal-only", help="Keep frontal views only.")] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail on the first bad file instead of skipping it.")
@@ -71,7 +74,8 @@ def ingest_command(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print dataset.json as JSON.")] = False,
 ) -> None:
-    """Decode, de-identify, preprocess and version a CheXpert, NIH, RSNA bone-age, folder or DICOM source."""
+    """Decode, de-identify, preprocess and version a source: CheXpert, NIH, RSNA bone-age, folder or DICOM
+    (classification, regression), SIIM-ACR RLE or a folder of images with masks/COCO/DICOM SEG (segmentation)."""
     options = IngestOptions(
         size=size,
         uncertain=uncertain,

@@ -17,6 +17,11 @@ synth_app = typer.Typer(
 )
 app.add_typer(synth_app, name="synth")
 
+_MASKS_HELP = (
+    "Also write exact ground-truth masks (masks/ PNGs per structure, train-rle.csv, structures.txt, patients.csv), "
+    "so `radflow ingest OUT --format masks` (or siim) makes a segmentation dataset."
+)
+
 
 def _render(info: dict[str, Any]) -> None:
     console.print(
@@ -32,6 +37,9 @@ def _render(info: dict[str, Any]) -> None:
         console.print(f"positives: {shares}")
     else:
         console.print(f"{info['boys']} boys · bone age mean {info['boneage_mean']} months, sd {info['boneage_sd']}")
+    if "masks" in info:
+        shown = " · ".join(f"{name} {count}" for name, count in info["masks"]["images_showing"].items())
+        console.print(f"ground-truth masks (images showing each): {shown}")
 
 
 @synth_app.command("chest")
@@ -43,12 +51,13 @@ def chest_command(
     dicom_fraction: Annotated[float, typer.Option(help="Share of images written as DICOM instead of PNG.")] = 0.0,
     valid_fraction: Annotated[float, typer.Option(help="Share of patients put in valid.csv.")] = 0.1,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    masks: Annotated[bool, typer.Option("--masks", help=_MASKS_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Phantom frontal chest radiographs with CheXpert's train.csv / valid.csv and folder layout."""
     from radflow.data.synth import synth_chest
 
-    info = run_command(lambda: synth_chest(out, n, seed, size, dicom_fraction, valid_fraction, workers))
+    info = run_command(lambda: synth_chest(out, n, seed, size, dicom_fraction, valid_fraction, workers, masks))
     emit(info, as_json, _render)
 
 
@@ -59,10 +68,11 @@ def hand_command(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
     size: Annotated[int, typer.Option(help="Image width in pixels (height is 1.25x).")] = 256,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    masks: Annotated[bool, typer.Option("--masks", help=_MASKS_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Phantom hand radiographs with RSNA bone age's boneage-training-dataset.csv layout."""
     from radflow.data.synth import synth_hand
 
-    info = run_command(lambda: synth_hand(out, n, seed, size, workers))
+    info = run_command(lambda: synth_hand(out, n, seed, size, workers, masks))
     emit(info, as_json, _render)

@@ -110,10 +110,18 @@ class ShardWriter:
 
     @classmethod
     def for_masks(
-        cls, root: Path, size: int, n_structures: int, shard_images: int = DEFAULT_SHARD_IMAGES
+        cls,
+        root: Path,
+        size: int,
+        n_structures: int,
+        shard_images: int = DEFAULT_SHARD_IMAGES,
+        subdir: str = MASK_DIR,
     ) -> ShardWriter:
-        """The mask shards' writer: packed masks with a bit per structure (:func:`radflow.data.masks.mask_dtype`)."""
-        return cls(root, size, shard_images, subdir=MASK_DIR, prefix="masks", dtype=mask_dtype(n_structures))
+        """The mask shards' writer: packed masks with a bit per structure (:func:`radflow.data.masks.mask_dtype`).
+
+        ``subdir`` lets ingest write beside the current masks and swap them in at the end.
+        """
+        return cls(root, size, shard_images, subdir=subdir, prefix="masks", dtype=mask_dtype(n_structures))
 
     def add(self, pixels: np.ndarray) -> tuple[int, int]:
         """Store one image (or packed mask); returns its (shard, offset)."""

@@ -20,6 +20,13 @@ cores -> write pixel shards and the manifest. Properties users rely on:
   (``strict=True`` makes them fatal, with the path in the error). Only files inside the source
   folder are read (:mod:`radflow.data.sources.paths`): missing, linked-out and climbing paths
   are skipped and listed the same way, never looked for elsewhere.
+* Masks (task ``segmentation``, formats ``siim`` and ``masks``): each record names its mask
+  (:class:`radflow.data.maskfiles.MaskSpec`); the worker reads it at the image's original size, packs
+  it (bit k = structure k) and puts it through :func:`radflow.data.masks.prepare_mask`, the image's
+  own geometry, into mask shards beside the pixel shards (same shard and offset). A structure's label
+  is 1 when the stored mask shows it, 0 when not, NaN when the image's annotation does not cover it.
+  Masks are read again on every ingest (they are cheap; pixels of unchanged files are reused), so an
+  edited mask is never masked by a stale copy; a bad mask skips its image like a bad image does.
 * Extra sources (``IngestOptions.extra``, e.g. exported reader feedback) are read in the same
   format and appended as training-only rows: ``official_split`` is ``"extra"``, which
   :func:`radflow.data.split.split_dataset` keeps out of the split it draws, so the test set stays
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import math
 import multiprocessing as mp
@@ -48,7 +56,9 @@ import numpy as np
 import pandas as pd
 
 from radflow.data.dataset import SHARD_DIR, Dataset, ShardWriter, write_dataset
-from radflow.data.decode import DEFAULT_MAX_PIXELS, decode_image
+from radflow.data.decode import DEFAULT_MAX_PIXELS, decode_image, sniff_format
+from radflow.data.maskfiles import MaskSpec, load_mask
+from radflow.data.masks import MASK_DIR, pack, prepare_mask
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels
 from radflow.data.sources import SourceRecord, SourceTable, read_source
 from radflow.data.split import EXTRA_SPLIT
@@ -160,6 +170,10 @@ class _Processed:
     meta: dict[str, Any]
     identifiers: dict[str, str]
     error: str | None = None
+    mask: np.ndarray | None = None
+    """Segmentation: the packed mask at training size."""
+    presence: dict[str, float] | None = None
+    """Segmentation: each structure's label (1 shown, 0 not, NaN not annotated)."""
 
 
 _WORKER: dict[str, Any] = {}
@@ -170,30 +184,64 @@ def _init_worker(size: int, max_pixels: int, reusable: frozenset[str]) -> None:
     _WORKER.update(size=size, max_pixels=max_pixels, reusable=reusable)
 
 
-def _process(job: tuple[str, str]) -> _Processed:
-    """Worker: hash, decode and preprocess one file (skips decoding when the hash is reusable).
+def _header_size(data: bytes, name: str) -> tuple[int, int]:
+    """(height, width) an image file declares, without decoding its pixels (for masks of reused images)."""
+    if sniff_format(data) == "dicom":
+        import pydicom
 
-    ``job`` is (path, source key); errors name the key, never the path, since they go into dataset.json.
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+        return int(ds.Rows), int(ds.Columns)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[1], img.size[0]
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot read the image's size ({exc})", path=name) from None
+
+
+def _prepared_mask(spec: MaskSpec, height: int, width: int, size: int) -> tuple[np.ndarray, dict[str, float]]:
+    """The image's packed mask at training size and each structure's label (see the module docstring)."""
+    bits = prepare_mask(pack(load_mask(spec, height, width)), size)
+    presence = {}
+    for k, (name, annotated) in enumerate(zip(spec.outputs, spec.annotated_outputs(), strict=True)):
+        presence[name] = float(bool((bits >> bits.dtype.type(k) & 1).any())) if annotated else math.nan
+    return bits, presence
+
+
+def _process(job: tuple[str, str, MaskSpec | None]) -> _Processed:
+    """Worker: hash, decode and preprocess one file (skips decoding when the hash is reusable), and its mask.
+
+    ``job`` is (path, source key, mask); errors name the key, never the path, since they go into dataset.json.
     """
-    path, key = job
+    path, key, spec = job
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return _Processed("", None, {}, {}, f"cannot read file ({exc.strerror})")
     digest = hashlib.sha256(data).hexdigest()
-    if digest in _WORKER["reusable"]:
-        return _Processed(digest, None, {}, {})
     try:
-        decoded = decode_image(data, name=key, max_pixels=_WORKER["max_pixels"])
-        pixels = prepare_pixels(decoded.pixels, _WORKER["size"])
+        if digest in _WORKER["reusable"]:
+            processed = _Processed(digest, None, {}, {})
+            height, width = _header_size(data, key) if spec is not None else (0, 0)
+        else:
+            decoded = decode_image(data, name=key, max_pixels=_WORKER["max_pixels"])
+            pixels = prepare_pixels(decoded.pixels, _WORKER["size"])
+            processed = _Processed(digest, pixels, decoded.meta, decoded.identifiers)
+            height, width = decoded.pixels.shape
     except ImageDecodeError as exc:
         message = str(exc)
         return _Processed(digest, None, {}, {}, message.removeprefix(f"{key}: "))
-    return _Processed(digest, pixels, decoded.meta, decoded.identifiers)
+    if spec is not None:
+        try:
+            processed.mask, processed.presence = _prepared_mask(spec, height, width, _WORKER["size"])
+        except DataError as exc:
+            processed.error = f"mask: {exc}"
+    return processed
 
 
 def _run_jobs(
-    jobs: list[tuple[str, str]],
+    jobs: list[tuple[str, str, MaskSpec | None]],
     settings: tuple[int, int, frozenset[str]],
     workers: int,
     on_done: Callable[[], None],
@@ -350,7 +398,7 @@ def ingest(
     skipped = [keys.skip(entry, origin) for entry, origin in raw_skipped]
     previous, reusable_rows = _previous_pixels(out, spec)
     workers = options.workers or available_cores()
-    jobs = [(str(record.path), keys.key(record.rel_path, origin)) for record, origin in records]
+    jobs = [(str(record.path), keys.key(record.rel_path, origin), record.mask) for record, origin in records]
     settings = (spec.size, options.max_pixels, frozenset(reusable_rows))
     total, done = len(jobs), 0
 
@@ -362,11 +410,16 @@ def ingest(
 
     staging = f".{SHARD_DIR}-new"
     writer = ShardWriter(out, spec.size, subdir=staging)
+    segmentation = table.task == "segmentation"
+    mask_staging = f".{MASK_DIR}-new"
+    mask_writer = (
+        ShardWriter.for_masks(out, spec.size, len(table.labels), subdir=mask_staging) if segmentation else None
+    )
     rows: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     reused = 0
     try:
-        for (record, origin), (_, key), processed in zip(
+        for (record, origin), (_, key, _mask), processed in zip(
             records, jobs, _run_jobs(jobs, settings, workers, tick), strict=True
         ):
             where = {"source_key": key, "source": origin.scope or "main", "table": record.table, "row": record.row}
@@ -385,6 +438,9 @@ def ingest(
                 pixels = previous.image(reusable_rows[processed.sha256])
                 reused += 1
             shard, offset = writer.add(pixels)
+            if mask_writer is not None:
+                assert processed.mask is not None
+                mask_writer.add(processed.mask)
             patient_id, study_id = _identity(record, processed, keys.salt)
             meta = processed.meta
             age = record.age if not math.isnan(record.age) else meta.get("age")
@@ -404,9 +460,12 @@ def ingest(
                     "shard": shard,
                     "offset": offset,
                     **record.labels,
+                    **(processed.presence or {}),
                 }
             )
         writer.close()
+        if mask_writer is not None:
+            mask_writer.close()
         # Before anything names a key: a key the salt file cannot map back is a row nobody can trace.
         _record_paths(salt_file, keys.paths)
         if not rows:
@@ -421,7 +480,11 @@ def ingest(
         no_positive = [
             label for label in table.labels if table.task != "regression" and not (manifest[label] == 1).any()
         ]
-        _swap_in(out)
+        _swap_in(out, SHARD_DIR)
+        if segmentation:
+            _swap_in(out, MASK_DIR)
+        else:
+            shutil.rmtree(out / MASK_DIR, ignore_errors=True)  # a segmentation dataset's masks, now stale
         info = write_dataset(
             out,
             manifest,
@@ -437,12 +500,13 @@ def ingest(
         )
     finally:
         shutil.rmtree(out / staging, ignore_errors=True)
+        shutil.rmtree(out / mask_staging, ignore_errors=True)
     return info
 
 
-def _swap_in(out: Path) -> None:
-    """Replace the dataset's shards with the freshly written ones."""
-    current, new, old = out / SHARD_DIR, out / f".{SHARD_DIR}-new", out / f".{SHARD_DIR}-old"
+def _swap_in(out: Path, subdir: str) -> None:
+    """Replace the dataset's shards (pixel or mask) with the freshly written ones."""
+    current, new, old = out / subdir, out / f".{subdir}-new", out / f".{subdir}-old"
     shutil.rmtree(old, ignore_errors=True)
     if current.exists():
         current.rename(old)

@@ -50,6 +50,7 @@ __all__ = [
     "read_mask_image",
     "siim_decode",
     "siim_encode",
+    "siim_runs",
     "write_dicom_seg",
     "write_mask_png",
 ]
@@ -90,19 +91,10 @@ def siim_decode(encoded: str, height: int, width: int) -> np.ndarray:
     Raises DataError for text that is not pairs of non-negative integers and for runs that go past
     the image's ``height * width`` pixels (an RLE written for another image size).
     """
-    text = str(encoded).strip()
     total = height * width
-    if text == SIIM_EMPTY:
+    if str(encoded).strip() == SIIM_EMPTY:
         return np.zeros((height, width), dtype=bool)
-    try:
-        values = np.array([int(token) for token in text.split()], dtype=np.int64)
-    except ValueError:
-        raise DataError(f"EncodedPixels must be integer pairs or -1, got {text[:40]!r}") from None
-    if len(values) == 0:
-        raise DataError("EncodedPixels is blank; write -1 for an image without the structure")
-    if len(values) % 2 or (values < 0).any():
-        raise DataError(f"EncodedPixels must be pairs of non-negative integers (offset length), got {text[:40]!r}")
-    offsets, lengths = values[0::2], values[1::2]
+    offsets, lengths = siim_runs(encoded)
     ends = np.cumsum(offsets + lengths)
     begins = ends - lengths
     if ends[-1] > total:
@@ -114,6 +106,22 @@ def siim_decode(encoded: str, height: int, width: int) -> np.ndarray:
     np.add.at(flat, begins, 1)
     np.add.at(flat, ends, -1)
     return (np.cumsum(flat[:-1]) > 0).reshape(width, height).T
+
+
+def siim_runs(encoded: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (offsets, lengths) of SIIM-ACR ``EncodedPixels`` (empty for ``-1``); DataError for malformed text."""
+    text = str(encoded).strip()
+    if text == SIIM_EMPTY:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    try:
+        values = np.array([int(token) for token in text.split()], dtype=np.int64)
+    except ValueError:
+        raise DataError(f"EncodedPixels must be integer pairs or -1, got {text[:40]!r}") from None
+    if len(values) == 0:
+        raise DataError("EncodedPixels is blank; write -1 for an image without the structure")
+    if len(values) % 2 or (values < 0).any():
+        raise DataError(f"EncodedPixels must be pairs of non-negative integers (offset length), got {text[:40]!r}")
+    return values[0::2], values[1::2]
 
 
 # -------------------------------------------------------------------------------------------- COCO
@@ -419,10 +427,27 @@ class MaskSpec:
     structures: tuple[str, ...]
     annotated: tuple[int, ...]
     required: tuple[int, ...] = ()
+    size: tuple[int, int] | None = None
+    """(height, width) the annotation declares (COCO's image entry), checked against the image."""
+    keep: tuple[int, ...] | None = None
+    """Structures (indices into ``structures``) the mask is narrowed to, in output order; None: all."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The structures :func:`load_mask` returns, in order."""
+        return self.structures if self.keep is None else tuple(self.structures[k] for k in self.keep)
+
+    def annotated_outputs(self) -> list[bool]:
+        """For each output structure, whether this image's annotation covers it (else its label is NaN)."""
+        indices = range(len(self.structures)) if self.keep is None else self.keep
+        return [k in self.annotated for k in indices]
 
 
 def load_mask(spec: MaskSpec, height: int, width: int) -> np.ndarray:
-    """The image's masks ``(K, height, width)`` from ``spec``; several annotations of a structure are unioned."""
+    """The image's masks ``(K, height, width)``, K = ``spec.outputs``; several annotations of a structure unite."""
+    if spec.size is not None and tuple(spec.size) != (height, width):
+        declared = f"{spec.size[1]}x{spec.size[0]}"
+        raise DataError(f"the annotation is for a {declared} image but its image is {width}x{height} (width x height)")
     k = len(spec.structures)
     out = np.zeros((k, height, width), dtype=bool)
     for structure, item in spec.items:
@@ -454,4 +479,4 @@ def load_mask(spec: MaskSpec, height: int, width: int) -> np.ndarray:
     for structure in spec.required:
         if not out[structure].any():
             raise DataError(f"the annotation of {spec.structures[structure]!r} holds no pixel (an empty mask)")
-    return out
+    return out if spec.keep is None else out[list(spec.keep)]

@@ -9,12 +9,16 @@ from radflow.data.sources.boneage import read_boneage
 from radflow.data.sources.chexpert import read_chexpert
 from radflow.data.sources.dicom_dir import read_dicom_dir
 from radflow.data.sources.folder import read_folder
+from radflow.data.sources.maskfolder import read_mask_folder
 from radflow.data.sources.nih import read_nih
+from radflow.data.sources.siim import read_siim
 from radflow.errors import ConfigError, did_you_mean
 
-__all__ = ["FORMATS", "SourceRecord", "SourceTable", "read_source"]
+__all__ = ["FORMATS", "SEGMENTATION_FORMATS", "SourceRecord", "SourceTable", "read_source"]
 
-FORMATS = ("chexpert", "nih", "boneage", "folder", "dicom")
+FORMATS = ("chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks")
+SEGMENTATION_FORMATS = ("siim", "masks")
+"""Formats whose records carry masks (task ``segmentation``; ``--labels`` selects structures)."""
 
 
 def read_source(
@@ -35,6 +39,10 @@ def read_source(
         return read_chexpert(src, uncertain=uncertain, labels=labels, frontal_only=frontal_only)
     if fmt == "nih":
         return read_nih(src, labels=labels, frontal_only=frontal_only)
+    if fmt == "siim":
+        return read_siim(src, labels=labels)
+    if fmt == "masks":
+        return read_mask_folder(src, labels=labels)
     if labels is not None and fmt in ("boneage", "folder"):
         raise ConfigError(f"--labels does not apply to --format {fmt} (its labels are fixed by the source).")
     if fmt == "boneage":

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from radflow.data.dataset import Task
+from radflow.data.maskfiles import MaskSpec
 from radflow.errors import DataError, NotFoundError, did_you_mean
 
 __all__ = [
@@ -51,6 +52,8 @@ class SourceRecord:
     """Line number in the label CSV (header = line 1), for error messages."""
     table: str | None = None
     """File name of the label CSV the row is in, for error messages."""
+    mask: MaskSpec | None = None
+    """Segmentation sources: where the image's mask comes from; ingest reads it and sets the structures' labels."""
 
 
 @dataclass

@@ -30,8 +30,9 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from radflow.data.labels import CHEXPERT_LABELS
 from radflow.data.synth.chest_plan import Study, chest_shape, plan_studies
-from radflow.data.synth.chest_render import render_chest
+from radflow.data.synth.chest_render import MASK_STRUCTURES, render_chest, render_chest_with_masks
 from radflow.data.synth.common import check_common, image_rng, run_jobs, to_uint8, write_png
+from radflow.data.synth.truth import write_masks, write_truth_tables
 from radflow.errors import ConfigError
 
 __all__ = ["CHEXPERT_COLUMNS", "DRAWN_FINDINGS", "FAKE_PHI_MARKERS", "chest_shape", "synth_chest"]
@@ -109,9 +110,13 @@ def _write_dicom(path: Path, img: np.ndarray, s: Study, rng: np.random.Generator
     )
 
 
-def _draw_and_write(job: tuple[Study, str]) -> None:
-    s, out = job
-    img = render_chest(s)
+def _draw_and_write(job: tuple[Study, str, bool]) -> None:
+    s, out, with_masks = job
+    if with_masks:
+        img, masks = render_chest_with_masks(s)
+        write_masks(Path(out), s.out_file, MASK_STRUCTURES, masks)
+    else:
+        img = render_chest(s)
     path = Path(out) / s.out_file
     path.parent.mkdir(parents=True, exist_ok=True)
     if s.dicom:
@@ -128,6 +133,7 @@ def synth_chest(
     dicom_fraction: float = 0.0,
     valid_fraction: float = 0.1,
     workers: int | None = None,
+    masks: bool = False,
 ) -> dict[str, Any]:
     """Write ``n`` phantom frontal chest radiographs under ``out`` in CheXpert's layout; returns a summary.
 
@@ -135,6 +141,8 @@ def synth_chest(
     ``<out.name>/{train|valid}/patientNNNNN/studyN/view1_frontal.png`` (``.dcm`` for the
     ``dicom_fraction`` share written as DICOM). ``valid_fraction`` of the patients (never their
     studies piecemeal) go to valid.csv. The same ``seed`` gives the same bytes for any ``workers``.
+    ``masks`` adds the exact ground-truth masks of the lungs, heart, effusion, pneumothorax and lesion
+    (:mod:`radflow.data.synth.truth`); the images are the same with or without them.
     """
     check_common(n, seed, size, workers)
     if not isinstance(dicom_fraction, int | float) or not 0.0 <= dicom_fraction <= 1.0:
@@ -148,7 +156,7 @@ def synth_chest(
         ext = "dcm" if s.dicom else "png"
         s.out_file = f"{s.split}/patient{s.patient_no:05d}/study{s.study_no}/view1_frontal.{ext}"
     out.mkdir(parents=True, exist_ok=True)
-    used = run_jobs(_draw_and_write, [(s, str(out)) for s in studies], workers)
+    used = run_jobs(_draw_and_write, [(s, str(out), masks) for s in studies], workers)
     for split in ("train", "valid"):
         rows = sorted((s for s in studies if s.split == split), key=lambda s: (s.patient_no, s.study_no))
         with (out / f"{split}.csv").open("w", newline="") as f:
@@ -162,7 +170,13 @@ def synth_chest(
         k: round(sum(s.labels[k] == "1.0" for s in studies) / len(studies), 4)
         for k in (*DRAWN_FINDINGS, "No Finding", "Support Devices")
     }
+    truth = {}
+    if masks:
+        images = [(s.out_file, f"patient{s.patient_no:05d}", f"study{s.study_no}") for s in studies]
+        shown = write_truth_tables(out, MASK_STRUCTURES, images)
+        truth = {"masks": {"structures": list(MASK_STRUCTURES), "images_showing": shown}}
     return {
+        **truth,
         "out": str(out),
         "kind": "chest",
         "images": len(studies),

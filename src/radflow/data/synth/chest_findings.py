@@ -53,18 +53,26 @@ def visceral_pleura(c: Canvas, s: Study, lungs: Lungs, collapse: Collapse) -> np
     return c.blur(line, 0.0015) * lungs.mask * (0.1 + 0.12 * s.pneumothorax[1])
 
 
-def air_space_fill(c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator) -> np.ndarray:
-    """Findings that displace air, as an opacity in [0, 1]: fluid, consolidation, nodule."""
+def air_space_fill(
+    c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator, regions: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Findings that displace air, as an opacity in [0, 1]: fluid, consolidation, nodule.
+
+    ``regions``, when given, receives the drawn extent of the fluid (``effusion``: below the
+    meniscus line) and of the nodule (``lesion``: its ellipses before blurring), for ground-truth masks.
+    """
     fill = c.layer()
-    _effusion(c, s, lungs, fill)
+    effusion = c.layer()
+    _effusion(c, s, lungs, fill, effusion)
     if s.consolidation > 0:
         _consolidation(c, s, lungs, rng, fill)
-    if s.lesion > 0:
-        _lesion(c, s, lungs, rng, fill)
+    nodule = _lesion(c, s, lungs, rng, fill) if s.lesion > 0 else c.layer()
+    if regions is not None:
+        regions["effusion"], regions["lesion"] = effusion, nodule
     return np.clip(fill, 0, 1)
 
 
-def _effusion(c: Canvas, s: Study, lungs: Lungs, fill: np.ndarray) -> None:
+def _effusion(c: Canvas, s: Study, lungs: Lungs, fill: np.ndarray, region: np.ndarray) -> None:
     cx, b = 0.5, s.anatomy.body
     h, w = c.h, c.w
     yy = (np.arange(h, dtype=np.float32) / w)[:, None]
@@ -79,6 +87,7 @@ def _effusion(c: Canvas, s: Study, lungs: Lungs, fill: np.ndarray) -> None:
         level = cp_y - height * (0.3 + 0.7 * lateral**1.5)  # meniscus: higher against the chest wall
         half = (xx - cx) * side > 0
         fill += half * (0.5 + 0.5 * np.tanh((yy - level) / 0.02)) * (0.7 + 0.3 * sev)  # soft upper edge
+        np.maximum(region, half * (yy >= level), out=region)  # the fluid's extent: below the meniscus
 
 
 def _consolidation(c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator, fill: np.ndarray) -> None:
@@ -106,7 +115,7 @@ def _consolidation(c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator, 
     fill += patchy * (0.35 + 0.65 * s.consolidation)
 
 
-def _lesion(c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator, fill: np.ndarray) -> None:
+def _lesion(c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator, fill: np.ndarray) -> np.ndarray:
     side_l, frac = s.anatomy.lesion_xy
     o = lungs.outlines[int(side_l)]
     hilum = lungs.hila[int(side_l)]
@@ -118,3 +127,4 @@ def _lesion(c: Canvas, s: Study, lungs: Lungs, rng: np.random.Generator, fill: n
         q = p + rng.normal(0, r * 0.5, 2)
         c.ellipse(nod, (float(q[0]), float(q[1])), (r * 0.6, r * 0.55), 0)
     fill += c.blur(nod, r * 0.25) * (0.45 + 0.55 * s.lesion)
+    return nod

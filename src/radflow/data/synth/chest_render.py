@@ -12,6 +12,7 @@ import numpy as np
 
 from radflow.data.synth.canvas import Canvas
 from radflow.data.synth.chest_anatomy import (
+    Lungs,
     gastric_bubble,
     heart,
     lung_fields,
@@ -27,11 +28,38 @@ from radflow.data.synth.chest_findings import air_space_fill, pneumothorax, visc
 from radflow.data.synth.chest_plan import Study, chest_shape
 from radflow.data.synth.common import draw_marker, image_rng
 
-__all__ = ["render_chest"]
+__all__ = ["MASK_STRUCTURES", "render_chest", "render_chest_with_masks"]
+
+MASK_STRUCTURES: tuple[str, ...] = (
+    "Right Lung",
+    "Left Lung",
+    "Heart",
+    "Pleural Effusion",
+    "Pneumothorax",
+    "Lung Lesion",
+)
+"""Structures of the phantom's ground-truth masks, in bit order (the patient's right lung is on the image's left)."""
 
 
 def render_chest(s: Study) -> np.ndarray:
     """Draw one study as display grey levels in [0, 1] (0 = black), float32."""
+    return _render(s, None)
+
+
+def render_chest_with_masks(s: Study) -> tuple[np.ndarray, np.ndarray]:
+    """The study's image (as :func:`render_chest`, same pixels) and its exact masks ``(K, H, W)`` (MASK_STRUCTURES).
+
+    Each mask is what the renderer drew, posed with the image: a lung is its outline's area not
+    covered by the heart or mediastinum; the heart its silhouette; the effusion the fluid below its
+    meniscus inside the lung outline; the pneumothorax the pleural air space; the lesion the nodule
+    or mass inside the lung outline. A drawn layer counts as inside where it reaches half strength.
+    """
+    layers: dict[str, np.ndarray] = {}
+    img = _render(s, layers)
+    return img, np.stack([layers[name] for name in MASK_STRUCTURES])
+
+
+def _render(s: Study, masks: dict[str, np.ndarray] | None) -> np.ndarray:
     rng = image_rng(s.seed, 2, s.index)
     c = Canvas(*chest_shape(s.size))
     body = soft_tissue(c, s.anatomy)
@@ -40,7 +68,8 @@ def render_chest(s: Study) -> np.ndarray:
     markings = lung_markings(c, rng, lungs, collapse.aerated)
     texture = parenchymal_texture(c, rng)
     cardiac, central, airway = heart(c, s), mediastinum(c), trachea(c)
-    fill = air_space_fill(c, s, lungs, rng)
+    regions: dict[str, np.ndarray] = {}
+    fill = air_space_fill(c, s, lungs, rng, regions)
     bone = skeleton(c, s, rng)
     dev = support_devices(c, s, rng)
     if collapse.space is not None:
@@ -56,18 +85,54 @@ def render_chest(s: Study) -> np.ndarray:
     dense = np.maximum(cardiac, central)
     att += (0.1 * markings + 0.012 * texture) * lungs.mask + 0.3 * bone * body * (1 - 0.6 * dense) + 0.18 * dev
 
-    img = _expose(c, _pose(att, rng), rng)
+    pose = _pose_matrix(att.shape, rng)
+    img = _expose(c, _warp(att, pose), rng)
+    if masks is not None:
+        masks.update(_truth(c, s, lungs, collapse.space, cardiac, central, regions, pose))
     # Side marker on the patient's left (image right), as technologists place it.
     draw_marker(img, "L", 0.87, 0.07)
     return img
 
 
-def _pose(att: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _pose_matrix(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Small rotation, magnification and shift, as a technologist positions a patient."""
-    h, w = att.shape
+    h, w = shape
     m = np.asarray(cv2.getRotationMatrix2D((w / 2, h / 2), float(rng.normal(0, 2.0)), float(rng.uniform(0.95, 1.05))))
     m[:, 2] = m[:, 2] + rng.normal(0, 0.015, 2) * w
-    return cv2.warpAffine(att, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    return m
+
+
+def _warp(layer: np.ndarray, m: np.ndarray) -> np.ndarray:
+    h, w = layer.shape
+    return cv2.warpAffine(layer, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+def _truth(
+    c: Canvas,
+    s: Study,
+    lungs: Lungs,
+    space: np.ndarray | None,
+    cardiac: np.ndarray,
+    central: np.ndarray,
+    regions: dict[str, np.ndarray],
+    pose: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Ground-truth masks of what was drawn, posed like the image (see :func:`render_chest_with_masks`)."""
+    outline = {}
+    for side in (-1, 1):
+        outline[side] = c.layer()
+        c.poly(outline[side], lungs.outlines[side])
+    lung_area = np.maximum(outline[-1], outline[1])
+    covered = np.maximum(cardiac, central)
+    soft = {
+        "Right Lung": np.minimum(outline[-1], 1 - covered),
+        "Left Lung": np.minimum(outline[1], 1 - covered),
+        "Heart": cardiac,
+        "Pleural Effusion": np.minimum(regions["effusion"], lung_area),
+        "Pneumothorax": space if space is not None else c.layer(),
+        "Lung Lesion": np.minimum(regions["lesion"], lung_area),
+    }
+    return {name: _warp(layer.astype(np.float32), pose) >= 0.5 for name, layer in soft.items()}
 
 
 def _expose(c: Canvas, att: np.ndarray, rng: np.random.Generator) -> np.ndarray:

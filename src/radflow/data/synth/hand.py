@@ -22,8 +22,12 @@ import cv2
 import numpy as np
 
 from radflow.data.synth.common import check_common, draw_marker, image_rng, run_jobs, to_uint8, write_png
+from radflow.data.synth.truth import write_masks, write_truth_tables
 
-__all__ = ["RSNA_COLUMNS", "hand_shape", "synth_hand"]
+__all__ = ["HAND_STRUCTURES", "RSNA_COLUMNS", "hand_shape", "synth_hand"]
+
+HAND_STRUCTURES: tuple[str, ...] = ("Hand",)
+"""The hand phantom's ground-truth structure: its soft-tissue silhouette (hand, wrist and forearm)."""
 
 RSNA_COLUMNS: tuple[str, ...] = ("id", "boneage", "male")
 """Columns of RSNA's boneage-training-dataset.csv."""
@@ -133,7 +137,8 @@ def _disc(d: _Draw, layer: np.ndarray, c: np.ndarray, axis: np.ndarray, along: f
     d.ellipse(layer, c, (along, across), math.degrees(math.atan2(axis[1], axis[0])), 1.0)
 
 
-def _render(hand: _Hand) -> np.ndarray:
+def _render(hand: _Hand) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its ``Hand`` mask (where the soft-tissue silhouette reaches half strength)."""
     rng = image_rng(hand.seed, 11, hand.index)
     h, w = hand_shape(hand.size)
     m = hand.boneage * (1.0 if hand.male else _FEMALE_MATURITY)  # maturity on the boys' scale
@@ -184,6 +189,7 @@ def _render(hand: _Hand) -> np.ndarray:
             grown = min(1.0, 0.4 + 0.6 * (m - appear) / 80.0)
             d.ellipse(bone, np.array([x, 0.025 - gap - 0.012]), (width * 0.5 * grown, 0.014 * grown + 0.004), 0, 1.0)
     soft = cv2.GaussianBlur(soft, (0, 0), max(0.5, 0.012 * w))
+    silhouette = np.clip(soft, 0, 1) >= 0.5
     bone = cv2.GaussianBlur(bone, (0, 0), max(0.4, 0.002 * w))
     att = 0.3 * np.clip(soft, 0, 1) + 0.4 * np.clip(bone, -0.2, 1.2) * np.clip(soft * 2, 0, 1)
     att = att + rng.standard_normal(att.shape, dtype=np.float32) * (0.01 * np.sqrt(att + 0.05))
@@ -192,26 +198,32 @@ def _render(hand: _Hand) -> np.ndarray:
     img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), max(0.4, 0.002 * w))
     img = np.clip(img, 0, 1)
     draw_marker(img, "L", 0.08, 0.08)
-    return img
+    return img, silhouette
 
 
-def _draw_and_write(job: tuple[_Hand, str]) -> None:
-    hand, out = job
-    write_png(Path(out) / hand.out_file, to_uint8(_render(hand)))
+def _draw_and_write(job: tuple[_Hand, str, bool]) -> None:
+    hand, out, with_masks = job
+    img, silhouette = _render(hand)
+    write_png(Path(out) / hand.out_file, to_uint8(img))
+    if with_masks:
+        write_masks(Path(out), hand.out_file, HAND_STRUCTURES, silhouette[None])
 
 
-def synth_hand(out: Path, n: int, seed: int, size: int = 256, workers: int | None = None) -> dict[str, Any]:
+def synth_hand(
+    out: Path, n: int, seed: int, size: int = 256, workers: int | None = None, masks: bool = False
+) -> dict[str, Any]:
     """Write ``n`` phantom hand radiographs under ``out`` in RSNA bone age's layout; returns a summary.
 
     ``out/boneage-training-dataset.csv`` has columns ``id,boneage,male`` (months, ``True``/``False``);
     images are ``out/boneage-training-dataset/{id}.png``. The same ``seed`` gives the same bytes for any ``workers``.
+    ``masks`` adds each hand's exact silhouette mask (:mod:`radflow.data.synth.truth`).
     """
     check_common(n, seed, size, workers)
     start = time.perf_counter()
     out = Path(out)
     hands = _plan(n, seed, size)
     (out / "boneage-training-dataset").mkdir(parents=True, exist_ok=True)
-    used = run_jobs(_draw_and_write, [(hd, str(out)) for hd in hands], workers)
+    used = run_jobs(_draw_and_write, [(hd, str(out), masks) for hd in hands], workers)
     with (out / "boneage-training-dataset.csv").open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(RSNA_COLUMNS)
@@ -219,7 +231,13 @@ def synth_hand(out: Path, n: int, seed: int, size: int = 256, workers: int | Non
             writer.writerow([hd.image_id, hd.boneage, "True" if hd.male else "False"])
     ages = np.array([hd.boneage for hd in hands], dtype=np.float64)
     height, width = hand_shape(size)
+    truth = {}
+    if masks:
+        images = [(hd.out_file, str(hd.image_id), str(hd.image_id)) for hd in hands]
+        shown = write_truth_tables(out, HAND_STRUCTURES, images)
+        truth = {"masks": {"structures": list(HAND_STRUCTURES), "images_showing": shown}}
     return {
+        **truth,
         "out": str(out),
         "kind": "hand",
         "images": n,
