@@ -188,3 +188,16 @@ def test_phi_in_folder_and_file_names_never_reaches_the_dataset(tmp_path: Path) 
         "IMG_MRN87654321.dcm",
     }
     assert broken.resolve() in set(located.values())
+
+
+def test_reingest_reusing_pixels_keeps_identity_and_attributes_from_the_headers(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    for i in range(4):
+        _write(src / f"img{i}.dcm", i, patient=f"MRN{i // 2:04d}")
+    first = ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=32, workers=1))
+    before = Dataset.open(tmp_path / "ds").manifest
+    again = ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=32, workers=1))
+    assert again["ingest"]["reused_images"] == 4
+    assert again["version"] == first["version"] and again["counts"]["patients"] == 2
+    after = Dataset.open(tmp_path / "ds").manifest
+    assert after.equals(before) and set(after["sex"]) == {"F"} and set(after["projection"]) == {"PA"}

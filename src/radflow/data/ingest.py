@@ -184,18 +184,30 @@ def _init_worker(size: int, max_pixels: int, reusable: frozenset[str]) -> None:
     _WORKER.update(size=size, max_pixels=max_pixels, reusable=reusable)
 
 
-def _header_size(data: bytes, name: str) -> tuple[int, int]:
-    """(height, width) an image file declares, without decoding its pixels (for masks of reused images)."""
+def _reused(digest: str, data: bytes, name: str) -> tuple[_Processed, tuple[int, int]]:
+    """A file whose pixels are reused: what its header says (size; DICOM attributes and identifiers), no decoding.
+
+    The DICOM header is read again because identity and the whitelisted attributes come from it, not
+    from the stored pixels: without them a re-ingest would make every image its own patient.
+    """
     if sniff_format(data) == "dicom":
         import pydicom
 
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-        return int(ds.Rows), int(ds.Columns)
+        # the decoder's own attribute readers, so a reused image gets exactly what decoding gave it
+        from radflow.data.dicom import _identifiers, _meta
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            photometric = str(ds.PhotometricInterpretation).strip().upper()
+            processed = _Processed(digest, None, _meta(ds, photometric), _identifiers(ds))
+            return processed, (int(ds.Rows), int(ds.Columns))
+        except Exception as exc:  # it decoded last time: a header that fails now is a changed pydicom
+            raise ImageDecodeError(f"cannot read the DICOM header again ({type(exc).__name__})", path=name) from None
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return img.size[1], img.size[0]
+            return _Processed(digest, None, {}, {}), (img.size[1], img.size[0])
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot read the image's size ({exc})", path=name) from None
 
@@ -222,8 +234,7 @@ def _process(job: tuple[str, str, MaskSpec | None]) -> _Processed:
     digest = hashlib.sha256(data).hexdigest()
     try:
         if digest in _WORKER["reusable"]:
-            processed = _Processed(digest, None, {}, {})
-            height, width = _header_size(data, key) if spec is not None else (0, 0)
+            processed, (height, width) = _reused(digest, data, key)
         else:
             decoded = decode_image(data, name=key, max_pixels=_WORKER["max_pixels"])
             pixels = prepare_pixels(decoded.pixels, _WORKER["size"])
