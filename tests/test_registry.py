@@ -363,6 +363,26 @@ def test_gates_follow_the_runs_task_kind(metrics: dict[str, float], tags: dict[s
     assert [c["gate"] for c in outcome["checks"]] == [gate]
 
 
+@pytest.mark.parametrize(
+    ("metrics", "tags"),
+    [
+        ({"test_mean_dice": 0.95, "test_macro_auroc": 0.99, "test_auroc_Lung": 0.99}, {"radflow.task": "segmentation"}),
+        ({"test_mean_dice": 0.95}, {}),  # no task tag: the kind whose first gate metric the run logged
+    ],
+)
+def test_a_family_without_gates_fails_instead_of_being_judged_by_auroc(
+    metrics: dict[str, float], tags: dict[str, str]
+) -> None:
+    """Segmentation has no gates yet: its run fails one gate that says so and is not compared on AUROC."""
+    from radflow.registry.gates import EVAL_HELD_OUT_TAG, check_gates
+
+    champion = {"version": "1", "metrics": {"test_auroc_Lung": 0.5}, "tags": {EVAL_HELD_OUT_TAG: "split-1"}}
+    outcome = check_gates(metrics, {**tags, EVAL_HELD_OUT_TAG: "split-1"}, GateConfig(), champion)
+    assert not outcome["passed"]
+    assert [c["gate"] for c in outcome["checks"]] == ["gates_defined"]
+    assert "no quality gates for segmentation models" in outcome["failures"][0]["message"]
+
+
 def _test_split(seed: int = 10, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Targets, a champion's scores and a challenger's that is the champion plus noise (2 images per patient)."""
     rng = np.random.default_rng(seed)
