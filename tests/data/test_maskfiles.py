@@ -18,6 +18,8 @@ from radflow.data.maskfiles import (
     coco_encode,
     label_studio_decode,
     label_studio_encode,
+    label_studio_masks,
+    label_studio_result,
     load_mask,
     masks_from_label_image,
     read_dicom_seg,
@@ -243,3 +245,19 @@ def test_dicom_seg_round_trip_references_its_source(tmp_path: Path) -> None:
         read_dicom_seg(tmp_path / "src.dcm")
     with pytest.raises(DataError, match="source image is 48x40"):
         write_dicom_seg(masks[:, :20], ["Left Lung", "Heart", "Lesion"], source)
+
+
+def test_label_studio_results_to_structures() -> None:
+    block, noise = _masks()[1], _masks()[2]
+    results = [
+        label_studio_result(block, "Heart"),
+        label_studio_result(noise, "Lung"),
+        label_studio_result(noise & block, "Heart"),
+        {"type": "choices", "value": {"choices": ["ok"]}},
+    ]
+    masks = label_studio_masks(results, ["Lung", "Heart", "Lesion"])
+    assert np.array_equal(masks, np.stack([noise, block, np.zeros((H, W), bool)]))
+    with pytest.raises(DataError, match=r"'Hart' is not one of the structures.*Did you mean 'Heart'"):
+        label_studio_masks([label_studio_result(block, "Hart")], ["Lung", "Heart"])
+    with pytest.raises(DataError, match="share one original_width"):
+        label_studio_masks([results[0], label_studio_result(np.zeros((4, 4), bool), "Lung")], ["Lung", "Heart"])

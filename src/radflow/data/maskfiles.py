@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from radflow.errors import DataError
+from radflow.errors import DataError, did_you_mean
 
 __all__ = [
     "MaskSpec",
@@ -44,6 +44,8 @@ __all__ = [
     "coco_encode",
     "label_studio_decode",
     "label_studio_encode",
+    "label_studio_masks",
+    "label_studio_result",
     "load_mask",
     "masks_from_label_image",
     "read_dicom_seg",
@@ -246,6 +248,51 @@ def label_studio_decode(rle: list[int] | bytes, height: int, width: int) -> np.n
             out[i:j] = [read(word) for _ in range(j - i)]
         i = j
     return out.reshape(height, width, 4)[:, :, 3] > 0
+
+
+def label_studio_result(
+    mask: np.ndarray, label: str, *, from_name: str = "tag", to_name: str = "image"
+) -> dict[str, Any]:
+    """One Label Studio ``brushlabels`` result (prediction or annotation) holding ``mask`` for ``label``."""
+    height, width = np.asarray(mask).shape
+    return {
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": label_studio_encode(mask), "brushlabels": [label]},
+    }
+
+
+def label_studio_masks(results: list[dict[str, Any]], structures: list[str]) -> np.ndarray:
+    """The ``brushlabels`` results of one Label Studio annotation to masks ``(K, H, W)`` over ``structures``.
+
+    A result's labels name its structures (several results of one label unite); other result types
+    are ignored. Every brush result must have the same original size; a label that is not a
+    structure is an error with a did-you-mean hint.
+    """
+    brushes = [r for r in results if str(r.get("type", "")).lower() == "brushlabels"]
+    if not brushes:
+        raise DataError("the annotation has no brushlabels result (a Label Studio brush mask)")
+    sizes = {(int(r["original_height"]), int(r["original_width"])) for r in brushes if "original_height" in r}
+    if len(sizes) != 1:
+        raise DataError(f"brush results must share one original_width/original_height, got {sorted(sizes)}")
+    ((height, width),) = sizes
+    out = np.zeros((len(structures), height, width), dtype=bool)
+    for result in brushes:
+        value = result.get("value", {})
+        labels = value.get("brushlabels") or []
+        if value.get("format", "rle") != "rle" or "rle" not in value or not labels:
+            raise DataError("a brushlabels result needs value.format 'rle', value.rle and value.brushlabels")
+        mask = label_studio_decode(value["rle"], height, width)
+        for name in labels:
+            if name not in structures:
+                hint = did_you_mean(name, structures)
+                raise DataError(f"brush label {name!r} is not one of the structures {structures}.{hint}")
+            out[structures.index(name)] |= mask
+    return out
 
 
 # ---------------------------------------------------------------------------------------- PNG/TIFF
