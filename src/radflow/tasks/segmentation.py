@@ -11,9 +11,11 @@ Validation watches the mean Dice over structures at a 0.5 threshold. Per image, 
 from both the truth and the prediction has no Dice (it is left out rather than counted perfect, as
 MONAI's ``ignore_empty`` does), so a model cannot score well by predicting nothing everywhere.
 
-Evaluation with confidence intervals (:mod:`radflow.metrics.segmentation`), answers at the input's
-size (:mod:`radflow.runtime.masks`) and corrected masks as feedback are built elsewhere; until they
-are, those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing part.
+Not wired yet, so those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing part:
+the evaluation (:func:`radflow.metrics.segmentation.segmentation_report` needs the split's masks,
+which :class:`~radflow.tasks.evaluation.EvalData` does not carry yet), answers at the input's size
+(:func:`radflow.runtime.masks.structure_answers`, which serving calls: this package cannot import
+``radflow.runtime``, which sits below it) and corrected masks as feedback.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ MASK_THRESHOLD = 0.5
 """Probability at or above which a pixel belongs to a structure, in validation."""
 
 _EVALUATION = (
-    "segmentation evaluation (Dice, IoU, HD95 and MSD per structure with CIs) comes from "
-    "radflow.metrics.segmentation and the report, which are not built yet; train with --no-evaluate meanwhile."
+    "segmentation evaluation (Dice, IoU, HD95 and MSD per structure with CIs, "
+    "radflow.metrics.segmentation) is not wired into the report yet: it needs the split's masks; "
+    "train with --no-evaluate meanwhile."
 )
 
 
@@ -179,8 +182,8 @@ class Segmentation(TaskKind):
     ) -> Prediction:
         raise NotBuiltError(
             "segmentation answers (per-structure area, box and COCO RLE at the input's original size) are "
-            "encoded by radflow.runtime.masks, which is not built yet; TaskKind.encode gets the model-size "
-            "maps but not the input's size."
+            "made by radflow.runtime.masks.structure_answers, which serving does not call yet; TaskKind.encode "
+            "gets the model-size maps but not the input's size."
         )
 
     def validate_feedback(

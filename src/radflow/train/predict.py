@@ -1,8 +1,8 @@
 """Batch prediction of a trained model over a dataset split (evaluation and validation use it).
 
 Outputs are in user terms, as the task kind activates them: probabilities (sigmoid for multi-label,
-softmax for multi-class) or the regression target in its own unit (months), undoing the training
-normalisation.
+softmax for multi-class), the regression target in its own unit (months), undoing the training
+normalisation, or for segmentation a probability map per structure, ``(n, K, S, S)`` at model size.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from radflow.data.preprocess import PreprocessSpec
 from radflow.tasks import get_task
 from radflow.train.checkpoint import ModelMeta
 from radflow.train.data import ShardBatches, make_loader, sex_feature
+from radflow.train.models import model_network
 
 __all__ = ["extra_inputs", "outputs_to_predictions", "predict_dataset", "predict_loader"]
 
@@ -51,7 +52,9 @@ def predict_loader(
         preds.append(outputs_to_predictions(out, meta).cpu())
     model.train(was_training)
     if not raw:
-        return np.zeros((0, meta.num_outputs), np.float32), np.zeros((0, meta.num_outputs), np.float32)
+        size = int((meta.preprocess or {}).get("size", 0))
+        shape = (0, meta.num_outputs, size, size) if model_network(meta.arch) == "dense" else (0, meta.num_outputs)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     return torch.cat(raw).numpy(), torch.cat(preds).numpy()
 
 
