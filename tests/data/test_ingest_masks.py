@@ -290,3 +290,48 @@ def test_cli_synth_masks_then_ingest_siim(tmp_path: Path) -> None:
     assert json.loads(result.output)["task"] == "segmentation"
     bad = runner.invoke(app, ["ingest", str(tmp_path / "h"), "--format", "sim", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "siim" in bad.output
+
+
+def test_siim_competition_dicom_tree_by_image_id_with_identity_from_headers(tmp_path: Path) -> None:
+    src = tmp_path / "siim"
+    rows, truth = ["ImageId,EncodedPixels"], {}
+    for i in range(3):
+        pixels = np.full((20, 24), 300 + 10 * i, np.uint16)
+        tmp = tmp_path / f"tmp{i}.dcm"
+        write_dicom(tmp, pixels, bits_stored=12, uid_seed=f"siim-{i}", attributes={"PatientID": f"anon-{i // 2}"})
+        uid = str(pydicom.dcmread(tmp).SOPInstanceUID)
+        target = src / "dicom-images-train" / f"1.2.study{i}" / f"1.2.series{i}" / f"{uid}.dcm"
+        target.parent.mkdir(parents=True)
+        tmp.rename(target)
+        mask = np.zeros((20, 24), bool)
+        mask[i : i + 6, 2:9] = i > 0
+        truth[uid] = mask
+        rows.append(f"{uid},{siim_encode(mask)}")
+    (src / "train-rle.csv").write_text("\n".join(rows) + "\n")
+    info = ingest(src, "siim", tmp_path / "ds", IngestOptions(size=SIZE, workers=1))
+    assert info["counts"] == {**info["counts"], "images": 3, "patients": 2} and not info["skipped"]
+    ds = Dataset.open(tmp_path / "ds")
+    paths = source_paths(tmp_path / SALT_FILE)
+    for row, key in enumerate(ds.manifest["source_key"]):
+        expected = truth[paths[key].stem]
+        assert np.array_equal(ds.masks([row])[0], prepare_mask(pack(expected[None]), SIZE))
+        assert ds.targets([row])[0, 0] == float(expected.any())
+
+
+def test_masks_labels_select_structures_in_order_and_strict_names_the_file(phantom: Path, tmp_path: Path) -> None:
+    options = IngestOptions(size=SIZE, workers=1, labels="Heart,Left Lung")
+    info = ingest(phantom, "masks", tmp_path / "ds", options)
+    assert info["labels"] == ["Heart", "Left Lung"]
+    full = ingest(phantom, "masks", tmp_path / "full", IngestOptions(size=SIZE, workers=1))
+    picked, whole = Dataset.open(tmp_path / "ds"), Dataset.open(tmp_path / "full")
+    order = [full["labels"].index("Heart"), full["labels"].index("Left Lung")]
+    assert np.array_equal(unpack(picked.masks(range(6)), 2), unpack(whole.masks(range(6)), 6)[:, order])
+    src = tmp_path / "bad"
+    _mask_folder(src)
+    strict = IngestOptions(size=SIZE, workers=1, strict=True)
+    with pytest.raises(DataError, match=r"masks/images/nobody\.png: mask for an image that does not exist"):
+        ingest(src, "masks", tmp_path / "strict", strict)
+    (src / "masks" / "images" / "nobody.png").unlink()
+    (src / "images" / "case4.png").unlink()
+    with pytest.raises(DataError, match=r"images/case1\.png: mask: label index 3 .* above the 2 declared"):
+        ingest(src, "masks", tmp_path / "strict", strict)
