@@ -222,7 +222,8 @@ def test_openapi_documents_401_and_403_and_the_bearer_scheme(secured: AppHarness
     spec = secured.request("GET", "/openapi.json").json()
     predict = spec["paths"]["/v1/predict"]["post"]
     assert {"401", "403"} <= set(predict["responses"])
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert predict["security"] == [{"HTTPBearer": []}]  # documented on the schema: authorize reads the header itself
     assert "401" not in spec["paths"]["/v2/health/live"]["get"]["responses"]
 
 

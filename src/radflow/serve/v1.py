@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from radflow.data.decode import sniff_format
 from radflow.inference.errors import UnsupportedMediaError
+from radflow.inference.settings import ServeSettings
 from radflow.runtime import InvalidInputError
 from radflow.serve.common import (
-    admitted,
     error_responses,
     json_answer,
     label_answer,
@@ -79,36 +79,43 @@ _PREDICTION_ERRORS = error_responses(404, 503)
     ),
     openapi_extra=_UPLOAD,
     responses=error_responses(400, 413, 415, 422, 503, 504),
-    dependencies=[Depends(admitted)],
 )
 async def predict(
     request: Request,
     sex: Literal["M", "F"] | None = Query(None, description="Sex for regression models (else the DICOM header)."),
 ) -> Response:
     service = service_of(request)
-    s = service.settings
+    # Admission (503 at capacity) before the body is read, held to the answer; the service does not count it
+    # again. Entered here rather than by the `admitted` dependency: a generator dependency costs every request
+    # FastAPI's exit stack.
+    with service.admission.enter():
+        answer = await service.predict(
+            await _image(request, service.settings), request.headers.get("x-routing-key"), sex
+        )
+    label_answer(request, {**answer["model"], "arm": answer["arm"]})
+    return json_answer(answer)
+
+
+async def _image(request: Request, s: ServeSettings) -> bytes:
+    """The image of a ``/v1/predict`` request: its multipart ``file`` field or its raw body (type sniffed)."""
     body = await read_body(request, s.max_body_bytes)
     declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if declared == "multipart/form-data":
         upload = multipart_file(body, request.headers["content-type"])
         if upload is None:
             raise InvalidInputError("a multipart upload needs the image in a file field named 'file'.")
-        data = upload
-    elif declared in s.allowed_content_types or declared in _UNTYPED:
+        return upload
+    if declared in s.allowed_content_types or declared in _UNTYPED:
         if declared == _FORM and sniff_format(body) is None:
             raise UnsupportedMediaError(
                 f"Content-Type {declared!r} is a form and the body is not a PNG, JPEG or DICOM file; send the "
                 "image with curl --data-binary @file (any type) or -F file=@file."
             )
-        data = body
-    else:
-        raise UnsupportedMediaError(
-            f"Content-Type {declared!r} is not accepted; send {', '.join(s.allowed_content_types)} "
-            "or multipart/form-data with a 'file' field."
-        )
-    answer = await service.predict(data, request.headers.get("x-routing-key"), sex)
-    label_answer(request, {**answer["model"], "arm": answer["arm"]})
-    return json_answer(answer)
+        return body
+    raise UnsupportedMediaError(
+        f"Content-Type {declared!r} is not accepted; send {', '.join(s.allowed_content_types)} "
+        "or multipart/form-data with a 'file' field."
+    )
 
 
 @v1.get("/predictions/{prediction_id}", summary="A logged prediction", responses=_PREDICTION_ERRORS)
