@@ -9,7 +9,9 @@ to patients rather than images: a patient's label vector is the union of its ima
 and a patient weighs as many images as it has, so the final image fractions approach the
 requested ones and rare labels are spread over every split. Regression targets are
 stratified by systematic sampling along each patient's mean target (quantile bins as fine
-as the smallest split allows).
+as the smallest split allows). Segmentation datasets are stratified the same way through their
+label columns, which say whether each image shows each structure, so images showing a rare
+structure are spread over every split; the mask shards are not touched.
 
 The assignment depends only on the manifest's content and the seed (patients are visited in
 sorted-id order before the seeded shuffle), so a re-run reproduces it exactly.
