@@ -183,7 +183,8 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
     print(
         f"/v1/predict CPU per request, {args.requests} requests x {args.rounds} rounds, {args.side} px PNG, auth {auth}"
     )
-    print_table(["load", "core ms/req", "app ms/req", "overhead µs", "min µs", "max µs"], rows)
+    if rows:
+        print_table(["load", "core ms/req", "app ms/req", "overhead µs", "min µs", "max µs"], rows)
     print_table(["load", "transport alone µs/req (least of rounds)"], [[f"c{c}", v] for c, v in transport.items()])
     for c, value in overhead.items():
         print_ratio(f"c{c} app minus core CPU per request, ms", value, GOAL_MS, higher_is_better=False)

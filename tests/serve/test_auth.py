@@ -40,7 +40,7 @@ from radflow.errors import ConfigError
 from radflow.inference import ServeSettings
 from radflow.serve.auth import FASTAPI_OPEN_PATHS, OPEN_PATHS, access_rule, authorize
 from radflow.store import Store, audit_events, revoke_tokens
-from tests.serve.harness import AppHarness
+from tests.serve.harness import AppHarness, metric_value
 from tests.serve.models import png_bytes
 
 ISSUER = "https://idp.example.org/realms/radiology"
@@ -254,6 +254,33 @@ def test_views_feedback_admin_changes_and_refusals_are_audited_without_phi(
     assert events[3]["detail"] == {"shadow": False}
     text = json.dumps(events)
     assert "John" not in text and "MRN" not in text  # feedback comments never reach the audit log
+
+
+def test_one_request_is_one_audit_row_and_one_count_with_the_status_it_was_answered(
+    secured: AppHarness, tokens: dict[str, dict[str, str]]
+) -> None:
+    """The one request middleware reads the status once for the audit log, the metrics and a 405's Allow."""
+    store = secured.service.require_store()
+
+    def count(endpoint: str, status: str) -> float:
+        return metric_value(
+            secured.request("GET", "/metrics", headers=tokens["operator"]).text,
+            "radflow_requests_total",
+            endpoint=endpoint,
+            status=status,
+        )
+
+    denied_before, wrong_before = count("/v1/monitoring", "403"), count("/v1/predict", "405")
+    before = audit_events(store, limit=1)[0]["id"] if audit_events(store, limit=1) else 0
+    assert secured.request("GET", "/v1/monitoring", headers=tokens["client"]).status_code == 403  # no audit rule
+    wrong = secured.request("GET", "/v1/predict", headers=tokens["client"])
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "OPTIONS, POST"
+    events = [e for e in audit_events(store, limit=20) if e["id"] > before]
+    assert [(e["actor"], e["action"], e["resource"], e["status"]) for e in events] == [
+        ("client-1", "denied", "GET /v1/monitoring", 403)
+    ]
+    assert count("/v1/monitoring", "403") - denied_before == 1
+    assert count("/v1/predict", "405") - wrong_before == 1
 
 
 def test_admin_errors_name_the_model_file_not_the_servers_folders(
