@@ -17,11 +17,12 @@ from radflow.cli import app
 from radflow.data.dataset import Dataset
 from radflow.data.dicom import write_dicom
 from radflow.data.ingest import SALT_FILE, IngestOptions, ingest, source_paths
-from radflow.data.maskfiles import coco_encode, read_mask_image, siim_encode, write_dicom_seg, write_mask_png
+from radflow.data.maskfiles import coco_encode, read_mask_image, siim_encode, write_mask_png
 from radflow.data.masks import pack, prepare_mask, unpack
 from radflow.data.split import split_dataset
 from radflow.data.synth import synth_chest, synth_hand
 from radflow.errors import DataError
+from radflow.runtime.dicom_seg import build_dicom_seg
 
 from .sources_fixtures import write_png
 
@@ -244,10 +245,14 @@ def test_dicom_seg_masks_and_a_seg_whose_source_is_missing(tmp_path: Path) -> No
     masks = np.zeros((2, 20, 24), bool)
     masks[0, 2:10, 3:12] = True
     masks[1, 12:18, 4:20] = True
-    write_dicom_seg(masks, ["Heart", "Lung"], source).save_as(src / "masks" / "img-seg.dcm")
+    build_dicom_seg(source, masks, ["Heart", "Lung"], model_name="reader", model_version="1").save_as(
+        src / "masks" / "img-seg.dcm"
+    )
     write_dicom(tmp_path / "other.dcm", np.zeros((20, 24), np.uint16), bits_stored=12, uid_seed="elsewhere")
     buffer = io.BytesIO()
-    write_dicom_seg(masks[:1], ["Heart"], pydicom.dcmread(tmp_path / "other.dcm")).save_as(buffer)
+    build_dicom_seg(
+        pydicom.dcmread(tmp_path / "other.dcm"), masks[:1], ["Heart"], model_name="reader", model_version="1"
+    ).save_as(buffer)
     (src / "masks" / "orphan.dcm").write_bytes(buffer.getvalue())
     info = ingest(src, "masks", tmp_path / "ds", IngestOptions(size=SIZE, workers=1))
     assert info["labels"] == ["Heart", "Lung"] and info["counts"]["images"] == 1

@@ -26,10 +26,10 @@ from radflow.data.maskfiles import (
     read_mask_image,
     siim_decode,
     siim_encode,
-    write_dicom_seg,
     write_mask_png,
 )
 from radflow.errors import DataError
+from radflow.runtime.dicom_seg import build_dicom_seg
 
 H, W = 40, 48
 
@@ -236,15 +236,14 @@ def test_dicom_seg_round_trip_references_its_source(tmp_path: Path) -> None:
     source = _source_dicom(tmp_path)
     masks = np.stack([_masks()[1], np.zeros((H, W), bool), _masks()[2]])
     buffer = io.BytesIO()
-    write_dicom_seg(masks, ["Left Lung", "Heart", "Lesion"], source).save_as(buffer)
+    names = ["Left Lung", "Heart", "Lesion"]
+    build_dicom_seg(source, masks, names, model_name="reader", model_version="1").save_as(buffer)
     seg = read_dicom_seg(buffer.getvalue())
     assert seg.source_uid == str(source.SOPInstanceUID)
     assert seg.labels == ("Left Lung", "Heart", "Lesion")
     assert np.array_equal(seg.masks, masks)
     with pytest.raises(DataError, match="not a segmentation"):
         read_dicom_seg(tmp_path / "src.dcm")
-    with pytest.raises(DataError, match="source image is 48x40"):
-        write_dicom_seg(masks[:, :20], ["Left Lung", "Heart", "Lesion"], source)
 
 
 def test_label_studio_results_to_structures() -> None:

@@ -25,7 +25,6 @@ ingest writes them into ``dataset.json``.
 
 from __future__ import annotations
 
-import copy
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -53,23 +52,11 @@ __all__ = [
     "siim_decode",
     "siim_encode",
     "siim_runs",
-    "write_dicom_seg",
     "write_mask_png",
 ]
 
 SIIM_EMPTY = "-1"
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
-_SEG_TYPE2_FROM_SOURCE = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
 _MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
 
@@ -396,62 +383,6 @@ def read_dicom_seg(data: bytes | Path) -> SegMask:
         raise DataError(f"DICOM SEG cannot be read ({exc})") from None
     masks = np.moveaxis(np.asarray(pixels[0]) > 0, -1, 0)
     return SegMask(source_uid=str(source), labels=labels, masks=masks)
-
-
-def write_dicom_seg(masks: np.ndarray, structures: list[str], source: Any, *, manual: bool = True) -> Any:
-    """A binary DICOM SEG (pydicom Dataset) of ``masks`` ``(K, H, W)`` over ``source`` (its pydicom Dataset).
-
-    One segment per structure, numbered in order and labelled with its name; new series and
-    instance UIDs; the source instance is referenced by its SOPInstanceUID.
-    """
-    import highdicom as hd
-    from highdicom.sr.coding import CodedConcept
-
-    masks = np.asarray(masks, dtype=bool)
-    if masks.ndim != 3 or masks.shape[0] != len(structures):
-        raise DataError(f"write_dicom_seg needs (K, H, W) masks for {len(structures)} structures, got {masks.shape}")
-    rows, columns = int(source.Rows), int(source.Columns)
-    if masks.shape[1:] != (rows, columns):
-        raise DataError(
-            f"masks are {masks.shape[2]}x{masks.shape[1]} but the source image is {columns}x{rows} (width x height)"
-        )
-    source = copy.copy(source)
-    for keyword in _SEG_TYPE2_FROM_SOURCE:  # type 2 attributes the SEG copies: empty when the source lacks them
-        if keyword not in source:
-            setattr(source, keyword, "")
-    category = CodedConcept("91723000", "SCT", "Anatomical Structure")
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=i + 1,
-            segment_label=name[:64],
-            segmented_property_category=category,
-            segmented_property_type=CodedConcept(f"RF{i + 1:04d}", "99RADFLOW", name[:64]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL
-            if manual
-            else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=None
-            if manual
-            else hd.AlgorithmIdentificationSequence(
-                name="radflow", version="1", family=CodedConcept("123109", "DCM", "Artificial Intelligence")
-            ),
-        )
-        for i, name in enumerate(structures)
-    ]
-    return hd.seg.Segmentation(
-        source_images=[source],
-        pixel_array=np.moveaxis(masks, 0, -1)[None].astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=int(source.get("SeriesNumber", 0) or 0) + 100,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="radflow",
-        manufacturer_model_name="radflow",
-        software_versions="radflow",
-        device_serial_number="0",
-        omit_empty_frames=False,
-    )
 
 
 # ---------------------------------------------------------------------------------- one image's mask
