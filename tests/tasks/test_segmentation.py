@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from radflow.tasks import NotBuiltError, get_task
+from radflow.tasks import NotBuiltError, get_task, metric_key
+from radflow.tasks.evaluation import EvalData, ReportTable
 from radflow.tasks.losses import segmentation_loss, soft_dice
 from radflow.tasks.segmentation import dice_per_image, overlap_counts
 from radflow.train.losses import make_loss
@@ -97,11 +101,63 @@ def test_structures_no_train_image_shows_are_named() -> None:
     assert kind.check_labels(STRUCTURES, train) == ["structure 'Heart' is in no mask of the train split."]
 
 
+def _eval_data(masks: np.ndarray | None, scores: np.ndarray) -> EvalData:
+    n = len(scores)
+    manifest = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(n)], "sex": ["F", "M"] * (n // 2)})
+    return EvalData(
+        labels=STRUCTURES,
+        split="test",
+        targets=np.ones((n, 3)),
+        scores=scores,
+        manifest=manifest,
+        val=lambda: None,
+        stored_thresholds=None,
+        unit=None,
+        n_bootstrap=20,
+        ci=0.95,
+        calibration_bins=10,
+        threshold_method="youden",
+        target_sensitivity=0.9,
+        age_bands=[0, 40, 200],
+        masks=masks,
+        lesion_structures=["Nodule"],
+    )
+
+
+def test_evaluation_scores_each_structure_into_gate_metrics_and_tables() -> None:
+    kind = get_task("segmentation")
+    masks = np.zeros((4, 3, 16, 16), bool)
+    masks[:, 0, 2:10, 2:10] = True
+    masks[:, 1, 8:14, 8:14] = True
+    masks[:2, 2, 1:3, 12:14] = True  # a nodule on two of the four images
+    scores = masks * 0.9
+    scores[:, 1, 8:11] = 0.1  # half the heart missed: Dice 2*18/(18+36) = 2/3
+    data = _eval_data(masks, scores.astype(np.float64))
+    result = {"task": "segmentation", "labels": STRUCTURES, "config": {"ci": 0.95}, **kind.evaluate(data)}
+    json.dumps(result)
+    headline = {f"test_{k}": v for k, v in kind.headline(result).items()}
+    assert headline["test_dice_Left_Lung"] == pytest.approx(1.0)
+    assert headline["test_dice_Heart"] == pytest.approx(2 / 3)
+    assert headline["test_mean_dice"] == pytest.approx((1 + 2 / 3 + 1) / 3)
+    assert headline["test_sensitivity_Nodule"] == pytest.approx(1.0)
+    for gate in kind.gate_metrics:
+        for metric in [gate.replace("<label>", metric_key(s)) for s in STRUCTURES] if "<label>" in gate else [gate]:
+            assert np.isfinite(headline[metric]), metric
+    tables = [block for block in kind.summary(result) if isinstance(block, ReportTable)]
+    assert [t.title for t in tables] == ["masks at probability >= 0.5", "lesion detection"]
+    for table in tables:
+        for row in (row for rows in table.sections for row in rows):
+            assert len(row) == len(table.columns) and all(isinstance(cell, str) for cell in row)
+    assert kind.figures(STRUCTURES, data.targets, scores, result) == []
+
+
 def test_hooks_built_elsewhere_say_what_is_missing() -> None:
     kind = get_task("segmentation")
     with pytest.raises(NotBuiltError, match=r"radflow\.runtime\.masks") as raised:
         kind.encode(np.zeros((3, 8, 8)), STRUCTURES, {}, None)
     assert raised.value.status_code == 501 and isinstance(raised.value, NotImplementedError)
-    with pytest.raises(NotBuiltError, match="--no-evaluate"):
-        kind.headline({})
+    with pytest.raises(NotBuiltError, match=r"EvalData\.masks"):
+        kind.evaluate(_eval_data(None, np.zeros((2, 3, 8, 8))))
+    with pytest.raises(NotBuiltError, match="INT8"):
+        kind.quality_metric(STRUCTURES, np.zeros((2, 3, 8, 8)), np.zeros((2, 3)))
     assert kind.drift_features(STRUCTURES) == ["area:Left Lung", "area:Heart", "area:Nodule"]

@@ -51,6 +51,13 @@ class EvalData:
     age_bands: list[float]
     untrained: list[str] = field(default_factory=list)
     """Labels with no positive in the model's train split: no operating point is chosen for them."""
+    masks: np.ndarray | None = None
+    """A dense kind's true masks of the split's rows, boolean ``(n, K, S, S)`` at model size (``scores`` are
+    the predicted probability maps of the same shape); None for the other kinds."""
+    spacing: np.ndarray | None = None
+    """Pixel size in mm of the model-size masks, ``(n, 2)`` (row, column), when known: distances in mm, else px."""
+    lesion_structures: list[str] = field(default_factory=list)
+    """Structures that also get detection metrics (any-lesion sensitivity/specificity, per-lesion recall)."""
     warnings: list[str] = field(default_factory=list)
     """Notes the kind adds about this evaluation (printed and stored in the JSON)."""
 

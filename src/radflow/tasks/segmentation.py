@@ -11,11 +11,12 @@ Validation watches the mean Dice over structures at a 0.5 threshold. Per image, 
 from both the truth and the prediction has no Dice (it is left out rather than counted perfect, as
 MONAI's ``ignore_empty`` does), so a model cannot score well by predicting nothing everywhere.
 
-Not wired yet, so those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing part:
-the evaluation (:func:`radflow.metrics.segmentation.segmentation_report` needs the split's masks,
-which :class:`~radflow.tasks.evaluation.EvalData` does not carry yet), answers at the input's size
-(:func:`radflow.runtime.masks.structure_answers`, which serving calls: this package cannot import
-``radflow.runtime``, which sits below it) and corrected masks as feedback.
+Evaluation is :func:`radflow.metrics.segmentation.segmentation_report` on the masks at 0.5, given
+the split's true masks in :attr:`EvalData.masks <radflow.tasks.evaluation.EvalData.masks>`. Not wired
+yet, so those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing part: answers at
+the input's size (:func:`radflow.runtime.masks.structure_answers`, which serving calls: this package
+cannot import ``radflow.runtime``, which sits below it), corrected masks as feedback, and INT8
+acceptance by Dice.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from radflow.tasks.base import LabelSchema, LossFn, NotBuiltError, Prediction, TaskKind, metric_key
-from radflow.tasks.evaluation import EvalData, Figure, ReportTable
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable, fmt
 from radflow.tasks.registry import register_task
 
 if TYPE_CHECKING:
@@ -39,10 +40,10 @@ MASK_THRESHOLD = 0.5
 """Probability at or above which a pixel belongs to a structure, in validation."""
 
 _EVALUATION = (
-    "segmentation evaluation (Dice, IoU, HD95 and MSD per structure with CIs, "
-    "radflow.metrics.segmentation) is not wired into the report yet: it needs the split's masks; "
-    "train with --no-evaluate meanwhile."
+    "segmentation evaluation (Dice, IoU, HD95 and MSD per structure with CIs) needs the split's true masks, "
+    "which the report does not pass yet (EvalData.masks); train with --no-evaluate meanwhile."
 )
+_SCORES = ("dice", "iou", "hd95", "msd")
 
 
 def overlap_counts(probs: np.ndarray, masks: np.ndarray, threshold: float = MASK_THRESHOLD) -> np.ndarray:
@@ -157,23 +158,98 @@ class Segmentation(TaskKind):
     # -- evaluation -----------------------------------------------------------------------------
 
     def evaluate(self, data: EvalData) -> dict[str, Any]:
-        raise NotBuiltError(_EVALUATION)
+        """Dice, IoU, HD95 and MSD per structure with bootstrap CIs over patients, lesion detection, subgroups.
+
+        Predicted masks are the maps at :data:`MASK_THRESHOLD`; distances are in mm when
+        ``data.spacing`` is known, else in pixels.
+        """
+        from radflow.metrics.segmentation import segmentation_report
+
+        if data.masks is None:
+            raise NotBuiltError(_EVALUATION)
+        if data.scores.shape != data.masks.shape:
+            raise ValueError(f"probability maps {data.scores.shape} and masks {data.masks.shape} differ in shape.")
+        report = segmentation_report(
+            data.scores >= MASK_THRESHOLD,
+            data.masks.astype(bool),
+            data.labels,
+            data.manifest["patient_id"].astype(str).to_numpy(),
+            data.spacing,
+            [s for s in data.lesion_structures if s in data.labels],
+            manifest=data.manifest,
+            age_bands=data.age_bands,
+            n_bootstrap=data.n_bootstrap,
+            ci=data.ci,
+        )
+        for label, entry in report["per_structure"].items():
+            if entry["dice"] is None:
+                data.warnings.append(f"{label}: in no true or predicted mask of the {data.split} split; no Dice.")
+        return {"metrics": report, "threshold": MASK_THRESHOLD, "subgroups": report.pop("subgroups")}
 
     def quality_metric(
         self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
     ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
-        raise NotBuiltError(f"INT8 acceptance by Dice is not built yet: {_EVALUATION}")
+        raise NotBuiltError(
+            "INT8 acceptance by Dice is not built yet: the check compares macro AUROC or MAE and gets "
+            "the label columns, not the masks."
+        )
 
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
-        raise NotBuiltError(_EVALUATION)
+        """``mean_dice`` (with its CI), the other macro means, and per structure its scores and lesion detection."""
+        m = result["metrics"]
+        macro = m["macro"]
+        out: dict[str, float | None] = {f"mean_{name}": macro[name] for name in _SCORES}
+        if macro.get("dice_ci"):
+            out.update(mean_dice_ci_low=macro["dice_ci"][0], mean_dice_ci_high=macro["dice_ci"][1])
+        for label, entry in m["per_structure"].items():
+            key = metric_key(label)
+            for name in _SCORES:
+                out[f"{name}_{key}"] = entry[name]
+            lesion = entry.get("lesion")
+            if lesion:
+                for name in ("sensitivity", "specificity", "lesion_recall"):
+                    out[f"{name}_{key}"] = lesion[name]
+        return out
 
     def figures(
         self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
     ) -> list[Figure]:
-        raise NotBuiltError(_EVALUATION)
+        """None yet: the worst-cases gallery (image, truth, prediction) needs a plot in radflow.evaluate.plots."""
+        return []
 
     def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
-        raise NotBuiltError(_EVALUATION)
+        m = result["metrics"]
+        ci_pct = f"{m['ci']:.0%}"
+
+        def cell(entry: Mapping[str, Any], name: str) -> str:
+            value, ci = entry.get(name), entry.get(f"{name}_ci")
+            return f"{fmt(value)} [{fmt(ci[0])}-{fmt(ci[1])}]" if value is not None and ci else fmt(value)
+
+        rows = [
+            [label, str(e["n"]), str(e["truth_present"]), *(cell(e, name) for name in _SCORES)]
+            for label, e in m["per_structure"].items()
+        ]
+        macro = [["mean", "", "", *(cell(m["macro"], name) for name in _SCORES)]]
+        unit = m["unit"]
+        columns = ["structure", "n", "shown", f"Dice [{ci_pct} CI]", "IoU", f"HD95 ({unit})", f"MSD ({unit})"]
+        out: list[str | ReportTable] = [
+            ReportTable(columns, [rows, macro], title=f"masks at probability >= {result['threshold']:g}")
+        ]
+        lesions = [
+            [
+                label,
+                cell(e["lesion"], "sensitivity"),
+                cell(e["lesion"], "specificity"),
+                cell(e["lesion"], "lesion_recall"),
+                str(e["lesion"]["false_positive_lesions"]),
+            ]
+            for label, e in m["per_structure"].items()
+            if e.get("lesion")
+        ]
+        if lesions:
+            columns = ["structure", "any-lesion sens", "any-lesion spec", "lesion recall", "false lesions"]
+            out.append(ReportTable(columns, [lesions], title="lesion detection"))
+        return out
 
     # -- serving ------------------------------------------------------------------------------
 
