@@ -18,7 +18,7 @@ from radflow.train.checkpoint import load_checkpoint, load_model
 from radflow.train.data import ShardBatches, augment
 from radflow.train.loop import train
 from radflow.train.losses import make_loss
-from radflow.train.models import create_model, list_models
+from radflow.train.models import create_model, list_models, load_weights
 from radflow.train.predict import predict_dataset
 from tests.fixtures import SEGMENTATION_STRUCTURES, make_dataset
 
@@ -93,6 +93,19 @@ def test_dense_network_trains_a_few_steps_on_masks(name: str, seg: Path) -> None
         optimizer.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_a_monai_state_dict_loads_into_the_registered_network(tmp_path: Path) -> None:
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(2)
+    reference = UNet(spatial_dims=2, in_channels=1, out_channels=2, **SMALLEST["monai_unet"])
+    torch.save(reference.state_dict(), tmp_path / "unet.pt")
+    model = create_model("monai_unet", 2, **SMALLEST["monai_unet"]).eval()
+    report = load_weights(model, tmp_path / "unet.pt")
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == []
+    x = torch.randn(1, 1, 32, 32)
+    assert torch.equal(model(x), reference.eval()(x))
 
 
 def test_dense_networks_take_no_extra_inputs() -> None:

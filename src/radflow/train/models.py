@@ -384,8 +384,9 @@ def monai_segresnet(
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Load a local state dict into ``model`` where names and shapes match; report the rest.
 
-    Accepts a plain state dict, a radflow checkpoint (``model_state``) or a torchvision file whose
-    keys lack the ``body.`` prefix. An RGB first conv is summed over colour for a grey input.
+    Accepts a plain state dict, a radflow checkpoint (``model_state``), a torchvision file whose
+    keys lack the ``body.`` prefix or a MONAI network's file whose keys lack ``net.``. An RGB first
+    conv is summed over colour for a grey input.
     Returns ``{"loaded": [...], "missing": [...], "unexpected": [...], "mismatched": [...]}``.
     """
     path = Path(path)
@@ -403,7 +404,7 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     loaded: dict[str, torch.Tensor] = {}
     unexpected, mismatched = [], []
     for key, value in state.items():
-        target = key if key in own else f"body.{key}" if f"body.{key}" in own else None
+        target = next((name for name in (key, f"body.{key}", f"net.{key}") if name in own), None)
         if target is None or not isinstance(value, torch.Tensor):
             unexpected.append(key)
             continue
