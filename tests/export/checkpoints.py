@@ -26,14 +26,18 @@ def make_checkpoint(
     thresholds: dict[str, float] | None = None,
     seed: int = 0,
 ) -> tuple[Path, Path]:
-    """(checkpoint, dataset) of a random-init small_cnn whose meta points at a fixture dataset."""
+    """(checkpoint, dataset) of a random-init network whose meta points at a fixture dataset.
+
+    small_cnn for the pooled tasks; for segmentation a two-level small_unet (4 and 8 channels).
+    """
     dataset = make_dataset(root / f"ds-{task}-{size}", task=task, n=n, size=size, seed=seed)
     ds = Dataset.open(dataset)
     torch.manual_seed(seed)
     regression = task == "regression"
-    model = create_model("small_cnn", len(ds.labels), num_extra=1 if regression else 0)
+    arch, model_kwargs = ("small_unet", {"widths": [4, 8]}) if task == "segmentation" else ("small_cnn", {})
+    model = create_model(arch, len(ds.labels), num_extra=1 if regression else 0, **model_kwargs)
     meta = ModelMeta(
-        arch="small_cnn",
+        arch=arch,
         task=task,
         labels=ds.labels,
         num_outputs=len(ds.labels),
@@ -46,6 +50,7 @@ def make_checkpoint(
         target_std=55.0 if regression else None,
         thresholds=thresholds,
         run_id=None,
+        model_kwargs=model_kwargs,
     )
     return save_checkpoint(root / f"{task}-{size}.pt", model, meta), dataset
 

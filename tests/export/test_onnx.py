@@ -9,11 +9,12 @@ import torch
 
 from radflow.data.dataset import Dataset
 from radflow.data.preprocess import to_model_input
+from radflow.errors import ConfigError
 from radflow.export import ExportError, check_parity, export_model, export_onnx, read_metadata
 from radflow.runtime import RadflowModel, sex_feature
 from radflow.train.checkpoint import ModelMeta, load_model
 from radflow.train.data import sex_feature as train_sex_feature
-from radflow.train.models import create_model, list_models
+from radflow.train.models import create_model, list_models, model_network
 from radflow.train.predict import outputs_to_predictions
 from tests.export.checkpoints import make_checkpoint
 
@@ -99,13 +100,39 @@ def test_runtime_sex_encoding_is_the_training_one() -> None:
     np.testing.assert_array_equal(sex_feature(values), train_sex_feature(values))
 
 
+TINY = {
+    "small_unet": {"widths": (4, 8)},
+    "monai_unet": {"channels": (4, 8), "strides": (2,), "num_res_units": 0},
+    "monai_segresnet": {"init_filters": 8, "blocks_down": (1, 1), "blocks_up": (1,)},
+}
+"""Smallest widths and fewest levels of the dense networks, so each parity check stays well under a second."""
+
+
 @pytest.mark.parametrize("arch", list_models())
 def test_every_architecture_exports_with_parity(arch: str, tmp_path: Path) -> None:
-    """A new architecture is checked the moment it is registered: one 32 px image, random weights."""
+    """A new architecture is checked the moment it is registered: 32 px images, random weights.
+
+    Dense networks export as segmentation models: the probability maps (N, K, S, S) only, at any batch size.
+    """
     torch.manual_seed(0)
-    model = create_model(arch, 2).eval()
-    meta = ModelMeta(arch=arch, task="multilabel", labels=["a", "b"], num_outputs=2, preprocess={"size": 32})
+    dense = model_network(arch) == "dense"
+    model = create_model(arch, 2, **TINY.get(arch, {})).eval()
+    task = "segmentation" if dense else "multilabel"
+    meta = ModelMeta(arch=arch, task=task, labels=["a", "b"], num_outputs=2, preprocess={"size": 32})
     path = export_onnx(model, meta, tmp_path / f"{arch}.onnx")
-    pixels = np.random.default_rng(0).integers(0, 256, (1, 32, 32), dtype=np.uint8)
-    report = check_parity(model, meta, path, pixels)
-    assert report["images"] == 1 and report["max_abs_diff"] <= 1e-4
+    n = 3 if dense else 1
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 32, 32), dtype=np.uint8)
+    report = check_parity(model, meta, path, pixels, batch_size=2)
+    assert report["images"] == n and report["max_abs_diff"] <= 1e-4
+    if dense:
+        outputs = ort.InferenceSession(str(path)).get_outputs()
+        assert [o.name for o in outputs] == ["probability_maps"]
+        assert isinstance(outputs[0].shape[0], str) and outputs[0].shape[1:] == [2, 32, 32]
+        assert read_metadata(path).output == "probability_maps" and read_metadata(path).labels == ["a", "b"]
+
+
+def test_architecture_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
+    meta = ModelMeta(arch="small_unet", task="multilabel", labels=["a"], num_outputs=1, preprocess={"size": 32})
+    with pytest.raises(ConfigError, match="'small_unet' is a dense network but task 'multilabel' needs a pooled one"):
+        export_onnx(create_model("small_unet", 1, widths=(4, 8)), meta, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -53,3 +53,24 @@ def test_triton_options_are_checked(tmp_path: Path) -> None:
         write_triton_repo(onnx_path, tmp_path / "repo", "bad name/")
     with pytest.raises(ConfigError, match="max-batch-size"):
         write_triton_repo(onnx_path, tmp_path / "repo", "chest", max_batch_size=0)
+
+
+def test_triton_config_of_a_segmentation_model_has_the_map_dims(tmp_path: Path) -> None:
+    import torch
+
+    from radflow.export import export_onnx
+    from radflow.train.checkpoint import ModelMeta
+    from radflow.train.models import create_model
+
+    torch.manual_seed(0)
+    meta = ModelMeta(
+        arch="small_unet", task="segmentation", labels=["a", "b", "c"], num_outputs=3, preprocess={"size": 32}
+    )
+    path = export_onnx(create_model("small_unet", 3, widths=(4, 8)), meta, tmp_path / "seg.onnx")
+    folder = write_triton_repo(path, tmp_path / "triton", "lungs")
+    config = (folder / "config.pbtxt").read_text()
+    outputs = config.split("output [")[1].split("dynamic_batching")[0]
+    assert 'name: "probability_maps"' in outputs and "dims: [ 3, 32, 32 ]" in outputs
+    assert "label_filename" not in outputs and 'name: "cam"' not in outputs
+    assert (folder / "labels.txt").read_text() == "a\nb\nc\n"
+    assert 'string_value: "segmentation"' in config

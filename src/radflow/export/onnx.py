@@ -1,13 +1,19 @@
 """PyTorch checkpoint to ONNX: the graph, its metadata, and the parity check against PyTorch.
 
 The exported graph wraps the trained network so that it returns what a client needs and nothing it
-would have to recompute: probabilities (or the regression value in months) and the class activation
-maps of every output (see :mod:`radflow.runtime.metadata` for the input/output contract), and the
-penultimate-layer ``embedding`` (the globally averaged last feature map) that drift monitoring
-summarises (:mod:`radflow.monitor.reference`). CAMs are
+would have to recompute (see :mod:`radflow.runtime.metadata` for the input/output contract). A pooled
+network (classifier, regressor) returns probabilities (or the regression value in months), the class
+activation maps of every output and the penultimate-layer ``embedding`` (the globally averaged last
+feature map) that drift monitoring summarises (:mod:`radflow.monitor.reference`). CAMs are
 computed in the graph as a 1x1 convolution of the last feature map with the linear head's weights,
 which is the CheXNet CAM and costs a few kFLOPs, instead of shipping the whole feature map (1024
 channels for DenseNet-121) and the head weights to every client.
+
+A dense network (segmentation, the task kind's ``network == "dense"``) returns one output only: the
+probability map of each structure ``(N, K, S, S)``, the kind's activation (a sigmoid per structure)
+inside the graph. It has no CAM (the maps are the explanation) and no ``embedding``: the dense
+architectures do not expose their bottleneck feature map (:class:`radflow.train.models.SegNet` has
+``forward_maps`` only), so there is nothing to pool without re-implementing each network's forward.
 
 The TorchScript-based exporter (``dynamo=False``) is used: it gives a dynamic batch dimension from
 ``dynamic_axes``, exports these CNNs exactly (parity within 1e-6), takes about a second, and needs
@@ -36,15 +42,19 @@ from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_
 from radflow.runtime.session import RadflowModel, to_model_size
 from radflow.tasks import get_task
 from radflow.train.checkpoint import ModelMeta
+from radflow.train.models import SegNet
 from radflow.train.predict import outputs_to_predictions
 
 __all__ = [
     "DEFAULT_OPSET",
     "PARITY_ATOL",
+    "DenseExportWrapper",
     "ExportError",
     "ExportWrapper",
     "check_parity",
     "export_onnx",
+    "export_wrapper",
+    "graph_outputs",
     "onnx_metadata",
     "parity_images",
     "read_metadata",
@@ -91,6 +101,47 @@ class ExportWrapper(nn.Module):
         cam = F.conv2d(features, weight.to(features.dtype))
         embedding = F.adaptive_avg_pool2d(features, 1).flatten(1)
         return out, cam, embedding
+
+
+class DenseExportWrapper(nn.Module):
+    """A dense network as exported: ``image -> (probability maps (N, K, S, S),)``, the kind's activation applied."""
+
+    def __init__(self, model: nn.Module, meta: ModelMeta):
+        super().__init__()
+        if not isinstance(model, SegNet):
+            raise ConfigError(
+                f"architecture {meta.arch!r} has no forward_maps; radflow exports segmentation networks built by "
+                "radflow.train.models.create_model (small_unet, monai_unet, monai_segresnet)."
+            )
+        self.model = model
+        self.kind = get_task(meta.task)
+
+    def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        logits = self.model.forward_maps(image)
+        return (self.kind.activate(logits, None, None),)
+
+
+def export_wrapper(model: nn.Module, meta: ModelMeta) -> nn.Module:
+    """The wrapper the network is exported through, by the task kind's network (pooled or dense).
+
+    An architecture of the other kind than its task (a UNet with a multi-label task) is a ConfigError.
+    """
+    kind = get_task(meta.task)
+    network = "dense" if isinstance(model, SegNet) else "pooled"
+    if network != kind.network:
+        raise ConfigError(
+            f"architecture {meta.arch!r} is a {network} network but task {meta.task!r} needs a {kind.network} one; "
+            f"train it with an architecture of that kind."
+        )
+    return DenseExportWrapper(model, meta) if kind.network == "dense" else ExportWrapper(model, meta)
+
+
+def graph_outputs(meta: ModelMeta) -> list[str]:
+    """Names of the graph's outputs, in the order the wrapper returns them."""
+    kind = get_task(meta.task)
+    if kind.network == "dense":
+        return [kind.output]
+    return [kind.output, CAM_OUTPUT, EMBEDDING_OUTPUT]
 
 
 def _radflow_version() -> str:
@@ -154,12 +205,12 @@ def export_onnx(model: nn.Module, meta: ModelMeta, out: Path, opset: int = DEFAU
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = onnx_metadata(meta)
-    wrapper = ExportWrapper(model, meta).eval().cpu()
+    wrapper = export_wrapper(model, meta).eval().cpu()
     image = torch.zeros(2, meta.in_chans, metadata.input_size, metadata.input_size)
     args: tuple[torch.Tensor, ...] = (image,)
     if SEX_INPUT in metadata.inputs:
         args = (image, torch.full((2, 1), 0.5))
-    outputs = [metadata.output, CAM_OUTPUT, EMBEDDING_OUTPUT]
+    outputs = graph_outputs(meta)
     axes = {name: {0: "batch"} for name in [*metadata.inputs, *outputs]}
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():
@@ -230,7 +281,8 @@ def check_parity(
     """Compare the ONNX file (through the runtime) with PyTorch; raise :class:`ExportError` beyond ``atol``.
 
     Batches of ``batch_size`` (odd on purpose: the last batch differs in size, which exercises the
-    dynamic batch dimension). Returns ``{"images", "max_abs_diff", "cam_max_rel_diff", "atol"}``.
+    dynamic batch dimension). Returns ``{"images", "max_abs_diff", "cam_max_rel_diff", "atol"}``; a
+    dense model's probability maps are compared pixel by pixel and it has no CAM (``cam_max_rel_diff`` 0).
     """
     runtime = RadflowModel.load(onnx_path, threads=None)
     spec = runtime.spec
@@ -238,17 +290,22 @@ def check_parity(
     normalised = get_task(meta.task).normalise_targets
     scale = float(meta.target_std or 1.0) if normalised else 1.0
     worst, worst_cam = 0.0, 0.0
-    wrapper = ExportWrapper(model, meta).eval()
+    wrapper = export_wrapper(model, meta).eval()
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size]
         sex = None if extra is None else extra[start : start + batch_size]
         x = torch.from_numpy(to_model_input(chunk, spec))
         sex_t = None if sex is None else torch.from_numpy(np.ascontiguousarray(sex, dtype=np.float32))
         reference = outputs_to_predictions(model(x, sex_t), meta).numpy()
-        cam_reference = wrapper(x, sex_t)[1].numpy()
         got, cam = runtime.run(chunk, sex)
+        if got.shape != reference.shape:
+            raise ExportError(
+                f"ONNX output {runtime.meta.output!r} has shape {got.shape}, PyTorch's {reference.shape}; "
+                f"please report it with the architecture ({meta.arch})."
+            )
         worst = max(worst, float(np.max(np.abs(got - reference))) / scale)
         if cam is not None:
+            cam_reference = wrapper(x, sex_t)[1].numpy()
             rel = np.max(np.abs(cam - cam_reference)) / max(1.0, float(np.max(np.abs(cam_reference))))
             worst_cam = max(worst_cam, float(rel))
     result = {"images": len(pixels), "max_abs_diff": worst, "cam_max_rel_diff": worst_cam, "atol": atol}

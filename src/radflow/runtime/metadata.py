@@ -14,6 +14,9 @@ Graph contract (names are stable; the server and ``config.pbtxt`` rely on them):
   ``value`` ``(N, 1)`` in the target unit (months); and ``cam`` ``(N, L, h, w)``, the class
   activation maps of CheXNet: the last feature map weighted by each output's linear-head weights,
   computed in the graph so a client needs no weights to draw a heatmap.
+* segmentation models (dense networks) have one output, ``probability_maps`` float32 ``(N, K, S, S)``:
+  per structure (``labels``, in mask bit order) the sigmoid probability of each model-size pixel;
+  no ``cam`` and no ``embedding``.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class OnnxMetadata:
     """:class:`radflow.data.preprocess.PreprocessSpec` as a dict (size, mean, std, channels)."""
     inputs: list[str] = field(default_factory=lambda: [IMAGE_INPUT])
     output: str = "probabilities"
-    """Name of the prediction output, the task kind's ``output``: ``probabilities`` or ``value``."""
+    """Name of the prediction output, the task kind's ``output``: ``probabilities``, ``value`` or
+    ``probability_maps`` (segmentation)."""
     thresholds: dict[str, float] | None = None
     """Decision thresholds chosen on validation data by the evaluation; 0.5 is used where missing."""
     untrained_labels: list[str] = field(default_factory=list)
