@@ -56,3 +56,12 @@ def test_dynamic_quantization_without_calibration_data_needs_force(tmp_path: Pat
     assert report["method"] == "int8-dynamic" and report["metric"] is None
     assert any("dynamic quantization" in n for n in report["notes"])
     assert RadflowModel.load(target).run(np.zeros((2, 32, 32), np.uint8))[0].shape == (2, 3)
+
+
+def test_int8_of_a_segmentation_model_is_refused_before_quantizing(tmp_path: Path) -> None:
+    checkpoint, _ = make_checkpoint(tmp_path, task="segmentation", n=24)
+    out = tmp_path / "seg.onnx"
+    with pytest.raises(Int8RefusedError, match=r"INT8 is refused for segmentation models .*Dice.* FP32 model is at"):
+        export_model(str(checkpoint), out, int8=True, force=True, reference_images=0)
+    assert out.is_file() and not int8_path(out).exists()
+    assert read_metadata(out).output == "probability_maps"

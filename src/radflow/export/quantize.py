@@ -7,6 +7,12 @@ there are no calibration images. The INT8 model is accepted only when its valida
 within a tolerance of the FP32 model's; latency is measured at batch 1 and 8 with the same session
 options as serving, and a note says plainly when INT8 buys little on this model and CPU (without
 VNNI, the integer kernels of depthwise and dense-block networks gain little).
+
+Segmentation models (dense networks) are refused before anything is quantized: their acceptance
+would compare the val mean Dice before and after (refused when it drops by more than 0.01), which
+needs the kind's Dice-based ``quality_metric`` and a :func:`validation_metric` that scores
+probability maps against the val masks; neither is built yet, and an INT8 model that nothing
+checked is never written.
 """
 
 from __future__ import annotations
@@ -197,9 +203,18 @@ def quantize_model(
     """Quantize, then measure size, latency (batch 1 and 8) and the validation metric change.
 
     Raises :class:`Int8RefusedError` (and removes ``out``) when the metric worsens by more than the
-    tolerance — or cannot be measured — unless ``force``.
+    tolerance — or cannot be measured — unless ``force``; for a segmentation model always, before
+    quantizing (see the module docstring).
     """
     metadata = read_metadata(fp32)
+    if metadata.kind.network == "dense":
+        raise Int8RefusedError(
+            f"INT8 is refused for {metadata.task} models (even with --force): an INT8 model is kept only when "
+            "its val mean Dice stays within 0.01 of FP32, and radflow cannot measure that yet (the segmentation "
+            "kind's quality_metric by Dice over the val masks is not built). Export without --int8; the FP32 "
+            "model matches PyTorch.",
+            {"path": None, "method": None, "metric": None, "refused": "dense model: INT8 acceptance by Dice not built"},
+        )
     spec = PreprocessSpec.from_dict(metadata.preprocess)
     calibration = None
     if dataset is not None:
