@@ -223,7 +223,7 @@ def tracking_uri_scope(uri: str) -> Iterator[None]:
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(env_before)  # type: ignore[arg-type]  # None clears the variable and the setting
+            mlflow.set_tracking_uri(env_before)  # None clears the variable and the setting
 
 
 @contextlib.contextmanager

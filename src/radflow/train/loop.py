@@ -254,7 +254,7 @@ def _log_model(model: torch.nn.Module, meta: ModelMeta, name: str = "model") -> 
     dense = model_network(meta.arch) == "dense"
     output_shape = (-1, meta.num_outputs, size, size) if dense else (-1, meta.num_outputs)
     signature = ModelSignature(
-        inputs=Schema(inputs),  # type: ignore[arg-type]
+        inputs=Schema(inputs),
         outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape)]),
     )
     # A batch of two keeps the batch dimension dynamic in the exported graph.
