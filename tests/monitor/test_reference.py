@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from radflow.data.dataset import Dataset
+from radflow.errors import DataError
 from radflow.export import export_model
 from radflow.monitor.reference import (
     EMBEDDING_OUTPUT,
@@ -21,6 +22,8 @@ from radflow.monitor.reference import (
     embeddings_from,
     input_summary,
     load_reference,
+    output_feature_values,
+    output_features,
     reference_path,
 )
 from radflow.runtime import RadflowModel
@@ -124,3 +127,49 @@ def test_export_without_reference_removes_a_stale_one(exported: tuple[Path, Path
     report = export_model(str(checkpoint), out, parity_n=4, reference_images=0)
     assert report["reference"] is None
     assert not (tmp_path / REFERENCE_FILE).exists()
+
+
+def test_output_feature_values_of_probability_maps() -> None:
+    maps = np.zeros((2, 2, 4, 4), np.float32)
+    maps[0, 0, :2, :2] = [[0.5, 0.7], [0.9, 0.1]]  # three pixels at >= 0.5, mean 0.7
+    maps[1, 0] = 1.0
+    maps[:, 1] = 0.49  # never predicted
+    labels = ["Lung", "Lesion"]
+    got = output_feature_values(maps, labels, ["area:Lung", "confidence:Lung", "area:Lesion", "confidence:Lesion"])
+    np.testing.assert_allclose(got[:, :3], [[3 / 16, 0.7, 0.0], [1.0, 1.0, 0.0]], rtol=1e-6)
+    assert np.isnan(got[:, 3]).all()
+    assert output_features(labels, "segmentation") == [
+        "area:Lung",
+        "area:Lesion",
+        "confidence:Lung",
+        "confidence:Lesion",
+    ]
+    with pytest.raises(DataError, match="unknown output feature 'area:Heart'"):
+        output_feature_values(maps, labels, ["area:Heart"])
+
+
+def test_segmentation_reference_profiles_area_and_confidence_per_structure(tmp_path: Path) -> None:
+    checkpoint, dataset = make_checkpoint(tmp_path, task="segmentation", n=30)
+    out = tmp_path / "seg.onnx"
+    export_model(str(checkpoint), out, parity_n=4, reference_images=16)
+    ref = Reference.load(reference_path(out))
+    ds = Dataset.open(dataset)
+    model = RadflowModel.load(out)
+    rows = ds.indices("val")[:16]
+    maps = model.run(ds.images(rows))[0]
+    assert maps.shape == (len(rows), len(ds.labels), 32, 32)
+
+    assert ref.model["task"] == "segmentation" and ref.embedding is None
+    outputs = {name for name, group in ref.groups.items() if group == "output"}
+    predicted = (maps >= 0.5).any(axis=(0, 2, 3))
+    assert outputs == {
+        *(f"area:{s}" for s in ds.labels),
+        *(f"confidence:{s}" for s, shown in zip(ds.labels, predicted, strict=True) if shown),
+    }
+    for j, structure in enumerate(ds.labels):
+        area = (maps[:, j] >= 0.5).mean(axis=(1, 2))
+        assert ref.numeric[f"area:{structure}"].mean == pytest.approx(area.mean())
+        if predicted[j]:
+            inside = [m[m >= 0.5].mean() for m in maps[:, j] if (m >= 0.5).any()]
+            assert ref.numeric[f"confidence:{structure}"].mean == pytest.approx(np.mean(inside), rel=1e-5)
+            assert ref.numeric[f"confidence:{structure}"].n == len(inside)

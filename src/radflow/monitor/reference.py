@@ -10,7 +10,11 @@ logged with it to the run, so a server that loads the model finds its reference 
 * outputs, from the val split run through the exported ONNX model itself: per-label scores
   (or the regression value), and the penultimate-layer embedding (the ``embedding`` output, the
   global average of the last feature map; for models exported before it existed, the spatial mean
-  of the ``cam`` output, i.e. that embedding projected on the head's weights).
+  of the ``cam`` output, i.e. that embedding projected on the head's weights). A segmentation
+  model's probability maps are summarised per image and structure (:func:`output_feature_values`):
+  ``area:<s>``, the predicted mask (probability >= 0.5) as a fraction of the model-size pixels, and
+  ``confidence:<s>``, the mean probability inside that mask (undefined on an image where it is
+  empty, so those images are left out of that feature); it has no embedding output.
 
 Each numeric feature keeps decile bin edges with their probabilities (for PSI), a bounded sample
 (for Kolmogorov-Smirnov), quantiles and moments (for people). Nothing here imports torch: the
@@ -31,6 +35,7 @@ import numpy as np
 
 from radflow.errors import DataError
 from radflow.tasks import get_task
+from radflow.tasks.segmentation import MASK_THRESHOLD
 
 if TYPE_CHECKING:
     from radflow.runtime.session import RadflowModel
@@ -50,6 +55,7 @@ __all__ = [
     "fetch_reference",
     "input_summary",
     "load_reference",
+    "output_feature_values",
     "output_features",
     "reference_path",
     "write_reference",
@@ -93,8 +99,49 @@ def input_summary(pixels: np.ndarray) -> np.ndarray:
 
 
 def output_features(labels: list[str], task: str) -> list[str]:
-    """Names of the output features, as the task kind declares them (``score:LABEL`` per label, or ``value``)."""
-    return get_task(task).drift_features(labels)
+    """Names of the output features, as the task kind declares them (``score:LABEL`` per label, or ``value``).
+
+    A dense kind (segmentation) declares ``area:<s>``; the mask confidence ``confidence:<s>`` of each
+    structure is added after them here until the kind declares it too.
+    """
+    kind = get_task(task)
+    names = kind.drift_features(labels)
+    if kind.network == "dense":
+        names += [f"confidence:{label}" for label in labels if f"confidence:{label}" not in names]
+    return names
+
+
+def output_feature_values(outputs: np.ndarray, labels: list[str], features: list[str]) -> np.ndarray:
+    """``(N, len(features))`` float64 values of the named output features for a batch of model outputs.
+
+    ``outputs`` is the prediction output: ``(N, L)`` scores (``score:<label>``, or ``value``), or
+    ``(N, K, S, S)`` probability maps (``area:<s>``: share of pixels at probability >= 0.5;
+    ``confidence:<s>``: mean probability over those pixels, NaN when there are none).
+    """
+    arr = np.asarray(outputs)
+    columns = []
+    for name in features:
+        kind, _, label = name.partition(":")
+        if name == "value":
+            columns.append(arr[:, 0].astype(np.float64))
+            continue
+        if label not in labels or kind not in ("score", "area", "confidence"):
+            raise DataError(f"unknown output feature {name!r} for labels {labels}.")
+        j = labels.index(label)
+        if kind == "score":
+            columns.append(arr[:, j].astype(np.float64))
+            continue
+        if arr.ndim != 4:
+            raise DataError(f"output feature {name!r} needs probability maps (N, K, S, S), got shape {arr.shape}.")
+        probs = arr[:, j].reshape(len(arr), -1).astype(np.float64)
+        mask = probs >= MASK_THRESHOLD
+        area = mask.sum(axis=1)
+        if kind == "area":
+            columns.append(area / probs.shape[1])
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                columns.append(np.where(area > 0, (probs * mask).sum(axis=1) / area, np.nan))
+    return np.stack(columns, axis=1) if columns else np.zeros((len(arr), 0))
 
 
 def embedding_source(output_names: set[str] | list[str]) -> str | None:
@@ -276,9 +323,12 @@ def _sample_rows(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def _model_outputs(
-    model: RadflowModel, pixels: np.ndarray, sex: np.ndarray | None, batch_size: int = 32
+    model: RadflowModel, pixels: np.ndarray, sex: np.ndarray | None, features: list[str], batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-    """(scores ``(N, L)``, embeddings ``(N, D)`` or None, embedding source) through ONNX Runtime."""
+    """(``features`` values ``(N, F)``, embeddings ``(N, D)`` or None, embedding source) through ONNX Runtime.
+
+    Feature values are taken batch by batch, so probability maps are never held for the whole sample.
+    """
     from radflow.data.preprocess import to_model_input
     from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT
 
@@ -293,7 +343,7 @@ def _model_outputs(
                 sex[start : start + batch_size] if sex is not None else np.full((len(chunk), 1), 0.5, np.float32)
             )
         outs = model.session.run(names, feeds)
-        scores.append(np.asarray(outs[0], dtype=np.float64))
+        scores.append(output_feature_values(outs[0], model.labels, features))
         if source:
             embs.append(embeddings_from(outs[1], source))
     return np.concatenate(scores), (np.concatenate(embs) if embs else None), source
@@ -331,8 +381,15 @@ def compute_reference(
 
     val_pixels = to_model_size(ds.images(val_rows), size)
     sex = sex_feature(ds.manifest["sex"].to_numpy()[val_rows]) if model.needs_sex else None
-    scores, embs, source = _model_outputs(model, val_pixels, sex)
-    for i, name in enumerate(output_features(model.labels, model.task)):
+    features = output_features(model.labels, model.task)
+    scores, embs, source = _model_outputs(model, val_pixels, sex, features)
+    for i, name in enumerate(features):
+        if not np.isfinite(scores[:, i]).any():
+            # e.g. the confidence of a structure no val image is predicted to show: nothing to compare with.
+            log.warning(
+                "reference of %s: output feature %r is undefined on every val image; not profiled", onnx_path, name
+            )
+            continue
         numeric[name] = NumericProfile.from_values(scores[:, i], seed)
         groups[name] = "output"
     embedding = None
