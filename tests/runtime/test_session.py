@@ -30,6 +30,38 @@ def chest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(export_model(str(checkpoint), root / "chest.onnx", parity_n=8)["onnx"])
 
 
+@pytest.fixture(scope="module")
+def lungs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(onnx, checkpoint, dataset) of an exported segmentation small_unet at 32 px (3 structures)."""
+    root = tmp_path_factory.mktemp("lungs")
+    checkpoint, dataset = make_checkpoint(root, task="segmentation", n=24)
+    out = Path(export_model(str(checkpoint), root / "lungs.onnx", parity_n=4, reference_images=0)["onnx"])
+    return out, checkpoint, dataset
+
+
+def test_segmentation_export_runs_to_the_pytorch_probability_maps(lungs: tuple[Path, Path, Path]) -> None:
+    import torch
+
+    from radflow.train.checkpoint import load_model
+
+    out, checkpoint, dataset = lungs
+    model = RadflowModel.load(out)
+    net, _ = load_model(checkpoint)
+    ds = Dataset.open(dataset)
+    assert model.task == "segmentation" and model.labels == ds.structures and not model.has_cam
+    for batch in (1, 3):
+        pixels = ds.images(np.arange(batch))
+        maps, cam = model.run(pixels)
+        with torch.no_grad():
+            expected = torch.sigmoid(net(torch.from_numpy(to_model_input(pixels, ds.spec)))).numpy()
+        assert maps.shape == (batch, 3, 32, 32) and maps.dtype == np.float32 and cam is None
+        np.testing.assert_allclose(maps, expected, atol=1e-4)
+    # An image of another size is padded and resampled to the model's input, as at training.
+    assert model.run(np.full((1, 48, 40), 200, np.uint8))[0].shape == (1, 3, 32, 32)
+    with pytest.raises(InvalidInputError, match="segmentation model: it has no class activation maps"):
+        model.cam(ds.images([0])[0], ds.structures[0])
+
+
 def _disc_image(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.full((h, w), 40, np.uint8)
@@ -37,7 +69,7 @@ def _disc_image(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
     return img
 
 
-def test_runtime_path_never_imports_torch(chest: Path) -> None:
+def test_runtime_path_never_imports_torch(chest: Path, lungs: tuple[Path, Path, Path]) -> None:
     script = textwrap.dedent(
         f"""
         import sys
@@ -51,6 +83,8 @@ def test_runtime_path_never_imports_torch(chest: Path) -> None:
         prediction = model.predict_bytes(buf.getvalue())
         assert len(prediction.findings) == 3
         assert model.heatmap_png(buf.getvalue(), "Cardiomegaly").startswith(b"\\x89PNG")
+        maps, cam = RadflowModel.load({str(lungs[0])!r}).run(np.full((2, 32, 32), 90, np.uint8))
+        assert maps.shape == (2, 3, 32, 32) and cam is None
         leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
         print("LEAKED" if leaked else "CLEAN", leaked[:5])
         """

@@ -246,8 +246,10 @@ class RadflowModel:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(predictions ``(N, L)``, CAMs ``(N, L, h, w)`` or None) for ``uint8`` pixels ``(N, H, W)``.
 
-        Pixels not at the model's size are padded and resampled by ``prepare_pixels``; ``extra`` is
-        the regression model's sex feature ``(N, 1)`` (unknown = 0.5 when omitted).
+        For a segmentation model the predictions are its probability maps ``(N, K, S, S)`` at model
+        size, one per structure in label order, and there is no CAM. Pixels not at the model's size
+        are padded and resampled by ``prepare_pixels``; ``extra`` is the regression model's sex
+        feature ``(N, 1)`` (unknown = 0.5 when omitted).
         """
         batch = self._batch(pixels)
         feeds = {IMAGE_INPUT: to_model_input(batch, self.spec), **self._extra(len(batch), extra)}
@@ -284,6 +286,11 @@ class RadflowModel:
                 f"{did_you_mean(label, self.meta.labels)}"
             )
         if not self.has_cam:
+            if self.meta.kind.network == "dense":
+                raise InvalidInputError(
+                    f"{self.source} is a {self.task} model: it has no class activation maps; "
+                    "its probability maps are its answer."
+                )
             raise ConfigError(f"{self.source} was exported without a 'cam' output; re-export it with `radflow export`.")
         decoded = self.decode(image) if isinstance(image, bytes) else image
         extra = None
