@@ -1,0 +1,159 @@
+"""The gateway: the DICOM node, study assembly and routing over :class:`radflow.inference.InferenceService`.
+
+Each stable study's series are routed (:func:`radflow.gateway.routing.route`) and every image of
+a routed series goes through ``InferenceService.predict`` — the same path as ``/v1/predict`` — with
+the study's hashed id as routing key, so one study sticks to one A/B arm and its prediction rows
+share a ``study_key``. The store thus sees the gateway's predictions as any other door's (the UI,
+monitoring and feedback export read them) and holds no UID: the row keeps a hash of the hashed id
+and the de-identified pixels, never the DICOM file.
+
+One service runs per model the rules name (the gateway's ``--model`` when a rule names none);
+all write to the same store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+from radflow.errors import RadflowError
+from radflow.gateway.assembly import Assembler, Series, Study
+from radflow.gateway.metrics import GatewayMetrics
+from radflow.gateway.node import DicomNode, ReceivedInstance
+from radflow.gateway.routing import route
+from radflow.gateway.settings import GatewaySettings
+from radflow.inference.routing import LoadedModel
+from radflow.inference.service import InferenceService
+from radflow.inference.settings import ServeSettings
+
+__all__ = ["Gateway", "study_hash"]
+
+log = logging.getLogger(__name__)
+
+
+def study_hash(study_uid: str) -> str:
+    """The gateway's name for a study (sha256 hex of its Study Instance UID): its routing key and log name."""
+    return hashlib.sha256(study_uid.encode()).hexdigest()
+
+
+class Gateway:
+    """A running DICOM node whose stable studies are scored; ``start``/``stop`` on one event loop."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        serve: ServeSettings,
+        preloaded: dict[str, LoadedModel] | None = None,
+    ):
+        self.settings = settings
+        self.serve = serve
+        default = serve.resolved_model()
+        uris = [default, *(r.model for r in settings.rules if r.model and r.model != default)]
+        self.services: dict[str, InferenceService] = {}
+        for uri in dict.fromkeys(uris):
+            model_settings = serve if uri == default else serve.model_copy(update={"model": uri, "challenger": None})
+            self.services[uri] = InferenceService(model_settings, preloaded=preloaded)
+        self.default_model = default
+        self.metrics = GatewayMetrics(self.services[default].metrics.registry)
+        self.assembler = Assembler(settings.stable_after_s, study_hash)
+        self.node = DicomNode(settings, self.metrics, self._received)
+        self._limit = asyncio.Semaphore(settings.max_concurrent)
+        self._watch: asyncio.Task[None] | None = None
+        self._scoring: set[asyncio.Task[Any]] = set()
+
+    @property
+    def port(self) -> int:
+        return self.node.port
+
+    async def start(self) -> None:
+        """Load the models and open the store, then listen; nothing is accepted before the models are ready."""
+        for service in self.services.values():
+            await service.start()
+        self.node.start()
+        self._watch = asyncio.create_task(self._watch_stable())
+        if not self.settings.allowed_aes:
+            log.warning("no allowed calling AE titles set: any DICOM node that reaches the port may send studies")
+
+    async def stop(self) -> None:
+        """Stop listening, score what was acknowledged and not yet scored, close the services (flushing the log)."""
+        self.node.stop()
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await asyncio.gather(*self._scoring, return_exceptions=True)
+        await asyncio.gather(*(self.score_study(s) for s in self.assembler.take_all()))
+        self.metrics.pending.set(0)
+        for service in self.services.values():
+            await service.stop()
+
+    def _received(self, instance: ReceivedInstance) -> None:
+        self.assembler.add(instance.study_uid, instance.series_uid, instance.sop_uid, instance.info, instance.data)
+        self.metrics.pending.set(self.assembler.pending)
+
+    async def _watch_stable(self) -> None:
+        # a quarter of the window: a study is scored at most 25% after it became stable
+        interval = min(self.settings.stable_after_s / 4, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            for study in self.assembler.take_stable():
+                task = asyncio.create_task(self.score_study(study))
+                self._scoring.add(task)
+                task.add_done_callback(self._scoring.discard)
+            self.metrics.pending.set(self.assembler.pending)
+
+    async def score_study(self, study: Study) -> list[dict[str, Any]]:
+        """Route each series of a stable study and score its images; the answers of the scored images."""
+        answers: list[dict[str, Any]] = []
+        for series in study.series.values():
+            answers += await self._score_series(study, series)
+        log.info(
+            "study %s: %d series, %d instances, %d scored",
+            study.key[:12],
+            len(study.series),
+            study.instance_count,
+            len(answers),
+        )
+        return answers
+
+    async def _score_series(self, study: Study, series: Series) -> list[dict[str, Any]]:
+        info = series.info
+        rule = route(self.settings.rules, info)
+        if rule is None:
+            self.metrics.series.labels("unrouted", "").inc()
+            # modality and SOP class only: a series description is free text and may identify
+            log.info(
+                "study %s: a %s series (%s) matches no rule; not scored",
+                study.key[:12],
+                info.modality or "?",
+                info.sop_class_uid,
+            )
+            return []
+        name = rule.name or ""
+        if not rule.score:
+            self.metrics.series.labels("skipped", name).inc()
+            return []
+        service = self.services[rule.model or self.default_model]
+        results = await asyncio.gather(
+            *(self._score_image(service, study.key, data) for data in series.instances.values())
+        )
+        answers = [a for a in results if a is not None]
+        self.metrics.series.labels("scored" if len(answers) == len(results) else "failed", name).inc()
+        return answers
+
+    async def _score_image(self, service: InferenceService, key: str, data: bytes) -> dict[str, Any] | None:
+        async with self._limit:
+            try:
+                answer = await service.predict(data, routing_key=key)
+            except RadflowError as exc:
+                self.metrics.images_scored.labels("failed").inc()
+                log.warning("study %s: an image could not be scored: %s", key[:12], exc)
+                return None
+            except Exception:
+                self.metrics.images_scored.labels("failed").inc()
+                log.exception("study %s: scoring an image failed", key[:12])
+                return None
+        self.metrics.images_scored.labels("ok").inc()
+        return answer

@@ -1,0 +1,81 @@
+"""Studies assembled from single instances until stable: no new instance for ``stable_after_s``.
+
+A modality sends a study as one C-STORE per image, over one association or several, and nothing
+says the study is complete; like Orthanc's StableAge, a study is taken as complete once no new
+instance has come for a while. Instances are kept in memory grouped by study and series (a resent
+instance replaces the earlier copy); the UIDs key the groups here and go no further.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from radflow.gateway.routing import SeriesInfo
+
+__all__ = ["Assembler", "Series", "Study"]
+
+
+@dataclass
+class Series:
+    """One series' instances (Part-10 bytes by SOP Instance UID) and the attributes routing reads."""
+
+    info: SeriesInfo
+    instances: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Study:
+    """A study being assembled; ``key`` is its hashed id, the only name it has outside this module."""
+
+    key: str
+    first_at: float
+    last_at: float
+    series: dict[str, Series] = field(default_factory=dict)
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(s.instances) for s in self.series.values())
+
+
+class Assembler:
+    """Thread-safe: the node's association threads add, the gateway's loop takes the stable studies."""
+
+    def __init__(self, stable_after_s: float, key: Callable[[str], str], clock: Callable[[], float] = time.monotonic):
+        self.stable_after_s = stable_after_s
+        self._key = key
+        self._clock = clock
+        self._studies: dict[str, Study] = {}
+        self._lock = threading.Lock()
+
+    def add(self, study_uid: str, series_uid: str, sop_uid: str, info: SeriesInfo, data: bytes) -> None:
+        """Add one instance; it restarts its study's stable countdown."""
+        now = self._clock()
+        with self._lock:
+            study = self._studies.get(study_uid)
+            if study is None:
+                study = self._studies[study_uid] = Study(self._key(study_uid), now, now)
+            study.last_at = now
+            series = study.series.setdefault(series_uid, Series(info))
+            series.instances[sop_uid] = data
+
+    def take_stable(self) -> list[Study]:
+        """Remove and return the studies without a new instance for ``stable_after_s``, oldest first."""
+        now = self._clock()
+        with self._lock:
+            stable = [uid for uid, s in self._studies.items() if now - s.last_at >= self.stable_after_s]
+            return [self._studies.pop(uid) for uid in stable]
+
+    def take_all(self) -> list[Study]:
+        """Remove and return every study (at shutdown: what was acknowledged is scored, not dropped)."""
+        with self._lock:
+            studies = list(self._studies.values())
+            self._studies.clear()
+            return studies
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._studies)
