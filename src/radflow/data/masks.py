@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from radflow.data.preprocess import padded_side
+from radflow.data.preprocess import pad_geometry, pad_to_square
 from radflow.errors import DataError
 
 __all__ = ["MASK_DIR", "MAX_STRUCTURES", "mask_dtype", "pack", "prepare_mask", "restore_mask", "unpack"]
@@ -71,18 +71,9 @@ def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
     if mask.ndim != 2 or 0 in mask.shape:
         raise ValueError(f"prepare_mask expects a non-empty 2-D mask, got shape {mask.shape}.")
     dtype = mask.dtype
-    work = _cv_safe(mask)
-    h, w = work.shape
-    side = padded_side(h, w)
-    if max(h, w) > side:
-        scale = side / max(h, w)
-        new_h, new_w = (side, max(1, round(w * scale))) if h >= w else (max(1, round(h * scale)), side)
-        work = cv2.resize(work, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT)
-        h, w = new_h, new_w
-    if h != w:
-        top, left = (side - h) // 2, (side - w) // 2
-        work = cv2.copyMakeBorder(work, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
-    if side != size:
+    geometry = pad_geometry(*mask.shape)
+    work = pad_to_square(_cv_safe(mask), geometry, cv2.INTER_NEAREST_EXACT)
+    if geometry.side != size:
         work = cv2.resize(work, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
     return np.asarray(work).astype(dtype, copy=False)
 
@@ -103,19 +94,14 @@ def restore_mask(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     dtype = maps.dtype
     work = maps.astype(np.float32) if is_float else _cv_safe(maps)
     interp = cv2.INTER_LINEAR if is_float else cv2.INTER_NEAREST_EXACT
-    side = padded_side(height, width)
-    h, w = height, width
-    if max(height, width) > side:
-        scale = side / max(height, width)
-        h, w = (side, max(1, round(width * scale))) if height >= width else (max(1, round(height * scale)), side)
-    top, left = (side - h) // 2, (side - w) // 2
+    g = pad_geometry(height, width)
     out = np.empty((maps.shape[0], height, width), dtype=work.dtype)
     for k in range(maps.shape[0]):
         plane = work[k]
-        if plane.shape[0] != side:
-            plane = cv2.resize(plane, (side, side), interpolation=interp)
-        plane = plane[top : top + h, left : left + w]
-        if (h, w) != (height, width):
+        if plane.shape[0] != g.side:
+            plane = cv2.resize(plane, (g.side, g.side), interpolation=interp)
+        plane = plane[g.top : g.top + g.height, g.left : g.left + g.width]
+        if (g.height, g.width) != (height, width):
             plane = cv2.resize(plane, (width, height), interpolation=interp)
         out[k] = plane
     return out.astype(dtype, copy=False)

@@ -21,7 +21,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["MAX_PAD_SIDE", "PreprocessSpec", "from_model_input", "padded_side", "prepare_pixels", "to_model_input"]
+__all__ = [
+    "MAX_PAD_SIDE",
+    "PadGeometry",
+    "PreprocessSpec",
+    "from_model_input",
+    "pad_geometry",
+    "pad_to_square",
+    "padded_side",
+    "prepare_pixels",
+    "to_model_input",
+]
 
 MAX_PAD_SIDE = 4096
 """Longest side an image is padded at: larger images are area-resampled down to it first.
@@ -68,6 +78,41 @@ def padded_side(height: int, width: int) -> int:
     return min(max(height, width), MAX_PAD_SIDE)
 
 
+@dataclass(frozen=True)
+class PadGeometry:
+    """Where an image of some height x width lands in the square :func:`prepare_pixels` pads it to."""
+
+    side: int
+    """The padded square's side (at most :data:`MAX_PAD_SIDE`)."""
+    height: int
+    """The image's height inside the square: its own, or less when its long side was capped."""
+    width: int
+    top: int
+    left: int
+
+
+def pad_geometry(height: int, width: int) -> PadGeometry:
+    """The pad-to-square geometry of an image: the one place that computes it (images, masks, restored maps)."""
+    side = padded_side(height, width)
+    h, w = height, width
+    if max(h, w) > side:
+        scale = side / max(h, w)
+        # the long side lands exactly on ``side``; the short side keeps its proportion (at least 1 pixel)
+        h, w = (side, max(1, round(w * scale))) if h >= w else (max(1, round(h * scale)), side)
+    return PadGeometry(side, h, w, (side - h) // 2, (side - w) // 2)
+
+
+def pad_to_square(image: np.ndarray, geometry: PadGeometry, interpolation: int) -> np.ndarray:
+    """``image`` capped (resampled with ``interpolation``) and zero-padded, centred, to ``geometry.side`` squared."""
+    g = geometry
+    if image.shape[:2] != (g.height, g.width):
+        image = cv2.resize(image, (g.width, g.height), interpolation=interpolation)
+    if g.height == g.width:
+        return image
+    bottom, right = g.side - g.height - g.top, g.side - g.width - g.left
+    return cv2.copyMakeBorder(image, g.top, bottom, g.left, right, cv2.BORDER_CONSTANT, value=0)
+
+
 def prepare_pixels(image: np.ndarray, size: int) -> np.ndarray:
     """Pad a 2-D grey image (float in [0, 1]) to a square and resample it to ``size`` x ``size``.
 
@@ -80,19 +125,10 @@ def prepare_pixels(image: np.ndarray, size: int) -> np.ndarray:
     if 0 in image.shape:
         raise ValueError(f"prepare_pixels expects a non-empty image, got shape {image.shape}.")
     img: np.ndarray = np.asarray(image, dtype=np.float32)
-    h, w = img.shape
-    side = padded_side(h, w)
-    if max(h, w) > side:
-        scale = side / max(h, w)
-        # the long side lands exactly on ``side``; the short side keeps its proportion (at least 1 pixel)
-        new_h, new_w = (side, max(1, round(w * scale))) if h >= w else (max(1, round(h * scale)), side)
-        img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_AREA)
-        h, w = new_h, new_w
-    if h != w:
-        top, left = (side - h) // 2, (side - w) // 2
-        img = cv2.copyMakeBorder(img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
-    if side != size:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    geometry = pad_geometry(*img.shape)
+    img = pad_to_square(img, geometry, cv2.INTER_AREA)
+    if geometry.side != size:
+        interp = cv2.INTER_AREA if geometry.side > size else cv2.INTER_LINEAR
         img = cv2.resize(img, (size, size), interpolation=interp)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
