@@ -10,6 +10,7 @@ from radflow.cli import demo as _demo  # noqa: F401
 from radflow.cli import evaluate as _evaluate  # noqa: F401
 from radflow.cli import export as _export  # noqa: F401
 from radflow.cli import feedback as _feedback  # noqa: F401
+from radflow.cli import gateway as _gateway  # noqa: F401
 from radflow.cli import ingest as _ingest  # noqa: F401
 from radflow.cli import loadtest as _loadtest  # noqa: F401
 from radflow.cli import loop as _loop  # noqa: F401

@@ -18,6 +18,8 @@ import hashlib
 import logging
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from radflow.errors import RadflowError
 from radflow.gateway.assembly import Assembler, Series, Study
 from radflow.gateway.metrics import GatewayMetrics
@@ -66,6 +68,11 @@ class Gateway:
     @property
     def port(self) -> int:
         return self.node.port
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry of the gateway's metrics and its default model's service metrics."""
+        return self.services[self.default_model].metrics.registry
 
     async def start(self) -> None:
         """Load the models and open the store, then listen; nothing is accepted before the models are ready."""

@@ -33,15 +33,15 @@ class GatewaySettings(BaseModel):
     """This node's AE title; calling SCUs must address it (the called AE title) or are refused."""
     host: str = "127.0.0.1"
     """Interface to listen on (``0.0.0.0`` to accept modalities from the network)."""
-    port: int = Field(11112, ge=0, le=65535)
+    port: int = Field(default=11112, ge=0, le=65535)
     """TCP port (11112 is DICOM's registered port; 0 picks a free one, as the tests do)."""
     allowed_aes: list[str] = []
     """Calling AE titles allowed to associate; empty allows any (say so in a log line at start)."""
-    stable_after_s: float = Field(5.0, gt=0)
+    stable_after_s: float = Field(default=5.0, gt=0)
     """A study is complete (and scored) after this long without a new instance, as Orthanc's StableAge."""
     rules: list[Rule] = []
     """Routing rules, first match wins; none: every image series goes to the served model."""
-    max_concurrent: int = Field(8, ge=1)
+    max_concurrent: int = Field(default=8, ge=1)
     """Images of stable studies scored at once (the service batches them; more waits, none is refused)."""
 
     @field_validator("ae_title")

@@ -1,0 +1,98 @@
+"""``radflow gateway``: a DICOM node (C-ECHO, C-STORE SCP) that scores stable studies through the inference core."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from radflow.cli._app import app, console, run_command
+from radflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from radflow.gateway import Gateway
+
+__all__ = ["gateway_command"]
+
+
+@app.command("gateway")
+def gateway_command(
+    workspace: Annotated[
+        Path | None, typer.Option("--workspace", "-w", help="Workspace: score with its registry's champion.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model for routed series: ONNX file, run id or models:/NAME@ALIAS.")
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="Registered model name (default: registry.name, chest-xray).")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    store_url: Annotated[str | None, typer.Option("--store-url", help="SQLAlchemy URL of the prediction log.")] = None,
+    ae_title: Annotated[str, typer.Option("--ae-title", help="This node's AE title.")] = "RADFLOW",
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (0.0.0.0: the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="DICOM port.")] = 11112,
+    allow_ae: Annotated[
+        list[str] | None,
+        typer.Option("--allow-ae", help="A calling AE title allowed to send (repeat; none: any may send)."),
+    ] = None,
+    stable_after: Annotated[
+        float, typer.Option("--stable-after", help="Seconds without a new instance after which a study is scored.")
+    ] = 5.0,
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="Routing rules (YAML/JSON list); none: every image series is scored.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this HTTP port.")
+    ] = None,
+) -> None:
+    """Receive studies by DICOM C-STORE and score each stable one through the same inference core as `radflow serve`.
+
+    Runs until Ctrl-C or SIGTERM; studies already acknowledged are scored before it exits.
+    Settings of the model and store: these flags > RADFLOW_* environment > the workspace's params.yaml > defaults.
+    """
+
+    def body() -> None:
+        from pydantic import ValidationError
+
+        from radflow.gateway import GatewaySettings, load_rules
+        from radflow.gateway.server import run_gateway
+        from radflow.inference import ServeSettings
+
+        if workspace is not None and not workspace.is_dir():
+            raise ConfigError(
+                f"--workspace {workspace} is not a folder; make one with `radflow init` or `radflow demo`."
+            )
+        overrides: dict[str, Any] = {
+            "workspace": workspace,
+            "model": model,
+            "model_name": model_name,
+            "tracking_uri": tracking_uri,
+            "store_url": store_url,
+        }
+        serve = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        try:
+            settings = GatewaySettings(
+                ae_title=ae_title,
+                host=host,
+                port=port,
+                allowed_aes=list(allow_ae or []),
+                stable_after_s=stable_after,
+                rules=load_rules(rules) if rules is not None else [],
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+        def ready(gateway: Gateway) -> None:
+            allowed = ", ".join(settings.allowed_aes) or "any calling AE (use --allow-ae)"
+            console.print(
+                f"DICOM node {settings.ae_title} on {settings.host}:{gateway.port} — scoring with "
+                f"{serve.resolved_model()}, studies stable after {settings.stable_after_s:g} s, "
+                f"{len(settings.rules) or 'no'} routing rules, from {allowed} (store {serve.resolved_store_url()})",
+                highlight=False,
+            )
+
+        run_gateway(settings, serve, metrics_port=metrics_port, on_ready=ready)
+
+    run_command(body)

@@ -1,0 +1,76 @@
+"""``radflow gateway``: bad arguments are one line (exit 2); the real command receives, scores and stops on SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification  # type: ignore[attr-defined]
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.serve.server import free_port
+from tests.gateway.test_gateway import CALLING, make_instance
+
+
+def _one_line(args: list[str]) -> str:
+    result = CliRunner().invoke(app, ["gateway", *args])
+    assert result.exit_code == 2, result.output
+    return " ".join(result.output.split())
+
+
+def test_gateway_refuses_bad_arguments(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- {modalty: DX}\n")
+    assert "rule 1, field 'modalty'" in _one_line(["--model", "m.onnx", "--rules", str(rules)])
+    assert "not a DICOM AE title" in _one_line(["--model", "m.onnx", "--ae-title", "X" * 17])
+    assert "stable_after_s" in _one_line(["--model", "m.onnx", "--stable-after", "0"])
+
+
+def test_gateway_command_scores_a_study_and_stops_cleanly_on_ctrl_c(
+    tmp_path: Path, onnx_pair: tuple[Path, Path]
+) -> None:
+    port, db = free_port(), tmp_path / "serving.db"
+    command = [
+        sys.executable,
+        "-c",
+        "from radflow.cli import main; main()",
+        "gateway",
+        "--model",
+        str(onnx_pair[0]),
+        "--port",
+        str(port),
+    ]
+    command += ["--allow-ae", CALLING, "--stable-after", "0.2", "--store-url", f"sqlite:///{db}"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "400"})
+    try:
+        ae = AE(ae_title=CALLING)
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+        deadline = time.monotonic() + 60
+        while True:  # until the node listens (models load first)
+            assoc = ae.associate("127.0.0.1", port, ae_title="RADFLOW")
+            if assoc.is_established or proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert assoc.is_established, proc.stderr.read() if proc.stderr else ""
+        study, series = generate_uid(), generate_uid()
+        assert [assoc.send_c_store(make_instance(tmp_path, study, series, i)).Status for i in range(2)] == [0, 0]
+        assoc.release()
+        # Ctrl-C at once: the acknowledged, not yet stable study is still scored before exit
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"DICOM node RADFLOW on 127.0.0.1:{port}" in " ".join(err.split())
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2
