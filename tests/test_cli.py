@@ -115,3 +115,71 @@ def test_train_refuses_another_runs_checkpoints_unless_asked(tmp_path: Path, mon
     second = _checkpoint_folder(None, "small_cnn", resume=False, overwrite=False)
     assert second != first
     assert _checkpoint_folder(None, "small_cnn", resume=True, overwrite=False).resolve() == first.resolve()
+
+
+def test_params_lists_every_key_with_default_and_meaning() -> None:
+    import json
+
+    runner = CliRunner()
+    plain = runner.invoke(app, ["params", "train"])
+    assert plain.exit_code == 0, plain.output
+    lines = plain.stdout.splitlines()
+    assert any(line.startswith("train.lr=0.001 ") and line.endswith("Initial learning rate. (float)") for line in lines)
+    assert all(line.startswith("train.") for line in lines) and "train.augment.hflip=false" in plain.stdout
+    as_json = runner.invoke(app, ["params", "--json"])
+    rows = {row["key"]: row for row in json.loads(as_json.stdout)}
+    assert rows["gates.min_macro_auroc"]["default"] == 0.8 and rows["serve.port"]["default"] == 8000
+    misspelt = runner.invoke(app, ["params", "trian"])
+    assert misspelt.exit_code == 2 and "Did you mean 'train'?" in misspelt.output
+
+
+def test_help_lists_the_settings_and_shows_flags_without_a_value() -> None:
+    runner = CliRunner()
+    run_help = " ".join(runner.invoke(app, ["run", "--help"]).output.split())
+    assert "radflow params" in run_help and "train: arch, epochs, batch_size, lr," in run_help
+    register_help = " ".join(runner.invoke(app, ["register", "--help"]).output.split())
+    assert "gates: min_macro_auroc, max_label_drop" in register_help and "train:" not in register_help
+    for command in ("register", "promote", "ingest", "init"):
+        output = runner.invoke(app, [command, "--help"]).output
+        assert "<bool>" not in output and "--json" in output, (command, output)
+    assert "KEY=VALUE" in runner.invoke(app, ["init", "--help"]).output
+
+
+def test_evaluate_prints_its_table_full_width_when_piped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radflow.data.dataset import Dataset
+    from radflow.train.checkpoint import ModelMeta, save_checkpoint
+    from radflow.train.models import create_model
+    from tests.fixtures import make_dataset
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    labels = ("Enlarged Cardiomediastinum", "Cardiomegaly")
+    ds_path = make_dataset(tmp_path / "ds", n=40, size=32, labels=labels)
+    ds = Dataset.open(ds_path)
+    meta = ModelMeta(arch="small_cnn", task="multilabel", labels=ds.labels, num_outputs=2, preprocess=ds.spec.to_dict())
+    checkpoint = save_checkpoint(tmp_path / "m.pt", create_model("small_cnn", 2), meta)
+    result = CliRunner().invoke(
+        app, ["evaluate", str(checkpoint), "--dataset", str(ds_path), "--n-bootstrap", "20", "-o", str(tmp_path / "e")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    rows = [line for line in result.output.splitlines() if "Cardiome" in line]
+    assert any("Enlarged Cardiomediastinum" in row for row in rows) and any("│ Cardiomegaly " in r for r in rows)
+    assert any(row.count("[") == 1 and row.count("]") == 1 for row in rows)  # the CI in one piece
+
+
+def test_ingest_of_dicom_without_labels_says_what_the_dataset_is_for(tmp_path: Path) -> None:
+    import numpy as np
+
+    from radflow.data.dicom import write_dicom
+
+    src = tmp_path / "pacs"
+    src.mkdir()
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 4000, (40, 36), dtype=np.uint16)
+        write_dicom(src / f"img{i}", pixels, bits_stored=12, attributes={"PatientID": f"P{i}"}, uid_seed=str(i))
+    result = CliRunner().invoke(
+        app, ["ingest", str(src), "--format", "dicom", "--out", str(tmp_path / "ds"), "--size", "32", "--workers", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "has no labels: it can be scored (`radflow score`)" in text and "pass --labels-csv" in text

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from radflow.config import Params, flatten_params, load_params
+from radflow.config import Params, describe_params, flatten_params, load_params, params_yaml
 from radflow.errors import ConfigError, NotFoundError
 
 
@@ -69,3 +70,64 @@ def test_flatten_params_gives_dotted_names() -> None:
     assert flat["train.arch"] == "small_cnn"
     assert flat["train.augment.hflip"] == "False"
     assert flat["evaluate.age_bands"] == "[0.0, 40.0, 60.0, 80.0, 200.0]"
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("train.learning_rate", "'lr'"),
+        ("train.n_epochs", "'epochs'"),
+        ("train.batch", "'batch_size'"),
+        ("serve.batch", "'max_batch_size'"),
+        ("data.image_size", "'size'"),
+        ("evaluate.bootstrap", "'n_bootstrap'"),
+    ],
+)
+def test_common_aliases_suggest_the_setting_they_mean(key: str, hint: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as err:
+        Params().with_overrides({key: 1})
+    assert str(err.value).startswith(f"unknown setting {key!r} (no {name!r} in {section}). Did you mean {hint}")
+
+
+def test_an_alias_in_the_file_is_suggested_too(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rate'\. Did you mean 'lr'\?"):
+        load_params(path)
+
+
+def test_describe_params_lists_every_key_with_default_and_description() -> None:
+    rows = describe_params()
+    assert set(flatten_params(Params())) == {row["key"] for row in rows}
+    assert all(row["description"] for row in rows), [row["key"] for row in rows if not row["description"]]
+    by_key = {row["key"]: row for row in rows}
+    assert by_key["train.lr"] == {
+        "key": "train.lr",
+        "type": "float",
+        "default": 0.001,
+        "description": "Initial learning rate.",
+    }
+    assert by_key["train.optimizer"]["type"] == "adamw|adam"
+    assert by_key["serve.threads"]["type"] == "int | null"  # attribute docstrings count as descriptions
+    augment = [row["key"].removeprefix("train.augment.") for row in describe_params("train.augment")]
+    assert augment == ["rotation_deg", "scale", "brightness", "contrast", "hflip", "enabled"]
+    assert {row["key"] for row in describe_params("serve.oidc")} >= {"serve.oidc_issuer", "serve.oidc_jwks"}
+    with pytest.raises(ConfigError, match=r"no settings under 'trian'\. Did you mean 'train'\?"):
+        describe_params("trian")
+
+
+def test_params_yaml_carries_descriptions_and_reads_back_the_same(tmp_path: Path) -> None:
+    params = Params().with_overrides(
+        {"data.labels": ["Edema", "No Finding"], "data.uncertain": "zeros,Edema=ones", "train.epochs": 2}
+    )
+    text = params_yaml(params)
+    assert yaml.safe_load(text) == params.model_dump(mode="json")
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert load_params(path) == params
+    lines = text.splitlines()
+    assert lines[lines.index("  lr: 0.001") - 1] == "  # Initial learning rate."
+    assert lines[lines.index("train:") - 1] == "# Training settings."
+    assert "    # Random horizontal flip; off by default for chest films because laterality matters." in lines
+    assert max(len(line) for line in lines) <= 120

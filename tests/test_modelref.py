@@ -261,3 +261,41 @@ def test_lineage_is_read_from_the_version_an_alias_resolves_to(registry: Registr
         show_lineage(f"models:/{name}/1", registry.uri)
     with pytest.raises(NotFoundError, match="lineage is recorded for registered models"):
         show_lineage(first, registry.uri)
+
+
+def test_an_alias_of_an_unknown_model_lists_the_registered_ones_with_the_close_name(registry: Registry) -> None:
+    from mlflow import MlflowClient
+
+    name = f"chest-xray-{uuid.uuid4().hex[:6]}"
+    MlflowClient(registry.uri).create_registered_model(name)
+    typo = name.replace("chest-xray", "chestxray")
+    with pytest.raises(NotFoundError) as err:
+        resolve_model_ref(f"models:/{typo}@champion", registry.uri)
+    message = str(err.value)
+    assert message.startswith(f"no registered model {typo!r} in {registry.uri}. Did you mean {name!r}?")
+    assert name in message.split("Registered models: ")[1] and "RESOURCE_DOES_NOT_EXIST" not in message
+
+
+def test_register_takes_gate_settings(registry: Registry) -> None:
+    """`radflow register -S gates.KEY=VALUE`, here beside the store the other registry reads use."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from radflow.cli import app
+
+    uri = registry.uri
+    client = MlflowClient(uri)
+    run_id = client.create_run(registry.experiment_id).info.run_id
+    client.log_metric(run_id, "test_macro_auroc", 0.75)
+    client.log_text(run_id, "flavors: {}\n", "model/MLmodel")
+    client.set_terminated(run_id)
+    runner = CliRunner()
+    base = ["register", run_id, "--name", f"chest-{uuid.uuid4().hex[:8]}", "--tracking-uri", uri]
+    assert runner.invoke(app, base).exit_code == 1  # default gate: macro AUROC >= 0.80
+    lowered = runner.invoke(app, [*base, "-S", "gates.min_macro_auroc=0.7", "--json"])
+    assert lowered.exit_code == 0, lowered.output
+    assert '"passed": true' in lowered.stdout and '"version": "2"' in lowered.stdout
+    other = runner.invoke(app, [*base, "-S", "train.lr=0.1"])
+    assert other.exit_code == 2 and "register reads only the gates: section" in other.output
+    misspelt = runner.invoke(app, [*base, "-S", "gates.min_auroc=0.7"])
+    assert misspelt.exit_code == 2 and "Did you mean 'min_macro_auroc'?" in misspelt.output

@@ -1,15 +1,19 @@
 """params.yaml as pydantic models: the one source of truth for data, split, training, evaluation, gates,
 export and serving settings.
 
-Every field has a description (shown by ``radflow train --help`` readers and in the saved config),
-unknown or misspelt keys are errors that name the key and suggest the close one, and CLI flags
-override file values through :meth:`Params.with_overrides` with dotted keys (``train.epochs``).
+Every field has a description (listed by ``radflow params`` with :func:`describe_params`, and written
+as comments into the params.yaml ``radflow init`` makes, by :func:`params_yaml`), unknown or misspelt
+keys are errors that name the key and suggest the close one (by spelling, and by meaning for the names
+other tools use: ``learning_rate`` -> ``lr``), and CLI flags override file values through
+:meth:`Params.with_overrides` with dotted keys (``train.epochs``).
 """
 
 from __future__ import annotations
 
+import textwrap
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,8 +35,10 @@ __all__ = [
     "SplitConfig",
     "SynthConfig",
     "TrainConfig",
+    "describe_params",
     "flatten_params",
     "load_params",
+    "params_yaml",
 ]
 
 
@@ -382,7 +388,7 @@ class Params(_Strict):
                 if model_fields is not None and part not in model_fields:
                     where = ".".join(parts[:depth]) or "params"
                     raise ConfigError(
-                        f"unknown setting {key!r} (no {part!r} in {where}).{did_you_mean(part, model_fields)}"
+                        f"unknown setting {key!r} (no {part!r} in {where}).{_unknown(part, model_fields)}"
                     )
                 if depth == len(parts) - 1:
                     node[part] = value
@@ -406,6 +412,73 @@ def _fields_at(path: list[str]) -> list[str] | None:
     return list(model.model_fields)
 
 
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("lr",),
+    "learningrate": ("lr",),
+    "lr0": ("lr",),
+    "batch": ("batch_size", "max_batch_size"),
+    "bs": ("batch_size", "max_batch_size"),
+    "batchsize": ("batch_size", "max_batch_size"),
+    "n_epochs": ("epochs",),
+    "num_epochs": ("epochs",),
+    "max_epochs": ("epochs",),
+    "epoch": ("epochs",),
+    "model": ("arch",),
+    "architecture": ("arch",),
+    "backbone": ("arch",),
+    "network": ("arch",),
+    "workers": ("num_workers", "decode_workers"),
+    "n_workers": ("num_workers", "decode_workers"),
+    "wd": ("weight_decay",),
+    "optimiser": ("optimizer",),
+    "optim": ("optimizer",),
+    "lr_scheduler": ("scheduler",),
+    "schedule": ("scheduler",),
+    "patience": ("early_stopping_patience",),
+    "steps": ("max_steps",),
+    "max_iters": ("max_steps",),
+    "mixed_precision": ("amp",),
+    "fp16": ("amp",),
+    "image_size": ("size",),
+    "img_size": ("size",),
+    "resolution": ("size",),
+    "in_channels": ("in_chans",),
+    "channels": ("in_chans",),
+    "flip": ("hflip",),
+    "horizontal_flip": ("hflip",),
+    "rotation": ("rotation_deg",),
+    "zoom": ("scale",),
+    "bootstrap": ("n_bootstrap", "comparison_bootstrap"),
+    "n_boot": ("n_bootstrap", "comparison_bootstrap"),
+    "confidence": ("ci", "comparison_ci"),
+    "bins": ("calibration_bins",),
+    "threshold": ("threshold_method",),
+    "min_auroc": ("min_macro_auroc",),
+    "min_auc": ("min_macro_auroc",),
+    "val_fraction": ("val",),
+    "validation": ("val",),
+    "test_fraction": ("test",),
+    "gpu": ("device",),
+    "pretrained": ("weights",),
+    "checkpoint": ("weights",),
+    "quantize": ("int8",),
+    "quantise": ("int8",),
+    "opset_version": ("opset",),
+    "num_threads": ("threads",),
+}
+"""Names other tools use for a setting, mapped to radflow's (the first one a section has)."""
+
+
+def _unknown(name: str, fields: list[str]) -> str:
+    """The did-you-mean hint for ``name`` among a section's ``fields``: by meaning first, then spelling."""
+    aliases = {
+        alias: next(t for t in targets if t in fields)
+        for alias, targets in _ALIASES.items()
+        if any(t in fields for t in targets)
+    }
+    return did_you_mean(name, fields, aliases)
+
+
 def _validate(data: dict[str, Any], source: str) -> Params:
     try:
         return Params.model_validate(data)
@@ -416,10 +489,108 @@ def _validate(data: dict[str, Any], source: str) -> Params:
             key = ".".join(loc)
             if err["type"] == "extra_forbidden":
                 fields = _fields_at(loc[:-1]) or []
-                problems.append(f"unknown key {key!r}.{did_you_mean(loc[-1], fields)}")
+                problems.append(f"unknown key {key!r}.{_unknown(loc[-1], fields)}")
             else:
                 problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _type_name(annotation: Any) -> str:
+    """A reader's name for a field's type: ``int``, ``float | null``, ``adamw|adam``, ``list[str]``."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in get_args(annotation))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(annotation))}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _plain(description: str | None) -> str:
+    """A field description on one line, reST double-backtick literals as single backticks (comments, CLI)."""
+    return " ".join((description or "").split()).replace("``", "`")
+
+
+def _sub_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def describe_params(prefix: str = "") -> list[dict[str, Any]]:
+    """Every settable key (``-S KEY=VALUE`` or params.yaml) with its type, default and description.
+
+    ``prefix`` keeps the keys under a section or key (``"train"``, ``"train.augment"``); one that
+    matches nothing raises ConfigError with a did-you-mean over the section names.
+    """
+    defaults = Params().model_dump(mode="json")
+    rows: list[dict[str, Any]] = []
+
+    def walk(model: type[BaseModel], path: list[str], values: dict[str, Any]) -> None:
+        for name, info in model.model_fields.items():
+            sub = _sub_model(info.annotation)
+            if sub is not None:
+                walk(sub, [*path, name], values[name])
+                continue
+            key = ".".join([*path, name])
+            rows.append(
+                {
+                    "key": key,
+                    "type": _type_name(info.annotation),
+                    "default": values[name],
+                    "description": _plain(info.description),
+                }
+            )
+
+    walk(Params, [], defaults)
+    if not prefix:
+        return rows
+    # A section, a key, or the start of keys within a section (``serve.oidc`` -> serve.oidc_*).
+    chosen = [r for r in rows if r["key"].startswith(prefix if "." in prefix else prefix + ".") or r["key"] == prefix]
+    if not chosen:
+        sections = sorted({r["key"].rsplit(".", 1)[0] for r in rows})
+        raise ConfigError(
+            f"no settings under {prefix!r}.{did_you_mean(prefix, sections)} Sections: {', '.join(sections)}."
+        )
+    return chosen
+
+
+def _yaml_value(value: Any) -> str:
+    """One value on one line: a scalar, or a list or mapping in flow style (``[0.0, 40.0]``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**20)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def params_yaml(params: Params) -> str:
+    """params.yaml text with each key's description as a comment above it (what ``radflow init`` writes).
+
+    It reads back to the same values as :meth:`Params.to_yaml`; only the comments are added.
+    """
+    lines: list[str] = []
+
+    def comment(text: str | None, indent: str) -> None:
+        for line in textwrap.wrap(_plain(text), width=118 - len(indent)):
+            lines.append(f"{indent}# {line}")
+
+    def walk(model: type[BaseModel], values: dict[str, Any], indent: str) -> None:
+        for name, info in model.model_fields.items():
+            comment(info.description, indent)
+            sub = _sub_model(info.annotation)
+            if sub is not None:
+                lines.append(f"{indent}{name}:")
+                walk(sub, values[name], indent + "  ")
+            else:
+                lines.append(f"{indent}{name}: {_yaml_value(values[name])}")
+
+    values = params.model_dump(mode="json")
+    for number, (section, info) in enumerate(Params.model_fields.items()):
+        if number:
+            lines.append("")
+        comment(info.description, "")
+        lines.append(f"{section}:")
+        model = _sub_model(info.annotation)
+        assert model is not None
+        walk(model, values[section], "  ")
+    return "\n".join(lines) + "\n"
 
 
 def load_params(path: Path | None) -> Params:

@@ -8,7 +8,7 @@ The CLI prints the message without a traceback; the server turns it into ``{"err
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -67,12 +67,20 @@ class ImageDecodeError(DataError):
     status_code = 422
 
 
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """A ' Did you mean ...?' hint for a misspelt name, or '' when nothing is close."""
-    close = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.6)
+def did_you_mean(value: str, choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+    """A ' Did you mean ...?' hint for a misspelt name, or '' when nothing is close.
+
+    ``aliases`` map names people commonly use to the one among ``choices`` that means the same
+    (``learning_rate`` -> ``lr``): spelling alone cannot find those. Case-insensitive; an alias
+    whose target is not among ``choices`` is ignored.
+    """
+    options = list(choices)
+    by_meaning = {k.lower(): v for k, v in (aliases or {}).items()}.get(value.lower())
+    close = [by_meaning] if by_meaning in options else []
+    close += [c for c in difflib.get_close_matches(value, options, n=3, cutoff=0.6) if c not in close]
     if not close:
-        lowered = {c.lower(): c for c in choices}
+        lowered = {c.lower(): c for c in options}
         close = [lowered[m] for m in difflib.get_close_matches(value.lower(), lowered, n=3, cutoff=0.6)]
     if not close:
         return ""
-    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return " Did you mean " + " or ".join(repr(c) for c in close[:3]) + "?"

@@ -42,3 +42,15 @@ def test_typed_sections_reject_misspelt_keys_and_keep_dict_equality() -> None:
         Params().with_overrides({"data.sorce": "nih"})
     with pytest.raises(ConfigError, match=r"data\.source"):
         Params().with_overrides({"data.source": "mri"})
+
+
+def test_init_writes_params_yaml_with_each_description_as_a_comment(tmp_path: Path) -> None:
+    from radflow.config import load_params
+    from radflow.pipeline import init_workspace
+
+    init_workspace(tmp_path / "ws", "synthetic", overrides={"train.epochs": 1})
+    text = (tmp_path / "ws" / "params.yaml").read_text()
+    lines = text.splitlines()
+    assert lines[lines.index("  epochs: 1") - 1] == "  # Maximum number of passes over the training split."
+    assert "  # PSI at or above this is drift (0.1-0.2 moderate, above 0.2 major)." in lines
+    assert load_params(tmp_path / "ws" / "params.yaml").train.epochs == 1

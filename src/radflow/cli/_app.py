@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -16,10 +17,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from radflow.errors import RadflowError
 from radflow.tracking import set_mlflow_verbosity
 
-__all__ = ["app", "console", "emit", "is_verbose", "line_printer", "main", "progress_bar", "run_command"]
+__all__ = [
+    "app",
+    "console",
+    "emit",
+    "is_verbose",
+    "line_printer",
+    "main",
+    "progress_bar",
+    "report_console",
+    "run_command",
+    "settings_epilog",
+]
 
 _VERBOSE_ENV = "RADFLOW_VERBOSE"
 _verbose = False
+
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """An on/off flag takes no value: show nothing in the type column instead of Typer's ``<bool>``."""
+    return None if self.is_flag else _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="radflow",
@@ -79,7 +101,8 @@ def run_command(fn: Callable[[], T]) -> T:
         return fn()
     except RadflowError as exc:
         # Escaped: messages quote user input and URI forms such as runs:/ID[/ARTIFACT], not markup.
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+        # Soft-wrapped: one line when piped or logged, so the message can be searched and pasted whole.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -89,6 +112,36 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
     else:
         render(result)
+
+
+def report_console() -> Console:
+    """The console for tables people keep: the terminal's width on a terminal, else no width limit.
+
+    Piped or logged output has no width; Rich would assume 80 columns and cut labels and CIs (``Cardiome…``).
+    """
+    if console.is_terminal:
+        return console
+    return Console(stderr=True, width=_UNLIMITED_WIDTH, no_color=console.no_color)
+
+
+_UNLIMITED_WIDTH = 10_000
+
+
+def settings_epilog(*sections: str) -> str:
+    """Help text listing the ``-S`` keys of ``sections`` (default: all), for a command's ``epilog``.
+
+    One line per section; defaults and meanings are in ``radflow params [SECTION]``.
+    """
+    from radflow.config import describe_params
+
+    rows = describe_params()
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        section, _, rest = row["key"].partition(".")
+        if not sections or section in sections:
+            groups.setdefault(section, []).append(rest)
+    listed = "\n\n".join(f"{section}: {', '.join(keys)}" for section, keys in groups.items())
+    return f"Settings for -S KEY=VALUE (defaults and meanings: radflow params SECTION):\n\n{listed}"
 
 
 def progress_bar(name: str, quiet: bool = False) -> Progress:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, report_console, run_command
 from radflow.errors import ConfigError, NotFoundError
 
 __all__ = ["evaluate_command"]
@@ -88,4 +88,5 @@ def evaluate_command(
 def _render(result: dict[str, Any]) -> None:
     from radflow.evaluate.report import render_evaluation
 
-    render_evaluation(result, console)
+    # Full width when piped or logged: the table is what people paste into tickets and reports.
+    render_evaluation(result, report_console())

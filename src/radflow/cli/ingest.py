@@ -43,8 +43,23 @@ def _render(info: dict[str, Any]) -> None:
         console.print(f"[yellow]skipped[/] {where}: {entry['error']}", highlight=False)
     if len(info["skipped"]) > 10:
         console.print(f"[yellow]... {len(info['skipped']) - 10} more in dataset.json[/]")
-    for warning in info.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}")
+    for warning in [*_unlabelled_warning(info), *info.get("warnings", [])]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _unlabelled_warning(info: dict[str, Any]) -> list[str]:
+    """A dataset without a single label column can be scored, not trained on: say so, and how to add labels."""
+    if info["task"] == "regression" or info.get("labels"):
+        return []
+    fix = (
+        "pass --labels-csv (a CSV keyed by SOPInstanceUID or path, one column per label)"
+        if info.get("source", {}).get("format") == "dicom"
+        else "give a source with label columns"
+    )
+    return [
+        f"dataset {info['version']} has no labels: it can be scored (`radflow score`) or serve as a drift reference, "
+        f"but `radflow train` and `radflow evaluate` need labels; {fix}."
+    ]
 
 
 @app.command("ingest")

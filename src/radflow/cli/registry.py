@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, run_command, settings_epilog
 
 __all__ = ["promote_command", "register_command", "rollback_command"]
 
@@ -32,7 +32,7 @@ def _render_register(result: dict[str, Any]) -> None:
         console.print(f"version {result['version']} stays registered without an alias (tag gate=failed)")
 
 
-@app.command("register")
+@app.command("register", epilog=settings_epilog("gates"))
 def register_command(
     run_id: Annotated[str, typer.Argument(help="MLflow run id of a `radflow train` run.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Registered model name.")],
@@ -40,16 +40,33 @@ def register_command(
         Path | None,
         typer.Option("--config", "-c", help="params.yaml with the gates: section (default: ./params.yaml)."),
     ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-S",
+            metavar="KEY=VALUE",
+            help="Change a gate: -S gates.min_macro_auroc=0.7 (keys: `radflow params gates`).",
+        ),
+    ] = None,
     tracking_uri: Annotated[str | None, _TRACKING] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Register a run's model; quality gates decide whether it becomes @challenger (exit 1 when a gate fails)."""
     from radflow.config import load_params
+    from radflow.errors import ConfigError
+    from radflow.pipeline.run import parse_sets
     from radflow.registry import register
 
     def body() -> dict[str, Any]:
+        overrides = parse_sets(sets or [])
+        others = [key for key in overrides if not key.startswith("gates.")]
+        if others:
+            raise ConfigError(
+                f"register reads only the gates: section; -S {others[0]} has no effect here (use -S gates.KEY=VALUE)."
+            )
         path = config if config is not None else (Path("params.yaml") if Path("params.yaml").is_file() else None)
-        return register(run_id, name, load_params(path).gates, tracking_uri)
+        return register(run_id, name, load_params(path).with_overrides(overrides).gates, tracking_uri)
 
     result = run_command(body)
     emit(result, as_json, _render_register)

@@ -1,4 +1,4 @@
-"""``radflow init`` / ``run`` / ``lineage``: reproducible workspaces on DVC (and the hidden ``stage`` command)."""
+"""``radflow init`` / ``run`` / ``params`` / ``lineage``: reproducible workspaces on DVC (and the hidden ``stage``)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, line_printer, run_command
+from radflow.cli._app import app, console, emit, line_printer, run_command, settings_epilog
 
-__all__ = ["init_command", "lineage_command", "run_pipeline_command", "stage_command"]
+__all__ = ["init_command", "lineage_command", "params_command", "run_pipeline_command", "stage_command"]
 
 
 def _render_init(info: dict[str, Any]) -> None:
@@ -22,7 +22,7 @@ def _render_init(info: dict[str, Any]) -> None:
     console.print(f"next: cd {info['workspace']} && radflow run", highlight=False)
 
 
-@app.command("init")
+@app.command("init", epilog=settings_epilog())
 def init_command(
     directory: Annotated[Path, typer.Argument(help="New (or empty) folder for the workspace.")],
     source: Annotated[
@@ -33,7 +33,13 @@ def init_command(
     ] = None,
     remote: Annotated[str | None, typer.Option(help="DVC remote URL or path (default: DIR/.dvc-remote).")] = None,
     sets: Annotated[
-        list[str] | None, typer.Option("--set", "-S", help="Write a param into params.yaml: -S train.epochs=3.")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-S",
+            metavar="KEY=VALUE",
+            help="Write a param into params.yaml: -S train.epochs=3 (keys: `radflow params`).",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -75,10 +81,16 @@ def render_results(result: dict[str, Any]) -> None:
         console.print(f"experiment {result['experiment']} · compare: dvc exp show · dvc metrics diff · dvc plots show")
 
 
-@app.command("run")
+@app.command("run", epilog=settings_epilog())
 def run_pipeline_command(
     sets: Annotated[
-        list[str] | None, typer.Option("--set", "-S", help="Change a param for this run: -S train.lr=3e-4.")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-S",
+            metavar="KEY=VALUE",
+            help="Change a param for this run: -S train.lr=3e-4 (keys: `radflow params`).",
+        ),
     ] = None,
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace folder (default: the one holding the current folder).")
@@ -95,6 +107,34 @@ def run_pipeline_command(
     emit(result, as_json, render_results)
     if result.get("gates_passed") is False:
         raise typer.Exit(1)
+
+
+def _render_params(rows: list[dict[str, Any]]) -> None:
+    # Plain lines on stdout, one per key, so `radflow params | grep lr` finds a setting with its meaning.
+    width = max(len(f"{row['key']}={_shown(row['default'])}") for row in rows)
+    for row in rows:
+        setting = f"{row['key']}={_shown(row['default'])}"
+        typer.echo(f"{setting:<{width}}  {row['description']} ({row['type']})")
+
+
+def _shown(value: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**20)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+@app.command("params")
+def params_command(
+    section: Annotated[
+        str | None, typer.Argument(help="Only the keys under this section or key: train, train.augment, serve.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print key, type, default and description as JSON.")] = False,
+) -> None:
+    """Every setting of params.yaml (and -S KEY=VALUE of init, run, train, register) with its default and meaning."""
+    from radflow.config import describe_params
+
+    emit(run_command(lambda: describe_params(section or "")), as_json, _render_params)
 
 
 def _render_lineage(info: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "NIH_LABELS",
     "POLICIES",
     "UncertaintyPolicy",
+    "canonical_label",
     "parse_label_list",
     "parse_uncertainty",
 ]
@@ -103,27 +104,46 @@ def parse_uncertainty(spec: str, labels: Sequence[str]) -> UncertaintyPolicy:
         if not label:
             default = policy
             continue
-        label = label.strip()
-        if label not in labels:
-            raise ConfigError(f"--uncertain: unknown label {label!r}.{did_you_mean(label, labels)}")
-        per_label[label] = policy
+        known = canonical_label(label.strip(), labels)
+        if known is None:
+            raise ConfigError(f"--uncertain: unknown label {label.strip()!r}.{did_you_mean(label.strip(), labels)}")
+        per_label[known] = policy
     return UncertaintyPolicy(default, per_label)
 
 
 def parse_label_list(
     spec: str | Sequence[str] | None, available: Sequence[str], flag: str = "--labels"
 ) -> list[str] | None:
-    """Validate a user's label selection against the source's label columns (None = all)."""
+    """Validate a user's label selection against the source's label columns (None = all).
+
+    A name that differs from a column only in case is that column (``cardiomegaly`` -> ``Cardiomegaly``);
+    every unknown name is reported in one error, each with its did-you-mean.
+    """
     if spec is None:
         return None
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [s.strip() for s in spec]
     names = [n for n in names if n]
     if not names:
         raise ConfigError(f"{flag} is empty; name at least one label or leave the flag out.")
-    for name in names:
-        if name not in available:
-            raise ConfigError(
-                f"{flag}: unknown label {name!r}.{did_you_mean(name, available)} Labels in this source: "
-                + ", ".join(available)
-            )
-    return names
+    resolved = [canonical_label(name, available) for name in names]
+    unknown = [name for name, label in zip(names, resolved, strict=True) if label is None]
+    if unknown:
+        if len(unknown) == 1:
+            which = f"label {unknown[0]!r}.{did_you_mean(unknown[0], available)}"
+        else:
+            which = "labels " + ", ".join(_with_hint(name, available) for name in unknown) + "."
+        raise ConfigError(f"{flag}: unknown {which} Labels in this source: " + ", ".join(available))
+    return [label for label in resolved if label is not None]
+
+
+def _with_hint(name: str, available: Sequence[str]) -> str:
+    hint = did_you_mean(name, available).strip()
+    return f"{name!r} ({hint[0].lower()}{hint[1:]})" if hint else repr(name)
+
+
+def canonical_label(name: str, available: Sequence[str]) -> str | None:
+    """The column ``name`` stands for: itself, the one column equal to it ignoring case, or None."""
+    if name in available:
+        return name
+    folded = [label for label in available if label.casefold() == name.casefold()]
+    return folded[0] if len(folded) == 1 else None

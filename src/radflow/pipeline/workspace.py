@@ -1,7 +1,7 @@
 """``radflow init``: a workspace is a git repo + DVC project with ``params.yaml`` and the radflow pipeline.
 
-Layout (see ARCHITECTURE.md): ``params.yaml`` (every tunable), ``dvc.yaml`` (the stages),
-``data/raw`` (raw images, tracked by DVC: the synth stage's output for phantom data, ``dvc add``-ed
+Layout (see ARCHITECTURE.md): ``params.yaml`` (every tunable, its description as a comment), ``dvc.yaml``
+(the stages), ``data/raw`` (raw images, tracked by DVC: the synth stage's output for phantom data, ``dvc add``-ed
 otherwise), ``data/dataset`` and ``data/split`` (stage outputs), ``models/``, ``metrics/``,
 ``plots/``, ``reports/``, and ``mlflow.db`` / ``mlartifacts/`` (the MLflow store, not in git).
 The DVC cache links files (hardlink, else symlink) instead of storing images twice; a local
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from radflow.config import SOURCES, Params, load_params
+from radflow.config import SOURCES, Params, load_params, params_yaml
 from radflow.errors import ConfigError, NotFoundError, RadflowError, did_you_mean
 from radflow.pipeline.dvc_yaml import SYNTH_DIR, dvc_yaml
 from radflow.tracking import telemetry_off
@@ -174,7 +174,7 @@ def init_workspace(
         # Commits need an identity; set one in this repository only when git has none at all.
         if not run_git(root, "config", key, check=False).stdout.strip():
             run_git(root, "config", "--local", key, value)
-    (root / "params.yaml").write_text(params.to_yaml())
+    (root / "params.yaml").write_text(params_yaml(params))
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(params), sort_keys=False))
     (root / ".gitignore").write_text(_GITIGNORE)
     remote_url = remote or str(root / DEFAULT_REMOTE)
@@ -203,7 +203,7 @@ def use_extra_source(root: Path, folder: str) -> bool:
     if folder in params.data.extra:
         return False
     params = params.with_overrides({"data.extra": [*params.data.extra, folder]})
-    (root / "params.yaml").write_text(params.to_yaml())
+    (root / "params.yaml").write_text(params_yaml(params))
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(params), sort_keys=False))
     return True
 
