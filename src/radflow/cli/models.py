@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, emit, report_console, run_command
 
 __all__ = ["models_command"]
 
@@ -18,6 +18,7 @@ _VERDICT = {"passed": "[green]passed[/]", "failed": "[bold red]failed[/]"}
 
 
 def _render(result: dict[str, Any]) -> None:
+    console = report_console()  # gate failures and run ids uncut when piped
     if not result["models"]:
         console.print(f"no registered models in {result['tracking_uri']}", highlight=False)
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command, settings_epilog
+from radflow.cli._app import app, console, emit, report_console, run_command, settings_epilog
 
 __all__ = ["promote_command", "register_command", "rollback_command"]
 
@@ -21,7 +21,7 @@ def _render_register(result: dict[str, Any]) -> None:
         value = "-" if check["value"] is None else f"{check['value']:.4f}"
         verdict = "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]"
         table.add_row(check["gate"], check["metric"], value, f"{check['limit']:.4f}", verdict)
-    console.print(table)
+    report_console().print(table)
     for note in result["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if result["passed"]:
