@@ -131,3 +131,19 @@ def test_params_yaml_carries_descriptions_and_reads_back_the_same(tmp_path: Path
     assert lines[lines.index("train:") - 1] == "# Training settings."
     assert "    # Random horizontal flip; off by default for chest films because laterality matters." in lines
     assert max(len(line) for line in lines) <= 120
+
+
+def test_every_loss_a_task_kind_declares_is_a_valid_setting() -> None:
+    from radflow.tasks import get_task, list_tasks
+
+    for task in list_tasks():
+        for loss in get_task(task).losses:
+            assert Params().with_overrides({"train.loss": loss}).train.loss == loss, (task, loss)
+    with pytest.raises(ConfigError, match=r"train\.loss"):
+        Params().with_overrides({"train.loss": "dice_ce"})
+
+
+def test_segmentation_sources_are_workspace_sources() -> None:
+    for source in ("siim", "masks"):
+        params = Params().with_overrides({"data.source": source})
+        assert params.data.format == source

@@ -46,7 +46,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-SOURCES = ("synthetic", "chexpert", "nih", "boneage", "folder", "dicom")
+SOURCES = ("synthetic", "chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks")
 """Where a workspace's raw data comes from (``radflow init --source``); synthetic is phantom CheXpert."""
 
 
@@ -77,7 +77,7 @@ class SynthConfig(_Strict):
 class DataConfig(_Section):
     """Where the raw data comes from and how it is ingested into a dataset."""
 
-    source: Literal["synthetic", "chexpert", "nih", "boneage", "folder", "dicom"] = Field(
+    source: Literal["synthetic", "chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks"] = Field(
         default="synthetic", description="Raw data source; synthetic writes phantom CheXpert-layout images."
     )
     raw: str = Field(default="data/raw", description="Raw data folder in the workspace (tracked by DVC).")
@@ -283,12 +283,19 @@ class TrainConfig(_Strict):
     early_stopping_patience: int = Field(
         default=3, ge=0, description="Epochs without val improvement before training stops (0 = never stop early)."
     )
-    loss: Literal["bce", "ce", "l1"] | None = Field(
+    loss: Literal["bce", "ce", "l1", "dice_bce", "dice", "dice_focal"] | None = Field(
         default=None,
-        description="Loss; chosen from the task when unset (multilabel bce, multiclass ce, regression l1).",
+        description=(
+            "Loss; chosen from the task when unset (multilabel bce, multiclass ce, regression l1, "
+            "segmentation dice_bce; segmentation also takes dice, bce and dice_focal)."
+        ),
     )
     pos_weight: bool = Field(
-        default=False, description="Weight positives by negatives/positives of the train split (bce)."
+        default=False,
+        description=(
+            "Weight positives by negatives/positives of the train split (bce); for segmentation, weigh "
+            "structures few images show more."
+        ),
     )
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(), description="Training augmentation.")
     amp: bool = Field(default=True, description="Mixed precision on CUDA (bfloat16 autocast on CPU is not used).")
