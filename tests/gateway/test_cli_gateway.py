@@ -72,5 +72,6 @@ def test_gateway_command_scores_a_study_and_stops_cleanly_on_ctrl_c(
             proc.kill()
     assert proc.returncode == 0, err
     assert f"DICOM node RADFLOW on 127.0.0.1:{port}" in " ".join(err.split())
+    assert "1 series, 2 instances, 2 scored" in err and study not in err
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2

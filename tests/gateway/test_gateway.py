@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import sqlite3
 import threading
 import time
@@ -136,7 +137,11 @@ def test_echo_and_calling_ae_check(node: Running) -> None:
     rejection = refused.acceptor.primitive
     # permanent rejection by the service user: calling AE title not recognised
     assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x01, 0x01, 0x03)
-    assert node.metric("radflow_gateway_associations_total", outcome="rejected") == 1
+    wrong_called = AE(ae_title=CALLING)
+    wrong_called.add_requested_context(Verification)
+    misaddressed = wrong_called.associate("127.0.0.1", node.gateway.port, ae_title="OTHERNODE")
+    assert misaddressed.is_rejected and misaddressed.acceptor.primitive.diagnostic == 0x07  # called AE not recognised
+    assert node.metric("radflow_gateway_associations_total", outcome="rejected") == 2
 
 
 def test_bad_instances_get_their_status_and_are_not_kept(node: Running, tmp_path: Path, serve: ServeSettings) -> None:
@@ -155,6 +160,21 @@ def test_bad_instances_get_their_status_and_are_not_kept(node: Running, tmp_path
     no_study = make_instance(tmp_path, study, series, 3)
     del no_study.StudyInstanceUID
 
+    # a data set that cannot be parsed: a sequence whose items are garbage, sent as the file's raw bytes
+    good = tmp_path / "good.dcm"
+    make_instance(tmp_path, study, series, 4).save_as(good, enforce_file_format=True)
+    raw = good.read_bytes()
+    corrupt = tmp_path / "corrupt.dcm"
+    corrupt.write_bytes(
+        raw[: raw.find(b"\xe0\x7f\x10\x00")] + b"\x08\x00\x15\x11SQ\x00\x00\x10\x00\x00\x00\x01\x02\x03"
+    )
+
+    raw_sender = AE(ae_title=CALLING)  # the file's own transfer syntax only, so the SCU sends its bytes unparsed
+    raw_sender.add_requested_context(no_pixels.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = raw_sender.associate("127.0.0.1", node.gateway.port, ae_title="RADFLOW")
+    assert assoc.send_c_store(corrupt).Status == 0xC000
+    assoc.release()
+
     assoc = associate(node.gateway.port)
     statuses = {
         name: assoc.send_c_store(ds)
@@ -168,12 +188,15 @@ def test_bad_instances_get_their_status_and_are_not_kept(node: Running, tmp_path
         "no_study": 0xA900,
     }
     assert "Pixel Data" in statuses["no_pixels"].ErrorComment
-    for outcome, count in [("no_pixel_data", 1), ("undecodable", 1), ("non_image", 1), ("mismatch", 1), ("stored", 0)]:
+    for outcome, count in [("no_pixel_data", 1), ("undecodable", 2), ("non_image", 1), ("mismatch", 1), ("stored", 0)]:
         assert node.metric("radflow_gateway_instances_total", outcome=outcome) == count, outcome
     assert node.gateway.assembler.pending == 0
 
 
-def test_stable_study_is_scored_into_the_store_without_phi(node: Running, tmp_path: Path, serve: ServeSettings) -> None:
+def test_stable_study_is_scored_into_the_store_without_phi(
+    node: Running, tmp_path: Path, serve: ServeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="radflow")
     study, series = generate_uid(), generate_uid()
     instances = [make_instance(tmp_path, study, series, i) for i in range(3)]
     assoc = associate(node.gateway.port)
@@ -197,6 +220,8 @@ def test_stable_study_is_scored_into_the_store_without_phi(node: Running, tmp_pa
     for secret in secrets:
         assert secret not in rows, secret
         assert secret.encode() not in stored_files, secret
+        assert secret not in caplog.text, secret
+    assert f"study {study_hash(study)[:12]}: 1 series, 3 instances, 3 scored" in caplog.text
 
 
 def test_routing_rules_pick_the_model_or_drop_the_series(
@@ -225,8 +250,9 @@ def test_routing_rules_pick_the_model_or_drop_the_series(
     finally:
         running.close()
     with sqlite3.connect(serve.resolved_store_url().removeprefix("sqlite:///")) as conn:
-        versions = sorted(r[0] for r in conn.execute("SELECT model_name FROM predictions"))
-    assert len(versions) == 2  # the knee series was not scored
+        models = [r for r in conn.execute("SELECT model_name, model_version FROM predictions")]
+    # the CR series by the rule's model, the DX chest by the served one, the knee series by none
+    assert len(models) == 2 and len(set(models)) == 2
 
 
 def test_assembly_waits_for_a_quiet_study() -> None:

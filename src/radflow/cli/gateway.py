@@ -45,6 +45,9 @@ def gateway_command(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this HTTP port.")
     ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="The gateway's log level (debug, info, warning).")
+    ] = "info",
 ) -> None:
     """Receive studies by DICOM C-STORE and score each stable one through the same inference core as `radflow serve`.
 
@@ -93,6 +96,6 @@ def gateway_command(
                 highlight=False,
             )
 
-        run_gateway(settings, serve, metrics_port=metrics_port, on_ready=ready)
+        run_gateway(settings, serve, metrics_port=metrics_port, on_ready=ready, log_level=log_level)
 
     run_command(body)

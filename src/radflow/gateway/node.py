@@ -165,6 +165,8 @@ class DicomNode:
             raise _Refused(STATUS_NOT_SUPPORTED, "non_image", f"not an image SOP class: {name}")
         try:
             ds = event.dataset
+            for _element in ds.iterall():  # pydicom parses lazily: convert every element (sequences too) now
+                pass
             uids = {
                 kw: _text(ds, kw) for kw in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
             }

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import sys
 from collections.abc import Callable
 
 from radflow.errors import ConfigError
@@ -25,12 +27,18 @@ def run_gateway(
     serve: ServeSettings,
     metrics_port: int | None = None,
     on_ready: Callable[[Gateway], None] | None = None,
+    log_level: str = "info",
 ) -> None:
-    """Load the models, listen for DICOM (and serve ``/metrics`` on ``metrics_port``) until a signal (blocking)."""
+    """Load the models, listen for DICOM (and serve ``/metrics`` on ``metrics_port``) until a signal (blocking).
+
+    The gateway's own log (studies scored, instances and associations refused: hashed ids, never a UID)
+    goes to stderr at ``log_level``; pynetdicom's, which can print data sets, stays at warnings.
+    """
     from radflow.inference.routing import load_model
     from radflow.inference.service import preload
     from radflow.serve.server import port_is_free
 
+    _log_to_stderr(log_level)
     for port, what in [(settings.port, "DICOM"), (metrics_port, "metrics")]:
         if port and not port_is_free(settings.host, port):
             raise ConfigError(f"{what} port {port} on {settings.host} is in use; choose another with --port.")
@@ -39,6 +47,18 @@ def run_gateway(
         if rule.model and rule.model not in models:
             models[rule.model] = load_model(rule.model, serve)
     asyncio.run(_serve(Gateway(settings, serve, models), metrics_port, on_ready))
+
+
+def _log_to_stderr(level: str) -> None:
+    number = logging.getLevelName(level.upper())
+    if not isinstance(number, int):
+        raise ConfigError(f"log level {level!r} is not one of debug, info, warning, error.")
+    logger = logging.getLogger("radflow.gateway")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(number)
 
 
 async def _serve(gateway: Gateway, metrics_port: int | None, on_ready: Callable[[Gateway], None] | None) -> None:
