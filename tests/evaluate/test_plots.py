@@ -43,3 +43,17 @@ def test_regression_figures_are_written(tmp_path: Path) -> None:
     m = regression_metrics(y, p, n_bootstrap=0)
     assert _is_png(plots.regression_scatter(y, p, tmp_path / "scatter.png", "months"))
     assert _is_png(plots.regression_error_by_band(m["by_band"], tmp_path / "bands.png", "months"))
+
+
+def test_worst_cases_gallery_is_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    truth = np.zeros((5, 2, 32, 32), bool)
+    truth[:, 0, 4:20, 4:20] = True
+    pred = np.roll(truth, 3, axis=3)
+    pred[0, 1, 20:24, 20:24] = True  # a structure only predicted; elsewhere in neither mask (no Dice)
+    dice = np.array([[0.8, 0.0]] + [[0.8, np.nan]] * 4)
+    ids = [f"{i:020x}" for i in range(5)]
+    assert _is_png(plots.worst_cases(images, ids, truth, pred, dice, ["Lung", "Nodule"], tmp_path / "worst.png"))
+    one = plots.worst_cases(images[:1], ids[:1], truth[:1], pred[:1], dice[:1], ["Lung", "Nodule"], tmp_path / "1.png")
+    assert _is_png(one)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -165,3 +166,82 @@ def test_report_writes_per_image_predictions_for_the_paired_champion_comparison(
     np.testing.assert_array_equal(paired.candidate, paired.champion)
     # Every label had positives in train: none is untrained; the labels hold no "No Finding".
     assert result["untrained_labels"] == [] and result["contradictions"] is None
+
+
+@pytest.fixture(scope="module")
+def segmentation_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset, checkpoint) of a small UNet trained a few steps on the train masks of 16 images of 32 px."""
+    import torch
+
+    from radflow.train.data import ShardBatches
+    from radflow.train.losses import make_loss
+
+    root = tmp_path_factory.mktemp("seg")
+    ds_path = make_dataset(root / "ds", task="segmentation", n=16, size=32, patients=16)
+    ds = Dataset.open(ds_path)
+    rows = ds.indices("train")
+    x, y, _ = ShardBatches(ds, rows, ds.spec, ds.targets(rows), masks=True)[list(range(len(rows)))]
+    torch.manual_seed(0)
+    model = create_model("small_unet", len(ds.labels))
+    loss_fn = make_loss(None, "segmentation")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(6):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    meta = ModelMeta(
+        arch="small_unet",
+        task="segmentation",
+        labels=ds.labels,
+        num_outputs=len(ds.labels),
+        preprocess=ds.spec.to_dict(),
+        dataset_version=ds.version,
+        dataset_path=str(ds_path),
+    )
+    return ds_path, save_checkpoint(root / "seg.pt", model, meta)
+
+
+def test_segmentation_report_is_metrics_segmentation_on_the_split_masks(
+    segmentation_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from radflow.data.masks import unpack
+    from radflow.metrics.segmentation import segmentation_report
+    from radflow.registry.comparison import PREDICTIONS_FILE
+    from radflow.tasks.segmentation import dice_per_image, overlap_counts
+    from radflow.train.checkpoint import load_model
+    from radflow.train.predict import predict_dataset
+
+    ds_path, checkpoint = segmentation_model
+    result = evaluate_checkpoint(checkpoint, ds_path, "test", FAST, tmp_path, batch_size=2)
+    ds = Dataset.open(ds_path)
+    rows = ds.indices("test")
+    # The same numbers as metrics.segmentation on the masks, predicted here in one piece (the report: 2 at a time).
+    model, meta = load_model(checkpoint)
+    pred = predict_dataset(model, meta, ds, "test") >= 0.5
+    truth = unpack(ds.masks(rows), len(ds.labels))
+    pids = ds.manifest["patient_id"].astype(str).to_numpy()[rows]
+    expected = segmentation_report(pred, truth, ds.labels, pids, n_bootstrap=FAST.n_bootstrap)
+    assert result["n"] == len(rows) > 2 and result["metrics"]["unit"] == "px"
+    assert result["metrics"]["per_structure"] == expected["per_structure"]
+    assert result["metrics"]["macro"] == expected["macro"]
+    assert 0 < expected["macro"]["dice"] <= 1  # a few steps already find some structure
+    assert result["headline"]["test_mean_dice"] == expected["macro"]["dice"]
+    assert result["headline"]["test_dice_Left_Lung"] == expected["per_structure"]["Left Lung"]["dice"]
+    assert set(result["subgroups"]) >= {"sex"}
+    assert result["plots"] == ["worst_cases.png"] and (tmp_path / "worst_cases.png").stat().st_size > 2000
+    assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"]["macro"] == expected["macro"]
+    # One row per test image with each structure's Dice and emptiness; no classifier score columns.
+    frame = pd.read_parquet(tmp_path / PREDICTIONS_FILE)
+    columns = [f"{kind}:{s}" for s in ds.labels for kind in ("dice", "truth_empty", "pred_empty")]
+    assert sorted(frame.columns) == sorted(["image_id", "patient_id", *columns])
+    assert list(frame["image_id"]) == list(ds.manifest["image_id"].astype(str).to_numpy()[rows])
+    dice = dice_per_image(overlap_counts(pred, truth))
+    for j, s in enumerate(ds.labels):
+        np.testing.assert_array_equal(frame[f"dice:{s}"].to_numpy(), dice[:, j])
+        np.testing.assert_array_equal(frame[f"truth_empty:{s}"].to_numpy(), ~truth[:, j].any(axis=(1, 2)))
+        np.testing.assert_array_equal(frame[f"pred_empty:{s}"].to_numpy(), ~pred[:, j].any(axis=(1, 2)))
+    console = Console(record=True, width=200)
+    render_evaluation(result, console)
+    text = console.export_text()
+    assert "Dice [95% CI]" in text and "figures: worst_cases.png" in text

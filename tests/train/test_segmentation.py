@@ -1,4 +1,5 @@
-"""Segmentation training: dense networks, mask batches, joint augmentation, and runs of the loop with resume."""
+"""Segmentation training: dense networks, mask batches, joint augmentation, runs of the loop with resume and
+the test evaluation a run ends with."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from radflow.config import AugmentConfig, Params
+from radflow.config import AugmentConfig, EvaluateConfig, Params
 from radflow.data.dataset import Dataset
 from radflow.data.masks import unpack
 from radflow.errors import ConfigError, DataError
+from radflow.evaluate.report import evaluate_training
 from radflow.train.checkpoint import load_checkpoint, load_model
 from radflow.train.data import ShardBatches, augment
 from radflow.train.loop import train
@@ -133,7 +135,7 @@ def test_joint_augmentation_keeps_image_and_mask_aligned() -> None:
     assert not torch.equal(x_int, x) and torch.equal(m_int.nan_to_num(-1), masks.nan_to_num(-1))
 
 
-def test_segmentation_trains_with_the_default_arch_and_resumes(seg: Path, store: str, tmp_path: Path) -> None:
+def test_segmentation_trains_with_the_default_arch_resumes_and_evaluates(seg: Path, store: str, tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     first = train(seg, _params(), store, out_dir=ck, progress=False)
     assert any("training small_unet" in w for w in first.warnings)
@@ -156,6 +158,13 @@ def test_segmentation_trains_with_the_default_arch_and_resumes(seg: Path, store:
 
     run = MlflowClient(store).get_run(first.run_id)
     assert run.data.params["train.arch"] == "small_unet" and run.data.tags["radflow.arch"] == "small_unet"
+    # Training's final evaluation: the test split's Dice logged to the run, with the gallery and per-image Dice.
+    evaluation = evaluate_training(resumed, seg, EvaluateConfig(n_bootstrap=20))
+    logged = MlflowClient(store).get_run(first.run_id).data.metrics
+    assert logged["test_mean_dice"] == pytest.approx(evaluation["headline"]["test_mean_dice"])
+    assert {f"test_dice_{s.replace(' ', '_')}" for s in SEGMENTATION_STRUCTURES} <= set(logged)
+    artifacts = {a.path for a in MlflowClient(store).list_artifacts(first.run_id, "evaluation")}
+    assert {f"evaluation/{name}" for name in ("evaluation.json", "predictions.parquet", "worst_cases.png")} <= artifacts
 
 
 def test_a_classifier_arch_chosen_for_segmentation_is_refused(seg: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Evaluation figures as PNG files: ROC and PR curves, reliability diagram, confusion matrices, regression plots.
+"""Evaluation figures as PNG files: ROC and PR curves, reliability diagram, confusion matrices, regression plots,
+the segmentation worst-cases gallery.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly, never
 through pyplot, so plotting needs no display, keeps no global figure state and is safe in a server
@@ -23,6 +24,7 @@ __all__ = [
     "regression_scatter",
     "reliability_diagram",
     "roc_curves",
+    "worst_cases",
 ]
 
 _DPI = 110
@@ -164,4 +166,59 @@ def regression_error_by_band(by_band: dict[str, dict[str, Any]], path: Path, uni
     suffix = f" ({unit})" if unit else ""
     ax.set(xlabel=f"true value band{suffix}", ylabel=f"MAE{suffix}")
     ax.set_title("Error by band")
+    return _save(fig, path)
+
+
+def worst_cases(
+    images: np.ndarray,
+    image_ids: Sequence[str],
+    truth: np.ndarray,
+    pred: np.ndarray,
+    dice: np.ndarray,
+    structures: Sequence[str],
+    path: Path,
+) -> Path:
+    """A gallery of segmentation cases: each image with its true masks outlined and its predicted masks filled.
+
+    ``images`` are ``(n, S, S)`` uint8, ``truth`` and ``pred`` boolean ``(n, K, S, S)``, ``dice``
+    ``(n, K)`` (NaN: no Dice); one colour per structure. Each panel is titled with its image id and
+    mean Dice and lists the Dice of each structure that has one.
+    """
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+
+    count = max(len(images), 1)
+    cols = min(count, 4)
+    rows = (count + cols - 1) // cols
+    fig = _figure(3.0 * cols, 3.4 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colours = [colormaps["tab10"](k % 10) for k in range(len(structures))]
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        for k, colour in enumerate(colours):
+            if pred[i, k].any():
+                fill = np.zeros((*pred.shape[2:], 4))
+                fill[pred[i, k]] = (*colour[:3], 0.35)
+                ax.imshow(fill, interpolation="nearest")
+            if truth[i, k].any():
+                ax.contour(truth[i, k].astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
+        scored = [(name, d) for name, d in zip(structures, dice[i], strict=True) if np.isfinite(d)]
+        mean = float(np.mean([d for _, d in scored])) if scored else None
+        ax.set_title(f"{image_ids[i]}  Dice {_fmt(mean)}", fontsize="small")
+        ax.text(
+            0.02,
+            0.02,
+            "\n".join(f"{name} {d:.2f}" for name, d in scored),
+            transform=ax.transAxes,
+            fontsize="x-small",
+            color="white",
+            va="bottom",
+            bbox={"facecolor": "black", "alpha": 0.5, "pad": 2, "linewidth": 0},
+        )
+    handles = [Line2D([], [], color=c, linewidth=4, label=name) for name, c in zip(structures, colours, strict=True)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(structures), 5), fontsize="small")
+    fig.suptitle("Lowest-Dice images: truth outlined, prediction filled", fontsize="medium")
     return _save(fig, path)

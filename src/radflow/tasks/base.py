@@ -242,10 +242,10 @@ class TaskKind:
 
     def quality_metric(
         self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
-    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
+    ) -> tuple[Literal["macro_auroc", "mae", "mean_dice"], float | None]:
         """The one number two versions of a model are compared on (INT8 against FP32): its name and value.
 
-        ``macro_auroc`` is better higher, ``mae`` lower; None where the split cannot define it.
+        ``macro_auroc`` and ``mean_dice`` are better higher, ``mae`` lower; None where the split cannot define it.
         """
         raise NotImplementedError
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EvalData", "Figure", "PlotKind", "ReportTable", "auroc_cell", "fmt", "pct"]
 
-PlotKind = Literal["roc", "pr", "reliability", "confusion", "scatter", "error_by_band"]
+PlotKind = Literal["roc", "pr", "reliability", "confusion", "scatter", "error_by_band", "worst_cases"]
 """The figures :mod:`radflow.evaluate.plots` draws; a :class:`Figure` names one of them."""
 
 
@@ -35,11 +35,13 @@ class EvalData:
     targets: np.ndarray
     """Targets of the split's rows in user units, one column per label (NaN = unknown)."""
     scores: np.ndarray
-    """The model's activated outputs for the same rows."""
+    """The model's activated outputs for the same rows; for a dense kind the predicted masks, boolean
+    ``(n, K, S, S)`` (the maps thresholded batch by batch, so a large split is never held as float maps)."""
     manifest: pd.DataFrame
     """The split's manifest rows (subgroup columns, ``sex``)."""
     val: Callable[[], tuple[np.ndarray, np.ndarray] | None]
-    """``(targets, scores)`` of the val split, predicted on first call; None when the dataset has none."""
+    """``(targets, scores)`` of the val split, predicted on first call; None when the dataset has none, and for a
+    dense kind (which chooses no operating point on it)."""
     stored_thresholds: Mapping[str, float] | None
     """Thresholds the checkpoint carries, for labels the val split cannot choose one for."""
     unit: str | None
@@ -56,8 +58,9 @@ class EvalData:
     the predicted probability maps of the same shape); None for the other kinds."""
     spacing: np.ndarray | None = None
     """Pixel size in mm of the model-size masks, ``(n, 2)`` (row, column), when known: distances in mm, else px."""
-    lesion_structures: list[str] = field(default_factory=list)
-    """Structures that also get detection metrics (any-lesion sensitivity/specificity, per-lesion recall)."""
+    lesion_structures: list[str] | None = None
+    """Structures that also get detection metrics (any-lesion sensitivity/specificity, per-lesion recall);
+    None: the kind's own list."""
     warnings: list[str] = field(default_factory=list)
     """Notes the kind adds about this evaluation (printed and stored in the JSON)."""
 
@@ -69,6 +72,9 @@ class Figure:
     plot: PlotKind
     file: str
     args: dict[str, Any]
+    images: tuple[int, ...] = ()
+    """Positions in the split of images the figure shows: the report reads their pixels (``(n, S, S)`` uint8)
+    and passes them as the plot's ``images`` argument, so a kind describes a gallery without the dataset."""
 
 
 @dataclass

@@ -12,11 +12,12 @@ from both the truth and the prediction has no Dice (it is left out rather than c
 MONAI's ``ignore_empty`` does), so a model cannot score well by predicting nothing everywhere.
 
 Evaluation is :func:`radflow.metrics.segmentation.segmentation_report` on the masks at 0.5, given
-the split's true masks in :attr:`EvalData.masks <radflow.tasks.evaluation.EvalData.masks>`. Not wired
-yet, so those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing part: answers at
-the input's size (:func:`radflow.runtime.masks.structure_answers`, which serving calls: this package
-cannot import ``radflow.runtime``, which sits below it), corrected masks as feedback, and INT8
-acceptance by Dice.
+the split's true masks in :attr:`EvalData.masks <radflow.tasks.evaluation.EvalData.masks>`; the
+figures are a gallery of the test images with the lowest Dice, and INT8 acceptance compares mean
+Dice. Not wired yet, so those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing
+part: answers at the input's size (:func:`radflow.runtime.masks.structure_answers`, which serving
+calls: this package cannot import ``radflow.runtime``, which sits below it) and corrected masks as
+feedback.
 """
 
 from __future__ import annotations
@@ -34,14 +35,19 @@ from radflow.tasks.registry import register_task
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MASK_THRESHOLD", "Segmentation", "dice_per_image", "overlap_counts"]
+__all__ = ["LESION_STRUCTURES", "MASK_THRESHOLD", "WORST_CASES", "Segmentation", "dice_per_image", "overlap_counts"]
 
 MASK_THRESHOLD = 0.5
-"""Probability at or above which a pixel belongs to a structure, in validation."""
+"""Probability at or above which a pixel belongs to a structure, in validation and evaluation."""
+LESION_STRUCTURES = ("Pleural Effusion", "Pneumothorax", "Lung Lesion")
+"""Structures that also get detection metrics unless the evaluation names others: the lesion-type findings
+the chest phantoms draw and SIIM-ACR annotates (``EvalData.lesion_structures`` None)."""
+WORST_CASES = 8
+"""Images the worst-cases gallery shows."""
 
 _EVALUATION = (
-    "segmentation evaluation (Dice, IoU, HD95 and MSD per structure with CIs) needs the split's true masks, "
-    "which the report does not pass yet (EvalData.masks); train with --no-evaluate meanwhile."
+    "segmentation evaluation (Dice, IoU, HD95 and MSD per structure with CIs) needs the split's true masks "
+    "(EvalData.masks), which only the report of a dense kind's split passes."
 )
 _SCORES = ("dice", "iou", "hd95", "msd")
 
@@ -169,13 +175,14 @@ class Segmentation(TaskKind):
             raise NotBuiltError(_EVALUATION)
         if data.scores.shape != data.masks.shape:
             raise ValueError(f"probability maps {data.scores.shape} and masks {data.masks.shape} differ in shape.")
+        lesions = LESION_STRUCTURES if data.lesion_structures is None else data.lesion_structures
         report = segmentation_report(
-            data.scores >= MASK_THRESHOLD,
+            _predicted(data.scores),
             data.masks.astype(bool),
             data.labels,
             data.manifest["patient_id"].astype(str).to_numpy(),
             data.spacing,
-            [s for s in data.lesion_structures if s in data.labels],
+            [s for s in lesions if s in data.labels],
             manifest=data.manifest,
             age_bands=data.age_bands,
             n_bootstrap=data.n_bootstrap,
@@ -188,11 +195,20 @@ class Segmentation(TaskKind):
 
     def quality_metric(
         self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
-    ) -> tuple[Literal["macro_auroc", "mae"], float | None]:
-        raise NotBuiltError(
-            "INT8 acceptance by Dice is not built yet: the check compares macro AUROC or MAE and gets "
-            "the label columns, not the masks."
-        )
+    ) -> tuple[Literal["macro_auroc", "mae", "mean_dice"], float | None]:
+        """``mean_dice`` (higher better), as validation measures it (``val_mean_dice``).
+
+        ``preds`` are the probability maps (or masks) ``(n, K, S, S)``, ``targets`` the true masks of
+        the same shape (NaN maps: not annotated); None when no image shows or predicts any structure.
+        """
+        preds, targets = np.asarray(preds), np.asarray(targets)
+        if preds.ndim != 4 or preds.shape != targets.shape:
+            raise ValueError(
+                f"mean Dice needs predicted maps and true masks of one (n, K, S, S) shape, got {preds.shape} "
+                f"and {targets.shape}."
+            )
+        value = self.val_metrics(labels, *self.val_batch(preds, targets))["val_mean_dice"]
+        return "mean_dice", None if math.isnan(value) else value
 
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
         """``mean_dice`` (with its CI), the other macro means, and per structure its scores and lesion detection."""
@@ -214,8 +230,24 @@ class Segmentation(TaskKind):
     def figures(
         self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
     ) -> list[Figure]:
-        """None yet: the worst-cases gallery (image, truth, prediction) needs a plot in radflow.evaluate.plots."""
-        return []
+        """The worst-cases gallery: the :data:`WORST_CASES` images of lowest mean Dice, image, truth and prediction.
+
+        ``targets`` are the split's true masks and ``scores`` its predicted masks (or maps), both
+        ``(n, K, S, S)``. An image's mean Dice is over the structures it has one for (in its truth or
+        prediction); images with none are not ranked. No figure when no image is.
+        """
+        pred, truth = _predicted(np.asarray(scores)), np.asarray(targets).astype(bool)
+        if pred.ndim != 4 or pred.shape != truth.shape:
+            raise ValueError(f"predicted masks {pred.shape} and true masks {truth.shape} differ in shape.")
+        dice = dice_per_image(overlap_counts(pred, truth))
+        defined = ~np.isnan(dice)
+        ranked = np.flatnonzero(defined.any(axis=1))
+        if not len(ranked):
+            return []
+        mean = np.nanmean(dice[ranked], axis=1)
+        worst = ranked[np.argsort(mean, kind="stable")[:WORST_CASES]]
+        args = {"truth": truth[worst], "pred": pred[worst], "dice": dice[worst], "structures": list(labels)}
+        return [Figure("worst_cases", "worst_cases.png", args, images=tuple(int(i) for i in worst))]
 
     def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
         m = result["metrics"]
@@ -270,3 +302,8 @@ class Segmentation(TaskKind):
     def drift_features(self, labels: Sequence[str]) -> list[str]:
         """The predicted area of each structure (``area:<structure>``)."""
         return [f"area:{label}" for label in labels]
+
+
+def _predicted(scores: np.ndarray) -> np.ndarray:
+    """Predicted masks: boolean ``scores`` as they are (the report thresholds batch by batch), maps at 0.5."""
+    return scores if scores.dtype == bool else scores >= MASK_THRESHOLD
