@@ -7,24 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
-from radflow.errors import ConfigError
+from radflow.cli._app import app, console, emit, run_command, settings_epilog
 
-__all__ = ["parse_sets", "train_command", "ui_command"]
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=3e-4", "train.augment.hflip=true"]`` to overrides; values are parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {item!r}.")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+__all__ = ["train_command", "ui_command"]
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -66,7 +53,7 @@ def _checkpoint_folder(out_dir: Path | None, arch: str, *, resume: bool, overwri
     return new_run_dir(_CHECKPOINTS, arch)
 
 
-@app.command("train")
+@app.command("train", epilog=settings_epilog("train", "evaluate"))
 def train_command(
     dataset: Annotated[Path, typer.Argument(help="Split dataset directory (from `radflow ingest` + `radflow split`).")],
     arch: Annotated[str | None, typer.Option(help="Architecture (small_cnn, densenet121, resnet18, ...).")] = None,
@@ -81,7 +68,13 @@ def train_command(
         Path | None, typer.Option("--config", "-c", help="params.yaml (default: ./params.yaml when present).")
     ] = None,
     sets: Annotated[
-        list[str] | None, typer.Option("--set", "-S", help="Override any setting: -S train.lr=3e-4 (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-S",
+            metavar="KEY=VALUE",
+            help="Override any setting: -S train.lr=3e-4 (repeatable; keys: `radflow params`).",
+        ),
     ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db).")
@@ -106,6 +99,7 @@ def train_command(
     """Train a model on a split dataset; log params, metrics, checkpoint, model and evaluation to MLflow."""
     from radflow.config import load_params
     from radflow.evaluate.report import evaluate_training
+    from radflow.pipeline.run import parse_sets
     from radflow.train.loop import train
 
     def body() -> dict[str, Any]:
