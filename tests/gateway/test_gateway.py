@@ -101,7 +101,7 @@ def serve(tmp_path: Path, onnx_pair: tuple[Path, Path]) -> ServeSettings:
 
 
 def start(serve: ServeSettings, **fields: Any) -> Running:
-    settings = GatewaySettings(port=0, allowed_aes=[CALLING], stable_after_s=0.2, **fields)
+    settings = GatewaySettings(**{"port": 0, "allowed_aes": [CALLING], "stable_after_s": 0.2, **fields})
     return Running(Gateway(settings, serve))
 
 
@@ -271,6 +271,34 @@ def test_assembly_waits_for_a_quiet_study() -> None:
     assert study.key == study_hash("1.2.3") and study.instance_count == 2
     assert study.series["1.2.3.2"].instances["1.2.3.2.1"] == b"b again"
     assert assembler.pending == 0
+
+
+def test_assembly_holds_at_most_max_bytes() -> None:
+    assembler = Assembler(0.2, study_hash, max_bytes=10, clock=lambda: 0.0)
+    info = SeriesInfo("DX", "", "", "1.2.840.10008.5.1.4.1.1.1.1")
+    assert assembler.add("1", "1.1", "1.1.1", info, b"123456")
+    assert not assembler.add("1", "1.1", "1.1.2", info, b"12345")  # 11 bytes: refused, nothing added
+    assert assembler.add("1", "1.1", "1.1.1", info, b"1234567890")  # a resend replaces: 10 bytes
+    assert assembler.pending_bytes == 10
+    assembler.take_all()
+    assert assembler.pending_bytes == 0 and assembler.add("2", "2.1", "2.1.1", info, b"12345")
+
+
+def test_a_full_gateway_answers_out_of_resources(tmp_path: Path, serve: ServeSettings) -> None:
+    first = make_instance(tmp_path, generate_uid(), generate_uid(), 1)
+    size_mb = len(first.PixelData) / 2**20
+    running = start(serve, max_pending_mb=size_mb * 1.5, stable_after_s=30)
+    try:
+        assoc = associate(running.gateway.port)
+        second = make_instance(tmp_path, generate_uid(), generate_uid(), 2)
+        statuses = [assoc.send_c_store(ds).Status for ds in (first, second)]
+        assoc.release()
+        assert statuses == [0x0000, 0xA700]
+        assert running.metric("radflow_gateway_instances_total", outcome="out_of_resources") == 1
+    finally:
+        running.close()  # the acknowledged study is still scored at shutdown
+    with sqlite3.connect(serve.resolved_store_url().removeprefix("sqlite:///")) as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 1
 
 
 def test_route_first_match_and_rule_files(tmp_path: Path) -> None:

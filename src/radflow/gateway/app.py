@@ -59,9 +59,10 @@ class Gateway:
             self.services[uri] = InferenceService(model_settings, preloaded=preloaded)
         self.default_model = default
         self.metrics = GatewayMetrics(self.services[default].metrics.registry)
-        self.assembler = Assembler(settings.stable_after_s, study_hash)
+        self.assembler = Assembler(settings.stable_after_s, study_hash, max_bytes=int(settings.max_pending_mb * 2**20))
         self.node = DicomNode(settings, self.metrics, self._received)
-        self._limit = asyncio.Semaphore(settings.max_concurrent)
+        # below the service's admission limit: the gateway waits for room instead of being refused
+        self._limit = asyncio.Semaphore(min(settings.max_concurrent, serve.max_in_flight))
         self._watch: asyncio.Task[None] | None = None
         self._scoring: set[asyncio.Task[Any]] = set()
 
@@ -96,9 +97,12 @@ class Gateway:
         for service in self.services.values():
             await service.stop()
 
-    def _received(self, instance: ReceivedInstance) -> None:
-        self.assembler.add(instance.study_uid, instance.series_uid, instance.sop_uid, instance.info, instance.data)
+    def _received(self, instance: ReceivedInstance) -> bool:
+        added = self.assembler.add(
+            instance.study_uid, instance.series_uid, instance.sop_uid, instance.info, instance.data
+        )
         self.metrics.pending.set(self.assembler.pending)
+        return added
 
     async def _watch_stable(self) -> None:
         # a quarter of the window: a study is scored at most 25% after it became stable

@@ -3,7 +3,8 @@
 A modality sends a study as one C-STORE per image, over one association or several, and nothing
 says the study is complete; like Orthanc's StableAge, a study is taken as complete once no new
 instance has come for a while. Instances are kept in memory grouped by study and series (a resent
-instance replaces the earlier copy); the UIDs key the groups here and go no further.
+instance replaces the earlier copy) up to ``max_bytes`` in all; the UIDs key the groups here and go
+no further.
 """
 
 from __future__ import annotations
@@ -43,37 +44,55 @@ class Study:
 class Assembler:
     """Thread-safe: the node's association threads add, the gateway's loop takes the stable studies."""
 
-    def __init__(self, stable_after_s: float, key: Callable[[str], str], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        stable_after_s: float,
+        key: Callable[[str], str],
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.stable_after_s = stable_after_s
+        self.max_bytes = max_bytes
+        self.pending_bytes = 0
         self._key = key
         self._clock = clock
         self._studies: dict[str, Study] = {}
         self._lock = threading.Lock()
 
-    def add(self, study_uid: str, series_uid: str, sop_uid: str, info: SeriesInfo, data: bytes) -> None:
-        """Add one instance; it restarts its study's stable countdown."""
+    def add(self, study_uid: str, series_uid: str, sop_uid: str, info: SeriesInfo, data: bytes) -> bool:
+        """Add one instance (it restarts its study's stable countdown); False, adding nothing, when it would not fit."""
         now = self._clock()
         with self._lock:
             study = self._studies.get(study_uid)
+            series_held = study.series.get(series_uid) if study is not None else None
+            replaced = len(series_held.instances.get(sop_uid, b"")) if series_held is not None else 0
+            grown = self.pending_bytes + len(data) - replaced
+            if self.max_bytes is not None and grown > self.max_bytes:
+                return False
+            self.pending_bytes = grown
             if study is None:
                 study = self._studies[study_uid] = Study(self._key(study_uid), now, now)
             study.last_at = now
             series = study.series.setdefault(series_uid, Series(info))
             series.instances[sop_uid] = data
+            return True
 
     def take_stable(self) -> list[Study]:
         """Remove and return the studies without a new instance for ``stable_after_s``, oldest first."""
         now = self._clock()
         with self._lock:
             stable = [uid for uid, s in self._studies.items() if now - s.last_at >= self.stable_after_s]
-            return [self._studies.pop(uid) for uid in stable]
+            return [self._pop(uid) for uid in stable]
 
     def take_all(self) -> list[Study]:
         """Remove and return every study (at shutdown: what was acknowledged is scored, not dropped)."""
         with self._lock:
-            studies = list(self._studies.values())
-            self._studies.clear()
-            return studies
+            return [self._pop(uid) for uid in list(self._studies)]
+
+    def _pop(self, study_uid: str) -> Study:
+        study = self._studies.pop(study_uid)
+        self.pending_bytes -= sum(len(d) for s in study.series.values() for d in s.instances.values())
+        return study
 
     @property
     def pending(self) -> int:

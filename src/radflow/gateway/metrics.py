@@ -19,7 +19,7 @@ class GatewayMetrics:
         )
         self.instances = Counter(
             "radflow_gateway_instances",
-            "C-STORE instances, by outcome (stored, non_image, no_pixel_data, mismatch, undecodable).",
+            "C-STORE instances by outcome: stored, non_image, no_pixel_data, mismatch, undecodable, out_of_resources.",
             ["outcome"],
             registry=registry,
         )

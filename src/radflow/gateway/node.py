@@ -11,6 +11,7 @@ status    instance                                                         outco
 ========  ===============================================================  ==============
 0x0000    an image (any "... Image Storage" SOP class) radflow can decode  stored
 0x0122    not an image SOP class (SR, PDF, SEG, raw data ...)              non_image
+0xA700    the gateway holds ``max_pending_mb`` of unscored images already    out_of_resources
 0xA900    no Pixel Data, or SOP class/UIDs not those of the context        no_pixel_data, mismatch
 0xC000    the data set cannot be parsed (truncated, corrupt)               undecodable
 0xC001    the pixels cannot be decoded (truncated, unsupported codec ...)  undecodable
@@ -44,6 +45,7 @@ __all__ = [
     "STATUS_CANNOT_PARSE",
     "STATUS_MISMATCH",
     "STATUS_NOT_SUPPORTED",
+    "STATUS_OUT_OF_RESOURCES",
     "DicomNode",
     "ReceivedInstance",
     "is_image_storage",
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
 STATUS_NOT_SUPPORTED = 0x0122
+STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
 STATUS_CANNOT_PARSE = 0xC000
 STATUS_CANNOT_DECODE = 0xC001
@@ -90,10 +93,10 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 class DicomNode:
-    """The AE and its handlers; ``on_instance`` receives every accepted instance (from association threads)."""
+    """The AE and its handlers; ``on_instance`` takes each valid instance (in association threads), False when full."""
 
     def __init__(
-        self, settings: GatewaySettings, metrics: GatewayMetrics, on_instance: Callable[[ReceivedInstance], None]
+        self, settings: GatewaySettings, metrics: GatewayMetrics, on_instance: Callable[[ReceivedInstance], bool]
     ):
         self.settings = settings
         self.metrics = metrics
@@ -146,6 +149,8 @@ class DicomNode:
     def _store(self, event: Event) -> int | Dataset:
         try:
             received = self._check(event)
+            if not self.on_instance(received):
+                raise _Refused(STATUS_OUT_OF_RESOURCES, "out_of_resources", "holding its limit of unscored images")
         except _Refused as refused:
             self.metrics.instances.labels(refused.outcome).inc()
             log.warning("C-STORE refused (%s, 0x%04X): %s", refused.outcome, refused.status, refused)
@@ -153,7 +158,6 @@ class DicomNode:
             status.Status = refused.status
             status.ErrorComment = str(refused)[:_COMMENT_LIMIT]
             return status
-        self.on_instance(received)
         self.metrics.instances.labels("stored").inc()
         return STATUS_SUCCESS
 
