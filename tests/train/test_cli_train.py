@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from radflow.cli import app
@@ -42,12 +43,14 @@ def test_train_mistakes_exit_2_with_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
 
 
-def test_train_a_segmentation_dataset(tmp_path: Path) -> None:
+def test_train_a_segmentation_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = make_dataset(tmp_path / "ds", task="segmentation", n=12, patients=6)
-    args = ["train", str(ds), "--arch", "small_unet", "--epochs", "1", "-S", "train.max_steps=2", "--json"]
-    args += ["-S", "train.num_workers=0", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    args += ["--out-dir", str(tmp_path / "ck"), "--no-evaluate"]
+    monkeypatch.chdir(tmp_path)
+    # no --arch: the classifier default gives way to the kind's own network, and the run folder says so
+    args = ["train", str(ds), "--epochs", "1", "-S", "train.max_steps=2", "--json"]
+    args += ["-S", "train.num_workers=0", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-evaluate"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["monitor"] == "val_mean_dice" and 0 <= out["history"][0]["val_mean_dice"] <= 1
+    assert [p.name.split("-")[0] for p in (tmp_path / "checkpoints").iterdir()] == ["small_unet"]

@@ -98,9 +98,11 @@ def train_command(
 ) -> None:
     """Train a model on a split dataset; log params, metrics, checkpoint, model and evaluation to MLflow."""
     from radflow.config import load_params
+    from radflow.data.dataset import Dataset
     from radflow.evaluate.report import evaluate_training
     from radflow.pipeline.run import parse_sets
-    from radflow.train.loop import train
+    from radflow.tasks import get_task
+    from radflow.train.loop import fit_arch, train
 
     def body() -> dict[str, Any]:
         path = config if config is not None else (Path("params.yaml") if Path("params.yaml").is_file() else None)
@@ -116,7 +118,9 @@ def train_command(
             **parse_sets(sets or []),
         }
         params = load_params(path).with_overrides(overrides)
-        folder = _checkpoint_folder(out_dir, params.train.arch, resume=resume, overwrite=overwrite)
+        # named after the network the run really trains (a segmentation dataset trains its kind's default)
+        kind = get_task(Dataset.open(dataset).task)
+        folder = _checkpoint_folder(out_dir, fit_arch(params.train.arch, kind), resume=resume, overwrite=overwrite)
         result = train(
             dataset,
             params,
