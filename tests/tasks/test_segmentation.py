@@ -167,6 +167,12 @@ def test_boolean_predicted_masks_score_as_the_maps_they_came_from() -> None:
     data = _eval_data(masks, maps)
     data.lesion_structures = None
     assert not any("lesion" in e for e in kind.evaluate(data)["metrics"]["per_structure"].values())
+    # A structure not annotated on an image (NaN label) is scored as absent there, and the report says so.
+    data.targets[1, 2] = np.nan
+    kind.evaluate(data)
+    assert data.warnings == [
+        "Nodule: not annotated on 1 test image(s); the metrics score their empty masks as truth (the structure absent)."
+    ]
 
 
 def test_the_gallery_shows_the_lowest_dice_images_first() -> None:

@@ -5,7 +5,9 @@ in mask bit order); a label column says whether the image shows the structure at
 0 absent, NaN not annotated). The network is dense (one logit map per structure at the input's
 size) with a sigmoid per structure, because a nodule inside a lung field is in both: a softmax over
 structures could not say so. A structure not annotated on an image is left out of the loss and the
-metrics of that image only, the multi-label rule for unknown labels applied per map.
+validation metrics of that image only, the multi-label rule for unknown labels applied per map (the
+evaluation's :mod:`radflow.metrics.segmentation` has no unknown masks yet: it scores them as absent,
+and the report says how many images that concerns).
 
 Validation watches the mean Dice over structures at a 0.5 threshold. Per image, a structure absent
 from both the truth and the prediction has no Dice (it is left out rather than counted perfect, as
@@ -188,6 +190,13 @@ class Segmentation(TaskKind):
             n_bootstrap=data.n_bootstrap,
             ci=data.ci,
         )
+        unannotated = np.isnan(np.asarray(data.targets, dtype=np.float64)).sum(axis=0)
+        for label, count in zip(data.labels, unannotated, strict=True):
+            if count:
+                data.warnings.append(
+                    f"{label}: not annotated on {int(count)} {data.split} image(s); the metrics score their empty "
+                    "masks as truth (the structure absent)."
+                )
         for label, entry in report["per_structure"].items():
             if entry["dice"] is None:
                 data.warnings.append(f"{label}: in no true or predicted mask of the {data.split} split; no Dice.")
