@@ -34,7 +34,9 @@ def gateway_command(
     port: Annotated[int, typer.Option("--port", help="DICOM port.")] = 11112,
     allow_ae: Annotated[
         list[str] | None,
-        typer.Option("--allow-ae", help="A calling AE title allowed to send (repeat; none: any may send)."),
+        typer.Option(
+            "--allow-ae", metavar="AE", help="A calling AE title allowed to send (repeat; none: any may send)."
+        ),
     ] = None,
     stable_after: Annotated[
         float, typer.Option("--stable-after", help="Seconds without a new instance after which a study is scored.")
@@ -42,6 +44,12 @@ def gateway_command(
     rules: Annotated[
         Path | None, typer.Option("--rules", help="Routing rules (YAML/JSON list); none: every image series is scored.")
     ] = None,
+    max_pending_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-pending-mb", help="Unscored images held in memory (MiB); beyond it C-STORE answers 0xA700."
+        ),
+    ] = 2048,
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this HTTP port.")
     ] = None,
@@ -81,6 +89,7 @@ def gateway_command(
                 port=port,
                 allowed_aes=list(allow_ae or []),
                 stable_after_s=stable_after,
+                max_pending_mb=max_pending_mb,
                 rules=load_rules(rules) if rules is not None else [],
             )
         except ValidationError as exc:
