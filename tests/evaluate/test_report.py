@@ -181,6 +181,8 @@ def segmentation_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     ds = Dataset.open(ds_path)
     rows = ds.indices("train")
     x, y, _ = ShardBatches(ds, rows, ds.spec, ds.targets(rows), masks=True)[list(range(len(rows)))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared CI core more threads only wait for each other
     torch.manual_seed(0)
     model = create_model("small_unet", len(ds.labels))
     loss_fn = make_loss(None, "segmentation")
@@ -190,6 +192,7 @@ def segmentation_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    torch.set_num_threads(threads)
     meta = ModelMeta(
         arch="small_unet",
         task="segmentation",
