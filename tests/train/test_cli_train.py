@@ -54,3 +54,23 @@ def test_train_a_segmentation_dataset(tmp_path: Path, monkeypatch: pytest.Monkey
     out = json.loads(result.stdout)
     assert out["monitor"] == "val_mean_dice" and 0 <= out["history"][0]["val_mean_dice"] <= 1
     assert [p.name.split("-")[0] for p in (tmp_path / "checkpoints").iterdir()] == ["small_unet"]
+
+
+def test_train_render_says_where_a_resume_started(capsys: pytest.CaptureFixture[str]) -> None:
+    from radflow.cli.train import _render
+
+    rows = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.6, "val_macro_auroc": 0.7, "lr": 1e-3} for e in (1, 2, 3, 4)]
+    result = {
+        "monitor": "val_macro_auroc",
+        "history": rows,
+        "warnings": [],
+        "best_metric": 0.7,
+        "run_id": "abc",
+        "tracking_uri": "sqlite:///m.db",
+        "checkpoint_path": "ck/best.pt",
+        "model_uri": "models:/m/1",
+    }
+    _render({**result, "resumed_from_epoch": 2})
+    assert "resumed from epoch 2: 2 more epoch(s) run" in capsys.readouterr().err
+    _render({**result, "resumed_from_epoch": None})
+    assert "resumed" not in capsys.readouterr().err

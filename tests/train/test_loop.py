@@ -127,6 +127,7 @@ def test_resume_continues_the_epoch_count_and_run(datasets: dict[str, Path], sto
         progress=False,
     )
     assert resumed.run_id == first.run_id
+    assert first.resumed_from_epoch is None and resumed.resumed_from_epoch == 2
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[:2] == first.history
     assert load_checkpoint(ck / "last.pt")["epoch"] == 4

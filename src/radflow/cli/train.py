@@ -26,6 +26,10 @@ def _render(result: dict[str, Any]) -> None:
             f"{row['lr']:.2g}",
         )
     console.print(table)
+    resumed = result.get("resumed_from_epoch")
+    if resumed is not None:
+        ran = sum(1 for row in result["history"] if row["epoch"] > resumed)
+        console.print(f"resumed from epoch {resumed}: {ran} more epoch(s) run in the same MLflow run", highlight=False)
     for warning in result["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     best = result["best_metric"]

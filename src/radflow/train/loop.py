@@ -63,6 +63,7 @@ class TrainResult:
     tracking_uri: str = ""
     evaluation: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    resumed_from_epoch: int | None = None  # the last epoch of the checkpoint a --resume continued from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class TrainResult:
             "tracking_uri": self.tracking_uri,
             "evaluation": self.evaluation,
             "warnings": self.warnings,
+            "resumed_from_epoch": self.resumed_from_epoch,
         }
 
 
@@ -686,4 +688,5 @@ def _train(
         model_uri=model_uri,
         tracking_uri=uri,
         warnings=warnings,
+        resumed_from_epoch=None if resume_state is None else state.start_epoch,
     )
