@@ -330,3 +330,18 @@ def test_settings_refuse_bad_ae_titles() -> None:
         GatewaySettings(ae_title="A-TITLE-LONGER-THAN-16")
     with pytest.raises(ValueError, match="not a DICOM AE title"):
         GatewaySettings(allowed_aes=[""])
+
+
+def test_image_sop_classes_are_the_image_storage_ones() -> None:
+    from pynetdicom import sop_class
+
+    from radflow.gateway.node import is_image_storage
+
+    images = ["ComputedRadiography", "DigitalXRay", "CT", "MR", "SecondaryCapture", "BreastProjectionXRay"]
+    for name in images:
+        uid = getattr(sop_class, f"{name}ImageStorage", None) or getattr(
+            sop_class, f"{name}ImageStorageForPresentation"
+        )
+        assert is_image_storage(uid), name
+    for name in ["BasicTextSRStorage", "EncapsulatedPDFStorage", "SegmentationStorage", "RawDataStorage"]:
+        assert not is_image_storage(getattr(sop_class, name)), name

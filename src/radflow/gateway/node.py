@@ -29,7 +29,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -106,7 +106,7 @@ class DicomNode:
         if settings.allowed_aes:
             self.ae.require_calling_aet = list(settings.allowed_aes)
         self.ae.add_supported_context(Verification)
-        for context in StoragePresentationContexts:
+        for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer | None = None
 
