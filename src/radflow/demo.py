@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_NAME", "DemoConfig", "DemoResult", "DemoServing", "run_demo", "serve_command", "serve_demo"]
+__all__ = [
+    "MODEL_NAME",
+    "DemoConfig",
+    "DemoResult",
+    "DemoServing",
+    "next_steps",
+    "run_demo",
+    "serve_command",
+    "serve_demo",
+]
 
 MODEL_NAME = "chest-xray"
 
@@ -58,12 +67,37 @@ class DemoResult:
             "evaluation": self.evaluation,
             "registration": self.registration,
             "promotion": self.promotion,
+            "next_steps": next_steps(self),
         }
 
 
 def serve_command(workdir: Path) -> str:
     """The command that serves the demo's champion with the UI."""
     return f"radflow serve --workspace {workdir}"
+
+
+def next_steps(result: DemoResult) -> list[str]:
+    """The commands worth trying after the demo, as ``label: command`` lines that work in the state it left.
+
+    Only a promoted version has a ``@champion`` to trace and serve; a version that failed its gates is traced
+    by number and needs a better run (or ``promote --force``) before there is anything to serve.
+    """
+    workdir = result.workdir
+    lines = [f"workspace:   {workdir}  (cd there: radflow run -S train.lr=3e-4 · dvc exp show)"]
+    if result.promotion:
+        uri = f"models:/{result.promotion['name']}@champion"
+        lines.append(f"lineage:     radflow lineage {uri} --workspace {workdir}")
+    elif result.registration:
+        name, version = result.registration["name"], result.registration["version"]
+        lines.append(f"lineage:     radflow lineage models:/{name}/{version} --workspace {workdir}")
+        lines.append(f"to serve:    no champion yet; train longer: cd {workdir} && radflow run -S train.epochs=30")
+        lines.append(f"             or promote it anyway: cd {workdir} && radflow promote {name} {version} --force")
+    else:
+        lines.append("to serve:    nothing was registered; see the pipeline's output above")
+    lines.append(f"browse runs: radflow ui --workspace {workdir}")
+    if result.promotion:
+        lines.append(f"serve:       {serve_command(workdir)}")
+    return lines
 
 
 def run_demo(

@@ -19,7 +19,7 @@ __all__ = ["demo_command"]
 
 def _render(result: DemoResult) -> None:
     from radflow.cli.workspace import render_results
-    from radflow.demo import serve_command
+    from radflow.demo import next_steps
     from radflow.evaluate.report import render_evaluation
 
     render_results(result.run)
@@ -36,14 +36,7 @@ def _render(result: DemoResult) -> None:
         timing.add_row(step["step"], f"{step['seconds']:.1f}")
     timing.add_row("[bold]total[/]", f"{sum(s['seconds'] for s in result.steps):.1f}")
     console.print(timing)
-    console.print(
-        f"workspace: {result.workdir}  (cd there: radflow run -S train.lr=3e-4 · dvc exp show)\n"
-        f"lineage:   radflow lineage models:/{result.registration.get('name', 'chest-xray')}@champion "
-        f"--workspace {result.workdir}\n"
-        f"browse runs: radflow ui --workspace {result.workdir}\n"
-        f"serve:     {serve_command(result.workdir)}",
-        highlight=False,
-    )
+    console.print("\n".join(next_steps(result)), highlight=False)
 
 
 @app.command("demo")
