@@ -62,6 +62,66 @@ def test_segmentation_export_runs_to_the_pytorch_probability_maps(lungs: tuple[P
         model.cam(ds.images([0])[0], ds.structures[0])
 
 
+def test_segmentation_answer_is_at_the_inputs_size_exactly_as_restore_mask(lungs: tuple[Path, Path, Path]) -> None:
+    from radflow.data.masks import restore_mask
+    from radflow.runtime.masks import decode_rle
+
+    model = RadflowModel.load(lungs[0])
+    # Known maps: structure 0 a block left of centre, 1 empty, 2 everywhere; the input is 40 x 24 (tall).
+    maps = np.zeros((3, 32, 32), np.float32)
+    maps[0, 4:20, 8:14] = 0.9
+    maps[2] = 0.7
+    answer = model.to_prediction(maps, (40, 24), spacing=(0.5, 0.25)).to_dict()
+    assert list(answer) == ["structures"]
+    structures = answer["structures"]
+    assert [s["structure"] for s in structures] == model.labels
+    expected = restore_mask(maps, 40, 24) >= 0.5
+    for entry, mask in zip(structures, expected, strict=True):
+        got = decode_rle(entry["rle"])
+        assert got.shape == (40, 24)
+        np.testing.assert_array_equal(got, mask)
+        assert entry["area_px"] == int(mask.sum())
+        assert entry["area_mm2"] == pytest.approx(mask.sum() * 0.125)
+    assert structures[0]["area_px"] > 0 and structures[0]["bbox"][2] < 24
+    assert structures[1] == {
+        "structure": model.labels[1],
+        "area_px": 0,
+        "area_mm2": 0.0,
+        "bbox": None,
+        "rle": {"size": [40, 24], "counts": structures[1]["rle"]["counts"]},
+    }
+    assert structures[2]["area_px"] == 40 * 24 and structures[2]["bbox"] == [0, 0, 24, 40]
+    # Without a size (a tensor input) the masks stay at model size; a map of the wrong shape is refused.
+    assert model.to_prediction(maps).structures[0]["rle"]["size"] == [32, 32]  # type: ignore[index]
+    with pytest.raises(InvalidInputError, match=r"\(K, S, S\) maps for 3 structures"):
+        model.to_prediction(maps[:2])
+
+
+def test_segmentation_predict_bytes_of_a_dicom_gives_mm2_from_its_pixel_spacing(
+    lungs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from radflow.runtime.masks import decode_rle, original_masks
+
+    model = RadflowModel.load(lungs[0])
+    stored = (np.arange(30 * 44, dtype=np.uint16).reshape(30, 44) * 3) % 4096
+    path = tmp_path / "x.dcm"
+    write_dicom(path, stored, bits_stored=12, attributes={"PixelSpacing": [0.2, 0.4]}, uid_seed="mm2")
+    data = path.read_bytes()
+    answer = model.predict_bytes(data)
+    maps, _ = model.run(model.prepare(model.decode(data))[None], cam=False)
+    for entry, m in zip(answer.structures or [], maps[0], strict=True):
+        assert entry["rle"]["size"] == [30, 44]
+        np.testing.assert_array_equal(decode_rle(entry["rle"]), original_masks(m[None], 30, 44)[0])
+        assert entry["area_mm2"] == pytest.approx(entry["area_px"] * 0.08)
+    assert len(answer.structures or []) == 3
+    # A PNG has no spacing: areas in pixels only; a batch of pixels answers at its own size.
+    assert all(
+        e["area_mm2"] is None for e in model.predict_bytes(png_bytes(np.full((36, 20), 90, np.uint8))).structures or []
+    )
+    batch = model.predict_batch(np.full((2, 36, 20), 120, np.uint8))
+    assert [b.structures[0]["rle"]["size"] for b in batch] == [[36, 20]] * 2  # type: ignore[index]
+
+
 def _disc_image(h: int, w: int, cy: int, cx: int, r: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.full((h, w), 40, np.uint8)

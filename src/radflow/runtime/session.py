@@ -11,6 +11,7 @@ Nothing on this module's import path imports torch: the serving process stays sm
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError, 
 from radflow.hardware import available_cores
 from radflow.modelref import ACCEPTED_FORMS, ArtifactNotFoundError, RefKind, ResolvedModel, resolve_model_ref
 from radflow.runtime.cam import DEFAULT_ALPHA, DEFAULT_MAX_SIDE, encode_png, render_overlay
+from radflow.runtime.masks import original_masks, structure_answers
 from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
 from radflow.tasks import DEFAULT_THRESHOLD, Finding, Prediction
 
@@ -36,6 +38,7 @@ __all__ = [
     "Prediction",
     "RadflowModel",
     "available_cores",
+    "pixel_spacing",
     "session_options",
     "to_model_size",
 ]
@@ -83,6 +86,31 @@ def to_model_size(pixels: np.ndarray, size: int) -> np.ndarray:
     if pixels.shape[1:] == (size, size):
         return pixels
     return np.stack([prepare_pixels(p.astype(np.float32) / 255.0, size) for p in pixels])
+
+
+def pixel_spacing(data: bytes) -> tuple[float, float] | None:
+    """(row, column) spacing in mm of a DICOM upload: ``PixelSpacing``, else ``ImagerPixelSpacing``; None if unknown.
+
+    Read from the header alone (no pixels), for the mm^2 areas of a segmentation answer; a missing,
+    malformed or non-positive value is unknown rather than an error (the areas in pixels still answer).
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=["PixelSpacing", "ImagerPixelSpacing"]
+        )
+    except Exception:  # not a parseable DICOM header: the decoder has already said what is wrong with it
+        return None
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            row, column = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and column > 0:
+            return row, column
+    return None
 
 
 def _download_onnx(resolved: ResolvedModel, int8: bool) -> Path:
@@ -257,26 +285,58 @@ class RadflowModel:
         outs = self.session.run(names, feeds)
         return outs[0], outs[1] if len(outs) > 1 else None
 
-    def to_prediction(self, scores: np.ndarray) -> Prediction:
-        """One image's output row as the task kind encodes it: findings at the thresholds, or a value."""
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        return self.meta.kind.encode(scores, self.meta.labels, self.thresholds, self.meta.target_unit)
+    @property
+    def dense(self) -> bool:
+        """The model answers maps (a segmentation kind), not one row of scores per image."""
+        return self.meta.kind.network == "dense"
+
+    def to_prediction(
+        self,
+        scores: np.ndarray,
+        size: tuple[int, int] | None = None,
+        spacing: tuple[float, float] | None = None,
+    ) -> Prediction:
+        """One image's output as its answer: findings at the thresholds, a value, or structures.
+
+        A dense model's maps ``(K, S, S)`` become per-structure answers at the input's original
+        ``size`` (height, width): the pad-to-square resize undone by
+        :func:`~radflow.runtime.masks.original_masks`, then area (mm^2 with ``spacing``), box and COCO RLE.
+        Without ``size`` (a tensor input) the masks stay at model size.
+        """
+        if self.dense:
+            maps = np.asarray(scores)
+            if maps.ndim != 3 or maps.shape[0] != len(self.meta.labels):
+                raise InvalidInputError(
+                    f"a {self.task} model's output is (K, S, S) maps for {len(self.meta.labels)} structures, "
+                    f"got shape {maps.shape}."
+                )
+            height, width = size if size is not None else maps.shape[1:]
+            masks = original_masks(maps, int(height), int(width))
+            return Prediction(structures=structure_answers(masks, self.meta.labels, spacing))
+        row = np.asarray(scores, dtype=np.float64).reshape(-1)
+        return self.meta.kind.encode(row, self.meta.labels, self.thresholds, self.meta.target_unit)
 
     def predict_batch(self, pixels: np.ndarray, extra: np.ndarray | None = None) -> list[Prediction]:
-        """Predictions for a batch of ``uint8`` grey images ``(N, H, W)``."""
-        scores, _ = self.run(pixels, extra, cam=False)
-        return [self.to_prediction(row) for row in scores]
+        """Predictions for a batch of ``uint8`` grey images ``(N, H, W)`` (masks of dense models at ``(H, W)``)."""
+        arr = np.asarray(pixels)
+        scores, _ = self.run(arr, extra, cam=False)
+        size = (int(arr.shape[-2]), int(arr.shape[-1]))
+        return [self.to_prediction(row, size) for row in scores]
 
     def predict_bytes(self, data: bytes, name: str = "<upload>", sex: str | None = None) -> Prediction:
         """Decode, preprocess and predict one PNG/JPEG/DICOM image.
 
         For a regression model ``sex`` ("M"/"F") is taken from the argument, else from the DICOM header.
+        A segmentation answer is at the image's decoded size, with mm^2 when a DICOM gives its pixel spacing.
         """
         image = self.decode(data, name)
         extra = None
         if self.needs_sex:
             extra = sex_feature([sex if sex is not None else image.meta.get("sex", "")])
-        return self.predict_batch(self.prepare(image)[None], extra)[0]
+        scores, _ = self.run(self.prepare(image)[None], extra, cam=False)
+        spacing = pixel_spacing(data) if self.dense and image.format == "dicom" else None
+        height, width = image.pixels.shape
+        return self.to_prediction(scores[0], (int(height), int(width)), spacing)
 
     def cam(self, image: bytes | DecodedImage | np.ndarray, label: str, sex: str | None = None) -> np.ndarray:
         """The raw class activation map ``(h, w)`` of ``label`` for one image."""

@@ -108,19 +108,27 @@ class Finding:
 
 @dataclass
 class Prediction:
-    """The answer for one image: findings (classification) or a value with its unit (regression)."""
+    """The answer for one image: findings (classification), a value with its unit (regression), or structures.
+
+    ``structures`` is a dense kind's answer, one ``{"structure", "area_px", "area_mm2", "bbox", "rle"}`` per
+    structure at the input's original size; the runtime builds it (:func:`radflow.runtime.masks.structure_answers`)
+    because only it knows the input's size and pixel spacing.
+    """
 
     findings: list[Finding] | None = None
     value: float | None = None
     unit: str | None = None
     contradictions: list[dict[str, Any]] | None = None
     """Findings that cannot all be true at once (``{"labels", "message"}`` each), for kinds that check any."""
+    structures: list[dict[str, Any]] | None = None
 
     @property
     def positives(self) -> list[str]:
         return [f.label for f in self.findings or [] if f.positive]
 
     def to_dict(self) -> dict[str, Any]:
+        if self.structures is not None:
+            return {"structures": self.structures}
         if self.findings is None:
             return {"prediction": {"value": self.value, "unit": self.unit}}
         out: dict[str, Any] = {"findings": [f.to_dict() for f in self.findings]}
