@@ -366,21 +366,46 @@ def test_gates_follow_the_runs_task_kind(metrics: dict[str, float], tags: dict[s
 @pytest.mark.parametrize(
     ("metrics", "tags"),
     [
-        ({"test_mean_dice": 0.95, "test_macro_auroc": 0.99, "test_auroc_Lung": 0.99}, {"radflow.task": "segmentation"}),
-        ({"test_mean_dice": 0.95}, {}),  # no task tag: the kind whose first gate metric the run logged
+        ({"test_mean_dice": 0.45, "test_macro_auroc": 0.99, "test_auroc_Lung": 0.99}, {"radflow.task": "segmentation"}),
+        ({"test_mean_dice": 0.45}, {}),  # no task tag: the kind whose first gate metric the run logged
     ],
 )
-def test_a_family_without_gates_fails_instead_of_being_judged_by_auroc(
-    metrics: dict[str, float], tags: dict[str, str]
-) -> None:
-    """Segmentation has no gates yet: its run fails one gate that says so and is not compared on AUROC."""
+def test_a_segmentation_run_is_judged_by_dice_not_auroc(metrics: dict[str, float], tags: dict[str, str]) -> None:
     from radflow.registry.gates import EVAL_HELD_OUT_TAG, check_gates
 
     champion = {"version": "1", "metrics": {"test_auroc_Lung": 0.5}, "tags": {EVAL_HELD_OUT_TAG: "split-1"}}
     outcome = check_gates(metrics, {**tags, EVAL_HELD_OUT_TAG: "split-1"}, GateConfig(), champion)
-    assert not outcome["passed"]
-    assert [c["gate"] for c in outcome["checks"]] == ["gates_defined"]
-    assert "no quality gates for segmentation models" in outcome["failures"][0]["message"]
+    assert [c["gate"] for c in outcome["checks"]] == ["min_mean_dice"]  # no AUROC gate, no AUROC comparison
+    assert not outcome["passed"] and "test_mean_dice 0.4500 < min_mean_dice 0.5" in outcome["failures"][0]["message"]
+
+
+def test_dice_gates_per_structure_and_against_the_champion() -> None:
+    from radflow.registry.gates import EVAL_HELD_OUT_TAG, check_gates
+
+    tags = {"radflow.task": "segmentation", EVAL_HELD_OUT_TAG: "split-1"}
+    metrics = {"test_mean_dice": 0.9, "test_dice_Heart": 0.88, "test_dice_Left_Lung": 0.97, "test_dice_Lesion": 0.2}
+    gates = GateConfig(min_dice={"Heart": 0.9, "Left Lung": 0.95, "Pneumothorax": 0.5}, max_dice_drop=0.02)
+    champion = {
+        "version": "3",
+        "metrics": {"test_dice_Heart": 0.89, "test_dice_Left_Lung": 0.995, "test_dice_Lesion": 0.1},
+        "tags": {EVAL_HELD_OUT_TAG: "split-1"},
+    }
+    outcome = check_gates(metrics, tags, gates, champion)
+    verdicts = {(c["gate"], c["metric"]): c["passed"] for c in outcome["checks"]}
+    assert verdicts == {
+        ("min_mean_dice", "test_mean_dice"): True,
+        ("min_dice", "test_dice_Heart"): False,  # 0.88 < 0.9
+        ("min_dice", "test_dice_Left_Lung"): True,
+        ("min_dice", "test_dice_Pneumothorax"): False,  # named but never scored: not passed silently
+        ("max_dice_drop", "test_dice_Heart"): True,  # 0.01 below the champion
+        ("max_dice_drop", "test_dice_Left_Lung"): False,  # 0.025 below
+        ("max_dice_drop", "test_dice_Lesion"): True,
+    }
+    missing = next(c for c in outcome["failures"] if c["metric"] == "test_dice_Pneumothorax")
+    assert "Heart, Left_Lung, Lesion" in missing["message"]
+    assert any("point estimates" in note for note in outcome["notes"])
+    other_split = {**champion, "tags": {EVAL_HELD_OUT_TAG: "split-2"}}
+    assert not [c for c in check_gates(metrics, tags, gates, other_split)["checks"] if c["gate"] == "max_dice_drop"]
 
 
 def _test_split(seed: int = 10, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

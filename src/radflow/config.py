@@ -341,6 +341,19 @@ class GateConfig(_Strict):
     max_mae_increase: float = Field(
         default=1.0, ge=0, description="Largest allowed MAE increase vs the champion (months)."
     )
+    min_mean_dice: float = Field(
+        default=0.5, ge=0, le=1, description="Lowest acceptable test mean Dice over the structures (segmentation)."
+    )
+    min_dice: dict[str, float] = Field(
+        default_factory=dict,
+        description="Lowest acceptable test Dice per structure, e.g. {Heart: 0.9} (segmentation; unnamed structures "
+        "are held only to min_mean_dice).",
+    )
+    max_dice_drop: float = Field(
+        default=0.02,
+        ge=0,
+        description="Largest allowed per-structure Dice drop vs the champion on the same test split.",
+    )
     min_positives: int = Field(
         default=10,
         ge=1,

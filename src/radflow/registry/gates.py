@@ -1,8 +1,8 @@
 """Quality gates: whether a run's test metrics may make it ``@challenger``; pure (no MLflow calls).
 
-Absolute gates (macro AUROC, or MAE for regression) always apply; the family of the run's task kind
-picks them, and a family radflow has no gates for (segmentation, so far) fails rather than passing
-unjudged. A candidate is compared with the champion label by label (or on MAE) only on the same
+Absolute gates (macro AUROC, MAE for regression, mean and per-structure Dice for segmentation) always
+apply; the family of the run's task kind picks them, and a family radflow has no gates for fails
+rather than passing unjudged. A candidate is compared with the champion label by label (or on MAE) only on the same
 test split, i.e. when both were evaluated on the same dataset version; otherwise the comparison is
 skipped and a note says why.
 
@@ -17,6 +17,7 @@ never fails a model. Without them it falls back to the two point estimates, and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,74 @@ def _count(metrics: dict[str, float], kind: str, key: str) -> int | None:
     return None if value is None else int(value)
 
 
+_DICE = "test_dice_"
+
+
+def _dice_checks(metrics: dict[str, float], gates: GateConfig, notes: list[str]) -> list[dict[str, Any]]:
+    """Segmentation's absolute gates: mean Dice, and each structure ``gates.min_dice`` names."""
+    out: list[dict[str, Any]] = []
+    mean = metrics.get("test_mean_dice")
+    limit = gates.min_mean_dice
+    if mean is None:
+        message = "the run has no test_mean_dice metric; evaluate it first (`radflow evaluate RUN_ID --log`)."
+        out.append(_gate("min_mean_dice", "test_mean_dice", None, limit, False, message))
+    else:
+        ok = mean >= limit
+        message = f"test_mean_dice {mean:.4f} {'>=' if ok else '<'} min_mean_dice {limit:g}"
+        out.append(_gate("min_mean_dice", "test_mean_dice", mean, limit, ok, message))
+    logged = sorted(k.removeprefix(_DICE) for k in metrics if k.startswith(_DICE))
+    for structure, minimum in gates.min_dice.items():
+        key = _DICE + metric_key(structure)
+        value = metrics.get(key)
+        if value is None or math.isnan(value):
+            known = f"; structures with a Dice: {', '.join(logged)}" if logged else ""
+            out.append(
+                _gate(
+                    "min_dice",
+                    key,
+                    None,
+                    minimum,
+                    False,
+                    f"gates.min_dice names {structure!r}, but the run has no Dice for it (in no test mask?){known}.",
+                )
+            )
+            continue
+        ok = value >= minimum
+        out.append(_gate("min_dice", key, value, minimum, ok, f"{key} {value:.4f} {'>=' if ok else '<'} {minimum:g}"))
+    if not gates.min_dice:
+        notes.append("no per-structure Dice minimum set (gates.min_dice); only the mean Dice is gated.")
+    return out
+
+
+def _dice_drop_checks(
+    metrics: dict[str, float], champion: dict[str, float], gates: GateConfig, label: str, notes: list[str]
+) -> list[dict[str, Any]]:
+    """No structure's Dice more than ``gates.max_dice_drop`` below the champion's on the same test split."""
+    out: list[dict[str, Any]] = []
+    notes.append(
+        f"compared with {label} on per-structure Dice point estimates (the same test split), not a paired test."
+    )
+    for key, champ_value in sorted(champion.items()):
+        if not key.startswith(_DICE) or champ_value is None or math.isnan(champ_value):
+            continue
+        value = metrics.get(key)
+        if value is None or math.isnan(value):
+            notes.append(f"{label} has {key} but this run does not; that structure was not compared.")
+            continue
+        drop = champ_value - value
+        ok = drop <= gates.max_dice_drop + 1e-9
+        message = f"{key} {value:.4f} vs {label} {champ_value:.4f}"
+        if not ok:
+            message = f"{key} {value:.4f} is {drop:.4f} below {label} ({champ_value:.4f}); "
+            message += f"max_dice_drop {gates.max_dice_drop:g}"
+        out.append(_gate("max_dice_drop", key, value, champ_value - gates.max_dice_drop, ok, message))
+    return out
+
+
+def _gate(gate: str, metric: str, value: float | None, limit: float, ok: bool, message: str) -> dict[str, Any]:
+    return {"gate": gate, "metric": metric, "value": value, "limit": limit, "passed": ok, "message": message}
+
+
 def check_gates(
     metrics: dict[str, float],
     tags: dict[str, str],
@@ -180,9 +249,7 @@ def check_gates(
     not_gated: list[dict[str, Any]] = []
 
     def check(gate: str, metric: str, value: float | None, limit: float, ok: bool, message: str) -> None:
-        checks.append(
-            {"gate": gate, "metric": metric, "value": value, "limit": limit, "passed": ok, "message": message}
-        )
+        checks.append(_gate(gate, metric, value, limit, ok, message))
 
     family = gate_family(metrics, tags)
     if family == "regression":
@@ -227,8 +294,10 @@ def check_gates(
                 ok,
                 f"test_macro_auroc {auroc:.4f} {'>=' if ok else '<'} min_macro_auroc {gates.min_macro_auroc:g}",
             )
+    elif family == "segmentation":
+        checks += _dice_checks(metrics, gates, notes)
     else:
-        # A family without gates (segmentation has no Dice gates yet) is never made challenger unjudged.
+        # A family without gates is never made challenger unjudged.
         check(
             "gates_defined",
             "-",
@@ -261,6 +330,8 @@ def check_gates(
                     f"test_mae {mae:.3f} is {rise:+.3f} vs {label} ({champ_mae:.3f}); "
                     f"max_mae_increase {gates.max_mae_increase:g}",
                 )
+        elif family == "segmentation":
+            checks += _dice_drop_checks(metrics, champion["metrics"], gates, label, notes)
         elif family == "classification" and paired is not None:
             paired_checks, not_gated = _paired_label_checks(paired, gates, label)
             checks += paired_checks

@@ -35,6 +35,9 @@ HEADLINE_METRICS = (
     "test_mae_ci_low",
     "test_mae_ci_high",
     "test_rmse",
+    "test_mean_dice",
+    "test_mean_dice_ci_low",
+    "test_mean_dice_ci_high",
 )
 LINEAGE_TAGS = (
     DATASET_VERSION_TAG,
