@@ -206,6 +206,7 @@ def test_stable_study_is_scored_into_the_store_without_phi(
     assert node.metric("radflow_gateway_images_scored_total", outcome="ok") == 0
     node.wait_scored(3)
     assert node.metric("radflow_gateway_series_total", outcome="scored", rule="default") == 1
+    assert node.metric("radflow_gateway_studies_total", reason="stable") == 1
     node.close()
 
     db = Path(serve.resolved_store_url().removeprefix("sqlite:///"))
@@ -261,15 +262,28 @@ def test_assembly_waits_for_a_quiet_study() -> None:
     info = SeriesInfo("DX", "CHEST", "", "1.2.840.10008.5.1.4.1.1.1.1")
     assembler.add("1.2.3", "1.2.3.1", "1.2.3.1.1", info, b"a")
     now[0] = 0.15
-    assert assembler.take_stable() == []
+    assert assembler.take_stable() == ([], [])
     assembler.add("1.2.3", "1.2.3.2", "1.2.3.2.1", info, b"b")
     assembler.add("1.2.3", "1.2.3.2", "1.2.3.2.1", info, b"b again")  # a resend replaces, not adds
     now[0] = 0.3
-    assert assembler.take_stable() == []  # 0.15 s since the last instance
+    assert assembler.take_stable() == ([], [])  # 0.15 s since the last instance
     now[0] = 0.36
-    (study,) = assembler.take_stable()
+    (study,), old = assembler.take_stable()
+    assert old == []
     assert study.key == study_hash("1.2.3") and study.instance_count == 2
     assert study.series["1.2.3.2"].instances["1.2.3.2.1"] == b"b again"
+    assert assembler.pending == 0
+
+
+def test_a_study_that_never_goes_quiet_is_taken_at_max_age() -> None:
+    now = [0.0]
+    assembler = Assembler(0.2, study_hash, max_age_s=1.0, clock=lambda: now[0])
+    info = SeriesInfo("CT", "", "", "1.2.840.10008.5.1.4.1.1.2")
+    for i in range(11):  # an instance every 0.1 s: never 0.2 s quiet
+        now[0] = i / 10
+        assembler.add("9", "9.1", f"9.1.{i}", info, b"x")
+        stable, old = assembler.take_stable()
+        assert stable == [] and (old == [] if now[0] < 1.0 else [s.instance_count for s in old] == [11])
     assert assembler.pending == 0
 
 

@@ -44,6 +44,10 @@ def gateway_command(
     rules: Annotated[
         Path | None, typer.Option("--rules", help="Routing rules (YAML/JSON list); none: every image series is scored.")
     ] = None,
+    max_study: Annotated[
+        float,
+        typer.Option("--max-study", help="Seconds after its first instance a study that never goes quiet is scored."),
+    ] = 3600,
     max_pending_mb: Annotated[
         float,
         typer.Option(
@@ -89,6 +93,7 @@ def gateway_command(
                 port=port,
                 allowed_aes=list(allow_ae or []),
                 stable_after_s=stable_after,
+                max_study_s=max_study,
                 max_pending_mb=max_pending_mb,
                 rules=load_rules(rules) if rules is not None else [],
             )

@@ -59,7 +59,12 @@ class Gateway:
             self.services[uri] = InferenceService(model_settings, preloaded=preloaded)
         self.default_model = default
         self.metrics = GatewayMetrics(self.services[default].metrics.registry)
-        self.assembler = Assembler(settings.stable_after_s, study_hash, max_bytes=int(settings.max_pending_mb * 2**20))
+        self.assembler = Assembler(
+            settings.stable_after_s,
+            study_hash,
+            max_bytes=int(settings.max_pending_mb * 2**20),
+            max_age_s=settings.max_study_s,
+        )
         self.node = DicomNode(settings, self.metrics, self._received)
         # below the service's admission limit: the gateway waits for room instead of being refused
         self._limit = asyncio.Semaphore(min(settings.max_concurrent, serve.max_in_flight))
@@ -92,7 +97,9 @@ class Gateway:
             await asyncio.gather(self._watch, return_exceptions=True)
             self._watch = None
         await asyncio.gather(*self._scoring, return_exceptions=True)
-        await asyncio.gather(*(self.score_study(s) for s in self.assembler.take_all()))
+        left = self.assembler.take_all()
+        self.metrics.studies.labels("shutdown").inc(len(left))
+        await asyncio.gather(*(self.score_study(s) for s in left))
         self.metrics.pending.set(0)
         for service in self.services.values():
             await service.stop()
@@ -109,7 +116,17 @@ class Gateway:
         interval = min(self.settings.stable_after_s / 4, 0.5)
         while True:
             await asyncio.sleep(interval)
-            for study in self.assembler.take_stable():
+            stable, old = self.assembler.take_stable()
+            self.metrics.studies.labels("stable").inc(len(stable))
+            self.metrics.studies.labels("max_age").inc(len(old))
+            for study in old:
+                log.warning(
+                    "study %s still receiving after %g s: scoring the %d instances so far",
+                    study.key[:12],
+                    self.settings.max_study_s,
+                    study.instance_count,
+                )
+            for study in [*stable, *old]:
                 task = asyncio.create_task(self.score_study(study))
                 self._scoring.add(task)
                 task.add_done_callback(self._scoring.discard)

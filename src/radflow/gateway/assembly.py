@@ -2,9 +2,10 @@
 
 A modality sends a study as one C-STORE per image, over one association or several, and nothing
 says the study is complete; like Orthanc's StableAge, a study is taken as complete once no new
-instance has come for a while. Instances are kept in memory grouped by study and series (a resent
-instance replaces the earlier copy) up to ``max_bytes`` in all; the UIDs key the groups here and go
-no further.
+instance has come for a while — or, so that a study that never goes quiet is not held forever,
+once ``max_age_s`` has passed since its first instance. Instances are kept in memory grouped by
+study and series (a resent instance replaces the earlier copy) up to ``max_bytes`` in all; the
+UIDs key the groups here and go no further.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ class Assembler:
         stable_after_s: float,
         key: Callable[[str], str],
         max_bytes: int | None = None,
+        max_age_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.stable_after_s = stable_after_s
+        self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.pending_bytes = 0
         self._key = key
@@ -77,12 +80,17 @@ class Assembler:
             series.instances[sop_uid] = data
             return True
 
-    def take_stable(self) -> list[Study]:
-        """Remove and return the studies without a new instance for ``stable_after_s``, oldest first."""
+    def take_stable(self) -> tuple[list[Study], list[Study]]:
+        """Remove and return the studies now complete, oldest first: (stable ones, ones past ``max_age_s``)."""
         now = self._clock()
         with self._lock:
             stable = [uid for uid, s in self._studies.items() if now - s.last_at >= self.stable_after_s]
-            return [self._pop(uid) for uid in stable]
+            old = [
+                uid
+                for uid, s in self._studies.items()
+                if uid not in stable and self.max_age_s is not None and now - s.first_at >= self.max_age_s
+            ]
+            return [self._pop(uid) for uid in stable], [self._pop(uid) for uid in old]
 
     def take_all(self) -> list[Study]:
         """Remove and return every study (at shutdown: what was acknowledged is scored, not dropped)."""

@@ -23,6 +23,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.studies = Counter(
+            "radflow_gateway_studies",
+            "Studies taken for scoring, by why: stable, max_age (never went quiet), shutdown.",
+            ["reason"],
+            registry=registry,
+        )
         self.series = Counter(
             "radflow_gateway_series",
             "Stable series, by outcome (scored, unrouted, skipped, failed) and rule.",

@@ -41,6 +41,8 @@ class GatewaySettings(BaseModel):
     """A study is complete (and scored) after this long without a new instance, as Orthanc's StableAge."""
     rules: list[Rule] = []
     """Routing rules, first match wins; none: every image series goes to the served model."""
+    max_study_s: float = Field(default=3600, gt=0)
+    """A study still receiving instances this long after its first is scored anyway, so it is never held forever."""
     max_pending_mb: float = Field(default=2048, gt=0)
     """Received, not yet scored instances held in memory (MiB); beyond it C-STORE answers 0xA700, the sender retries."""
     max_concurrent: int = Field(default=8, ge=1)
