@@ -288,14 +288,16 @@ def test_a_study_that_never_goes_quiet_is_taken_at_max_age() -> None:
 
 
 def test_assembly_holds_at_most_max_bytes() -> None:
-    assembler = Assembler(0.2, study_hash, max_bytes=10, clock=lambda: 0.0)
+    assembler = Assembler(0.0, study_hash, max_bytes=10, clock=lambda: 0.0)
     info = SeriesInfo("DX", "", "", "1.2.840.10008.5.1.4.1.1.1.1")
     assert assembler.add("1", "1.1", "1.1.1", info, b"123456")
     assert not assembler.add("1", "1.1", "1.1.2", info, b"12345")  # 11 bytes: refused, nothing added
     assert assembler.add("1", "1.1", "1.1.1", info, b"1234567890")  # a resend replaces: 10 bytes
     assert assembler.pending_bytes == 10
-    assembler.take_all()
+    assert [s.key for s in assembler.take_stable()[0]] == [study_hash("1")]  # taken: its bytes no longer count
     assert assembler.pending_bytes == 0 and assembler.add("2", "2.1", "2.1.1", info, b"12345")
+    assert [s.key for s in assembler.take_all()] == [study_hash("2")]
+    assert not assembler.add("3", "3.1", "3.1.1", info, b"1")  # closed at shutdown: the sender is told to retry
 
 
 def test_a_full_gateway_answers_out_of_resources(tmp_path: Path, serve: ServeSettings) -> None:

@@ -57,15 +57,18 @@ class Assembler:
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.pending_bytes = 0
+        self._closed = False
         self._key = key
         self._clock = clock
         self._studies: dict[str, Study] = {}
         self._lock = threading.Lock()
 
     def add(self, study_uid: str, series_uid: str, sop_uid: str, info: SeriesInfo, data: bytes) -> bool:
-        """Add one instance (it restarts its study's stable countdown); False, adding nothing, when it would not fit."""
+        """Add one instance (it restarts its study's stable countdown); False, adding nothing, when full or closed."""
         now = self._clock()
         with self._lock:
+            if self._closed:
+                return False
             study = self._studies.get(study_uid)
             series_held = study.series.get(series_uid) if study is not None else None
             replaced = len(series_held.instances.get(sop_uid, b"")) if series_held is not None else 0
@@ -93,8 +96,9 @@ class Assembler:
             return [self._pop(uid) for uid in stable], [self._pop(uid) for uid in old]
 
     def take_all(self) -> list[Study]:
-        """Remove and return every study (at shutdown: what was acknowledged is scored, not dropped)."""
+        """Close (no more instances are added) and return every study: at shutdown, what was acknowledged is scored."""
         with self._lock:
+            self._closed = True
             return [self._pop(uid) for uid in list(self._studies)]
 
     def _pop(self, study_uid: str) -> Study:

@@ -11,7 +11,7 @@ status    instance                                                         outco
 ========  ===============================================================  ==============
 0x0000    an image (any "... Image Storage" SOP class) radflow can decode  stored
 0x0122    not an image SOP class (SR, PDF, SEG, raw data ...)              non_image
-0xA700    the gateway holds ``max_pending_mb`` of unscored images already    out_of_resources
+0xA700    ``max_pending_mb`` of unscored images held already, or stopping  out_of_resources
 0xA900    no Pixel Data, or SOP class/UIDs not those of the context        no_pixel_data, mismatch
 0xC000    the data set cannot be parsed (truncated, corrupt)               undecodable
 0xC001    the pixels cannot be decoded (truncated, unsupported codec ...)  undecodable
@@ -150,7 +150,11 @@ class DicomNode:
         try:
             received = self._check(event)
             if not self.on_instance(received):
-                raise _Refused(STATUS_OUT_OF_RESOURCES, "out_of_resources", "holding its limit of unscored images")
+                raise _Refused(
+                    STATUS_OUT_OF_RESOURCES,
+                    "out_of_resources",
+                    "cannot hold it now (full or stopping); send it again later",
+                )
         except _Refused as refused:
             self.metrics.instances.labels(refused.outcome).inc()
             log.warning("C-STORE refused (%s, 0x%04X): %s", refused.outcome, refused.status, refused)
