@@ -74,3 +74,26 @@ def test_triton_config_of_a_segmentation_model_has_the_map_dims(tmp_path: Path) 
     assert "label_filename" not in outputs and 'name: "cam"' not in outputs
     assert (folder / "labels.txt").read_text() == "a\nb\nc\n"
     assert 'string_value: "segmentation"' in config
+
+
+def test_triton_repository_serves_the_int8_model_when_built_unless_told(tmp_path: Path) -> None:
+    checkpoint, _ = make_checkpoint(tmp_path, task="regression", n=24)
+    out, repo = tmp_path / "boneage.onnx", tmp_path / "triton"
+    common = {"int8": True, "mae_tolerance": 50.0, "latency_time": 0.01, "reference_images": 0, "triton_repo": repo}
+    report = export_model(str(checkpoint), out, **common)  # type: ignore[arg-type]
+    served = repo / "boneage" / "1" / "model.onnx"
+    assert report["triton_model"] == {"precision": "int8", "onnx": report["int8"]["path"], "requested": None}
+    assert served.read_bytes() == Path(report["int8"]["path"]).read_bytes()
+
+    report = export_model(str(checkpoint), out, triton_model="fp32", **common)  # type: ignore[arg-type]
+    assert report["triton_model"]["precision"] == "fp32" and served.read_bytes() == out.read_bytes()
+
+
+def test_triton_model_choice_is_checked_before_exporting(tmp_path: Path) -> None:
+    checkpoint, _ = make_checkpoint(tmp_path)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match="--triton-model int8 needs --int8"):
+        export_model(str(checkpoint), out, triton_repo=tmp_path / "t", triton_model="int8")
+    with pytest.raises(ConfigError, match="fp32 or int8, got 'fp16'"):
+        export_model(str(checkpoint), out, triton_repo=tmp_path / "t", triton_model="fp16")
+    assert not out.exists()

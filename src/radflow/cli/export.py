@@ -56,7 +56,18 @@ def _render_export(report: dict[str, Any]) -> None:
         for note in q["notes"]:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
     if report["triton"]:
-        console.print(f"Triton model repository: {report['triton']}", highlight=False)
+        chosen = report["triton_model"]
+        precision = chosen["precision"]
+        why = "--triton-model" if chosen["requested"] else "default"
+        if precision == "int8" and report["int8"]["forced"]:
+            why += ", although INT8 was kept by --force beyond its check"
+        other = "int8" if precision == "fp32" else "fp32"
+        hint = f"; --triton-model {other} for the other" if report["int8"] is not None else ""
+        console.print(
+            f"Triton model repository: {report['triton']} serves the {precision.upper()} model "
+            f"{chosen['onnx']} ({why}{hint})",
+            highlight=False,
+        )
     if report["mlflow"]:
         logged = report["mlflow"]
         where = f"run {logged['run_id']}" + (
@@ -75,6 +86,13 @@ def export_command(
     ] = None,
     triton_name: Annotated[
         str | None, typer.Option(help="Model name in the Triton repository (default: registered name or file stem).")
+    ] = None,
+    triton_model: Annotated[
+        str | None,
+        typer.Option(
+            metavar="fp32|int8",
+            help="Which model the Triton repository serves (default: int8 when --int8 built and kept it, else fp32).",
+        ),
     ] = None,
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 32,
     max_queue_delay_us: Annotated[int, typer.Option(help="Triton dynamic batching queue delay (µs).")] = 2000,
@@ -107,6 +125,7 @@ def export_command(
             mae_tolerance=int8_mae_tolerance,
             triton_repo=triton_repo,
             triton_name=triton_name,
+            triton_model=triton_model,
             max_batch_size=max_batch_size,
             max_queue_delay_us=max_queue_delay_us,
             opset=opset,

@@ -5,7 +5,8 @@ Steps, each of which stops the export with a clear error when it fails:
 1. resolve MODEL (checkpoint, run id, ``runs:/``, ``models:/NAME@ALIAS``) to a checkpoint;
 2. export ONNX with metadata and check parity with PyTorch on real dataset images;
 3. optionally quantize to INT8 and accept it only within the validation-metric tolerance;
-4. optionally write a Triton model repository (the INT8 model when accepted, else FP32);
+4. optionally write a Triton model repository with the model ``triton_model`` names (default: the INT8
+   model when it was built and kept, else FP32); the report says which one went there;
 5. compute the drift reference profile (``reference.json`` beside the ONNX file) from the model's
    dataset, when it is on this machine (:mod:`radflow.monitor.reference`);
 6. when the model came from MLflow, log the ONNX file(s) and the reference to its run under
@@ -18,10 +19,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from radflow.data.dataset import Dataset
-from radflow.errors import NotFoundError
+from radflow.errors import ConfigError, NotFoundError
 from radflow.export.onnx import DEFAULT_OPSET, check_parity, export_onnx, parity_images, read_metadata
 from radflow.export.quantize import DEFAULT_MAE_TOLERANCE, DEFAULT_TOLERANCE, Int8RefusedError, quantize_model
 from radflow.export.triton import DEFAULT_MAX_BATCH_SIZE, DEFAULT_QUEUE_DELAY_US, write_triton_repo
@@ -29,7 +30,10 @@ from radflow.modelref import ResolvedModel, resolve_model_ref
 from radflow.monitor.reference import REFERENCE_TAG, reference_path, write_reference
 from radflow.runtime.session import ONNX_ARTIFACT_DIR, ONNX_INT8_TAG, ONNX_TAG
 
-__all__ = ["export_model", "int8_path", "log_onnx_to_mlflow"]
+__all__ = ["TRITON_MODELS", "TritonModel", "export_model", "int8_path", "log_onnx_to_mlflow", "triton_choice"]
+
+TritonModel = Literal["fp32", "int8"]
+TRITON_MODELS: tuple[TritonModel, ...] = ("fp32", "int8")
 
 
 def int8_path(out: Path) -> Path:
@@ -40,6 +44,23 @@ def int8_path(out: Path) -> Path:
 def _triton_name(resolved: ResolvedModel, out: Path) -> str:
     base = resolved.name or out.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.-") or "radflow"
+
+
+def triton_choice(requested: str | None, int8: bool) -> None:
+    """Check ``--triton-model`` before any work: a known precision, and ``int8`` only with ``--int8``."""
+    if requested is not None and requested not in TRITON_MODELS:
+        raise ConfigError(f"--triton-model must be fp32 or int8, got {requested!r}.")
+    if requested == "int8" and not int8:
+        raise ConfigError("--triton-model int8 needs --int8 (the INT8 model is built by this export).")
+
+
+def _triton_model(requested: str | None, int8_report: dict[str, Any] | None) -> TritonModel:
+    """The precision the Triton repository serves: the requested one, else INT8 when this export kept one."""
+    if requested == "int8":
+        return "int8"
+    if requested == "fp32":
+        return "fp32"
+    return "int8" if int8_report is not None else "fp32"
 
 
 def _dataset_path(explicit: Path | None, stored: str) -> Path | None:
@@ -86,6 +107,7 @@ def export_model(
     mae_tolerance: float = DEFAULT_MAE_TOLERANCE,
     triton_repo: Path | None = None,
     triton_name: str | None = None,
+    triton_model: str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     opset: int = DEFAULT_OPSET,
@@ -98,10 +120,12 @@ def export_model(
     """Export ``model`` to ``out`` (see the module docstring); returns a JSON-ready report.
 
     ``reference_images``: train images profiled for the drift reference (as many val images are
-    scored); 0 skips the reference.
+    scored); 0 skips the reference. ``triton_model``: ``fp32`` or ``int8`` (None: INT8 when it was built
+    and kept, by its check or by ``force``, else FP32).
     """
     from radflow.train.checkpoint import load_model
 
+    triton_choice(triton_model, int8)
     out = Path(out)
     if out.is_dir():
         raise NotFoundError(f"--out {out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}.")
@@ -127,6 +151,7 @@ def export_model(
         "parity": parity,
         "int8": None,
         "triton": None,
+        "triton_model": None,
         "reference": None,
         "mlflow": None,
     }
@@ -138,7 +163,6 @@ def export_model(
         ref_file = write_reference(out, reference_data, n_train=reference_images, n_val=reference_images)
         files[REFERENCE_TAG] = ref_file
         report["reference"] = {"path": str(ref_file), "dataset": str(reference_data)}
-    served = out
     if int8:
         target = int8_path(out)
         try:
@@ -155,8 +179,9 @@ def export_model(
         except Int8RefusedError as exc:
             raise Int8RefusedError(f"{exc} The FP32 model is at {out}.", exc.report) from None
         files[ONNX_INT8_TAG] = target
-        served = target
     if triton_repo is not None:
+        precision = _triton_model(triton_model, report["int8"])
+        served = int8_path(out) if precision == "int8" else out
         folder = write_triton_repo(
             served,
             triton_repo,
@@ -165,6 +190,7 @@ def export_model(
             max_queue_delay_us=max_queue_delay_us,
         )
         report["triton"] = str(folder)
+        report["triton_model"] = {"precision": precision, "onnx": str(served), "requested": triton_model}
     if run_id is not None:
         report["mlflow"] = log_onnx_to_mlflow(run_id, files, tracking_uri)
     return report
