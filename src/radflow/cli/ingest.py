@@ -31,6 +31,11 @@ def _render(info: dict[str, Any]) -> None:
             share = f"{stats['positive'] / known:.1%}" if known else "-"
             table.add_row(label, str(stats["positive"]), str(known), share)
         console.print(table)
+    if info.get("boxes"):
+        boxes = info["boxes"]
+        readers = f" · {len(boxes['readers'])} readers, fused for training" if boxes["readers"] else ""
+        counts = ", ".join(f"{label} {n}" for label, n in boxes["counts"].items())
+        console.print(f"boxes (training set): {counts}{readers}", highlight=False)
     ingest_stats = info.get("ingest", {})
     console.print(
         f"decoded {ingest_stats.get('decoded_images', 0)} · reused {ingest_stats.get('reused_images', 0)} "
@@ -74,7 +79,10 @@ def ingest_command(
     ] = "zeros",
     labels: Annotated[
         str | None,
-        typer.Option(help="Comma-separated label columns (segmentation: structures) to keep (default: all)."),
+        typer.Option(
+            help="Comma-separated label columns (segmentation: structures; detection: box labels) to keep "
+            "(default: all)."
+        ),
     ] = None,
     frontal_only: Annotated[bool, typer.Option("--frontal-only", help="Keep frontal views only.")] = False,
     strict: Annotated[
@@ -90,7 +98,8 @@ def ingest_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print dataset.json as JSON.")] = False,
 ) -> None:
     """Decode, de-identify, preprocess and version a source: CheXpert, NIH, RSNA bone-age, folder or DICOM
-    (classification, regression), SIIM-ACR RLE or a folder of images with masks/COCO/DICOM SEG (segmentation)."""
+    (classification, regression), SIIM-ACR RLE or a folder of images with masks/COCO/DICOM SEG (segmentation),
+    RSNA Pneumonia, VinBigData (several readers, fused), NIH BBox_List or COCO JSON boxes (detection)."""
     options = IngestOptions(
         size=size,
         uncertain=uncertain,

@@ -7,13 +7,17 @@ Layout of a dataset directory ``DS/``::
     shards/pixels-00000.npy   uint8 arrays (n, size, size), memory-mapped by readers
     masks/masks-00000.npy     segmentation only: packed masks (n, size, size), same shard/offset as
                               the image (bit k = structure k; see radflow.data.masks)
+    boxes.parquet             detection only: one row per box at training size (image_id, label,
+                              reader, x0, y0, x1, y1, score; see radflow.data.boxes)
 
 Pixels live in a few large ``.npy`` files rather than one file per image, because DVC and file
 systems are slow with many small files and ``np.load(mmap_mode="r")`` gives zero-copy reads to
 DataLoader workers. Label columns are floats: 1 positive, 0 negative, NaN = ignore (unknown or
 uncertain under the U-Ignore policy); for regression the single label column is the target; for
 segmentation the labels are the structures and a label column says whether the image shows the
-structure at all (1 present, 0 absent, NaN not annotated), which stratifies the split.
+structure at all (1 present, 0 absent, NaN not annotated), which stratifies the split; for
+detection the labels are the box labels and a label column says whether the image's training
+boxes hold one of that label (1) or not (0), which stratifies the split the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from radflow.data.boxes import BOX_COLUMNS, BOX_FILE, FUSED_READER
 from radflow.data.masks import MASK_DIR, mask_dtype
 from radflow.data.preprocess import PreprocessSpec
 from radflow.errors import DataError, NotFoundError, did_you_mean
@@ -47,7 +52,7 @@ __all__ = [
 
 FORMAT_VERSION = 2
 """2: ``source_key`` (a keyed hash of the source path) replaced ``source_path``, which could hold PHI."""
-Task = Literal["multilabel", "multiclass", "regression", "segmentation"]
+Task = Literal["multilabel", "multiclass", "regression", "segmentation", "detection"]
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
     "image_id",  # sha256 of the source file, first 20 hex digits
@@ -149,12 +154,17 @@ class ShardWriter:
         self._flush()
 
 
-def compute_version(manifest: pd.DataFrame, spec: PreprocessSpec, labels: list[str], task: str) -> str:
-    """Content version of a dataset: hash of the manifest rows (minus storage layout) + preprocessing."""
+def compute_version(
+    manifest: pd.DataFrame, spec: PreprocessSpec, labels: list[str], task: str, boxes: pd.DataFrame | None = None
+) -> str:
+    """Content version of a dataset: hash of the manifest rows (minus storage layout) + preprocessing (+ boxes)."""
     content = manifest.drop(columns=["shard", "offset"], errors="ignore").sort_values("image_id")
     digest = hashlib.sha256()
     digest.update(json.dumps({"spec": spec.to_dict(), "labels": labels, "task": task}, sort_keys=True).encode())
     digest.update(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes())
+    if boxes is not None:
+        ordered = boxes[BOX_COLUMNS].sort_values(BOX_COLUMNS, kind="stable")
+        digest.update(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -188,8 +198,10 @@ def write_dataset(
     source: dict[str, Any],
     skipped: list[dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
+    boxes: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Write ``manifest.parquet`` and ``dataset.json`` (pixels are already in the shards).
+    """Write ``manifest.parquet`` and ``dataset.json`` (pixels are already in the shards), and for
+    detection ``boxes.parquet`` (``boxes``; None keeps the dataset's current one, e.g. when splitting).
 
     Files are written to temporary names and renamed, so a crash never leaves a half-written
     manifest beside a good one.
@@ -204,7 +216,12 @@ def write_dataset(
     manifest = manifest[[*MANIFEST_COLUMNS, *labels]].reset_index(drop=True)
     for label in labels:
         manifest[label] = manifest[label].astype("float32")
-    version = compute_version(manifest, spec, labels, task)
+    if task == "detection":
+        if boxes is None:
+            boxes = pd.read_parquet(root / BOX_FILE)
+        boxes = boxes[BOX_COLUMNS].reset_index(drop=True)
+        extra = {**(extra or {}), "boxes": _box_summary(boxes, labels, extra or {})}
+    version = compute_version(manifest, spec, labels, task, boxes)
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "version": version,
@@ -222,6 +239,12 @@ def write_dataset(
         "skipped": skipped or [],
         **(extra or {}),
     }
+    if boxes is not None:
+        tmp = root / f"{BOX_FILE}.tmp"
+        boxes.to_parquet(tmp, index=False)
+        os.replace(tmp, root / BOX_FILE)
+    else:
+        (root / BOX_FILE).unlink(missing_ok=True)  # a detection dataset's boxes, now stale
     tmp = root / "manifest.parquet.tmp"
     manifest.to_parquet(tmp, index=False)
     os.replace(tmp, root / "manifest.parquet")
@@ -229,6 +252,20 @@ def write_dataset(
     tmp.write_text(json.dumps(info, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, root / "dataset.json")
     return info
+
+
+def _box_summary(boxes: pd.DataFrame, labels: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """dataset.json's ``boxes``: the box labels, readers, fusion rule and box counts per label (training set)."""
+    previous = extra.get("boxes", {})
+    train = boxes[boxes["reader"] == FUSED_READER]
+    return {
+        "file": BOX_FILE,
+        "labels": labels,
+        "coordinates": "x0, y0, x1, y1 in training-size pixel edges",
+        "readers": sorted(r for r in boxes["reader"].unique() if r != FUSED_READER),
+        "fusion": previous.get("fusion"),
+        "counts": {label: int((train["label"] == label).sum()) for label in labels},
+    }
 
 
 @dataclass
@@ -241,6 +278,7 @@ class Dataset:
     _shards: list[np.ndarray] = field(default_factory=list, repr=False)
     _mask_shards: list[np.ndarray] = field(default_factory=list, repr=False)
     _location: np.ndarray | None = field(default=None, repr=False)
+    _boxes: pd.DataFrame | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, root: str | Path) -> Dataset:
@@ -342,6 +380,37 @@ class Dataset:
         for i, (shard, offset) in enumerate(loc):
             out[i] = shards[shard][offset]
         return out
+
+    @property
+    def has_boxes(self) -> bool:
+        """Whether the dataset keeps boxes (task ``detection``, ``boxes.parquet``)."""
+        return "boxes" in self.info
+
+    def box_table(self) -> pd.DataFrame:
+        """Every box of the dataset (``boxes.parquet``, read once per process), with its manifest ``row``."""
+        if self._boxes is None:
+            if not self.has_boxes:
+                raise DataError(
+                    f"dataset {self.root} has no boxes (task {self.task}).", path=self.root / "dataset.json"
+                )
+            frame = pd.read_parquet(self.root / BOX_FILE)
+            rows = pd.Series(np.arange(len(self.manifest)), index=self.manifest["image_id"].to_numpy())
+            frame.insert(0, "row", rows.reindex(frame["image_id"].to_numpy()).to_numpy())
+            self._boxes = frame[frame["row"].notna()].astype({"row": "int64"}).reset_index(drop=True)
+        return self._boxes
+
+    def boxes(self, rows: np.ndarray | list[int] | range, reader: str | None = FUSED_READER) -> list[pd.DataFrame]:
+        """Each manifest row's boxes (training size: ``label, reader, x0, y0, x1, y1, score``), in ``rows`` order.
+
+        ``reader`` ``""`` is the training set (fused for multi-reader sources), a reader's id that reader's
+        own boxes, ``None`` every set. A negative image gets an empty frame.
+        """
+        table = self.box_table()
+        if reader is not None:
+            table = table[table["reader"] == reader]
+        groups = dict(iter(table.groupby("row", sort=False)))
+        empty = table.iloc[:0]
+        return [groups.get(int(r), empty).reset_index(drop=True) for r in np.asarray(rows, dtype=np.int64)]
 
     def indices(self, split: str) -> np.ndarray:
         """Manifest row numbers of a split ("train", "val", "test" or "all")."""

@@ -25,6 +25,11 @@ cores -> write pixel shards and the manifest. Properties users rely on:
   it (bit k = structure k) and puts it through :func:`radflow.data.masks.prepare_mask`, the image's
   own geometry, into mask shards beside the pixel shards (same shard and offset). A structure's label
   is 1 when the stored mask shows it, 0 when not, NaN when the image's annotation does not cover it.
+* Boxes (task ``detection``, formats ``rsna-boxes``, ``vinbig``, ``nih-boxes``, ``coco-boxes``): each
+  record carries its boxes in original pixels; once the worker has the image's size, each box is checked
+  (inside the image, positive area) and mapped by :func:`radflow.data.boxes.to_training`, the image's own
+  geometry, into ``boxes.parquet``; multi-reader sources add the fused training set
+  (:func:`radflow.data.boxes.fuse_boxes`). A bad box skips its image, naming the box's row.
   Masks are read again on every ingest (they are cheap; pixels of unchanged files are reused), so an
   edited mask is never masked by a stale copy; a bad mask skips its image like a bad image does.
 * Extra sources (``IngestOptions.extra``, e.g. exported reader feedback) are read in the same
@@ -55,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from radflow.data.boxes import box_frame, box_rows
 from radflow.data.dataset import SHARD_DIR, Dataset, ShardWriter, write_dataset
 from radflow.data.decode import DEFAULT_MAX_PIXELS, decode_image, sniff_format
 from radflow.data.maskfiles import MaskSpec, load_mask
@@ -174,6 +180,8 @@ class _Processed:
     """Segmentation: the packed mask at training size."""
     presence: dict[str, float] | None = None
     """Segmentation: each structure's label (1 shown, 0 not, NaN not annotated)."""
+    shape: tuple[int, int] | None = None
+    """The image's original (height, width), which its boxes are checked against and mapped from."""
 
 
 _WORKER: dict[str, Any] = {}
@@ -240,6 +248,7 @@ def _process(job: tuple[str, str, MaskSpec | None]) -> _Processed:
             pixels = prepare_pixels(decoded.pixels, _WORKER["size"])
             processed = _Processed(digest, pixels, decoded.meta, decoded.identifiers)
             height, width = decoded.pixels.shape
+        processed.shape = (int(height), int(width))
     except ImageDecodeError as exc:
         message = str(exc)
         return _Processed(digest, None, {}, {}, message.removeprefix(f"{key}: "))
@@ -427,6 +436,9 @@ def ingest(
         ShardWriter.for_masks(out, spec.size, len(table.labels), subdir=mask_staging) if segmentation else None
     )
     rows: list[dict[str, Any]] = []
+    boxes: list[dict[str, object]] = []
+    detection = table.task == "detection"
+    fuse = bool(table.info.get("multi_reader"))
     seen: dict[str, str] = {}
     reused = 0
     try:
@@ -442,6 +454,16 @@ def ingest(
             if processed.sha256 in seen:
                 skipped.append({**where, "error": f"duplicate of source_key {seen[processed.sha256]}"})
                 continue
+            if record.boxes is not None:
+                assert processed.shape is not None
+                try:
+                    image_boxes = box_rows(processed.sha256[:20], record.boxes, *processed.shape, spec.size, fuse)
+                except DataError as exc:
+                    if options.strict:
+                        raise DataError(f"{exc} (image {record.rel_path}; --strict)", record.table, exc.row) from None
+                    skipped.append({**where, "row": exc.row, "error": str(exc)})
+                    continue
+                boxes += image_boxes
             seen[processed.sha256] = key
             pixels = processed.pixels
             if pixels is None:
@@ -507,7 +529,9 @@ def ingest(
             extra={
                 "ingest": {"reused_images": reused, "decoded_images": len(rows) - reused, "workers": workers},
                 "warnings": [f"label {label!r} has no positive image" for label in no_positive],
+                **({"boxes": {"fusion": table.info.get("fusion")}} if detection else {}),
             },
+            boxes=box_frame(boxes) if detection else None,
         )
     finally:
         shutil.rmtree(out / staging, ignore_errors=True)

@@ -6,6 +6,13 @@ from pathlib import Path
 
 from radflow.data.sources.base import SourceRecord, SourceTable
 from radflow.data.sources.boneage import read_boneage
+from radflow.data.sources.boxsources import (
+    BOX_FORMATS,
+    read_coco_box_source,
+    read_nih_box_source,
+    read_rsna_box_source,
+    read_vinbig_source,
+)
 from radflow.data.sources.chexpert import read_chexpert
 from radflow.data.sources.dicom_dir import read_dicom_dir
 from radflow.data.sources.folder import read_folder
@@ -14,11 +21,19 @@ from radflow.data.sources.nih import read_nih
 from radflow.data.sources.siim import read_siim
 from radflow.errors import ConfigError, did_you_mean
 
-__all__ = ["FORMATS", "SEGMENTATION_FORMATS", "SourceRecord", "SourceTable", "read_source"]
+__all__ = ["BOX_FORMATS", "FORMATS", "SEGMENTATION_FORMATS", "SourceRecord", "SourceTable", "read_source"]
 
-FORMATS = ("chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks")
+FORMATS = ("chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks", *BOX_FORMATS)
 SEGMENTATION_FORMATS = ("siim", "masks")
 """Formats whose records carry masks (task ``segmentation``; ``--labels`` selects structures)."""
+
+_BOX_READERS = {
+    "rsna-boxes": read_rsna_box_source,
+    "vinbig": read_vinbig_source,
+    "nih-boxes": read_nih_box_source,
+    "coco-boxes": read_coco_box_source,
+}
+"""Formats whose records carry boxes (task ``detection``; ``--labels`` selects box labels)."""
 
 
 def read_source(
@@ -43,6 +58,8 @@ def read_source(
         return read_siim(src, labels=labels)
     if fmt == "masks":
         return read_mask_folder(src, labels=labels)
+    if fmt in BOX_FORMATS:
+        return _BOX_READERS[fmt](src, labels)
     if labels is not None and fmt in ("boneage", "folder"):
         raise ConfigError(f"--labels does not apply to --format {fmt} (its labels are fixed by the source).")
     if fmt == "boneage":

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from radflow.data.boxes import SourceBox
 from radflow.data.dataset import Task
 from radflow.data.maskfiles import MaskSpec
 from radflow.errors import DataError, NotFoundError, did_you_mean
@@ -54,6 +55,8 @@ class SourceRecord:
     """File name of the label CSV the row is in, for error messages."""
     mask: MaskSpec | None = None
     """Segmentation sources: where the image's mask comes from; ingest reads it and sets the structures' labels."""
+    boxes: tuple[SourceBox, ...] | None = None
+    """Detection sources: the image's boxes in its original pixels (none: a negative image); ingest maps them."""
 
 
 @dataclass
