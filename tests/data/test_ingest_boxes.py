@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from radflow.cli import app
 from radflow.data.boxes import BOX_FILE, to_original, to_training
 from radflow.data.dataset import Dataset
 from radflow.data.dicom import write_dicom
@@ -84,10 +86,13 @@ def test_rsna_boxes_land_exactly_and_go_back_to_the_original(tmp_path: Path) -> 
     assert set(p0["reader"]) == {""} and set(p0["score"]) == {1.0}
 
 
-def test_rsna_strict_fails_and_keeps_the_dataset(tmp_path: Path) -> None:
+def test_rsna_reingest_reuses_pixels_and_strict_fails_keeping_the_dataset(tmp_path: Path) -> None:
     src = _rsna(tmp_path / "rsna")
-    ingest(src, "rsna-boxes", tmp_path / "ds", _options())
+    first = ingest(src, "rsna-boxes", tmp_path / "ds", _options())
     before = pd.read_parquet(tmp_path / "ds" / BOX_FILE)
+    again = ingest(src, "rsna-boxes", tmp_path / "ds", _options())  # pixels reused, boxes read again
+    assert again["ingest"]["reused_images"] == 3 and again["version"] == first["version"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ds" / BOX_FILE), before)
     with pytest.raises(DataError, match=r"stage_2_train_labels\.csv, row 6: y is not a number"):
         ingest(src, "rsna-boxes", tmp_path / "ds", _options(strict=True))
     csv = src / "stage_2_train_labels.csv"
@@ -132,9 +137,9 @@ def test_vinbig_keeps_each_reader_and_fuses_for_training(tmp_path: Path) -> None
         fused.loc["Nodule/Mass", ["x0", "y0", "x1", "y1"]].to_numpy().tolist()
         == to_training(np.array([[11, 10, 21, 20]]), 40, 64, SIZE)[0].tolist()
     )
-    # four readers read v0 (R4 found nothing) but boxes count only the readers who drew one
-    assert fused.loc["Nodule/Mass", "score"] == pytest.approx(2 / 3)
-    assert fused.loc["Cardiomegaly", "score"] == pytest.approx(1 / 3)
+    # four readers read v0 (R4 found nothing): two of them marked the nodule, one the heart
+    assert fused.loc["Nodule/Mass", "score"] == pytest.approx(2 / 4)
+    assert fused.loc["Cardiomegaly", "score"] == pytest.approx(1 / 4)
     assert len(ds.boxes([rows["v0"]], reader=None)[0]) == 5
     targets = dict(zip(ds.labels, ds.targets(np.array([rows["v0"]]))[0], strict=True))
     assert targets["Nodule/Mass"] == 1 and targets["Cardiomegaly"] == 1 and targets["ILD"] == 0
@@ -213,3 +218,13 @@ def test_split_stratifies_by_box_labels_and_keeps_the_boxes(tmp_path: Path) -> N
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ds" / BOX_FILE), before)
     test_rows = ds.indices("test")
     assert sum(len(b) for b in ds.boxes(test_rows)) == 1
+
+
+def test_cli_ingest_vinbig_shows_boxes(tmp_path: Path) -> None:
+    _vinbig(tmp_path / "vin")
+    result = CliRunner().invoke(
+        app, ["ingest", str(tmp_path / "vin"), "--format", "vinbig", "--out", str(tmp_path / "ds"), "--size", "32"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "task detection" in result.output and "3 readers, fused for training" in result.output
+    assert "Nodule/Mass 1" in result.output and "row 9" in result.output

@@ -11,7 +11,8 @@ the same anatomy in the stored pixels.
 Readers: ``reader == ""`` is the set a detector trains on. Single-reader sources write only that
 set (score 1). Multi-reader sources (VinBigData's ``rad_id``) keep every reader's own boxes under
 the reader's id and add the fused set under ``""``: :func:`fuse_boxes` (weighted box fusion with
-equal weights, see there), whose score is the share of the image's readers that drew the box.
+equal weights, see there), whose score is the share of the image's readers that drew the box
+(readers who found nothing count: one of three readers marking a nodule gives 1/3).
 An image without a box in the training set is a negative image; a label column of the manifest
 is 1 when the image's training set holds a box of that label, else 0 (the split stratifies on it).
 
@@ -115,8 +116,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def fuse_boxes(boxes: Sequence[SourceBox], iou: float = FUSION_IOU) -> list[tuple[SourceBox, float]]:
+def fuse_boxes(
+    boxes: Sequence[SourceBox], iou: float = FUSION_IOU, readers: int | None = None
+) -> list[tuple[SourceBox, float]]:
     """One image's boxes from several readers fused into one set: (fused box, share of readers that drew it).
+
+    ``readers``: how many read the image, also those who found nothing (default: those who drew a box).
 
     Weighted box fusion (Solovyev, Wang & Gabruseva, 2021) with every reader's box weighted equally:
     per label, boxes are taken largest first; each joins the first cluster whose fused box it
@@ -125,7 +130,7 @@ def fuse_boxes(boxes: Sequence[SourceBox], iou: float = FUSION_IOU) -> list[tupl
     of three saw stays, with score 1/3), so training sees what any reader marked and the score says how
     sure the readers were.
     """
-    readers = sorted({b.reader for b in boxes})
+    n_readers = max(readers or 0, len({b.reader for b in boxes}))
     out: list[tuple[SourceBox, float]] = []
     for label in sorted({b.label for b in boxes}):
         mine = sorted(
@@ -145,12 +150,18 @@ def fuse_boxes(boxes: Sequence[SourceBox], iou: float = FUSION_IOU) -> list[tupl
                 fused.append(corners)
         for members, (x0, y0, x1, y1) in zip(clusters, fused, strict=True):
             box = SourceBox(label, float(x0), float(y0), float(x1), float(y1), FUSED_READER, members[0].row)
-            out.append((box, len(members) / len(readers)))
+            out.append((box, len(members) / n_readers))
     return out
 
 
 def box_rows(
-    image_id: str, boxes: Sequence[SourceBox], height: int, width: int, size: int, fuse: bool
+    image_id: str,
+    boxes: Sequence[SourceBox],
+    height: int,
+    width: int,
+    size: int,
+    fuse: bool,
+    readers: int | None = None,
 ) -> list[dict[str, object]]:
     """The ``boxes.parquet`` rows of one image: its boxes checked, mapped to training size, fused when ``fuse``.
 
@@ -163,7 +174,7 @@ def box_rows(
             raise DataError(str(exc), row=box.row) from None
     kept: list[tuple[SourceBox, float]] = [(b, 1.0) for b in boxes]
     if fuse:
-        kept += fuse_boxes([b for b in boxes if b.reader != FUSED_READER])
+        kept += fuse_boxes([b for b in boxes if b.reader != FUSED_READER], readers=readers)
     if not kept:
         return []
     corners = to_training(np.array([[b.x0, b.y0, b.x1, b.y1] for b, _ in kept]), height, width, size)

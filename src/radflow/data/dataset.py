@@ -279,6 +279,9 @@ class Dataset:
     _mask_shards: list[np.ndarray] = field(default_factory=list, repr=False)
     _location: np.ndarray | None = field(default=None, repr=False)
     _boxes: pd.DataFrame | None = field(default=None, repr=False)
+    _box_groups: dict[str | None, tuple[dict[int, pd.DataFrame], pd.DataFrame]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def open(cls, root: str | Path) -> Dataset:
@@ -403,14 +406,17 @@ class Dataset:
         """Each manifest row's boxes (training size: ``label, reader, x0, y0, x1, y1, score``), in ``rows`` order.
 
         ``reader`` ``""`` is the training set (fused for multi-reader sources), a reader's id that reader's
-        own boxes, ``None`` every set. A negative image gets an empty frame.
+        own boxes, ``None`` every set. A negative image gets an empty frame. Frames are cached per reader:
+        treat them as read-only.
         """
-        table = self.box_table()
-        if reader is not None:
-            table = table[table["reader"] == reader]
-        groups = dict(iter(table.groupby("row", sort=False)))
-        empty = table.iloc[:0]
-        return [groups.get(int(r), empty).reset_index(drop=True) for r in np.asarray(rows, dtype=np.int64)]
+        if reader not in self._box_groups:
+            table = self.box_table()
+            if reader is not None:
+                table = table[table["reader"] == reader]
+            groups = {int(g["row"].iat[0]): g.reset_index(drop=True) for _, g in table.groupby("row", sort=False)}
+            self._box_groups[reader] = (groups, table.iloc[:0].reset_index(drop=True))
+        groups, empty = self._box_groups[reader]
+        return [groups.get(int(r), empty) for r in np.asarray(rows, dtype=np.int64)]
 
     def indices(self, split: str) -> np.ndarray:
         """Manifest row numbers of a split ("train", "val", "test" or "all")."""

@@ -457,7 +457,8 @@ def ingest(
             if record.boxes is not None:
                 assert processed.shape is not None
                 try:
-                    image_boxes = box_rows(processed.sha256[:20], record.boxes, *processed.shape, spec.size, fuse)
+                    image_id, readers = processed.sha256[:20], len(record.readers) or None
+                    image_boxes = box_rows(image_id, record.boxes, *processed.shape, spec.size, fuse, readers)
                 except DataError as exc:
                     if options.strict:
                         raise DataError(f"{exc} (image {record.rel_path}; --strict)", record.table, exc.row) from None

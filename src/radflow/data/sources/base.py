@@ -57,6 +57,8 @@ class SourceRecord:
     """Segmentation sources: where the image's mask comes from; ingest reads it and sets the structures' labels."""
     boxes: tuple[SourceBox, ...] | None = None
     """Detection sources: the image's boxes in its original pixels (none: a negative image); ingest maps them."""
+    readers: tuple[str, ...] = ()
+    """Multi-reader detection sources: everyone who read the image, also those who found nothing."""
 
 
 @dataclass

@@ -93,6 +93,7 @@ def _records(
                 row=image.row,
                 table=table.name,
                 boxes=boxes,
+                readers=tuple(sorted(image.readers)),
             )
         )
     info: dict[str, Any] = {"format": fmt, "box_labels": selected, "multi_reader": multi_reader}
