@@ -413,7 +413,8 @@ class Dataset:
             table = self.box_table()
             if reader is not None:
                 table = table[table["reader"] == reader]
-            groups = {int(g["row"].iat[0]): g.reset_index(drop=True) for _, g in table.groupby("row", sort=False)}
+            frames = [g.reset_index(drop=True) for _, g in table.groupby("row", sort=False)]
+            groups = {int(frame["row"].to_numpy()[0]): frame for frame in frames}
             self._box_groups[reader] = (groups, table.iloc[:0].reset_index(drop=True))
         groups, empty = self._box_groups[reader]
         return [groups.get(int(r), empty) for r in np.asarray(rows, dtype=np.int64)]
