@@ -209,3 +209,26 @@ def test_a_raw_image_with_curls_default_form_type_is_sniffed_and_accepted(app: A
     assert "application/x-www-form-urlencoded" in refused.json()["error"] and "not a PNG" in refused.json()["error"]
     dicom_like = b"\0" * 128 + b"DICM" + b"\0" * 64  # an image, but not one this server allows
     assert app.request("POST", "/v1/predict", content=dicom_like, headers=form).status_code == 415
+
+
+def test_dicom_seg_is_refused_for_a_classifier_and_for_a_non_dicom_upload(app: AppHarness, tmp_path: Path) -> None:
+    from radflow.data.dicom import write_dicom
+
+    path = tmp_path / "x.dcm"
+    write_dicom(path, np.zeros((24, 24), np.uint16), bits_stored=12, uid_seed="v1-seg")
+    dicom = app.request(
+        "POST",
+        "/v1/predict",
+        params={"format": "dicom-seg"},
+        content=path.read_bytes(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert dicom.status_code == 422 and "segmentation models" in dicom.json()["error"], dicom.text
+    assert "multilabel" in dicom.json()["error"]
+    png = app.request("POST", "/v1/predict", content=png_bytes(2), headers={"accept": "application/dicom"})
+    assert png.status_code == 415 and "a PNG image" in png.json()["error"]
+    # JSON stays the answer when the client accepts it too.
+    both = app.request(
+        "POST", "/v1/predict", content=png_bytes(2), headers={"accept": "application/json, application/dicom"}
+    )
+    assert both.status_code == 200 and "findings" in both.json()

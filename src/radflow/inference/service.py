@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ import numpy as np
 
 from radflow.data.decode import DecodedImage, decode_image, sniff_format
 from radflow.data.preprocess import from_model_input, to_model_input
-from radflow.errors import ConfigError, NotFoundError
+from radflow.errors import ConfigError, NotFoundError, did_you_mean
 from radflow.inference.admission import Admission
 from radflow.inference.batching import CpuGate
 from radflow.inference.errors import OverloadedError, UnsupportedMediaError
@@ -33,9 +34,17 @@ from radflow.inference.metrics import ServiceMetrics
 from radflow.inference.routing import CHALLENGER_ARM, CHAMPION_ARM, LoadedModel, ModelArm, Router, load_model
 from radflow.inference.settings import ServeSettings
 from radflow.monitor.drift import DriftAlert, DriftThresholds, DriftTracker
-from radflow.monitor.reference import embedding_source, embeddings_from, fetch_reference, input_summary, load_reference
+from radflow.monitor.reference import (
+    embedding_source,
+    embeddings_from,
+    fetch_reference,
+    input_summary,
+    load_reference,
+    output_feature_values,
+)
 from radflow.runtime import InvalidInputError
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
+from radflow.runtime.session import pixel_spacing
 from radflow.tasks import Prediction, validate_feedback
 
 if TYPE_CHECKING:
@@ -67,6 +76,14 @@ class PreparedImage:
     sha256: str
     tensors: list[np.ndarray]
     summaries: list[np.ndarray | None]
+    spacing: tuple[float, float] | None = None
+    """(row, column) pixel spacing in mm of a DICOM upload a segmentation arm scores (its areas in mm^2)."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The upload's (height, width): a segmentation answer's masks are at this size."""
+        height, width = self.decoded.pixels.shape
+        return int(height), int(width)
 
 
 def preload(settings: ServeSettings) -> dict[str, LoadedModel]:
@@ -221,7 +238,9 @@ class InferenceService:
             pixels = a.model.prepare(decoded)
             tensors.append(to_model_input(pixels, a.model.spec))
             summaries.append(input_summary(pixels) if self.drift is not None else None)
-        return PreparedImage(decoded, hashlib.sha256(data).hexdigest(), tensors, summaries)
+        dense = any(a.model.dense for a in arms)
+        spacing = pixel_spacing(data) if dense and decoded.format == "dicom" else None
+        return PreparedImage(decoded, hashlib.sha256(data).hexdigest(), tensors, summaries, spacing)
 
     async def _score(
         self, arm: ModelArm, tensor: np.ndarray, sex: np.ndarray | None
@@ -241,8 +260,11 @@ class InferenceService:
         if self.drift is None or summary is None:
             return
         monitor = self.drift.get(arm.name, arm.version)
-        if monitor is not None:
-            monitor.observe(summary, scores, embedding, view)
+        if monitor is None:
+            return
+        if arm.model.dense:  # maps (K, S, S): the window holds their output features (area:<s>), not the maps
+            scores = output_feature_values(scores[None], arm.model.labels, monitor.outputs)[0]
+        monitor.observe(summary, scores, embedding, view)
 
     def _log(
         self,
@@ -260,15 +282,19 @@ class InferenceService:
         pixels: np.ndarray | None = None,
         upload: bytes | None = None,
         routing_key: str | None = None,
+        size: tuple[int, int] | None = None,
+        spacing: tuple[float, float] | None = None,
     ) -> Any:
         """What every door does after scoring one image: the prediction log, the score metrics, the drift window.
 
         ``pixels`` (decoded) and ``upload`` (the bytes as sent) are what the stored input is made from
-        (:meth:`radflow.store.Store.log` keeps a plain grey PNG upload as it is).
+        (:meth:`radflow.store.Store.log` keeps a plain grey PNG upload as it is). ``size`` (height, width)
+        and ``spacing`` of the upload place a segmentation answer's masks at the input's resolution; a
+        tensor input has neither and gets them at model size.
         """
         from radflow.store import PredictionRecord, study_key
 
-        prediction = arm.model.to_prediction(scores)
+        prediction = arm.model.to_prediction(scores, size, spacing)
         record = PredictionRecord(
             model_name=arm.name,
             model_version=arm.version,
@@ -358,6 +384,8 @@ class InferenceService:
             pixels=prepared.decoded.pixels,
             upload=data,
             routing_key=routing_key,  # its hash lets feedback export refuse held-out studies
+            size=prepared.size,
+            spacing=prepared.spacing,
         )
         answer = {
             "id": record.id,
@@ -389,6 +417,8 @@ class InferenceService:
                 summary=prepared.summaries[1],
                 embedding=embedding,
                 view=_view(prepared.decoded),
+                size=prepared.size,
+                spacing=prepared.spacing,
             )
         finally:
             arm.release()
@@ -526,6 +556,72 @@ class InferenceService:
                 return arm.model.heatmap_png(pixels, label)
 
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, draw)
+
+    async def mask_png(self, prediction_id: str, structure: str | None = None) -> bytes:
+        """A logged segmentation answer's mask as PNG, decoded from its stored RLE (the input is not needed).
+
+        One ``structure``: black/white; none: all structures in one label PNG
+        (:func:`radflow.runtime.masks.encode_label_png`). A prediction without masks or an unknown
+        structure is an :class:`InvalidInputError` naming what there is.
+        """
+        from radflow.runtime.masks import decode_rle, encode_label_png, encode_mask_png
+
+        record = await self.get_prediction(prediction_id)
+        structures = (record.get("outputs") or {}).get("structures")
+        if not isinstance(structures, list) or not structures:
+            raise InvalidInputError(
+                f"prediction {prediction_id} is from a {record.get('model_name', '')!r} model that answers no masks; "
+                "mask.png is for segmentation models."
+            )
+        names = [str(s["structure"]) for s in structures]
+        if structure is not None and structure not in names:
+            raise InvalidInputError(
+                f"unknown structure {structure!r}; prediction {prediction_id} has {', '.join(names)}."
+                f"{did_you_mean(structure, names)}"
+            )
+
+        def draw() -> bytes:
+            if structure is not None:
+                entry = structures[names.index(structure)]
+                return encode_mask_png(decode_rle(entry["rle"], f"prediction {prediction_id} {structure}"))
+            masks = [decode_rle(s["rle"], f"prediction {prediction_id} {s['structure']}") for s in structures]
+            return encode_label_png(np.stack(masks))
+
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, draw)
+
+    async def dicom_seg(self, answer: dict[str, Any], data: bytes) -> bytes:
+        """The DICOM SEG of a segmentation ``answer`` (:meth:`predict`'s) on its DICOM upload ``data``.
+
+        Built in the request from the uploaded bytes and the answer's RLE masks (at the source's Rows x
+        Columns): only :func:`radflow.runtime.dicom_seg.reference_attributes` of the source reach the SEG,
+        and neither the source's patient attributes nor the SEG are logged or stored.
+        """
+        from radflow.runtime.dicom_seg import build_dicom_seg, encode_dicom_seg
+        from radflow.runtime.masks import decode_rle
+        from radflow.tasks.segmentation import LESION_STRUCTURES
+
+        structures = answer.get("structures")
+        if not isinstance(structures, list) or not structures:
+            raise InvalidInputError(
+                f"model {answer['model']['name']!r} answers no masks; format=dicom-seg is for segmentation models."
+            )
+
+        def build() -> bytes:
+            import pydicom
+
+            source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            masks = np.stack([decode_rle(s["rle"], f"structure {s['structure']}") for s in structures])
+            seg = build_dicom_seg(
+                source,
+                masks,
+                [str(s["structure"]) for s in structures],
+                model_name=str(answer["model"]["name"]),
+                model_version=str(answer["model"]["version"]),
+                lesion_structures=LESION_STRUCTURES,
+            )
+            return encode_dicom_seg(seg)
+
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, build)
 
     # -- admin ------------------------------------------------------------------------------
 

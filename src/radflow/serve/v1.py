@@ -1,9 +1,13 @@
-"""``/v1``: images in (multipart or raw PNG, JPEG, DICOM), findings or values out; predictions, feedback, monitoring.
+"""``/v1``: images in (multipart or raw PNG, JPEG, DICOM), findings, values or masks out; predictions, feedback.
 
 A raw body's type is sniffed from its bytes (PNG and JPEG signatures, DICOM's ``DICM`` at offset
 128): a declared image type, ``application/octet-stream``, none, or curl's ``--data-binary``
 default ``application/x-www-form-urlencoded`` is accepted when the bytes are an image; any other
 declared type is refused with 415 naming it.
+
+A segmentation model answers ``structures`` (area, box and COCO RLE at the input's size); the
+masks come back as PNG from the logged RLE (``/v1/predictions/{id}/mask.png``), or, for a DICOM
+upload, as a DICOM SEG in place of the JSON (``?format=dicom-seg`` or ``Accept: application/dicom``).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ _UPLOAD = {
         },
     }
 }
+_DICOM = "application/dicom"
 _PREDICTION_ERRORS = error_responses(404, 503)
 """An unknown (or no longer stored) prediction, or the store still opening."""
 
@@ -78,22 +83,61 @@ _PREDICTION_ERRORS = error_responses(404, 503)
         "default `application/x-www-form-urlencoded` is accepted when the bytes are PNG, JPEG or DICOM."
     ),
     openapi_extra=_UPLOAD,
-    responses=error_responses(400, 413, 415, 422, 503, 504),
+    responses={
+        200: {
+            "description": "The answer (findings, value or structures); a DICOM SEG when asked for one.",
+            "content": {"application/json": {}, _DICOM: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(400, 413, 415, 422, 503, 504),
+    },
 )
 async def predict(
     request: Request,
     sex: Literal["M", "F"] | None = Query(None, description="Sex for regression models (else the DICOM header)."),
+    format: Literal["json", "dicom-seg"] = Query(
+        "json",
+        description=(
+            "`dicom-seg`: a segmentation model's masks as a DICOM SEG referencing the uploaded DICOM "
+            "(also asked for by `Accept: application/dicom`); the JSON answer is logged as always."
+        ),
+    ),
 ) -> Response:
     service = service_of(request)
+    seg = format == "dicom-seg" or _accepts_dicom(request.headers.get("accept", ""))
     # Admission (503 at capacity) before the body is read, held to the answer; the service does not count it
     # again. Entered here rather than by the `admitted` dependency: a generator dependency costs every request
     # FastAPI's exit stack.
     with service.admission.enter():
-        answer = await service.predict(
-            await _image(request, service.settings), request.headers.get("x-routing-key"), sex
-        )
-    label_answer(request, {**answer["model"], "arm": answer["arm"]})
+        data = await _image(request, service.settings)
+        if seg:
+            _check_seg_request(request, data)
+        answer = await service.predict(data, request.headers.get("x-routing-key"), sex)
+        label_answer(request, {**answer["model"], "arm": answer["arm"]})
+        if seg:
+            body = await service.dicom_seg(answer, data)
+            return Response(body, media_type=_DICOM, headers={"X-Prediction-Id": str(answer["id"])})
     return json_answer(answer)
+
+
+def _accepts_dicom(accept: str) -> bool:
+    """Whether an Accept header asks for DICOM rather than JSON (it names application/dicom and not JSON)."""
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return _DICOM in types and "application/json" not in types
+
+
+def _check_seg_request(request: Request, data: bytes) -> None:
+    """A SEG needs a DICOM upload (415 otherwise) and a served model that answers masks (422 otherwise)."""
+    fmt = sniff_format(data)
+    if fmt != "dicom":
+        got = f"a {fmt.upper()} image" if fmt else "not an image"
+        raise UnsupportedMediaError(
+            f"a DICOM SEG answer references its source DICOM, and the upload is {got}; send the DICOM file, "
+            "or drop format=dicom-seg / Accept: application/dicom for the JSON answer with its RLE masks."
+        )
+    arms = service_of(request).require_router().arms()
+    if not any(a.model.dense for a in arms):
+        names = ", ".join(f"{a.name} ({a.model.task})" for a in arms)
+        raise InvalidInputError(f"format=dicom-seg is for segmentation models; this server serves {names}.")
 
 
 async def _image(request: Request, s: ServeSettings) -> bytes:
@@ -137,6 +181,28 @@ async def heatmap(request: Request, prediction_id: str, label: str = Query(..., 
     return Response(png, media_type="image/png")
 
 
+@v1.get(
+    "/predictions/{prediction_id}/mask.png",
+    summary="A segmentation prediction's mask as PNG, from its logged RLE",
+    description=(
+        "`label=STRUCTURE`: that structure, black (0) and white (255). No label: every structure in one palette "
+        "PNG whose pixel value holds the structure bits (bit k = the k-th structure of the answer, overlaps kept)."
+    ),
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "The mask at the input's original size."},
+        **error_responses(404, 422, 503),
+    },
+)
+async def mask_png(
+    request: Request,
+    prediction_id: str,
+    label: str | None = Query(None, min_length=1, description="One structure; all when omitted."),
+) -> Response:
+    png = await service_of(request).mask_png(prediction_id, label)
+    return Response(png, media_type="image/png")
+
+
 @v1.post(
     "/feedback",
     status_code=201,
@@ -160,7 +226,7 @@ async def feedback(request: Request, body: FeedbackIn) -> JSONResponse:
     summary="Drift against each model version's reference, online evaluation, recent alerts",
     responses=error_responses(422, 503),
 )
-async def monitoring(request: Request, alerts: int = Query(20, ge=0, le=500)) -> JSONResponse:
+async def monitoring(request: Request, alerts: int = Query(20, ge=0, le=500)) -> Response:
     """Drift is scored on the current window when asked (and every ``drift_interval_s`` in the background).
 
     Shape (stable; the dashboard and the simulator read it)::
@@ -189,4 +255,5 @@ async def monitoring(request: Request, alerts: int = Query(20, ge=0, le=500)) ->
                       "feature", "statistic", "score", "threshold", "message", "details"}]   # newest first
         }
     """
-    return JSONResponse(await service_of(request).monitoring(alerts))
+    # orjson writes an undefined statistic (a window of empty masks has no mask confidence) as null.
+    return json_answer(await service_of(request).monitoring(alerts))
