@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -114,21 +115,69 @@ def test_monitor_collects_then_scores_and_alerts_once_per_crossing() -> None:
     _feed(monitor, rng, 300, shift=0.1)
     report, raised = monitor.evaluate()
     assert report["status"] == "alert"
-    crossed = {(a.feature, a.statistic) for a in raised}
+    assert len(raised) == 1, "one shift is one event: one alert, whatever the number of statistics it moved"
+    (event,) = raised
+    crossed = {(c["feature"], c["statistic"]) for c in event.crossings}
+    assert crossed == {(s["feature"], s["statistic"]) for s in report["scores"] if s["alert"]}
     assert ("intensity_mean", "psi") in crossed and ("embedding", "mean_distance") in crossed
     assert ("score:A", "psi") not in crossed, "the outputs did not move"
-    assert all(a.score >= a.threshold for a in raised)
-    assert "intensity_mean" in next(a for a in raised if a.feature == "intensity_mean").message
+    assert all(c["score"] >= c["threshold"] for c in event.crossings)
+    assert event.features[0] == event.feature == "intensity_mean" and event.statistic == "psi"
+    assert len(event.features) == len(set(event.features)) >= 5 and "score:A" not in event.features
+    assert all(name in event.message for name in event.features)
+    assert event.message.startswith(f"m v1: drift in {len(event.features)} features over the last 300 predictions")
+    assert event.details == {"window": 300, "features": event.features, "crossings": event.crossings}
+    assert event.to_dict()["features"] == event.features
 
     again, raised_again = monitor.evaluate()
     assert again["status"] == "alert" and raised_again == [], "a standing crossing is not alerted twice"
+    _feed(monitor, rng, 300, shift=0.2)  # the same event growing is not a new one
+    assert monitor.evaluate()[1] == []
 
     _feed(monitor, rng, 300)  # back to normal: re-armed
     report, raised = monitor.evaluate()
     assert report["status"] == "ok" and raised == []
     _feed(monitor, rng, 300, shift=0.1)
     _, raised = monitor.evaluate()
-    assert ("intensity_mean", "psi") in {(a.feature, a.statistic) for a in raised}, "a new crossing alerts again"
+    assert len(raised) == 1 and ("intensity_mean", "psi") in {
+        (c["feature"], c["statistic"]) for c in raised[0].crossings
+    }
+
+
+def test_the_group_rearms_only_when_every_statistic_is_back_below_rearm() -> None:
+    rng = np.random.default_rng(5)
+    monitor = DriftMonitor("m", "1", _reference(rng), thresholds=DriftThresholds(min_window=200), capacity=300)
+    _feed(monitor, rng, 300, shift=0.1)
+    assert len(monitor.evaluate()[1]) == 1
+    # inputs back to normal, but the embedding still far off: the event has not ended
+    for _ in range(300):
+        monitor.observe(rng.normal(0.5, 0.1, len(INPUT_FEATURES)), rng.uniform(0, 1, 1), rng.normal(1.0, 1, 2))
+    report, raised = monitor.evaluate()
+    assert [s["feature"] for s in report["scores"] if s["alert"]] == ["embedding"] and raised == []
+    _feed(monitor, rng, 300, shift=0.1)  # the inputs shift again within the same event: no second alert
+    assert monitor.evaluate()[1] == []
+
+
+def test_psi_sees_a_shift_off_a_value_most_reference_images_share() -> None:
+    """The served case: intensity_p05 is 0 on most reference images; a brighter border moves it off 0.
+
+    Merged decile edges left one bin [0, inf) for every value, so PSI was 0.0 while KS was 0.786.
+    """
+    levels = np.arange(1, 11) / 255.0
+    reference = np.concatenate([np.zeros(950), np.repeat(levels[:5], 10)])  # 95% black at the 5th percentile
+    live = np.concatenate([np.zeros(82), np.resize(levels, 418)])  # 16.4% still 0, the rest one to ten levels up
+    old_edges = np.unique(np.quantile(reference, np.linspace(0, 1, 11)[1:-1]))
+    old_probs = np.bincount(np.searchsorted(old_edges, reference, side="right"), minlength=len(old_edges) + 1)
+    assert psi(old_edges, old_probs / old_probs.sum(), live) == pytest.approx(0.0, abs=1e-9)
+    assert ks_test(reference, live)[0] == pytest.approx(0.786)
+
+    prof = NumericProfile.from_values(reference)
+    assert prof.edges[:2] == [0.0, float(np.nextafter(0.0, 1.0))], "the shared value is a bin of its own"
+    assert prof.probs[1] == pytest.approx(0.95)
+    assert psi(prof.edges, prof.probs, live) > 1.0 > DriftThresholds().psi
+    assert psi(prof.edges, prof.probs, reference) == pytest.approx(0.0, abs=1e-9)
+    again = NumericProfile.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert again.edges == prof.edges, "the edge just above 0 survives reference.json"
 
 
 def test_monitor_without_reference_counts_and_says_why() -> None:

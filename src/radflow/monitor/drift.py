@@ -4,16 +4,20 @@ The service calls :meth:`DriftMonitor.observe` once per served image (an O(1) co
 buffer under a lock, a few microseconds) and :meth:`DriftMonitor.evaluate` every few seconds and
 on ``GET /v1/monitoring`` (off the event loop). Scores per feature:
 
-* PSI (population stability index) of the window over the reference's decile bins;
+* PSI (population stability index) of the window over the reference's decile bins (a value many
+  reference images share, such as a black border's 0, is a bin of its own: ``reference.psi_edges``);
 * the two-sample Kolmogorov-Smirnov statistic (and p-value) against the reference sample;
 * for the embedding, the standardized mean distance: the RMS over dimensions of
   ``(live mean - reference mean) / reference std``, i.e. how many reference standard deviations
   the average image has moved in feature space.
 
-A statistic alerts when it reaches its threshold, once per crossing: it re-arms only after it falls
-below ``rearm`` x threshold, so a drifting feature does not raise an alert on every evaluation
-and a score hovering at the threshold does not flap. Nothing is scored until the window holds
-``min_window`` observations: PSI of a small window is biased upward by about (bins - 1) / n.
+Alerts are per event, not per statistic: when statistics of a model version reach their thresholds,
+one :class:`DriftAlert` lists them all (a brightness shift moves most features at once). The version
+re-arms as a group, only after every statistic has fallen below ``rearm`` x threshold, so a drifting
+window does not raise an alert on every evaluation, a score hovering at the threshold does not
+flap, and a second feature crossing during the same event is part of it (the report shows it).
+Nothing is scored until the window holds ``min_window`` observations: PSI of a small window is
+biased upward by about (bins - 1) / n.
 """
 
 from __future__ import annotations
@@ -139,22 +143,64 @@ class RingBuffer:
 
 @dataclass
 class DriftAlert:
-    """A statistic that crossed its threshold (recorded once per crossing)."""
+    """One drift event of a model version: every statistic that crossed its threshold in one window.
+
+    A brightness shift moves most features at once; it is one event with one alert listing them,
+    not one alert per statistic. ``feature``/``statistic``/``score``/``threshold`` are the event's
+    first crossing (in report order: inputs, outputs, embedding, view), for a single-valued column or label.
+    """
 
     model: str
     version: str
-    feature: str
-    statistic: str
-    score: float
-    threshold: float
+    crossings: list[dict[str, Any]]
+    """``{"feature", "statistic", "score", "threshold"}`` per crossed statistic, in report order."""
     window: int
+
+    def __post_init__(self) -> None:
+        if not self.crossings:
+            raise ValueError("a drift alert needs at least one crossed statistic.")
+
+    @property
+    def features(self) -> list[str]:
+        """The features that drifted, each once, in report order."""
+        return list(dict.fromkeys(c["feature"] for c in self.crossings))
+
+    @property
+    def feature(self) -> str:
+        return str(self.crossings[0]["feature"])
+
+    @property
+    def statistic(self) -> str:
+        return str(self.crossings[0]["statistic"])
+
+    @property
+    def score(self) -> float:
+        return float(self.crossings[0]["score"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.crossings[0]["threshold"])
 
     @property
     def message(self) -> str:
+        parts = []
+        for name in self.features:
+            scores = ", ".join(
+                f"{c['statistic']} {c['score']:.3f} >= {c['threshold']:g}"
+                for c in self.crossings
+                if c["feature"] == name
+            )
+            parts.append(f"{name} ({scores})")
+        count = len(self.features)
         return (
-            f"{self.model} v{self.version}: {self.statistic} of {self.feature} is {self.score:.3f} "
-            f"(threshold {self.threshold:g}) over the last {self.window} predictions."
+            f"{self.model} v{self.version}: drift in {count} feature{'s' if count != 1 else ''} over the last "
+            f"{self.window} predictions: {'; '.join(parts)}."
         )
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """What a stored alert row keeps beyond its columns: the window and every crossing."""
+        return {"window": self.window, "features": self.features, "crossings": self.crossings}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +211,8 @@ class DriftAlert:
             "statistic": self.statistic,
             "score": self.score,
             "threshold": self.threshold,
+            "features": self.features,
+            "crossings": self.crossings,
             "window": self.window,
             "message": self.message,
         }
@@ -195,7 +243,8 @@ class DriftMonitor:
         self._rows = RingBuffer(self.capacity, width)
         self._emb = RingBuffer(self.capacity, self.embedding_dim) if self.embedding_dim else None
         self._views: list[str] = []
-        self._alerting: set[tuple[str, str]] = set()
+        self._event_open = False
+        """A drift event was alerted and has not ended: some statistic is still at or above rearm x threshold."""
         self.observed = 0
         self.last: dict[str, Any] | None = None
         self._scored_at = -1
@@ -297,24 +346,16 @@ class DriftMonitor:
             return report, []
         scores = self._scores(rows, emb, views)
         raised: list[DriftAlert] = []
+        crossed = [s for s in scores if s["alert"]]
         with self._lock:
-            for s in scores:
-                key = (s["feature"], s["statistic"])
-                if s["alert"] and key not in self._alerting:
-                    self._alerting.add(key)
-                    raised.append(
-                        DriftAlert(
-                            self.model,
-                            self.version,
-                            s["feature"],
-                            s["statistic"],
-                            s["score"],
-                            s["threshold"],
-                            len(rows),
-                        )
-                    )
-                elif not s["alert"] and key in self._alerting and s["score"] < self.thresholds.rearm * s["threshold"]:
-                    self._alerting.discard(key)
+            if crossed and not self._event_open:
+                self._event_open = True
+                keys = ("feature", "statistic", "score", "threshold")
+                raised.append(
+                    DriftAlert(self.model, self.version, [{k: c[k] for k in keys} for c in crossed], len(rows))
+                )
+            elif self._event_open and all(s["score"] < self.thresholds.rearm * s["threshold"] for s in scores):
+                self._event_open = False
         alert = any(s["alert"] for s in scores)
         report = {
             **base,

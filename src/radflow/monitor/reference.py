@@ -57,6 +57,7 @@ __all__ = [
     "load_reference",
     "output_feature_values",
     "output_features",
+    "psi_edges",
     "reference_path",
     "write_reference",
 ]
@@ -160,12 +161,26 @@ def embeddings_from(output: np.ndarray, source: str) -> np.ndarray:
     return arr.reshape(arr.shape[0], -1)
 
 
+def psi_edges(values: np.ndarray, bins: int = PSI_BINS) -> np.ndarray:
+    """Inner PSI bin edges of ``values``: their quantiles, ties merged, with each tied value a bin of its own.
+
+    When many values are equal (``intensity_p05`` is 0 on most images with a black border), several
+    deciles coincide; merged, they leave one wide bin that holds the tied value *and* its neighbours, so
+    a shift off the tie (a brighter border) stays in that bin and PSI reads 0 while KS sees it. An edge
+    just above each tied value makes the tie its own bin ``[v, v]``: any live value that moved off it counts.
+    """
+    quantiles = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    edges, repeats = np.unique(quantiles, return_counts=True)
+    tied = edges[repeats > 1]
+    return np.unique(np.concatenate([edges, np.nextafter(tied, np.inf)]))
+
+
 @dataclass
 class NumericProfile:
     """One feature's reference distribution."""
 
     edges: list[float]
-    """Inner bin edges (deciles of the reference); bins are (-inf, e0), [e0, e1), ..., [e_last, inf)."""
+    """Inner bin edges (:func:`psi_edges` of the reference); bins are (-inf, e0), [e0, e1), ..., [e_last, inf)."""
     probs: list[float]
     """Share of reference values per bin (``len(edges) + 1`` entries)."""
     sample: list[float]
@@ -181,7 +196,7 @@ class NumericProfile:
         vals = vals[np.isfinite(vals)]
         if vals.size == 0:
             raise DataError("cannot profile a feature without finite values.")
-        edges = np.unique(np.quantile(vals, np.linspace(0, 1, bins + 1)[1:-1]))
+        edges = psi_edges(vals, bins)
         counts = np.bincount(np.searchsorted(edges, vals, side="right"), minlength=len(edges) + 1)
         rng = np.random.default_rng(seed)
         sample = vals if vals.size <= SAMPLE_SIZE else rng.choice(vals, SAMPLE_SIZE, replace=False)
