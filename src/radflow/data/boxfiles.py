@@ -1,8 +1,10 @@
 """Readers of the box formats users have: RSNA Pneumonia, VinBigData, NIH ``BBox_List_2017.csv``, COCO JSON.
 
-Each reader turns its file into :class:`ImageBoxes` per image, keyed by the image's name as the file
-writes it (RSNA ``patientId``, VinBigData ``image_id``, NIH ``Image Index``, COCO ``file_name``), with
-every box in the original image's pixels as :class:`radflow.data.boxes.SourceBox` corners
+Each reader turns its table (the CSV read as strings, its columns checked, by
+:func:`radflow.data.sources.base.read_csv`; COCO: the JSON file) into :class:`ImageBoxes` per
+image, keyed by the image's name as the file writes it (RSNA ``patientId``, VinBigData
+``image_id``, NIH ``Image Index``, COCO ``file_name``), with every box in the original image's
+pixels as :class:`radflow.data.boxes.SourceBox` corners
 ``x0, y0, x1, y1``. Nothing here needs the image: a row's own faults (a coordinate missing or not a
 number, a negative or zero width or height, a label the format does not declare) are recorded on its
 image as ``errors`` (row, message), and the source adapter skips that image, listing every bad row:
@@ -18,17 +20,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from radflow.data.boxes import SourceBox
 from radflow.errors import DataError, NotFoundError, did_you_mean
 
 __all__ = [
     "NIH_BOX_LABELS",
+    "NIH_COLUMNS",
+    "RSNA_COLUMNS",
     "RSNA_LABEL",
+    "VINBIG_COLUMNS",
     "VINBIG_LABELS",
     "VINBIG_NO_FINDING",
     "ImageBoxes",
@@ -39,6 +46,10 @@ __all__ = [
 ]
 
 RSNA_LABEL = "Lung Opacity"
+RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+VINBIG_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
+NIH_COLUMNS = ("Image Index", "Finding Label")
+"""The named columns of NIH's box list; the four after ``Finding Label`` are the box."""
 VINBIG_LABELS = (
     "Aortic enlargement",
     "Atelectasis",
@@ -83,7 +94,7 @@ class ImageBoxes:
     """Readers who read the image, also those who found nothing (VinBigData)."""
 
 
-def _number(cells: dict[str, Any], column: str) -> float:
+def _number(cells: Mapping[Hashable, Any], column: str) -> float:
     text = str(cells.get(column, "")).strip()
     if not text:
         raise DataError(f"{column} is blank")
@@ -109,26 +120,15 @@ def _declared(name: str, labels: Sequence[str], aliases: dict[str, str] | None =
     return label
 
 
-def _table(path: Path, what: str, columns: Sequence[str]) -> Any:
-    """The CSV read as strings with its required columns checked (the source readers' own CSV reading)."""
-    # imported here: the source adapters import this module, and radflow.data.sources imports them
-    from radflow.data.sources.base import check_columns, read_csv
-
-    frame = read_csv(path, what)
-    check_columns(frame, columns, path, what)
-    return frame
-
-
 def _image(images: dict[str, ImageBoxes], key: str, row: int) -> ImageBoxes:
     return images.setdefault(key, ImageBoxes(row))
 
 
-def read_rsna_boxes(path: Path) -> dict[str, ImageBoxes]:
+def read_rsna_boxes(frame: pd.DataFrame, path: Path) -> dict[str, ImageBoxes]:
     """RSNA Pneumonia ``stage_2_train_labels.csv``: ``patientId,x,y,width,height,Target``, a row per box.
 
     ``Target`` 1 rows are ``Lung Opacity`` boxes; a ``Target`` 0 row (coordinates blank) marks a negative image.
     """
-    frame = _table(path, "RSNA box CSV", ("patientId", "x", "y", "width", "height", "Target"))
     images: dict[str, ImageBoxes] = {}
     for i, cells in enumerate(frame.to_dict("records")):
         line, key = i + 2, str(cells["patientId"]).strip()
@@ -148,11 +148,9 @@ def read_rsna_boxes(path: Path) -> dict[str, ImageBoxes]:
     return images
 
 
-def read_vinbig_boxes(path: Path) -> dict[str, ImageBoxes]:
+def read_vinbig_boxes(frame: pd.DataFrame, path: Path) -> dict[str, ImageBoxes]:
     """VinBigData ``train.csv``: ``image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max``, a row per box
     and reader; ``No finding`` rows say that reader found nothing. Each box keeps its reader (``rad_id``)."""
-    columns = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
-    frame = _table(path, "VinBigData box CSV", columns)
     images: dict[str, ImageBoxes] = {}
     for i, cells in enumerate(frame.to_dict("records")):
         line, key = i + 2, str(cells["image_id"]).strip()
@@ -176,10 +174,9 @@ def read_vinbig_boxes(path: Path) -> dict[str, ImageBoxes]:
     return images
 
 
-def read_nih_boxes(path: Path) -> dict[str, ImageBoxes]:
+def read_nih_boxes(frame: pd.DataFrame, path: Path) -> dict[str, ImageBoxes]:
     """NIH ``BBox_List_2017.csv``: ``Image Index, Finding Label, Bbox [x,y,w,h]`` (the bracketed header
     splits into four columns; trailing empty columns are ignored), a row per box."""
-    frame = _table(path, "NIH box list CSV", ("Image Index", "Finding Label"))
     if len(frame.columns) < 6:
         raise DataError(
             "NIH box list CSV needs the columns Image Index, Finding Label, Bbox [x,y,w,h]; "

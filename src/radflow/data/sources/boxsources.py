@@ -23,10 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from radflow.data.boxes import FUSION_IOU
 from radflow.data.boxfiles import (
     NIH_BOX_LABELS,
+    NIH_COLUMNS,
+    RSNA_COLUMNS,
     RSNA_LABEL,
+    VINBIG_COLUMNS,
     VINBIG_LABELS,
     ImageBoxes,
     read_coco_boxes,
@@ -35,7 +40,7 @@ from radflow.data.boxfiles import (
     read_vinbig_boxes,
 )
 from radflow.data.labels import parse_label_list
-from radflow.data.sources.base import SourceRecord, SourceTable, skip_entry
+from radflow.data.sources.base import SourceRecord, SourceTable, check_columns, read_csv, skip_entry
 from radflow.data.sources.maskfolder import IN_IMAGES
 from radflow.data.sources.paths import AS_WRITTEN, SourceFolder, SourcePathError
 from radflow.errors import NotFoundError
@@ -55,6 +60,12 @@ def _file(src: Path, names: tuple[str, ...], what: str) -> Path:
         if (src / name).is_file():
             return src / name
     raise NotFoundError(f"no {what} file in {src}: expected {' or '.join(names)}")
+
+
+def _csv(path: Path, what: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    frame = read_csv(path, what)
+    check_columns(frame, columns, path, what)
+    return frame
 
 
 def _records(
@@ -118,7 +129,7 @@ def read_rsna_box_source(src: Path, labels: str | list[str] | None = None) -> So
     csv_path = _file(Path(src), ("stage_2_train_labels.csv", "stage_1_train_labels.csv"), "RSNA Pneumonia")
     folder = SourceFolder(csv_path.parent)
     locate = _by_name(folder, csv_path, (".dcm", ".dicom", ".png", ".jpg"))
-    images = read_rsna_boxes(csv_path)
+    images = read_rsna_boxes(_csv(csv_path, "RSNA box CSV", RSNA_COLUMNS), csv_path)
     return _records("rsna-boxes", images, csv_path, locate, folder, [RSNA_LABEL], labels, patient=lambda key: key)
 
 
@@ -127,7 +138,7 @@ def read_vinbig_source(src: Path, labels: str | list[str] | None = None) -> Sour
     csv_path = _file(Path(src), ("train.csv",), "VinBigData")
     folder = SourceFolder(csv_path.parent)
     locate = _by_name(folder, csv_path, (".dicom", ".dcm", ".png", ".jpg"))
-    images = read_vinbig_boxes(csv_path)
+    images = read_vinbig_boxes(_csv(csv_path, "VinBigData box CSV", VINBIG_COLUMNS), csv_path)
     return _records("vinbig", images, csv_path, locate, folder, list(VINBIG_LABELS), labels, multi_reader=True)
 
 
@@ -135,7 +146,7 @@ def read_nih_box_source(src: Path, labels: str | list[str] | None = None) -> Sou
     """NIH ChestX-ray14 boxes (see the module docstring)."""
     csv_path = _file(Path(src), ("BBox_List_2017.csv",), "NIH box list")
     folder = SourceFolder(csv_path.parent)
-    images = read_nih_boxes(csv_path)
+    images = read_nih_boxes(_csv(csv_path, "NIH box list CSV", NIH_COLUMNS), csv_path)
     return _records(
         "nih-boxes",
         images,
