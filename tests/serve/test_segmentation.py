@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from radflow.data.dicom import write_dicom
+from radflow.data.preprocess import to_model_input
 from radflow.errors import NotFoundError
 from radflow.inference import ServeSettings
 from radflow.runtime import InvalidInputError, RadflowModel
@@ -130,3 +131,21 @@ def test_drift_window_gets_area_and_confidence_features_of_dense_answers(app: Ap
     outputs = {s["feature"] for s in report["scores"] if s["group"] == "output"}
     assert {f"area:{s}" for s in ("Left Lung", "Right Lung", "Lesion")} <= outputs
     assert "confidence:Left Lung" in outputs
+
+
+def test_v2_returns_the_probability_maps_and_logs_masks_at_model_size(app: AppHarness, seg_model: Path) -> None:
+    model = RadflowModel.load(seg_model)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(seed, shape=(32, 32))))) for seed in (20, 21)])
+    tensor = to_model_input(pixels, model.spec)
+    body = {
+        "inputs": [{"name": "image", "shape": list(tensor.shape), "datatype": "FP32", "data": tensor.ravel().tolist()}]
+    }
+    arm = app.service.require_router().champion
+    response = app.request("POST", f"/v2/models/{arm.name}/infer", json=body)
+    assert response.status_code == 200, response.text
+    (out,) = [o for o in response.json()["outputs"] if o["name"] == model.meta.output]
+    maps = np.asarray(out["data"], np.float32).reshape(out["shape"])
+    assert maps.shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(maps, model.run(pixels, cam=False)[0], atol=1e-5)
+    rows = [r for r in app.service.require_store().predictions() if r["input_format"] == "tensor"]
+    assert len(rows) == 2 and all(s["rle"]["size"] == [32, 32] for r in rows for s in r["outputs"]["structures"])
