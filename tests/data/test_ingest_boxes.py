@@ -228,3 +228,40 @@ def test_cli_ingest_vinbig_shows_boxes(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "task detection" in result.output and "3 readers, fused for training" in result.output
     assert "Nodule/Mass 1" in result.output and "row 9" in result.output
+
+
+def _rect(x: float, y: float, w: float, h: float, label: str, rotation: float = 0) -> dict[str, object]:
+    value = {"x": x, "y": y, "width": w, "height": h, "rotation": rotation, "rectanglelabels": [label]}
+    return {"type": "rectanglelabels", "original_width": 48, "original_height": 40, "value": value}
+
+
+def test_label_studio_rectangles_in_percent_with_two_readers(tmp_path: Path) -> None:
+    src = tmp_path / "ls"
+    for name in ("1a2b3c4d-l0.png", "l1.png", "l2.png"):
+        write_png(src / "upload" / name, len(name), (40, 48))
+    (src / "labels.txt").write_text("Nodule\nEffusion\n")
+    tasks = [
+        {  # two readers agree on a nodule (25% of 48 = 12 px ...)
+            "data": {"image": "/data/upload/1/1a2b3c4d-l0.png"},
+            "annotations": [
+                {"completed_by": 1, "result": [_rect(25, 25, 25, 50, "Nodule")]},
+                {"completed_by": 2, "result": [_rect(25, 25, 25, 50, "Nodule")]},
+            ],
+        },
+        {"data": {"image": "/data/upload/1/l1.png"}, "annotations": [{"completed_by": 1, "result": []}]},
+        {
+            "data": {"image": "/data/upload/1/l2.png"},
+            "annotations": [{"completed_by": 1, "result": [_rect(10, 10, 5, 5, "Nodule", rotation=30)]}],
+        },
+        {"data": {"image": "/data/upload/1/ghost.png"}, "annotations": []},
+    ]
+    (src / "export.json").write_text(json.dumps(tasks))
+    info = ingest(src, "label-studio", tmp_path / "ds", _options())
+    assert info["labels"] == ["Nodule", "Effusion"] and info["boxes"]["readers"] == ["1", "2"]
+    errors = {entry["row"]: entry["error"] for entry in info["skipped"]}
+    assert set(errors) == {2, 3} and "rotated by 30" in errors[2] and "does not exist" in errors[3]
+    ds = Dataset.open(tmp_path / "ds")
+    rows = _by_name(ds, tmp_path / SALT_FILE)
+    fused = ds.boxes([rows["1a2b3c4d-l0"]])[0]
+    assert _corners(fused) == to_training(np.array([[12, 10, 24, 30]]), 40, 48, SIZE).tolist()
+    assert fused["score"].tolist() == [1.0] and len(ds.boxes([rows["l1"]])[0]) == 0

@@ -99,7 +99,7 @@ def ingest_command(
 ) -> None:
     """Decode, de-identify, preprocess and version a source: CheXpert, NIH, RSNA bone-age, folder or DICOM
     (classification, regression), SIIM-ACR RLE or a folder of images with masks/COCO/DICOM SEG (segmentation),
-    RSNA Pneumonia, VinBigData (several readers, fused), NIH BBox_List or COCO JSON boxes (detection)."""
+    RSNA Pneumonia, VinBigData (several readers, fused), NIH BBox_List, COCO JSON or Label Studio boxes (detection)."""
     options = IngestOptions(
         size=size,
         uncertain=uncertain,

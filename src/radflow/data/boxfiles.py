@@ -1,4 +1,5 @@
-"""Readers of the box formats users have: RSNA Pneumonia, VinBigData, NIH ``BBox_List_2017.csv``, COCO JSON.
+"""Readers of the box formats users have: RSNA Pneumonia, VinBigData, NIH ``BBox_List_2017.csv``, COCO JSON,
+Label Studio rectangles.
 
 Each reader turns its table (the CSV read as strings, its columns checked, by
 :func:`radflow.data.sources.base.read_csv`; COCO: the JSON file) into :class:`ImageBoxes` per
@@ -13,7 +14,7 @@ inside its image is checked by ingest, once the image's size is known
 (:func:`radflow.data.boxes.check_box`).
 
 Negative images: RSNA rows with ``Target`` 0 and blank coordinates, VinBigData ``No finding`` rows,
-COCO images without annotations; NIH's list holds positive images only.
+COCO images without annotations, Label Studio tasks without a rectangle; NIH's list holds positive images only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "VINBIG_NO_FINDING",
     "ImageBoxes",
     "read_coco_boxes",
+    "read_label_studio_boxes",
     "read_nih_boxes",
     "read_rsna_boxes",
     "read_vinbig_boxes",
@@ -239,3 +241,65 @@ def read_coco_boxes(path: Path) -> tuple[dict[str, ImageBoxes], list[str], list[
         except DataError as exc:
             image.errors.append((k, f"annotation {k}: {exc}"))
     return images, labels, orphans
+
+
+def read_label_studio_boxes(
+    path: Path, declared: Sequence[str] | None = None
+) -> tuple[dict[str, ImageBoxes], list[str], bool]:
+    """A Label Studio JSON export's ``rectanglelabels`` results: images by ``data.image``, each annotation
+    its own reader (``completed_by``), box values in percent of ``original_width``/``original_height``.
+
+    ``declared``: the labels a box may have (the labelling config's, from ``labels.txt``); without it
+    every label used is declared. Returns the images, the labels (``declared``, else in order of first
+    use) and whether any task has several annotations (then every annotation's boxes are kept under
+    its reader and fused for training). A rotated rectangle is an error (not an axis-aligned box); a
+    task without a result is a negative image.
+    """
+    if not path.is_file():
+        raise NotFoundError(f"Label Studio JSON export not found: {path}")
+    try:
+        tasks = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"not JSON ({exc})", path) from None
+    if not isinstance(tasks, list):
+        raise DataError("a Label Studio JSON export is a list of tasks", path)
+    images: dict[str, ImageBoxes] = {}
+    labels: list[str] = []
+    multi = False
+    for t, task in enumerate(tasks):
+        image_ref = task.get("data", {}).get("image") if isinstance(task, dict) else None
+        if not isinstance(image_ref, str) or not image_ref.strip():
+            raise DataError(f"task {t} has no data.image", path)
+        image = _image(images, image_ref.strip(), t)
+        annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        multi = multi or len(annotations) > 1
+        for k, annotation in enumerate(annotations):
+            reader = str(annotation.get("completed_by", k))
+            image.readers.add(reader)
+            for result in annotation.get("result", []):
+                if result.get("type") != "rectanglelabels":
+                    continue
+                try:
+                    value = result.get("value", {})
+                    if float(value.get("rotation", 0) or 0) != 0:
+                        raise DataError(
+                            f"a rectangle rotated by {value['rotation']} degrees is not an axis-aligned box"
+                        )
+                    names = value.get("rectanglelabels") or []
+                    if len(names) != 1:
+                        raise DataError(f"a rectangle needs exactly one label, got {names!r}")
+                    label = _declared(str(names[0]), declared) if declared is not None else str(names[0])
+                    if label not in labels:
+                        labels.append(label)
+                    sx = _number(result, "original_width") / 100
+                    sy = _number(result, "original_height") / 100
+                    x, y = _number(value, "x") * sx, _number(value, "y") * sy
+                    w, h = _number(value, "width") * sx, _number(value, "height") * sy
+                    image.boxes.append(_corners(x, y, x + w, y + h, label, t, reader))
+                except DataError as exc:
+                    image.errors.append((t, f"task {t}: {exc}"))
+    if not multi:  # one reader per image: the boxes are the training set itself
+        for image in images.values():
+            image.boxes = [replace(b, reader="") for b in image.boxes]
+            image.readers = set()
+    return images, (list(declared) if declared is not None else labels), multi

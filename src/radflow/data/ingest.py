@@ -25,7 +25,8 @@ cores -> write pixel shards and the manifest. Properties users rely on:
   it (bit k = structure k) and puts it through :func:`radflow.data.masks.prepare_mask`, the image's
   own geometry, into mask shards beside the pixel shards (same shard and offset). A structure's label
   is 1 when the stored mask shows it, 0 when not, NaN when the image's annotation does not cover it.
-* Boxes (task ``detection``, formats ``rsna-boxes``, ``vinbig``, ``nih-boxes``, ``coco-boxes``): each
+* Boxes (task ``detection``, formats ``rsna-boxes``, ``vinbig``, ``nih-boxes``, ``coco-boxes``,
+  ``label-studio``): each
   record carries its boxes in original pixels; once the worker has the image's size, each box is checked
   (inside the image, positive area) and mapped by :func:`radflow.data.boxes.to_training`, the image's own
   geometry, into ``boxes.parquet``; multi-reader sources add the fused training set

@@ -9,6 +9,7 @@ from radflow.data.sources.boneage import read_boneage
 from radflow.data.sources.boxsources import (
     BOX_FORMATS,
     read_coco_box_source,
+    read_label_studio_source,
     read_nih_box_source,
     read_rsna_box_source,
     read_vinbig_source,
@@ -32,6 +33,7 @@ _BOX_READERS = {
     "vinbig": read_vinbig_source,
     "nih-boxes": read_nih_box_source,
     "coco-boxes": read_coco_box_source,
+    "label-studio": read_label_studio_source,
 }
 """Formats whose records carry boxes (task ``detection``; ``--labels`` selects box labels)."""
 

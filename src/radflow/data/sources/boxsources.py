@@ -7,6 +7,10 @@
   and the training set is their fusion (:func:`radflow.data.boxes.fuse_boxes`).
 * ``nih-boxes``: NIH ``BBox_List_2017.csv`` and its images by ``Image Index`` anywhere below SRC; the
   patient is the file name's prefix (``00000001_000.png`` -> ``00000001``), as in ``Data_Entry_2017.csv``.
+* ``label-studio``: a Label Studio JSON export (the one ``*.json`` in SRC, or the JSON given as SRC) with
+  ``rectanglelabels`` results; images by the file name of ``data.image`` anywhere below SRC (also without
+  the 8-character prefix Label Studio gives uploads); ``labels.txt`` (one a line), if present, declares
+  the labels; several annotations of a task are several readers (``completed_by``), kept and fused.
 * ``coco-boxes``: a COCO JSON (``annotations.json`` in SRC, or the JSON given as SRC) with ``bbox``
   annotations; images by ``file_name`` below the JSON's folder or its ``images/``; categories are labels.
 
@@ -35,6 +39,7 @@ from radflow.data.boxfiles import (
     VINBIG_LABELS,
     ImageBoxes,
     read_coco_boxes,
+    read_label_studio_boxes,
     read_nih_boxes,
     read_rsna_boxes,
     read_vinbig_boxes,
@@ -45,9 +50,17 @@ from radflow.data.sources.maskfolder import IN_IMAGES
 from radflow.data.sources.paths import AS_WRITTEN, SourceFolder, SourcePathError
 from radflow.errors import NotFoundError
 
-__all__ = ["BOX_FORMATS", "read_coco_box_source", "read_nih_box_source", "read_rsna_box_source", "read_vinbig_source"]
+__all__ = [
+    "BOX_FORMATS",
+    "read_coco_box_source",
+    "read_label_studio_source",
+    "read_nih_box_source",
+    "read_rsna_box_source",
+    "read_vinbig_source",
+]
 
-BOX_FORMATS = ("rsna-boxes", "vinbig", "nih-boxes", "coco-boxes")
+BOX_FORMATS = ("rsna-boxes", "vinbig", "nih-boxes", "coco-boxes", "label-studio")
+LABELS_FILE = "labels.txt"
 COCO_BOX_FILE = "annotations.json"
 
 
@@ -170,3 +183,34 @@ def read_coco_box_source(src: Path, labels: str | list[str] | None = None) -> So
 
     skipped = [skip_entry(None, message, row, json_path) for row, message in orphans]
     return _records("coco-boxes", images, json_path, locate, folder, declared, labels, skipped=skipped)
+
+
+def _upload_names(ref: str) -> list[str]:
+    """File names a Label Studio ``data.image`` may have on disk: as uploaded, and without the upload prefix."""
+    name = ref.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    head, dash, rest = name.partition("-")
+    plain = rest if dash and len(head) == 8 and all(c in "0123456789abcdef" for c in head) and rest else None
+    return [name] if plain is None else [name, plain]
+
+
+def read_label_studio_source(src: Path, labels: str | list[str] | None = None) -> SourceTable:
+    """Label Studio rectangles (see the module docstring)."""
+    src = Path(src)
+    if src.is_dir():
+        found = sorted(src.glob("*.json"))
+        if len(found) != 1:
+            what = "none" if not found else ", ".join(p.name for p in found)
+            raise NotFoundError(f"expected one Label Studio JSON export in {src}, found {what}; give the file as SRC")
+        src = found[0]
+    json_path = _file(src, (), "Label Studio")
+    folder = SourceFolder(json_path.parent)
+    declared_file = json_path.parent / LABELS_FILE
+    declared = None
+    if declared_file.is_file():
+        declared = [line.strip() for line in declared_file.read_text().splitlines() if line.strip()]
+    images, found_labels, multi = read_label_studio_boxes(json_path, declared)
+
+    def locate(key: str, row: int) -> Path:
+        return folder.find(_upload_names(key), written=key, table=json_path, row=row)
+
+    return _records("label-studio", images, json_path, locate, folder, found_labels, labels, multi_reader=multi)
