@@ -112,3 +112,37 @@ def test_init_json_output_is_only_json(tmp_path: Path) -> None:
     info = json.loads(result.stdout)  # DVC's own banner must not land on stdout
     assert info["stages"][0] == "synth" and len(info["commit"]) == 40
     assert load_params(tmp_path / "ws" / "params.yaml").train.epochs == 2
+
+
+def test_the_first_run_is_committed_as_the_baseline_later_runs_compare_to(tmp_path: Path) -> None:
+    """What ``dvc exp run`` leaves after a first run, without running it: HEAD then has the lock and metrics."""
+    from radflow.config import Params, params_yaml
+    from radflow.pipeline.dvc_yaml import METRICS, REGISTRATION, ROC, TRAIN_METRICS, dvc_yaml
+    from radflow.pipeline.workspace import _GITIGNORE, commit_first_run, run_git
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    run_git(root, "init", "-q")
+    run_git(root, "config", "user.name", "t")
+    run_git(root, "config", "user.email", "t@localhost")
+    (root / "params.yaml").write_text(params_yaml(Params()))
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(Params())))
+    (root / ".gitignore").write_text(_GITIGNORE)
+    run_git(root, "add", "-A")
+    run_git(root, "commit", "-q", "-m", "init")
+    assert commit_first_run(root) is None, "no run yet: nothing to commit"
+
+    (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    for rel in (TRAIN_METRICS, METRICS, ROC, REGISTRATION, "models/checkpoints/last.pt", "data/dataset/x"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("{}")
+    (root / "data" / ".gitignore").write_text("/dataset\n")
+    (root / "notes.txt").write_text("the user's own file")
+
+    commit = commit_first_run(root)
+    assert commit == _git(root, "rev-parse", "HEAD").strip()
+    committed = set(_git(root, "show", "--name-only", "--format=", "HEAD").split())
+    assert committed == {"dvc.lock", TRAIN_METRICS, METRICS, ROC, REGISTRATION, "data/.gitignore"}
+    assert "notes.txt" in _git(root, "status", "--porcelain"), "only the run's results are committed"
+    (root / METRICS).write_text('{"test_macro_auroc": 0.9}')  # a later run: an experiment, not a commit
+    assert commit_first_run(root) is None

@@ -32,7 +32,7 @@ import yaml
 from radflow.config import load_params
 from radflow.errors import ConfigError, RadflowError
 from radflow.pipeline import dvc_yaml as paths
-from radflow.pipeline.workspace import find_workspace, git_env
+from radflow.pipeline.workspace import commit_first_run, find_workspace, git_env
 
 __all__ = ["SIGNATURE_FILE", "is_dvc_notice", "parse_sets", "pipeline_signature", "run_pipeline"]
 
@@ -167,8 +167,10 @@ def run_pipeline(
 
     ``on_line`` receives DVC's output line by line as it comes. Returns ``{"workspace", "ran",
     "skipped", "experiment", "seconds", "stage_seconds", "metrics", "training", "registration",
-    "gates_passed"}`` (``gates_passed`` None before anything was registered); a failed gate is a
-    result, not an error: ``radflow run`` turns it into exit code 1.
+    "gates_passed", "baseline_commit"}`` (``gates_passed`` None before anything was registered); a failed
+    gate is a result, not an error: ``radflow run`` turns it into exit code 1. The workspace's first
+    successful run is committed (:func:`~radflow.pipeline.workspace.commit_first_run`; ``baseline_commit``)
+    so ``dvc metrics diff`` and ``dvc exp show`` compare later runs to it.
     """
     root = find_workspace(workspace)
     sets = list(sets or [])
@@ -178,7 +180,8 @@ def run_pipeline(
     if not sets and not name and _unchanged(root):
         if on_line:
             on_line("Nothing changed since the last run: every stage is up to date.")
-        return {**_result(root, [], _stage_paths(root)[0], None, time.perf_counter() - started), "stage_seconds": {}}
+        nothing = _result(root, [], _stage_paths(root)[0], None, time.perf_counter() - started)
+        return {**nothing, "stage_seconds": {}, "baseline_commit": None}
     command = [sys.executable, "-m", "dvc", "exp", "run"]
     for item in sets:
         command += ["-S", item]
@@ -217,7 +220,9 @@ def run_pipeline(
     experiment = None
     for match in _EXP.finditer(text):
         experiment = match.group(1) or match.group(2)
+    baseline = commit_first_run(root)
     stamp = root / SIGNATURE_FILE
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"signature": pipeline_signature(root)}))
-    return {**_result(root, ran, skipped, experiment, seconds), "stage_seconds": stage_seconds}
+    result = {**_result(root, ran, skipped, experiment, seconds), "stage_seconds": stage_seconds}
+    return {**result, "baseline_commit": baseline}

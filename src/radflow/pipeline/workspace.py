@@ -29,6 +29,7 @@ from radflow.tracking import telemetry_off
 
 __all__ = [
     "DEFAULT_REMOTE",
+    "commit_first_run",
     "commit_paths",
     "dvc_add",
     "find_workspace",
@@ -227,3 +228,38 @@ def commit_paths(root: Path, paths: list[str], message: str) -> str | None:
         return None
     run_git(root, "commit", "-q", "-m", message, "--", *present)
     return run_git(root, "rev-parse", "HEAD").stdout.strip()
+
+
+def _uncached_outputs(root: Path) -> list[str]:
+    """The ``cache: false`` outs, metrics and plots of ``dvc.yaml``: results DVC leaves to git."""
+    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    found = []
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                if isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False:
+                    found.append(next(iter(entry)))
+    return found
+
+
+def commit_first_run(root: Path) -> str | None:
+    """After the first successful run, commit what it wrote for git: the baseline later runs compare to.
+
+    Until HEAD holds ``dvc.lock`` and the metrics, ``dvc metrics diff`` warns "failed to load some
+    metrics for HEAD" and ``dvc exp show`` has no baseline row. Committed: ``dvc.lock``, ``params.yaml``
+    (a first run with ``-S`` changed it), the uncached metrics, plots and registration, and the
+    ``.gitignore`` files DVC wrote beside its outputs; never what ``.gitignore`` keeps out (checkpoints).
+    Returns the commit, None when HEAD already had a ``dvc.lock`` (later runs are DVC experiments).
+    """
+    if (
+        not (root / "dvc.lock").is_file()
+        or run_git(root, "cat-file", "-e", "HEAD:dvc.lock", check=False).returncode == 0
+    ):
+        return None
+    results = [p for p in _uncached_outputs(root) if run_git(root, "check-ignore", "-q", p, check=False).returncode]
+    ignores = run_git(root, "ls-files", "--others", "--exclude-standard", "--", ":(glob)**/.gitignore").stdout.split()
+    return commit_paths(
+        root,
+        ["dvc.lock", "params.yaml", *results, *ignores],
+        "radflow run: the first run's dvc.lock, metrics and plots (the baseline of dvc metrics diff and dvc exp show)",
+    )
