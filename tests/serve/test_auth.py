@@ -146,6 +146,10 @@ def _example(
     return url, kwargs
 
 
+_NOT_FOR_THIS_MODEL = {"/v1/predictions/{prediction_id}/mask.png": 422}
+"""Routes whose valid call needs another kind of model than this test's multi-label one, and what they answer."""
+
+
 def test_each_route_answers_401_without_a_token_403_for_a_lesser_role_and_2xx_for_its_role(
     secured: AppHarness, tokens: dict[str, dict[str, str]], prediction_id: str
 ) -> None:
@@ -188,6 +192,9 @@ def test_each_route_answers_401_without_a_token_403_for_a_lesser_role_and_2xx_fo
             if denied.status_code != 403:
                 problems.append(f"{where} with role {lesser[-1]} answered {denied.status_code}, not 403")
         right = call(tokens[allowed[0]])
+        if path in _NOT_FOR_THIS_MODEL and right.status_code == _NOT_FOR_THIS_MODEL[path]:
+            checked += 1  # let through, and refused for what the multi-label model is, not for who asked
+            continue
         if not 200 <= right.status_code < 300:
             problems.append(f"{where} with role {allowed[0]} answered {right.status_code}: {right.text[:200]}")
         checked += 1

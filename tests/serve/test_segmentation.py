@@ -14,9 +14,8 @@ from PIL import Image
 
 from radflow.data.dicom import write_dicom
 from radflow.data.preprocess import to_model_input
-from radflow.errors import NotFoundError
 from radflow.inference import ServeSettings
-from radflow.runtime import InvalidInputError, RadflowModel
+from radflow.runtime import RadflowModel
 from radflow.runtime.masks import decode_rle
 from radflow.runtime.session import pixel_spacing
 from tests.serve.harness import AppHarness
@@ -66,26 +65,24 @@ def test_predict_answers_structures_at_the_input_size_and_logs_them(app: AppHarn
 
 
 def test_mask_png_is_the_logged_rle_pixel_for_pixel(app: AppHarness) -> None:
-    # Through the service the route calls: GET /v1/predictions/{id}/mask.png answers 403 until
-    # radflow.serve.auth gives the route its access rule.
     answer = app.request("POST", "/v1/predict", content=png_bytes(5, shape=(28, 36))).json()
     pid = answer["id"]
     masks = np.stack([decode_rle(s["rle"]) for s in answer["structures"]])
+    route = f"/v1/predictions/{pid}/mask.png"
     for k, entry in enumerate(answer["structures"]):
-        png = app.run(app.service.mask_png(pid, entry["structure"]))
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), masks[k].astype(np.uint8) * 255)
-    label_image = np.asarray(Image.open(io.BytesIO(app.run(app.service.mask_png(pid)))))
+        response = app.request("GET", route, params={"label": entry["structure"]})
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png", response.text
+        pixels = np.asarray(Image.open(io.BytesIO(response.content)))
+        np.testing.assert_array_equal(pixels, masks[k].astype(np.uint8) * 255)
+    label_image = np.asarray(Image.open(io.BytesIO(app.request("GET", route).content)))
     assert label_image.shape == (28, 36)
     for k in range(len(masks)):
         np.testing.assert_array_equal((label_image >> k) & 1 == 1, masks[k])
 
-    with pytest.raises(NotFoundError) as unknown:
-        app.run(app.service.mask_png("no-such-id"))
-    assert unknown.value.status_code == 404
+    assert app.request("GET", "/v1/predictions/no-such-id/mask.png").status_code == 404
     name = answer["structures"][0]["structure"]
-    with pytest.raises(InvalidInputError, match=f"Did you mean {name!r}") as typo:
-        app.run(app.service.mask_png(pid, name[:-1] + "x"))
-    assert typo.value.status_code == 422
+    typo = app.request("GET", route, params={"label": name[:-1] + "x"})
+    assert typo.status_code == 422 and f"Did you mean {name!r}" in typo.json()["error"]
 
 
 def test_dicom_seg_answer_references_the_upload_and_reads_back_in_highdicom(app: AppHarness, tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ _EXACT: dict[tuple[str, str], AccessRule] = {
     ("POST", "/v1/predict"): AccessRule("predict"),
     ("GET", "/v1/predictions/{prediction_id}"): AccessRule("view", "view_prediction"),
     ("GET", "/v1/predictions/{prediction_id}/heatmap.png"): AccessRule("view", "view_heatmap"),
+    ("GET", "/v1/predictions/{prediction_id}/mask.png"): AccessRule("view", "view_mask"),
     ("POST", "/v1/feedback"): AccessRule("feedback", "feedback"),
     ("GET", "/v1/monitoring"): AccessRule("monitor"),
     ("GET", "/v1/ui/recent"): AccessRule("view", "list_recent"),
