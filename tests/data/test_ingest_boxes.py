@@ -148,7 +148,7 @@ def test_vinbig_keeps_each_reader_and_fuses_for_training(tmp_path: Path) -> None
 
 def test_nih_box_list_with_its_bracketed_header(tmp_path: Path) -> None:
     src = tmp_path / "nih"
-    for i in range(3):
+    for i in range(4):
         write_png(src / "images_001" / "images" / f"0000000{i}_000.png", i, (48, 32))
     rows = [
         "Image Index,Finding Label,Bbox [x,y,w,h],,,",
@@ -156,12 +156,13 @@ def test_nih_box_list_with_its_bracketed_header(tmp_path: Path) -> None:
         "00000000_000.png,Mass,20,30,5,5,,,",
         "00000001_000.png,Nodule,4,4,-3,5,,,",  # negative width
         "00000002_000.png,Effusion,0,0,32,48,,,",
+        "00000003_000.png,Mass,1,1,,5,,,",  # a missing coordinate
     ]
     (src / "BBox_List_2017.csv").write_text("\n".join(rows) + "\n")
     info = ingest(src, "nih-boxes", tmp_path / "ds", _options(labels="Infiltration,Mass,Effusion"))
     assert info["labels"] == ["Infiltration", "Mass", "Effusion"]
-    (entry,) = info["skipped"]
-    assert entry["row"] == 4 and "not positive" in entry["error"]
+    errors = {entry["row"]: entry["error"] for entry in info["skipped"]}
+    assert set(errors) == {4, 6} and "not positive" in errors[4] and "Bbox w is blank" in errors[6], errors
     ds = Dataset.open(tmp_path / "ds")
     rows_ = _by_name(ds, tmp_path / SALT_FILE)
     boxes = ds.boxes([rows_["00000000_000"]])[0].set_index("label")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class ImageBoxes:
     """Readers who read the image, also those who found nothing (VinBigData)."""
 
 
-def _number(cells: Mapping[Hashable, Any], column: str) -> float:
+def _number(cells: Mapping[Any, Any], column: str) -> float:
     text = str(cells.get(column, "")).strip()
     if not text:
         raise DataError(f"{column} is blank")
@@ -195,10 +195,11 @@ def read_nih_boxes(frame: pd.DataFrame, path: Path) -> dict[str, ImageBoxes]:
         image = _image(images, key, line)
         try:
             label = _declared(str(cells["Finding Label"]).strip(), NIH_BOX_LABELS, _NIH_ALIASES)
-            x, y, w, h = (_number(cells, coords[c]) for c in ("x", "y", "w", "h"))
+            bbox = {f"Bbox {c}": cells[column] for c, column in coords.items()}  # the header's names are split
+            x, y, w, h = (_number(bbox, f"Bbox {c}") for c in "xywh")
             image.boxes.append(_corners(x, y, x + w, y + h, label, line))
         except DataError as exc:
-            image.errors.append((line, str(exc).replace(coords["x"], "Bbox x").replace(coords["h"], "Bbox h")))
+            image.errors.append((line, str(exc)))
     return images
 
 
