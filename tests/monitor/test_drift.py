@@ -203,3 +203,17 @@ def test_tracker_keeps_one_window_per_version() -> None:
     reports, _ = tracker.evaluate()
     assert set(reports) == {"m/1", "m/2"}
     assert reports["m/2"]["status"] == "no_reference"
+
+
+def test_undefined_output_values_are_left_out_not_scored_as_a_shift() -> None:
+    """A segmentation confidence is NaN on an image whose mask is empty; the reference left those out too."""
+    rng = np.random.default_rng(5)
+    monitor = DriftMonitor("m", "1", _reference(rng, with_embedding=False), thresholds=DriftThresholds(min_window=100))
+    for i in range(300):
+        score = np.nan if i % 2 else rng.uniform(0, 1)  # half the window undefined, the rest as in the reference
+        monitor.observe(rng.normal(0.5, 0.1, len(INPUT_FEATURES)), np.array([score]), None, view="")
+    report, raised = monitor.evaluate()
+    scores = {(s["feature"], s["statistic"]): s for s in report["scores"]}
+    assert math.isfinite(scores[("score:A", "ks")]["score"]) and scores[("score:A", "ks")]["live_mean"] is not None
+    assert not scores[("score:A", "psi")]["alert"] and not scores[("score:A", "ks")]["alert"]
+    assert raised == []

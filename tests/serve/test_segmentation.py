@@ -128,6 +128,8 @@ def test_drift_window_gets_area_and_confidence_features_of_dense_answers(app: Ap
     outputs = {s["feature"] for s in report["scores"] if s["group"] == "output"}
     assert {f"area:{s}" for s in ("Left Lung", "Right Lung", "Lesion")} <= outputs
     assert "confidence:Left Lung" in outputs
+    # the grey images' undefined confidences are left out, not scored as a shift (PSI) or NaN (KS)
+    assert all(isinstance(s["score"], float) and np.isfinite(s["score"]) for s in report["scores"]), report["scores"]
 
 
 def test_v2_returns_the_probability_maps_and_logs_masks_at_model_size(app: AppHarness, seg_model: Path) -> None:

@@ -301,6 +301,11 @@ class DriftMonitor:
             if prof is None:
                 continue
             live = rows[:, i]
+            # undefined values (a segmentation confidence on an image whose mask is empty) are left out,
+            # as the reference left them out; too few defined ones: nothing to compare yet
+            live = live[np.isfinite(live)]
+            if len(live) < self.thresholds.min_window:
+                continue
             group = ref.groups.get(feature, "input")
             add(feature, group, "psi", psi(prof.edges, prof.probs, live))
             stat, pvalue = ks_test(prof.sample, live)
