@@ -47,8 +47,8 @@ def _dvc(ws: Path, *args: str) -> str:
     return done.stdout
 
 
-def _head(ws: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+def _head(ws: Path, ref: str = "HEAD") -> str:
+    return subprocess.run(["git", "rev-parse", ref], cwd=ws, capture_output=True, text=True).stdout.strip()
 
 
 def test_second_run_is_a_noop(ws: Path) -> None:
@@ -69,10 +69,13 @@ def test_lineage_of_the_newest_version_matches_dvc_lock(ws: Path) -> None:
     lock = lock_hashes(ws)
     for stage in (*UPSTREAM, "train", "evaluate", "export"):
         assert lineage["data_hashes"][stage] == lock[stage], stage
-    assert lineage["git"]["commit"] == _head(ws) and lineage["git"]["dirty"] is False
+    # the commit the run started from: HEAD, or its parent when the run was the workspace's first
+    # (radflow commits the first run's lock and metrics as the baseline for `dvc metrics diff`)
+    commit = lineage["git"]["commit"]
+    assert commit in (_head(ws), _head(ws, "HEAD~1")) and lineage["git"]["dirty"] is False
     assert lineage["dataset"]["version"] == json.loads((ws / METRICS).read_text())["dataset_version"]
     assert lineage["params"]["train"]["epochs"] == 1
-    assert f"git checkout {_head(ws)}" in lineage["reproduce"]
+    assert f"git checkout {commit}" in lineage["reproduce"]
     result = CliRunner().invoke(app, ["lineage", newest, "--workspace", str(ws)])
     assert result.exit_code == 0, result.output
     assert lock["ingest"]["data/dataset"][:20] in result.output and "dvc pull" in result.output
