@@ -129,6 +129,9 @@ def test_reference_traffic_stays_quiet_and_brightened_traffic_alerts_once(
         rows = store.alerts(100)
         assert len(rows) == first
         assert all(r["model_name"] == model and r["score"] >= r["threshold"] for r in rows)
+        # one event, one row, and the row lists every feature that moved (not only its first crossing)
+        assert first == 1 and "intensity_mean" in rows[0]["details"]["features"], rows
+        assert len(rows[0]["details"]["crossings"]) >= 2
     finally:
         store.close()
 

@@ -697,7 +697,7 @@ class InferenceService:
                         statistic=alert.statistic,
                         score=alert.score,
                         threshold=alert.threshold,
-                        details={"window": alert.window},
+                        details=alert.details,
                     )
                 )
         return rows
