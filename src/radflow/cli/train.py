@@ -122,9 +122,12 @@ def train_command(
             **parse_sets(sets or []),
         }
         params = load_params(path).with_overrides(overrides)
-        # named after the network the run really trains (a segmentation dataset trains its kind's default)
-        kind = get_task(Dataset.open(dataset).task)
-        folder = _checkpoint_folder(out_dir, fit_arch(params.train.arch, kind), resume=resume, overwrite=overwrite)
+        network = params.train.arch
+        if out_dir is None and not resume:
+            # a new run folder is named after the network the run really trains (a segmentation
+            # dataset trains its kind's default)
+            network = fit_arch(network, get_task(Dataset.open(dataset).task))
+        folder = _checkpoint_folder(out_dir, network, resume=resume, overwrite=overwrite)
         result = train(
             dataset,
             params,
