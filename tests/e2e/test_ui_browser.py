@@ -121,6 +121,22 @@ def _unlabelled_controls(page: Any) -> list[str]:
     )
 
 
+def _choose_with_space(page: Any) -> Any:
+    """The file chooser Space opens on the focused file input (pressed again if a busy browser dropped it)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        try:
+            with page.expect_file_chooser(timeout=5000) as chooser:
+                page.keyboard.press("Space")
+            return chooser.value
+        except PlaywrightTimeout:
+            assert page.evaluate("() => document.activeElement.id") == "file", "focus left the file input"
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _fits(page: Any) -> bool:
     return bool(page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"))
 
@@ -144,9 +160,7 @@ def test_reader_scores_png_and_dicom_and_dashboard_counts_feedback(server: UiSer
     for _ in range(3):
         page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.id") == "file"
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Space")
-    chooser.value.set_files(str(png))
+    _choose_with_space(page).set_files(str(png))
     pid = _upload(page, None)
     findings = page.locator("#findings li")
     assert findings.count() == 3
