@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -70,22 +70,13 @@ def gateway_command(
     def body() -> None:
         from pydantic import ValidationError
 
+        from radflow.cli.serve import serve_settings
         from radflow.gateway import GatewaySettings, load_rules
         from radflow.gateway.server import run_gateway
-        from radflow.inference import ServeSettings
 
-        if workspace is not None and not workspace.is_dir():
-            raise ConfigError(
-                f"--workspace {workspace} is not a folder; make one with `radflow init` or `radflow demo`."
-            )
-        overrides: dict[str, Any] = {
-            "workspace": workspace,
-            "model": model,
-            "model_name": model_name,
-            "tracking_uri": tracking_uri,
-            "store_url": store_url,
-        }
-        serve = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        serve = serve_settings(
+            workspace, model=model, model_name=model_name, tracking_uri=tracking_uri, store_url=store_url
+        )
         try:
             settings = GatewaySettings(
                 ae_title=ae_title,

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from radflow.cli._app import app, console, run_command
 from radflow.errors import ConfigError
 
+if TYPE_CHECKING:
+    from radflow.inference import ServeSettings
+
 __all__ = ["serve_command"]
+
+
+def serve_settings(workspace: Path | None, **flags: Any) -> ServeSettings:
+    """Serving settings from the flags given (``None`` = not given: environment, params.yaml, defaults decide).
+
+    The one place the serving doors' commands (`serve`, `gateway`) turn their flags into settings.
+    """
+    from radflow.inference import ServeSettings
+
+    if workspace is not None and not workspace.is_dir():
+        raise ConfigError(f"--workspace {workspace} is not a folder; make one with `radflow init` or `radflow demo`.")
+    given = {"workspace": workspace, **flags}
+    return ServeSettings(**{k: v for k, v in given.items() if v is not None})
 
 
 @app.command("serve")
@@ -40,15 +56,9 @@ def serve_command(
     """
 
     def body() -> None:
-        from radflow.inference import ServeSettings
         from radflow.serve.server import run_server
 
-        if workspace is not None and not workspace.is_dir():
-            raise ConfigError(
-                f"--workspace {workspace} is not a folder; make one with `radflow init` or `radflow demo`."
-            )
         overrides: dict[str, Any] = {
-            "workspace": workspace,
             "model": model,
             "challenger": challenger,
             "model_name": model_name,
@@ -58,7 +68,7 @@ def serve_command(
             "port": port,
             "auth": "off" if no_auth else None,
         }
-        settings = ServeSettings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = serve_settings(workspace, **overrides)
 
         def ready(url: str) -> None:
             console.print(
