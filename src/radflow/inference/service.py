@@ -680,12 +680,14 @@ class InferenceService:
     # -- monitoring -------------------------------------------------------------------------
 
     def _record_drift(self, reports: dict[str, Any], raised: list[DriftAlert]) -> list[dict[str, Any]]:
-        """Gauges for every score; a durable row and a counter increment for each new crossing (in a thread)."""
+        """Gauges for every score; a durable row per new event and a counter increment per crossing (in a thread)."""
         self.metrics.observe_drift(reports)
         rows = []
         for alert in raised:
             log.warning("drift alert: %s", alert.message)
-            self.metrics.alerts.labels("drift", alert.model, alert.version, alert.feature, alert.statistic).inc()
+            for crossing in alert.crossings:  # one alert per event; the counter counts its crossings
+                labels = ("drift", alert.model, alert.version, crossing["feature"], crossing["statistic"])
+                self.metrics.alerts.labels(*labels).inc()
             if self.store is not None:
                 rows.append(
                     self.store.add_alert(
