@@ -259,3 +259,12 @@ def test_predictions_from_bytes_and_arrays_agree(chest: Path) -> None:
     # a non-model-size array is padded and resampled like an upload of the same pixels
     wide = _disc_image(30, 90, 15, 30, 6)
     assert model.predict_batch(wide[None])[0] == model.predict_bytes(png_bytes(wide))
+
+
+def test_session_options_use_the_cores_without_spinning_between_runs() -> None:
+    from radflow.runtime.session import session_options
+
+    opts = session_options(threads=2)
+    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+    # idle intra-op threads would otherwise spin between batches, taking the cores the server needs
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
