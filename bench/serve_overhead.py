@@ -37,11 +37,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from serve import BOUNDARY, _multipart  # the multipart body bench/serve.py sends with wrk
+
 from _table import print_ratio, print_table
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
-BOUNDARY = "radflow-bench-5f0c2a9e"
 GOAL_MS = 1.0
 """Issue 13: server CPU per request beyond the in-process per-image CPU, at most 1 ms."""
 
@@ -54,15 +55,6 @@ def _images(n: int, side: int) -> list[bytes]:
         Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8)).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
-
-
-def _multipart(png: bytes) -> bytes:
-    """The body ``curl -F file=@chest.png`` sends."""
-    head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="chest.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    )
-    return head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def _export(size: int, tmp: Path) -> Path:
@@ -195,20 +187,6 @@ async def _bench(args: argparse.Namespace, tmp: Path) -> None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile_lines)
 
 
-def _no_spinning() -> None:
-    """Sessions made from now on leave idle intra-op threads asleep instead of spin-waiting for the next run."""
-    from radflow.runtime import session
-
-    made = session.session_options
-
-    def options(threads: int | None = None) -> Any:
-        opts = made(threads)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return opts
-
-    session.session_options = options
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="requests per round and path")
@@ -217,14 +195,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="model input size, px")
     parser.add_argument("--auth", action="store_true", help="tokens on, one client token (cached after first use)")
     parser.add_argument("--transport-only", action="store_true", help="only the transport alone (quick)")
-    parser.add_argument(
-        "--no-spin", action="store_true", help="ORT intra-op threads do not spin-wait between runs (what that costs)"
-    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-lines", type=int, default=30)
     args = parser.parse_args()
-    if args.no_spin:
-        _no_spinning()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_bench(args, Path(tmp)))
 
