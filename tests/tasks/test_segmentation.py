@@ -203,3 +203,37 @@ def test_hooks_built_elsewhere_say_what_is_missing() -> None:
     with pytest.raises(NotBuiltError, match=r"EvalData\.masks"):
         kind.evaluate(_eval_data(None, np.zeros((2, 3, 8, 8))))
     assert kind.drift_features(STRUCTURES) == ["area:Left Lung", "area:Heart", "area:Nodule"]
+
+
+def _answer(height: int = 5, width: int = 7) -> dict:
+    from radflow.runtime.masks import structure_answers
+
+    masks = np.zeros((2, height, width), bool)
+    masks[0, 1:3, 2:6] = True
+    return {"structures": structure_answers(masks, ["Left Lung", "Heart"])}
+
+
+def test_corrected_masks_validate_against_the_answer() -> None:
+    from radflow.runtime.masks import encode_rle
+    from radflow.tasks import InvalidFeedbackError, validate_feedback
+
+    answer = _answer()
+    corrected = np.zeros((5, 7), bool)
+    corrected[0:4, 1:6] = True
+    validate_feedback(answer, {"masks": {"Left Lung": encode_rle(corrected)}}, None)
+    validate_feedback(answer, {"masks": {"Heart": {"size": [5, 7], "counts": [35]}}}, None)  # uncompressed, empty
+    cases = [
+        ({"masks": {"Left Lnug": encode_rle(corrected)}}, r"labels\.masks\['Left Lnug'\].*Did you mean 'Left Lung'"),
+        ({"masks": {"Heart": encode_rle(np.zeros((7, 5), bool))}}, r"\.size is \[7, 5\]; the prediction's input"),
+        ({"masks": {"Heart": {"size": [5, 7], "counts": "0~"}}}, r"labels\.masks\['Heart'\]\.counts holds '~'"),
+        ({"masks": {"Heart": {"size": [5, 7], "counts": "1"}}}, r"counts cover 1 pixels, not the 5 x 7 image's 35"),
+        ({"masks": {"Heart": {"size": [5, 7], "counts": "Z"}}}, r"truncated"),
+        ({"masks": {"Heart": {"size": [5, 7]}}}, r"must be COCO RLE"),
+        ({"Heart": 1}, r"sends 'labels': \{'masks'"),
+    ]
+    for labels, message in cases:
+        with pytest.raises(InvalidFeedbackError, match=message) as raised:
+            validate_feedback(answer, labels, None)
+        assert raised.value.status_code == 422
+    with pytest.raises(InvalidFeedbackError, match="not a value"):
+        validate_feedback(answer, None, 3.0)

@@ -19,9 +19,19 @@ from radflow.metrics.metrics import (
     percentile_ci,
     regression_metrics,
 )
+from radflow.runtime.masks import decode_rle
 from radflow.store import LabelledPrediction
 
-__all__ = ["Scores", "abs_errors", "group_metrics", "mean_samples", "rounded", "scores", "task_of"]
+__all__ = [
+    "Scores",
+    "abs_errors",
+    "dice_pairs",
+    "group_metrics",
+    "mean_samples",
+    "rounded",
+    "scores",
+    "task_of",
+]
 
 
 def rounded(value: float | np.floating[Any] | None) -> float | None:
@@ -32,9 +42,11 @@ def rounded(value: float | np.floating[Any] | None) -> float | None:
 
 
 def task_of(outputs: dict[str, Any]) -> str | None:
-    """``classification`` or ``regression`` from a logged answer's outputs (None: neither)."""
+    """``classification``, ``regression`` or ``segmentation`` from a logged answer's outputs (None: neither)."""
     if outputs.get("findings") is not None:
         return "classification"
+    if outputs.get("structures") is not None:
+        return "segmentation"
     if outputs.get("prediction") is not None:
         return "regression"
     return None
@@ -192,14 +204,71 @@ def _regression(rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: float,
     return {k: out[k] for k in ("n", "mae", "mae_ci", "rmse", "bias", "by_band")}
 
 
+def dice_pairs(rows: Sequence[LabelledPrediction]) -> tuple[list[str], np.ndarray]:
+    """Structures and Dice ``(n, K)`` of each row's served mask against the reader's corrected one.
+
+    NaN where the reader sent no mask for the structure, or where both masks are empty (no Dice, as
+    in validation: an empty structure left empty is not a perfect score).
+    """
+    structures: list[str] = []
+    for row in rows:
+        for answer in row.outputs.get("structures") or []:
+            if answer["structure"] not in structures:
+                structures.append(answer["structure"])
+    index = {s: j for j, s in enumerate(structures)}
+    dice = np.full((len(rows), len(structures)), np.nan)
+    for i, row in enumerate(rows):
+        corrected = (row.labels or {}).get("masks") or {}
+        for answer in row.outputs.get("structures") or []:
+            rle = corrected.get(answer["structure"])
+            if rle is None:
+                continue
+            served = decode_rle(answer["rle"], f"prediction {row.id} {answer['structure']}")
+            truth = decode_rle(rle, f"feedback {row.feedback_id} {answer['structure']}")
+            total = int(served.sum()) + int(truth.sum())
+            if total:
+                dice[i, index[answer["structure"]]] = 2 * int(np.count_nonzero(served & truth)) / total
+    return structures, dice
+
+
+def _segmentation(rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: float, seed: int) -> dict[str, Any] | None:
+    rows = [r for r in rows if r.outputs.get("structures") and (r.labels or {}).get("masks")]
+    if not rows:
+        return None
+    structures, dice = dice_pairs(rows)
+    per_structure: dict[str, Any] = {}
+    for j, name in enumerate(structures):
+        scored = dice[:, j][~np.isnan(dice[:, j])]
+        per_structure[name] = {
+            "n": int(scored.size),
+            "dice": rounded(scored.mean()) if scored.size else None,
+            "dice_ci": percentile_ci(mean_samples(scored, n_bootstrap, seed), ci) if scored.size else None,
+        }
+    # Per row the mean over its scored structures, so the CI resamples readings, not pixels or structures.
+    scored_rows = ~np.isnan(dice).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        row_means = np.nanmean(dice[scored_rows], axis=1) if scored_rows.any() else np.empty(0)
+    means = [e["dice"] for e in per_structure.values() if e["dice"] is not None]
+    return {
+        "n": len(rows),
+        "structures": structures,
+        "per_structure": per_structure,
+        "mean_dice": rounded(np.mean(means)) if means else None,
+        "mean_dice_ci": percentile_ci(mean_samples(row_means, n_bootstrap, seed), ci) if row_means.size else None,
+    }
+
+
 def group_metrics(
     rows: Sequence[LabelledPrediction], *, n_bootstrap: int = 200, ci: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
     """One model version's online metrics: ``verdicts`` (whole-prediction correct/incorrect),
     ``classification`` (per-label and macro AUROC, sensitivity, specificity with CIs) and
-    ``regression`` (MAE with CI); a section is None when no feedback of its kind applies."""
+    ``regression`` (MAE with CI) and ``segmentation`` (Dice per structure of the served mask against the
+    reader's corrected one, and ``mean_dice`` over structures, with CIs); a section is None when no
+    feedback of its kind applies."""
     return {
         "verdicts": _verdicts(rows, n_bootstrap, ci, seed),
         "classification": _classification(rows, n_bootstrap, ci, seed),
         "regression": _regression(rows, n_bootstrap, ci, seed),
+        "segmentation": _segmentation(rows, n_bootstrap, ci, seed),
     }

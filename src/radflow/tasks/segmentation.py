@@ -18,8 +18,8 @@ the split's true masks in :attr:`EvalData.masks <radflow.tasks.evaluation.EvalDa
 figures are a gallery of the test images with the lowest Dice, and INT8 acceptance compares mean
 Dice. Not wired yet, so those hooks raise :class:`radflow.tasks.NotBuiltError` naming the missing
 part: answers at the input's size (:func:`radflow.runtime.masks.structure_answers`, which serving
-calls: this package cannot import ``radflow.runtime``, which sits below it) and corrected masks as
-feedback.
+calls: this package cannot import ``radflow.runtime``, which sits below it). A reader's correction is
+the corrected masks, COCO RLE per structure at the input's size (:meth:`Segmentation.validate_feedback`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from radflow.tasks.base import LabelSchema, LossFn, NotBuiltError, Prediction, TaskKind, metric_key
+from radflow.errors import did_you_mean
+from radflow.tasks.base import (
+    InvalidFeedbackError,
+    LabelSchema,
+    LossFn,
+    NotBuiltError,
+    Prediction,
+    TaskKind,
+    metric_key,
+)
 from radflow.tasks.evaluation import EvalData, Figure, ReportTable, fmt
 from radflow.tasks.registry import register_task
 
@@ -304,13 +313,81 @@ class Segmentation(TaskKind):
         )
 
     def validate_feedback(
-        self, outputs: Mapping[str, Any], labels: Mapping[str, int] | None, value: float | None
+        self, outputs: Mapping[str, Any], labels: Mapping[str, Any] | None, value: float | None
     ) -> None:
-        raise NotBuiltError("corrected masks as feedback are not built yet (the reader UI's brush and eraser).")
+        """A correction is ``labels = {"masks": {structure: COCO RLE}}`` at the answer's size.
+
+        Each corrected structure must be one the answer has, its RLE ``size`` the answer's (the input's
+        original ``[h, w]``), and its counts must cover that image exactly; structures left out were not
+        corrected (the online Dice and the export skip them). A ``value`` means nothing to masks.
+        """
+        if value is not None:
+            raise InvalidFeedbackError(
+                "segmentation feedback is corrected masks in 'labels': {'masks': ...}, not a value."
+            )
+        if not labels or set(labels) != {"masks"} or not isinstance(labels["masks"], Mapping) or not labels["masks"]:
+            raise InvalidFeedbackError(
+                "segmentation feedback sends 'labels': {'masks': {STRUCTURE: {'size': [h, w], 'counts': ...}}}, "
+                f"COCO RLE per corrected structure; got labels with keys {sorted(labels or {})}."
+            )
+        answered = {s["structure"]: s for s in outputs.get("structures") or []}
+        for name, rle in labels["masks"].items():
+            field = f"labels.masks[{name!r}]"
+            if name not in answered:
+                hint = did_you_mean(str(name), answered)
+                raise InvalidFeedbackError(
+                    f"{field}: the prediction has no structure {name!r}; it has {', '.join(answered)}.{hint}"
+                )
+            if not isinstance(rle, Mapping) or set(rle) != {"size", "counts"}:
+                raise InvalidFeedbackError(f"{field} must be COCO RLE {{'size': [h, w], 'counts': ...}}.")
+            size = list(answered[name]["rle"]["size"])
+            if rle["size"] != size:
+                raise InvalidFeedbackError(
+                    f"{field}.size is {rle['size']!r}; the prediction's input is {size} (height, width)."
+                )
+            covered = _rle_pixels(rle["counts"], f"{field}.counts")
+            if covered != size[0] * size[1]:
+                raise InvalidFeedbackError(
+                    f"{field}.counts cover {covered} pixels, not the {size[0]} x {size[1]} image's {size[0] * size[1]}."
+                )
 
     def drift_features(self, labels: Sequence[str]) -> list[str]:
         """The predicted area of each structure (``area:<structure>``)."""
         return [f"area:{label}" for label in labels]
+
+
+def _rle_pixels(counts: Any, field: str) -> int:
+    """Pixels COCO RLE ``counts`` (the compact string or a list of runs) cover; InvalidFeedbackError if malformed.
+
+    :mod:`radflow.runtime.masks` holds the codec, but it sits below this package; the sum of the runs is
+    all a check needs, and reading the compact string's values is a few lines.
+    """
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise InvalidFeedbackError(f"{field}: a list of runs holds non-negative integers only.")
+        return sum(counts)
+    if not isinstance(counts, str):
+        raise InvalidFeedbackError(f"{field} must be a COCO RLE string or a list of runs, got {type(counts).__name__}.")
+    runs: list[int] = []
+    value, shift = 0, 0
+    for i, char in enumerate(counts):
+        c = ord(char) - 48
+        if not 0 <= c <= 63:
+            raise InvalidFeedbackError(f"{field} holds {char!r} at {i}; COCO RLE uses '0'..'o'.")
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift
+        run = value + runs[-2] if len(runs) > 2 else value
+        if run < 0:
+            raise InvalidFeedbackError(f"{field}: run {len(runs)} is negative ({run}).")
+        runs.append(run)
+        value, shift = 0, 0
+    if shift:
+        raise InvalidFeedbackError(f"{field} is truncated (its last value is unfinished).")
+    return sum(runs)
 
 
 def _predicted(scores: np.ndarray) -> np.ndarray:
