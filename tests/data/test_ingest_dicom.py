@@ -201,3 +201,17 @@ def test_reingest_reusing_pixels_keeps_identity_and_attributes_from_the_headers(
     assert again["version"] == first["version"] and again["counts"]["patients"] == 2
     after = Dataset.open(tmp_path / "ds").manifest
     assert after.equals(before) and set(after["sex"]) == {"F"} and set(after["projection"]) == {"PA"}
+
+
+def test_images_smaller_than_the_training_size_are_reported_as_upsampled(tmp_path: Path) -> None:
+    src = tmp_path / "pacs"
+    _write(src / "big", 0, patient="MRN0001", stored=_image(0).repeat(2, axis=0))  # 80 x 36: longer side 80
+    _write(src / "small", 1, patient="MRN0002")  # 40 x 36
+    _write(src / "smaller", 2, patient="MRN0003", stored=_image(2)[:30, :20])  # longer side 30
+    upsampled = ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=64))["warnings"]
+    assert [w for w in upsampled if "upsampled" in w] == [
+        "2 image(s) are smaller than data.image_size (64 px; the smallest is 30 px on its longer side): they are "
+        "upsampled to 64 x 64; pass --size (data.image_size) to train at their own resolution"
+    ]
+    native = ingest(src, "dicom", tmp_path / "ds", IngestOptions(size=30))["warnings"]
+    assert not [w for w in native if "upsampled" in w]  # every longer side is at least 30 px

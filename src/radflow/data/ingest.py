@@ -442,6 +442,7 @@ def ingest(
     fuse = bool(table.info.get("multi_reader"))
     seen: dict[str, str] = {}
     reused = 0
+    upsampled: list[int] = []
     try:
         for (record, origin), (_, key, _mask), processed in zip(
             records, jobs, _run_jobs(jobs, settings, workers, tick), strict=True
@@ -467,6 +468,8 @@ def ingest(
                     continue
                 boxes += image_boxes
             seen[processed.sha256] = key
+            if processed.shape is not None and max(processed.shape) < spec.size:
+                upsampled.append(max(processed.shape))
             pixels = processed.pixels
             if pixels is None:
                 assert previous is not None
@@ -530,7 +533,10 @@ def ingest(
             skipped=skipped,
             extra={
                 "ingest": {"reused_images": reused, "decoded_images": len(rows) - reused, "workers": workers},
-                "warnings": [f"label {label!r} has no positive image" for label in no_positive],
+                "warnings": [
+                    *(f"label {label!r} has no positive image" for label in no_positive),
+                    *_upsampled_warning(upsampled, spec.size),
+                ],
                 **({"boxes": {"fusion": table.info.get("fusion")}} if detection else {}),
             },
             boxes=box_frame(boxes) if detection else None,
@@ -539,6 +545,17 @@ def ingest(
         shutil.rmtree(out / staging, ignore_errors=True)
         shutil.rmtree(out / mask_staging, ignore_errors=True)
     return info
+
+
+def _upsampled_warning(sides: list[int], size: int) -> list[str]:
+    """Images whose padded square is smaller than the training size are enlarged, which adds no detail: say so."""
+    if not sides:
+        return []
+    return [
+        f"{len(sides)} image(s) are smaller than data.image_size ({size} px; the smallest is {min(sides)} px on "
+        f"its longer side): they are upsampled to {size} x {size}; pass --size (data.image_size) to train at "
+        "their own resolution"
+    ]
 
 
 def _swap_in(out: Path, subdir: str) -> None:
