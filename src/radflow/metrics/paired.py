@@ -26,7 +26,7 @@ import numpy as np
 
 from radflow.metrics.bootstrap import json_float, percentile_ci, weighted_auroc
 
-__all__ = ["class_counts", "delong_auroc", "paired_bootstrap_auroc"]
+__all__ = ["bootstrap_difference", "class_counts", "delong_auroc", "paired_bootstrap_auroc"]
 
 
 def class_counts(y: np.ndarray) -> tuple[int, int]:
@@ -117,9 +117,19 @@ def paired_bootstrap_auroc(
         weights = counts[:, index]
         diffs[done : done + size] = weighted_auroc(y, b, weights) - weighted_auroc(y, a, weights)
         done += size
-    finite = diffs[np.isfinite(diffs)]
-    out["resamples"] = int(finite.size)
-    out["ci"] = percentile_ci(finite, ci)
+    out.update(bootstrap_difference(diffs, ci))
+    return out
+
+
+def bootstrap_difference(diffs: np.ndarray, ci: float) -> dict[str, Any]:
+    """``{"resamples", "ci", "p_value"}`` of paired resampled differences ``b - a`` (non-finite ones dropped).
+
+    ``p_value`` is the two-sided bootstrap p-value of "no difference": twice the share of resamples
+    on the far side of zero; ``None`` (and no interval) without a finite resample.
+    """
+    finite = np.asarray(diffs, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    out: dict[str, Any] = {"resamples": int(finite.size), "ci": percentile_ci(finite, ci), "p_value": None}
     if finite.size:
         # (k + 1) / (B + 1): a finite number of resamples never proves a p-value of exactly 0.
         far = min(int(np.sum(finite <= 0)), int(np.sum(finite >= 0)))
