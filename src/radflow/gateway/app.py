@@ -9,13 +9,21 @@ and the de-identified pixels, never the DICOM file.
 
 One service runs per model the rules name (the gateway's ``--model`` when a rule names none);
 all write to the same store.
+
+With ``results`` set, each scored image's answer goes back to the PACS as DICOM through
+:meth:`radflow.pacs.ResultWriter.deliver` (the one delivery path, the Kafka worker's too). With
+``pull_url`` set, studies are also pulled over DICOMweb (:meth:`Gateway.pull`: those named at
+start, and every ``poll_every_s`` the ones not yet taken) and scored as received ones are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -23,12 +31,14 @@ from prometheus_client import CollectorRegistry
 from radflow.errors import RadflowError
 from radflow.gateway.assembly import Assembler, Series, Study
 from radflow.gateway.metrics import GatewayMetrics
-from radflow.gateway.node import DicomNode, ReceivedInstance
-from radflow.gateway.routing import route
+from radflow.gateway.node import DicomNode, ReceivedInstance, is_image_storage
+from radflow.gateway.routing import SeriesInfo, route
 from radflow.gateway.settings import GatewaySettings
 from radflow.inference.routing import LoadedModel
 from radflow.inference.service import InferenceService
 from radflow.inference.settings import ServeSettings
+from radflow.pacs.dicomweb import DicomWebSource
+from radflow.pacs.results import ResultWriter
 
 __all__ = ["Gateway", "study_hash"]
 
@@ -69,7 +79,11 @@ class Gateway:
         # below the service's admission limit: the gateway waits for room instead of being refused
         self._limit = asyncio.Semaphore(min(settings.max_concurrent, serve.max_in_flight))
         self._watch: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[None] | None = None
         self._scoring: set[asyncio.Task[Any]] = set()
+        self.results = ResultWriter(settings.results, self.registry) if settings.results is not None else None
+        self.source = DicomWebSource(settings.pull_url) if settings.pull_url is not None else None
+        self._pulled: set[str] = set()
 
     @property
     def port(self) -> int:
@@ -86,12 +100,18 @@ class Gateway:
             await service.start()
         self.node.start()
         self._watch = asyncio.create_task(self._watch_stable())
+        if self.source is not None and (self.settings.pull_studies or self.settings.poll_every_s is not None):
+            self._poll = asyncio.create_task(self._pull_loop(datetime.now()))
         if not self.settings.allowed_aes:
             log.warning("no allowed calling AE titles set: any DICOM node that reaches the port may send studies")
 
     async def stop(self) -> None:
         """Stop listening, score what was acknowledged and not yet scored, close the services (flushing the log)."""
         self.node.stop()
+        if self._poll is not None:
+            self._poll.cancel()
+            await asyncio.gather(self._poll, return_exceptions=True)
+            self._poll = None
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
@@ -131,6 +151,68 @@ class Gateway:
                 self._scoring.add(task)
                 task.add_done_callback(self._scoring.discard)
             self.metrics.pending.set(self.assembler.pending)
+
+    async def pull(self, study_uids: list[str]) -> list[dict[str, Any]]:
+        """Retrieve studies from ``pull_url`` (WADO-RS) and score their image instances; the answers.
+
+        A study is complete when retrieved, so it is scored at once (no stable wait). Non-image
+        instances (earlier results among them) are left out, as the node answers 0x0122 for them.
+        """
+        if self.source is None:
+            raise RadflowError("this gateway has no pull URL (--pull-from) to pull studies from.")
+        loop = asyncio.get_running_loop()
+        answers: list[dict[str, Any]] = []
+        for uid in study_uids:
+            self._pulled.add(uid)
+            instances = await loop.run_in_executor(None, self.source.retrieve, uid)
+            study = await loop.run_in_executor(None, self._study_of, uid, instances)
+            self.metrics.studies.labels("pulled").inc()
+            answers += await self.score_study(study)
+        return answers
+
+    def _study_of(self, study_uid: str, instances: list[bytes]) -> Study:
+        import pydicom
+
+        now = time.monotonic()
+        study = Study(study_hash(study_uid), now, now)
+        for data in instances:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            sop_class = str(ds.get("SOPClassUID", ""))
+            if not is_image_storage(sop_class):
+                self.metrics.pulled.labels("non_image").inc()
+                continue
+            self.metrics.pulled.labels("taken").inc()
+            info = SeriesInfo(
+                modality=str(ds.get("Modality", "") or ""),
+                body_part=str(ds.get("BodyPartExamined", "") or ""),
+                series_description=str(ds.get("SeriesDescription", "") or ""),
+                sop_class_uid=sop_class,
+            )
+            series = study.series.setdefault(str(ds.SeriesInstanceUID), Series(info))
+            series.instances[str(ds.SOPInstanceUID)] = data
+        return study
+
+    async def _pull_loop(self, started: datetime) -> None:
+        since = self.settings.pull_since or started
+        assert self.source is not None
+        source = self.source
+        loop = asyncio.get_running_loop()
+        todo = list(self.settings.pull_studies)
+        while True:
+            try:
+                if todo:
+                    await self.pull(todo)
+                    todo = []
+                if self.settings.poll_every_s is None:
+                    return
+                found = await loop.run_in_executor(None, source.studies_since, since)
+                new = [uid for uid in found if uid not in self._pulled]
+                if new:
+                    log.info("poll: %d new studies at the pull URL", len(new))
+                    await self.pull(new)
+            except RadflowError as exc:
+                log.warning("pulling studies failed: %s", exc)
+            await asyncio.sleep(self.settings.poll_every_s or 0)
 
     async def score_study(self, study: Study) -> list[dict[str, Any]]:
         """Route each series of a stable study and score its images; the answers of the scored images."""
@@ -184,4 +266,9 @@ class Gateway:
                 log.exception("study %s: scoring an image failed", key[:12])
                 return None
         self.metrics.images_scored.labels("ok").inc()
+        if self.results is not None:
+            try:
+                await self.results.deliver(data, answer)
+            except RadflowError as exc:
+                log.warning("study %s: no DICOM result could be built: %s", key[:12], exc)
         return answer

@@ -25,7 +25,7 @@ class GatewayMetrics:
         )
         self.studies = Counter(
             "radflow_gateway_studies",
-            "Studies taken for scoring, by why: stable, max_age (never went quiet), shutdown.",
+            "Studies taken for scoring, by why: stable, max_age (never went quiet), shutdown, pulled (DICOMweb).",
             ["reason"],
             registry=registry,
         )
@@ -38,6 +38,12 @@ class GatewayMetrics:
         self.images_scored = Counter(
             "radflow_gateway_images_scored",
             "Images of stable studies scored, by outcome (ok, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.pulled = Counter(
+            "radflow_gateway_pulled_instances",
+            "Instances retrieved by DICOMweb pull, by outcome (taken, non_image).",
             ["outcome"],
             registry=registry,
         )

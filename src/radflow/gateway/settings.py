@@ -6,22 +6,15 @@ The model, store and every other serving setting come from :class:`radflow.infer
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from radflow.gateway.routing import Rule
+from radflow.pacs.settings import ResultSettings
+from radflow.pacs.settings import check_ae_title as _check_ae_title
 
 __all__ = ["GatewaySettings"]
-
-_AE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.+")
-
-
-def _check_ae_title(value: str, what: str) -> str:
-    title = value.strip()
-    if not title or len(title) > 16 or any(c not in _AE_CHARS for c in title):
-        raise ValueError(
-            f"{what} {value!r} is not a DICOM AE title: 1-16 characters, letters, digits, space, _ - . + (e.g. RADFLOW)"
-        )
-    return title
 
 
 class GatewaySettings(BaseModel):
@@ -47,11 +40,34 @@ class GatewaySettings(BaseModel):
     """Received, not yet scored instances held in memory (MiB); beyond it C-STORE answers 0xA700, the sender retries."""
     max_concurrent: int = Field(default=8, ge=1)
     """Images of stable studies scored at once (the service batches them; more waits, none is refused)."""
+    results: ResultSettings | None = None
+    """Where each scored image's DICOM result (SR, SEG for masks) is sent; none: results stay in the store."""
+    pull_url: str | None = None
+    """A DICOMweb root to pull studies from (QIDO-RS + WADO-RS) besides those sent to the node."""
+    pull_studies: list[str] = []
+    """Study Instance UIDs pulled from ``pull_url`` at start."""
+    poll_every_s: float | None = Field(default=None, gt=0)
+    """Ask ``pull_url`` this often for studies not yet taken (Study Date/Time at or after ``pull_since``)."""
+    pull_since: datetime | None = None
+    """Polling takes studies from this date and time on (default: when the gateway started)."""
+
+    @field_validator("pull_url")
+    @classmethod
+    def _pull(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"pull URL {value!r} is not a DICOMweb root (http://host:port/dicom-web)")
+        return value
 
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return _check_ae_title(value, "ae_title")
+
+    @model_validator(mode="after")
+    def _pull_needs_url(self) -> GatewaySettings:
+        if self.pull_url is None and (self.pull_studies or self.poll_every_s is not None):
+            raise ValueError("pulling studies (--pull-study, --poll-every) needs a DICOMweb root (--pull-from)")
+        return self
 
     @field_validator("allowed_aes")
     @classmethod

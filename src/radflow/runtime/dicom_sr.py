@@ -42,7 +42,7 @@ from radflow.runtime.dicom_seg import PRIVATE_SCHEME, reference_attributes, stru
 if TYPE_CHECKING:
     from highdicom.sr import Comprehensive3DSR
 
-__all__ = ["AI_STATEMENT", "build_dicom_sr", "encode_dicom_sr", "new_uid", "read_source", "ucum_unit"]
+__all__ = ["AI_STATEMENT", "build_dicom_sr", "check_uid_root", "encode_dicom_sr", "new_uid", "read_source", "ucum_unit"]
 
 AI_STATEMENT = "AI-generated result, not reviewed"
 """The statement every report carries: what made it and that no reader has checked it."""
@@ -69,12 +69,18 @@ def new_uid(uid_root: str | None = None) -> str:
 
     if uid_root is None:
         return str(generate_uid(prefix=None))
-    if not uid_root.endswith(".") or len(uid_root) > 54 or not all(p.isdigit() for p in uid_root[:-1].split(".")):
+    return str(generate_uid(prefix=check_uid_root(uid_root)))
+
+
+def check_uid_root(uid_root: str) -> str:
+    """``uid_root`` when it can prefix UIDs (numbers and dots, ending in ``.``, room for 10 more digits)."""
+    parts = uid_root[:-1].split(".")
+    if not uid_root.endswith(".") or len(uid_root) > 54 or not all(p.isdigit() and p == str(int(p)) for p in parts):
         raise DataError(
-            f"UID root {uid_root!r} must be dot-separated digits ending in '.', at most 54 characters "
-            "(e.g. 1.2.826.0.1.3680043.10.1234.)"
+            f"UID root {uid_root!r} must be dot-separated numbers without leading zeros, ending in '.', "
+            "at most 54 characters (e.g. 1.2.826.0.1.3680043.10.1234.)"
         )
-    return str(generate_uid(prefix=uid_root))
+    return uid_root
 
 
 def ucum_unit(unit: str | None) -> Code:
