@@ -486,3 +486,65 @@ def test_models_lists_versions_aliases_and_gate_verdicts(store: Store) -> None:
     assert as_json.exit_code == 0 and name in as_json.stdout
     unknown = runner.invoke(app, ["models", name + "x", "--tracking-uri", store.uri])
     assert unknown.exit_code == 2 and "Did you mean" in unknown.output
+
+
+@pytest.fixture
+def detection_family(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Tags of a detection run; the run's task kind names its family (``detection`` for tasks.detection)."""
+    from radflow.registry import gates
+
+    monkeypatch.setattr(gates, "gate_family", lambda metrics, tags: "detection")
+    return {"radflow.task": "detection", gates.EVAL_HELD_OUT_TAG: "split-1"}
+
+
+def test_detection_absolute_gates(detection_family: dict[str, str]) -> None:
+    from radflow.registry.gates import check_gates
+
+    metrics = {"test_map50": 0.25, "test_froc_cpm": 0.7, "test_macro_auroc": 0.99}
+    outcome = check_gates(metrics, detection_family, GateConfig(min_froc=0.6))
+    verdicts = {c["gate"]: c["passed"] for c in outcome["checks"]}
+    assert verdicts == {"min_map50": False, "min_froc": True}  # the default min_map50 is 0.3; no AUROC gate
+    assert "test_map50 0.2500 < min_map50 0.3" in outcome["failures"][0]["message"]
+    unevaluated = check_gates({}, detection_family, GateConfig(min_froc=0.6))
+    assert [c["metric"] for c in unevaluated["failures"]] == ["test_map50", "test_froc_cpm"]
+    assert "evaluate it first" in unevaluated["failures"][1]["message"]
+    off = check_gates(metrics, detection_family, GateConfig(min_map50=None))
+    assert off["passed"] and not off["checks"] and "both off" in off["notes"][0]
+
+
+def test_detection_map_drop_against_the_champion_on_point_estimates(detection_family: dict[str, str]) -> None:
+    from radflow.registry.gates import check_gates
+
+    champion = {"version": "2", "metrics": {"test_map50": 0.5}, "tags": detection_family}
+    outcome = check_gates({"test_map50": 0.47}, detection_family, GateConfig(), champion, paired_note="no boxes logged")
+    drop = next(c for c in outcome["checks"] if c["gate"] == "max_map_drop")
+    assert not drop["passed"] and "0.0300 below champion v2" in drop["message"]
+    assert any("point estimates" in note and "no boxes logged" in note for note in outcome["notes"])
+    assert check_gates({"test_map50": 0.49}, detection_family, GateConfig(), champion)["passed"]
+
+
+def test_detection_map_drop_is_a_paired_test_on_both_runs_boxes(detection_family: dict[str, str]) -> None:
+    from radflow.registry.gates import PairedBoxes, check_gates
+
+    def paired(n: int, missed: int) -> PairedBoxes:
+        # One truth per image; the champion finds every one, the candidate misses the first ``missed``.
+        truths = [np.array([[4.0 * i % 40, 0.0, 4.0 * i % 40 + 10.0, 10.0, 0.0]]) for i in range(n)]
+        champion = [np.c_[t, [0.9]] for t in truths]
+        candidate = [np.zeros((0, 6)) if i < missed else c for i, c in enumerate(champion)]
+        groups = np.array([f"p{i}" for i in range(n)])
+        return PairedBoxes(labels=["Nodule"], truths=truths, candidate=candidate, champion=champion, groups=groups)
+
+    champion = {"version": "1", "metrics": {"test_map50": 1.0}, "tags": detection_family}
+    metrics = {"test_map50": 0.5}
+
+    def drop_check(boxes: PairedBoxes) -> dict[str, object]:
+        outcome = check_gates(metrics, detection_family, GateConfig(min_map50=None), champion, boxes)
+        return next(c for c in outcome["checks"] if c["gate"] == "max_map_drop")
+
+    # Half the findings lost on 40 patients: a drop far beyond max_map_drop, and no resample without it.
+    lost = drop_check(paired(40, 20))
+    assert not lost["passed"] and "not noise" in lost["message"]
+    assert lost["comparison"]["diff"] < -0.4 and lost["comparison"]["ci"][1] < 0
+    # One finding of six lost: a 0.17 drop, but resamples without that patient show none, so it is not proven.
+    unproven = drop_check(paired(6, 1))
+    assert unproven["passed"] and unproven["comparison"]["diff"] < -0.1 and unproven["comparison"]["ci"][1] == 0

@@ -354,6 +354,26 @@ class GateConfig(_Strict):
         ge=0,
         description="Largest allowed per-structure Dice drop vs the champion on the same test split.",
     )
+    min_map50: float | None = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="Lowest acceptable test mAP50: AP at IoU 0.5 averaged over the classes with a test box "
+        "(detection; null: off).",
+    )
+    min_froc: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Lowest acceptable test FROC CPM: the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false "
+        "positives per image (detection; null: off).",
+    )
+    max_map_drop: float = Field(
+        default=0.02,
+        ge=0,
+        description="Largest allowed test mAP50 drop vs the champion on the same test split (detection); with both "
+        "runs' test boxes it fails only when the paired interval of the difference also lies below zero.",
+    )
     min_positives: int = Field(
         default=10,
         ge=1,

@@ -31,6 +31,7 @@ __all__ = [
     "EVAL_DATASET_TAG",
     "EVAL_HELD_OUT_TAG",
     "EVAL_SPLIT_TAG",
+    "PairedBoxes",
     "PairedScores",
     "check_gates",
     "eval_version",
@@ -55,6 +56,20 @@ class PairedScores:
     """``(n, L)`` 1/0/NaN."""
     candidate: np.ndarray
     champion: np.ndarray
+    groups: np.ndarray
+    """Each image's (pseudonymous) patient: the bootstrap resamples patients."""
+
+
+@dataclass
+class PairedBoxes:
+    """Both detection models' test boxes on the images both scored, in the same image order."""
+
+    labels: list[str]
+    truths: list[np.ndarray]
+    """Per image ``(n, 5)`` ``[x0, y0, x1, y1, label_index]``."""
+    candidate: list[np.ndarray]
+    """Per image ``(m, 6)`` ``[x0, y0, x1, y1, label_index, score]``."""
+    champion: list[np.ndarray]
     groups: np.ndarray
     """Each image's (pseudonymous) patient: the bootstrap resamples patients."""
 
@@ -223,6 +238,86 @@ def _dice_drop_checks(
     return out
 
 
+_MAP50 = "test_map50"
+_FROC_CPM = "test_froc_cpm"
+
+
+def _detection_checks(metrics: dict[str, float], gates: GateConfig, notes: list[str]) -> list[dict[str, Any]]:
+    """Detection's absolute gates: mAP50 (``gates.min_map50``) and FROC CPM (``gates.min_froc``), each unless off."""
+    out: list[dict[str, Any]] = []
+    for gate, key, limit in (("min_map50", _MAP50, gates.min_map50), ("min_froc", _FROC_CPM, gates.min_froc)):
+        if limit is None:
+            continue
+        value = metrics.get(key)
+        if value is None or math.isnan(value):
+            message = f"the run has no {key} metric; evaluate it first (`radflow evaluate RUN_ID --log`)."
+            out.append(_gate(gate, key, None, limit, False, message))
+            continue
+        ok = value >= limit
+        out.append(_gate(gate, key, value, limit, ok, f"{key} {value:.4f} {'>=' if ok else '<'} {gate} {limit:g}"))
+    if not out:
+        notes.append("gates.min_map50 and gates.min_froc are both off; no absolute detection gate applied.")
+    return out
+
+
+def _map_drop_checks(
+    metrics: dict[str, float],
+    champion: dict[str, float],
+    gates: GateConfig,
+    label: str,
+    notes: list[str],
+    paired: PairedBoxes | None,
+    paired_note: str | None,
+) -> list[dict[str, Any]]:
+    """mAP50 no more than ``gates.max_map_drop`` below the champion's: a paired test on both runs' boxes when given.
+
+    As for AUROC, the paired test fails only a drop beyond the limit whose interval lies below zero.
+    """
+    if paired is not None:
+        from radflow.metrics.detection import paired_map_difference
+
+        test = paired_map_difference(
+            paired.champion,
+            paired.candidate,
+            paired.truths,
+            paired.groups,
+            len(paired.labels),
+            n_boot=gates.comparison_bootstrap,
+            ci=gates.comparison_ci,
+        )
+        diff, interval = test["diff"], test["ci"]
+        if diff is None:
+            notes.append(f"no test box of any class on the {test['n']} images both runs scored; mAP50 not compared.")
+            return []
+        worse = interval is not None and interval[1] is not None and interval[1] < 0
+        ok = not (-diff > gates.max_map_drop + 1e-9 and worse)
+        ci_text = f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "[-]"
+        p_text = f", p {test['p_value']:.3g}" if test["p_value"] is not None else ""
+        message = (
+            f"{_MAP50} {test['map_b']:.4f} vs {label} {test['map_a']:.4f} on the same {test['n']} images: difference "
+            f"{diff:+.4f}, {gates.comparison_ci:.0%} CI {ci_text}{p_text} ({test['method']})"
+        )
+        if not ok:
+            message += f"; the drop exceeds max_map_drop {gates.max_map_drop:g} and is not noise"
+        check = _gate("max_map_drop", _MAP50, test["map_b"], test["map_a"] - gates.max_map_drop, ok, message)
+        return [{**check, "comparison": test}]
+    value, champ_value = metrics.get(_MAP50), champion.get(_MAP50)
+    if value is None or champ_value is None or math.isnan(value) or math.isnan(champ_value):
+        notes.append(f"{label} or this run has no {_MAP50}; mAP50 was not compared.")
+        return []
+    notes.append(
+        f"compared with {label} on mAP50 point estimates, not a paired test: "
+        f"{paired_note or 'no per-image test boxes'}."
+    )
+    drop = champ_value - value
+    ok = drop <= gates.max_map_drop + 1e-9
+    message = f"{_MAP50} {value:.4f} vs {label} {champ_value:.4f}"
+    if not ok:
+        message = f"{_MAP50} {value:.4f} is {drop:.4f} below {label} ({champ_value:.4f}); "
+        message += f"max_map_drop {gates.max_map_drop:g}"
+    return [_gate("max_map_drop", _MAP50, value, champ_value - gates.max_map_drop, ok, message)]
+
+
 def _gate(gate: str, metric: str, value: float | None, limit: float, ok: bool, message: str) -> dict[str, Any]:
     return {"gate": gate, "metric": metric, "value": value, "limit": limit, "passed": ok, "message": message}
 
@@ -232,17 +327,17 @@ def check_gates(
     tags: dict[str, str],
     gates: GateConfig,
     champion: dict[str, Any] | None = None,
-    paired: PairedScores | None = None,
+    paired: PairedScores | PairedBoxes | None = None,
     paired_note: str | None = None,
 ) -> dict[str, Any]:
     """Apply quality gates to a run's test metrics; pure (no MLflow calls).
 
     ``champion`` is ``{"version", "metrics", "tags"}`` of the current champion, or ``None``;
-    ``paired`` both models' scores on the shared test images (``paired_note`` says why there are
-    none). Returns ``{"passed", "checks": [...], "failures": [...], "notes": [...], "not_gated":
-    [...]}``; each check is ``{"gate", "metric", "value", "limit", "passed", "message"}`` (a paired
-    one adds ``comparison``), each not-gated label ``{"label", "metric", "positives", "negatives",
-    "message"}``.
+    ``paired`` both models' scores on the shared test images (:class:`PairedBoxes` for detection;
+    ``paired_note`` says why there are none). Returns ``{"passed", "checks": [...], "failures": [...],
+    "notes": [...], "not_gated": [...]}``; each check is ``{"gate", "metric", "value", "limit", "passed",
+    "message"}`` (a paired one adds ``comparison``), each not-gated label ``{"label", "metric", "positives",
+    "negatives", "message"}``.
     """
     checks: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -296,6 +391,8 @@ def check_gates(
             )
     elif family == "segmentation":
         checks += _dice_checks(metrics, gates, notes)
+    elif family == "detection":
+        checks += _detection_checks(metrics, gates, notes)
     else:
         # A family without gates is never made challenger unjudged.
         check(
@@ -332,7 +429,10 @@ def check_gates(
                 )
         elif family == "segmentation":
             checks += _dice_drop_checks(metrics, champion["metrics"], gates, label, notes)
-        elif family == "classification" and paired is not None:
+        elif family == "detection":
+            boxes = paired if isinstance(paired, PairedBoxes) else None
+            checks += _map_drop_checks(metrics, champion["metrics"], gates, label, notes, boxes, paired_note)
+        elif family == "classification" and isinstance(paired, PairedScores):
             paired_checks, not_gated = _paired_label_checks(paired, gates, label)
             checks += paired_checks
         elif family == "classification":
