@@ -32,6 +32,11 @@ def test_gateway_refuses_bad_arguments(tmp_path: Path) -> None:
     assert "rule 1, field 'modalty'" in _one_line(["--model", "m.onnx", "--rules", str(rules)])
     assert "not a DICOM AE title" in _one_line(["--model", "m.onnx", "--ae-title", "X" * 17])
     assert "stable_after_s" in _one_line(["--model", "m.onnx", "--stable-after", "0"])
+    assert "needs both its AE title and its port" in _one_line(["--model", "m.onnx", "--result-port", "104"])
+    assert "UID root '1.2.x.'" in _one_line(["--model", "m.onnx", "--result-stow", "http://x/", "--uid-root", "1.2.x."])
+    assert "need a result destination" in _one_line(["--model", "m.onnx", "--dead-letter", str(tmp_path)])
+    assert "needs a DICOMweb root (--pull-from)" in _one_line(["--model", "m.onnx", "--pull-study", "1.2.3"])
+    assert "not a DICOMweb root" in _one_line(["--model", "m.onnx", "--pull-from", "pacs:8042"])
 
 
 def test_gateway_command_scores_a_study_and_stops_cleanly_on_ctrl_c(

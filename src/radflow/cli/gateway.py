@@ -60,6 +60,31 @@ def gateway_command(
     log_level: Annotated[
         str, typer.Option("--log-level", help="The gateway's log level (debug, info, warning).")
     ] = "info",
+    result_ae: Annotated[
+        str | None, typer.Option("--result-ae", help="Send each result (DICOM SR, SEG) by C-STORE to this AE title.")
+    ] = None,
+    result_host: Annotated[str, typer.Option("--result-host", help="The result destination's host.")] = "127.0.0.1",
+    result_port: Annotated[int | None, typer.Option("--result-port", help="The result destination's port.")] = None,
+    result_stow: Annotated[
+        str | None, typer.Option("--result-stow", help="Send each result by STOW-RS to this DICOMweb root.")
+    ] = None,
+    uid_root: Annotated[
+        str | None, typer.Option("--uid-root", help="UID root of the results' new UIDs (default 2.25.).")
+    ] = None,
+    dead_letter: Annotated[
+        Path | None,
+        typer.Option("--dead-letter", help="Keep refused results here, with why (dead-letter.jsonl)."),
+    ] = None,
+    pull_from: Annotated[
+        str | None, typer.Option("--pull-from", help="Also pull studies from this DICOMweb root (QIDO-RS, WADO-RS).")
+    ] = None,
+    pull_study: Annotated[
+        list[str] | None,
+        typer.Option("--pull-study", metavar="UID", help="A Study Instance UID to pull at start (repeat)."),
+    ] = None,
+    poll_every: Annotated[
+        float | None, typer.Option("--poll-every", help="Seconds between asking --pull-from for new studies.")
+    ] = None,
 ) -> None:
     """Receive studies by DICOM C-STORE and score each stable one through the same inference core as `radflow serve`.
 
@@ -73,11 +98,27 @@ def gateway_command(
         from radflow.cli.serve import serve_settings
         from radflow.gateway import GatewaySettings, load_rules
         from radflow.gateway.server import run_gateway
+        from radflow.pacs import ResultSettings
 
         serve = serve_settings(
             workspace, model=model, model_name=model_name, tracking_uri=tracking_uri, store_url=store_url
         )
         try:
+            results = None
+            if result_ae is not None or result_port is not None or result_stow is not None:
+                results = ResultSettings(
+                    calling_ae=ae_title,
+                    destination_ae=result_ae,
+                    destination_host=result_host,
+                    destination_port=result_port,
+                    stow_url=result_stow,
+                    uid_root=uid_root,
+                    dead_letter_dir=dead_letter,
+                )
+            elif uid_root is not None or dead_letter is not None:
+                raise ConfigError(
+                    "--uid-root and --dead-letter need a result destination (--result-ae or --result-stow)."
+                )
             settings = GatewaySettings(
                 ae_title=ae_title,
                 host=host,
@@ -87,17 +128,24 @@ def gateway_command(
                 max_study_s=max_study,
                 max_pending_mb=max_pending_mb,
                 rules=load_rules(rules) if rules is not None else [],
+                results=results,
+                pull_url=pull_from,
+                pull_studies=list(pull_study or []),
+                poll_every_s=poll_every,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise ConfigError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}") from None
 
         def ready(gateway: Gateway) -> None:
             allowed = ", ".join(settings.allowed_aes) or "any calling AE (use --allow-ae)"
             console.print(
                 f"DICOM node {settings.ae_title} on {settings.host}:{gateway.port} — scoring with "
                 f"{serve.resolved_model()}, studies stable after {settings.stable_after_s:g} s, "
-                f"{len(settings.rules) or 'no'} routing rules, from {allowed} (store {serve.resolved_store_url()})",
+                f"{len(settings.rules) or 'no'} routing rules, from {allowed} (store {serve.resolved_store_url()})"
+                + (f"; results to {', '.join(results.destinations)}" if results is not None else "")
+                + (f"; pulling from {settings.pull_url}" if settings.pull_url else ""),
                 highlight=False,
             )
 
