@@ -109,7 +109,7 @@ def test_health_answers_carry_the_protocols_json_bodies(app: AppHarness) -> None
     assert (ready.status_code, ready.json()) == (200, {"ready": True})
     model = app.request("GET", "/v2/models/multilabel-0/ready")
     assert (model.status_code, model.json()) == (200, {"name": "multilabel-0", "ready": True})
-    assert app.request("GET", "/v2/models/multilabel-0/versions/1/ready").json()["ready"] is True
+    assert app.request("GET", "/v2/models/multilabel-0/versions/unregistered/ready").json()["ready"] is True
 
 
 def test_model_metadata_is_enough_to_build_the_input_tensor(app: AppHarness, onnx_pair: tuple[Path, Path]) -> None:

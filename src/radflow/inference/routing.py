@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,13 +28,29 @@ from typing import Any
 from radflow.inference.batching import CpuGate, DynamicBatcher
 from radflow.inference.metrics import ServiceMetrics
 from radflow.inference.settings import ServeSettings
-from radflow.modelref import ModelRef, parse_model_ref, resolve_model_ref
+from radflow.modelref import ModelRef, ResolvedModel, parse_model_ref, resolve_model_ref
+from radflow.registry.registration import GATE_TAG
 from radflow.runtime import RadflowModel
 
-__all__ = ["CHALLENGER_ARM", "CHAMPION_ARM", "LoadedModel", "ModelArm", "Router", "load_model", "route_point"]
+__all__ = [
+    "CHALLENGER_ARM",
+    "CHAMPION_ARM",
+    "UNREGISTERED",
+    "LoadedModel",
+    "ModelArm",
+    "Router",
+    "gate_warnings",
+    "load_model",
+    "route_point",
+]
+
+log = logging.getLogger(__name__)
 
 CHAMPION_ARM = "champion"
 CHALLENGER_ARM = "challenger"
+UNREGISTERED = "unregistered"
+"""The version reported for a model served from a file or a run rather than a registry version (the Open
+Inference Protocol's versions are strings): a number would pass it off as registry version 1."""
 
 
 @dataclass
@@ -52,6 +69,9 @@ class LoadedModel:
     run_id: str | None = None
     dataset_version: str | None = None
     ref: ModelRef | None = None
+    warnings: tuple[str, ...] = ()
+    """What an operator must know before trusting its answers (a registry version that failed its quality
+    gates, or was registered without them): logged at load, in ``/v2`` metadata and on the dashboard."""
 
     @property
     def in_registry(self) -> bool:
@@ -74,9 +94,12 @@ def load_model(uri: str, settings: ServeSettings) -> LoadedModel:
     if resolved.name is not None and resolved.version is not None:
         name, version = resolved.name, resolved.version
     elif resolved.path is not None and resolved.path.suffix == ".onnx":
-        name, version = resolved.path.stem, "1"
+        name, version = model.meta.name or resolved.path.stem, UNREGISTERED
     else:
-        name, version = settings.model_name, "1"
+        name, version = model.meta.name or settings.model_name, UNREGISTERED
+    warnings = gate_warnings(resolved)
+    for warning in warnings:
+        log.warning("serving %s: %s", uri, warning)
     return LoadedModel(
         model,
         uri,
@@ -86,7 +109,25 @@ def load_model(uri: str, settings: ServeSettings) -> LoadedModel:
         run_id=resolved.run_id,
         dataset_version=resolved.dataset_version,
         ref=resolved.ref,
+        warnings=warnings,
     )
+
+
+def gate_warnings(resolved: ResolvedModel) -> tuple[str, ...]:
+    """A registry version's gate verdict as registration tagged it, when it is not ``passed``.
+
+    A file or a run was never gated; its version ``unregistered`` says so.
+    """
+    if resolved.name is None or resolved.version is None:
+        return ()
+    verdict = resolved.tags.get(GATE_TAG)
+    who = f"{resolved.name} version {resolved.version}"
+    if verdict == "failed":
+        reasons = resolved.tags.get("gate_failures") or "see `radflow models`"
+        return (f"{who} FAILED its quality gates at registration ({reasons}); it is served anyway",)
+    if verdict is None:
+        return (f"{who} was registered without quality gates (no gate verdict); it is served ungated",)
+    return ()
 
 
 @dataclass(eq=False)
@@ -177,6 +218,7 @@ class ModelArm:
             "alias": self.loaded.alias,
             "arm": self.arm,
             "uri": self.loaded.uri,
+            "warnings": list(self.loaded.warnings),
         }
 
     @classmethod

@@ -59,6 +59,9 @@ class OnnxMetadata:
     labels: list[str]
     input_size: int
     """Side of the square model input, in pixels."""
+    name: str = ""
+    """The model's name as its exporter gave it (the registered model name); a server serving the plain file
+    reports it, with version ``unregistered``. Empty in older exports: the file's stem is reported then."""
     in_chans: int = 1
     preprocess: dict[str, Any] = field(default_factory=dict)
     """:class:`radflow.data.preprocess.PreprocessSpec` as a dict (size, mean, std, channels)."""

@@ -61,9 +61,14 @@ def _tensors(arm: ModelArm, outputs: bool) -> list[dict[str, Any]]:
 
 
 def _model_parameters(arm: ModelArm) -> dict[str, str | int | float]:
-    """The protocol's extension parameters of a model: its task, labels and how to make its ``image`` input."""
+    """The protocol's extension parameters of a model: its task, labels and how to make its ``image`` input.
+
+    ``warnings`` (only when there are any, e.g. a version that failed its quality gates) is one string,
+    the warnings joined by ``"; "``: the protocol's parameter values are scalars, never lists.
+    """
     model = arm.model
-    return {"task": model.task, "labels": ",".join(model.labels), **preprocessing_parameters(model.spec)}
+    warnings = {"warnings": "; ".join(arm.loaded.warnings)} if arm.loaded.warnings else {}
+    return {"task": model.task, "labels": ",".join(model.labels), **preprocessing_parameters(model.spec), **warnings}
 
 
 _MODEL = error_responses(404, 503)
