@@ -271,3 +271,13 @@ def test_reader_agreement() -> None:
     # A different class never matches, however well it overlaps.
     other = reader_agreement([[_arr(a0, width=5), _arr(_box(0, 0, 10, 10, 1), width=5)]])
     assert other["f1"] == 0.0 and list(other["pairs"]) == ["reader0|reader1"]
+
+
+def test_an_empty_split_answers_none_not_an_error() -> None:
+    report = detection_metrics([], [], ["Nodule"], n_boot=10)
+    assert report["n"] == 0 and report["map"] is None and report["cpm"] is None and report["image_auroc"] is None
+    assert report["per_class"]["Nodule"]["ap50"] is None and report["resamples"] == 0
+    no_boxes = detection_metrics([_arr(width=6)] * 3, [_arr(width=5)] * 3, ["Nodule"], n_boot=10)
+    assert no_boxes["ap50"] is None and no_boxes["ap50_ci"] is None
+    with pytest.raises(ValueError, match="labels is empty"):
+        detection_metrics([], [], [])

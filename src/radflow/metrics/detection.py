@@ -14,6 +14,8 @@ Boxes are NumPy arrays per image: truths ``(n, 5)`` ``[x0, y0, x1, y1, label_ind
   hits an already-found truth is not. The sensitivity at a rate is that of the most permissive
   operating point whose false positives per image do not exceed it; CPM is the mean over the rates.
 * :func:`image_auroc` scores an image for a class by its top box of that class (0 with none).
+* :func:`reader_agreement` is the pairwise F1 of readers' boxes on the images several read: the
+  ceiling a detector's agreement with one reader can be judged against.
 
 Matching happens within an image, so it does not change when images are resampled: the patient
 bootstrap of :func:`detection_metrics` (and the paired one of :func:`paired_map_difference`) match
@@ -320,15 +322,18 @@ def _froc_events(preds: list[np.ndarray], truths: list[np.ndarray], criterion: H
         truth_labels.append(truth[:, 4])
     score = np.concatenate(scores) if scores else np.zeros(0)
     order = np.argsort(-score, kind="mergesort")
-    cat = lambda parts, dtype: (np.concatenate(parts) if parts else np.zeros(0)).astype(dtype)  # noqa: E731
     return _FrocEvents(
         score=score[order],
-        image=cat(images, np.int64)[order],
-        found=cat(found, bool)[order],
-        label=cat(labels, np.int64)[order],
-        truth_images=cat(truth_images, np.int64),
-        truth_labels=cat(truth_labels, np.int64),
+        image=_joined(images, np.int64)[order],
+        found=_joined(found, bool)[order],
+        label=_joined(labels, np.int64)[order],
+        truth_images=_joined(truth_images, np.int64),
+        truth_labels=_joined(truth_labels, np.int64),
     )
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return (np.concatenate(parts) if parts else np.zeros(0)).astype(dtype)
 
 
 def _weighted_froc(
@@ -435,6 +440,8 @@ def _image_scores(preds: list[np.ndarray], truths: list[np.ndarray], label_count
 
 def _weighted_image_auroc(y: np.ndarray, s: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``(B, K + 1)``: AUROC per class, then their mean over the classes with both kinds of image."""
+    if not y.shape[0] or not y.shape[1]:
+        return np.full((weights.shape[0], y.shape[1] + 1), np.nan)
     per = np.stack([weighted_auroc(y[:, k], s[:, k], weights) for k in range(y.shape[1])], axis=1)
     return np.concatenate([per, _nanmean(per, axis=1)[:, None]], axis=1)
 
@@ -514,6 +521,8 @@ def detection_metrics(
     estimate leaves out a class without truth).
     """
     k = len(labels)
+    if not k:
+        raise ValueError("labels is empty: a detection report needs the names of the box labels.")
     p, t = _checked(preds, truths, k)
     n = len(p)
     index = _patient_index(patients, n)
