@@ -29,6 +29,7 @@ __all__ = [
     "EvaluateConfig",
     "ExportConfig",
     "GateConfig",
+    "KafkaConfig",
     "Params",
     "RegistryConfig",
     "ServeConfig",
@@ -400,6 +401,39 @@ class GateConfig(_Strict):
     )
 
 
+class KafkaConfig(_Strict):
+    """How ``radflow worker`` (and the doors that publish images) use Kafka: the ``kafka:`` section of params.yaml.
+
+    :class:`radflow.kafka.KafkaSettings` reads ``RADFLOW_KAFKA_<FIELD>`` environment variables over
+    these and adds the secrets (SASL password, TLS key files), which never belong in a workspace file.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    bootstrap: str = "localhost:9092"
+    """Bootstrap servers, comma-separated host:port (a ``kafka://`` or ``tcp://`` prefix is accepted)."""
+    images_topic: str = "radflow.images"
+    """Images to score (one de-identified image per message, JSON: radflow.kafka.messages.ImageMessage)."""
+    predictions_topic: str = "radflow.predictions"
+    """Every answer, once its prediction row is stored."""
+    urgent_topic: str = "radflow.urgent"
+    """Answers with a finding at or over its ``urgent`` threshold."""
+    dead_letter_topic: str = "radflow.dead-letter"
+    """Messages that cannot be scored (undecodable, invalid, refused), with the reason."""
+    group_id: str = "radflow-worker"
+    """Consumer group of the workers: partitions are shared among its members."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """SASL mechanism (with a SASL_* security protocol)."""
+    max_in_flight: int = Field(default=64, ge=1)
+    """Messages a worker scores at once; at this many its partitions are paused (backpressure)."""
+    batch_size: int = Field(default=16, ge=1)
+    """Most messages taken from the broker in one poll (the model's batcher groups them across polls)."""
+    urgent: dict[str, float] = Field(default_factory=dict)
+    """Per-label urgency thresholds (probability); an answer with a finding at or over one also goes to urgent_topic."""
+
+
 class Params(_Strict):
     """The whole params.yaml."""
 
@@ -411,6 +445,7 @@ class Params(_Strict):
     export: ExportConfig = Field(default_factory=lambda: ExportConfig(), description="ONNX export settings.")
     registry: RegistryConfig = Field(default_factory=lambda: RegistryConfig(), description="Model registry settings.")
     serve: ServeConfig = Field(default_factory=lambda: ServeConfig(), description="Serving settings.")
+    kafka: KafkaConfig = Field(default_factory=lambda: KafkaConfig(), description="Kafka worker settings.")
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:
         """A copy with dotted keys replaced, e.g. ``{"train.epochs": 3, "train.augment.hflip": True}``.

@@ -6,7 +6,8 @@ none of them, nor the web server: each of those imports this package. Torch-free
 
 - :mod:`radflow.store.schema`: the tables at :data:`SCHEMA_VERSION`, and UTC normalisation of times.
 - :mod:`radflow.store.migrations`: the ordered migrations applied when a store opens.
-- :mod:`radflow.store.store`: :class:`Store`, the writer and the single-row reads and writes.
+- :mod:`radflow.store.store`: :class:`Store`, the writer and the single-row reads and writes
+  (idempotent by prediction id: :func:`prediction_id_scope`).
 - :mod:`radflow.store.queries`: predictions joined to the feedback that counts (latest wins).
 - :mod:`radflow.store.access`: API token records and the append-only audit log (policy: :mod:`radflow.auth`).
 """
@@ -36,6 +37,7 @@ from radflow.store.store import (
     StoreUnavailableError,
     input_path,
     plain_grey_png,
+    prediction_id_scope,
     sqlite_file,
     study_key,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "migrate",
     "plain_grey_png",
     "prediction_counts",
+    "prediction_id_scope",
     "recent_predictions",
     "revoke_tokens",
     "schema_version",

@@ -10,6 +10,10 @@ image is stored once: an upload that already is one, holding nothing but its pix
 (no re-encoding); any other is encoded from its decoded pixels. No PHI is stored: uploads are
 hashed, DICOM headers and PNG text chunks are dropped, and only model outputs and model identity are
 logged. Opening a store migrates its schema (:mod:`radflow.store.migrations`).
+
+Writes are idempotent by prediction id: a message-driven door (the Kafka worker) names the id of the
+prediction it is about to make (:func:`prediction_id_scope`), and a row whose id is already written
+is skipped, so a redelivered message leaves one row however often it is scored.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +35,8 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy import Insert, create_engine, event, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,6 +51,7 @@ __all__ = [
     "StoreUnavailableError",
     "input_path",
     "plain_grey_png",
+    "prediction_id_scope",
     "sqlite_file",
     "study_key",
 ]
@@ -126,6 +135,34 @@ class PredictionRecord:
         return row
 
 
+_PREDICTION_ID: ContextVar[str | None] = ContextVar("radflow_prediction_id", default=None)
+
+
+@contextmanager
+def prediction_id_scope(prediction_id: str) -> Iterator[None]:
+    """Within this block, the served prediction logged (not a shadow one) takes the id ``prediction_id``.
+
+    A door whose input has an id of its own (a Kafka message) makes that its prediction's id, so the same
+    input scored twice (a redelivery after a crash) is the same row: :meth:`Store.log` skips an id it has
+    written. A context variable, so the inference core's logging needs no door-specific argument; tasks
+    started inside the block (the shadow scoring) inherit it, and shadow rows keep their own ids.
+    """
+    token = _PREDICTION_ID.set(prediction_id)
+    try:
+        yield
+    finally:
+        _PREDICTION_ID.reset(token)
+
+
+def _insert_new(engine: Engine) -> Insert:
+    """INSERT of prediction rows that skips an id already written (the idempotent write); plain INSERT elsewhere."""
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["id"])
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["id"])
+    return insert(PREDICTIONS)
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(conn: Any, _record: Any) -> None:
@@ -135,6 +172,14 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.execute("PRAGMA busy_timeout=5000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+
+def _unique_rows(records: list[PredictionRecord]) -> list[dict[str, Any]]:
+    """Rows of ``records``, the first of each id only (ON CONFLICT does not cover two of one id in one statement)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        rows.setdefault(r.id, r.to_row())
+    return list(rows.values())
 
 
 @dataclass
@@ -214,7 +259,11 @@ class Store:
 
         The stored input is ``upload`` itself when that is a :func:`plain_grey_png`, else ``pixels``
         (the decoded upload) encoded as an 8-bit PNG; nothing is stored without ``pixels`` or ``upload``.
+        Inside :func:`prediction_id_scope` a served record takes the scope's id (set on ``record``).
         """
+        scoped = _PREDICTION_ID.get()
+        if scoped is not None and not record.shadow:
+            record.id = scoped
         with self._lock:
             self._pending[record.id] = record
             self._logged += 1
@@ -260,7 +309,7 @@ class Store:
             for q in batch:
                 self._save_input(q.record.input_sha256, q.pixels, q.upload)
             with self.engine.begin() as conn:
-                conn.execute(insert(PREDICTIONS), [r.to_row() for r in records])
+                conn.execute(_insert_new(self.engine), _unique_rows(records))
         except Exception:  # the log must not take the service down; the error is reported
             log.exception("could not write %d predictions to %s", len(records), self.url)
         with self._lock:

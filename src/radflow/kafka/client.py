@@ -1,0 +1,79 @@
+"""Kafka clients of radflow's doors: the producer, ``publish_image`` and topic creation.
+
+The same aiokafka code talks to Apache Kafka and to any Kafka-protocol broker (the tests run Tansu).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from radflow.kafka.messages import ImageMessage, deidentified_image
+from radflow.kafka.settings import KafkaSettings
+
+__all__ = ["MAX_MESSAGE_BYTES", "create_producer", "ensure_topics", "publish_image"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest message radflow produces: a de-identified radiograph PNG in base64 (the brokers' message.max.bytes
+and the topics' max.message.bytes must allow it; Kafka's default is 1 MiB)."""
+
+
+def create_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    """A producer (not started) that waits for every in-sync replica (acks=all): a sent answer is not lost."""
+    return AIOKafkaProducer(
+        **settings.client_options(),
+        acks="all",
+        linger_ms=2,
+        max_request_size=MAX_MESSAGE_BYTES,
+        client_id="radflow",
+    )
+
+
+async def publish_image(
+    producer: AIOKafkaProducer,
+    settings: KafkaSettings,
+    data: bytes,
+    *,
+    study: str | None = None,
+    model: str | None = None,
+    sex: str | None = None,
+) -> str:
+    """Send one image to the images topic, de-identified (:func:`deidentified_image`); its prediction's id.
+
+    ``study`` is the sha256 hex of the study id (the gateway's ``study_hash``), never the id: it is the
+    message key, so a study's images land on one partition, and the worker's routing key. The call
+    returns once the brokers acknowledged the message.
+    """
+    image, header_sex = await asyncio.to_thread(deidentified_image, data)
+    message = ImageMessage.create(image, study=study, model=model, sex=sex or header_sex)
+    key = (study or message.id).encode()
+    await producer.send_and_wait(settings.images_topic, message.encode(), key=key)
+    return message.id
+
+
+async def ensure_topics(settings: KafkaSettings, partitions: int = 1, replication: int = 1) -> list[str]:
+    """Create radflow's topics that do not exist yet (``radflow worker --create-topics``); the ones created."""
+    admin = AIOKafkaAdminClient(**settings.client_options())
+    await admin.start()
+    created = []
+    try:
+        existing = set(await admin.list_topics())
+        for topic in settings.topics():
+            if topic in existing:
+                continue
+            try:
+                await admin.create_topics([NewTopic(topic, partitions, replication)])
+                created.append(topic)
+            except TopicAlreadyExistsError:  # another worker created it meanwhile
+                pass
+    finally:
+        await admin.close()
+    if created:
+        log.info("created topics %s (%d partitions)", ", ".join(created), partitions)
+    return created
