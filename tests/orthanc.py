@@ -24,7 +24,7 @@ import pytest
 
 from tests.debian import ensure_debian_package
 
-__all__ = ["GATEWAY_AE", "ORTHANC_AE", "Orthanc", "ensure_storescu", "free_port", "orthanc_server"]
+__all__ = ["GATEWAY_AE", "ORTHANC_AE", "Orthanc", "ensure_storescu", "free_port", "orthanc", "orthanc_server"]
 
 ORTHANC_AE = "ORTHANC"
 GATEWAY_AE = "RADFLOW"
@@ -118,3 +118,9 @@ def orthanc_server() -> Iterator[Orthanc]:
             process.wait(timeout=10)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def orthanc() -> Iterator[Orthanc]:
+    """One Orthanc for the session's PACS tests (it starts in well under a second, so modules may each get one)."""
+    yield from orthanc_server()
