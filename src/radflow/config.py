@@ -23,6 +23,7 @@ from radflow.errors import ConfigError, NotFoundError, did_you_mean
 
 __all__ = [
     "DEFAULT_CONTENT_TYPES",
+    "NOT_STATED",
     "SOURCES",
     "AugmentConfig",
     "DataConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "ExportConfig",
     "GateConfig",
     "KafkaConfig",
+    "ModelCardConfig",
     "Params",
     "RegistryConfig",
     "ServeConfig",
@@ -329,6 +331,10 @@ class EvaluateConfig(_Strict):
         default_factory=lambda: [0.0, 40.0, 60.0, 80.0, 200.0],
         description="Subgroup band edges: patient age in years (chest) or bone age in months (regression).",
     )
+    pdf: bool = Field(
+        default=True,
+        description="Also print the HTML report to report.pdf with Chromium (/usr/bin/chromium) when it is installed.",
+    )
 
 
 class GateConfig(_Strict):
@@ -401,6 +407,32 @@ class GateConfig(_Strict):
     )
 
 
+NOT_STATED = "not stated by the model's owner"
+"""What the model card says where params.yaml's ``model_card:`` leaves a statement out."""
+
+
+class ModelCardConfig(_Strict):
+    """The model owner's statements in the evaluation report's model card (the measured parts are filled in)."""
+
+    intended_use: str = Field(
+        default=NOT_STATED,
+        description="What the model is for: the clinical question, the users, the setting and the images it reads.",
+    )
+    out_of_scope: str = Field(
+        default=NOT_STATED,
+        description="Uses the model is not meant for (other modalities, populations, a standalone diagnosis ...).",
+    )
+    limitations: str = Field(
+        default=NOT_STATED,
+        description="Known limitations beyond those the report finds itself (labels too rare to gate, subgroups).",
+    )
+    known_failure_cases: str = Field(
+        default=NOT_STATED,
+        description="Image kinds the model is known to get wrong (devices, positioning, artefacts ...).",
+    )
+    owner: str = Field(default=NOT_STATED, description="Who answers for the model (a team or role, not a patient).")
+
+
 class KafkaConfig(_Strict):
     """How ``radflow worker`` (and the doors that publish images) use Kafka: the ``kafka:`` section of params.yaml.
 
@@ -445,6 +477,10 @@ class Params(_Strict):
     export: ExportConfig = Field(default_factory=lambda: ExportConfig(), description="ONNX export settings.")
     registry: RegistryConfig = Field(default_factory=lambda: RegistryConfig(), description="Model registry settings.")
     serve: ServeConfig = Field(default_factory=lambda: ServeConfig(), description="Serving settings.")
+    model_card: ModelCardConfig = Field(
+        default_factory=lambda: ModelCardConfig(),
+        description="The model owner's statements in the evaluation report's model card.",
+    )
     kafka: KafkaConfig = Field(default_factory=lambda: KafkaConfig(), description="Kafka worker settings.")
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:

@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.config import EvaluateConfig
-from radflow.data.dataset import Dataset
+from radflow.data.dataset import SPLITS, Dataset
 from radflow.errors import DataError
 from radflow.evaluate.report import evaluate_checkpoint, render_evaluation
 from radflow.train.checkpoint import ModelMeta, save_checkpoint
 from radflow.train.models import create_model
 from tests.fixtures import make_dataset
 
-FAST = EvaluateConfig(n_bootstrap=100)
+FAST = EvaluateConfig(n_bootstrap=100, pdf=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,10 @@ def test_multilabel_report_holds_everything(models: dict[str, tuple[Path, Path]]
         "version": ds.version,
         "split": "test",
         "n": len(ds.indices("test")),
+        "source_format": "fixture",
+        "patients": ds.manifest["patient_id"].nunique(),
+        "splits": {s: {"images": len(ds.indices(s)), "patients": 6 * (3 if s == "train" else 1)} for s in SPLITS},
+        "train_prevalence": ds.info["prevalence"]["train"],
     }
     assert result["thresholds"]["chosen_on"] == "val" and result["thresholds"]["method"] == "youden"
     per_label = result["metrics"]["per_label"]
@@ -76,6 +80,7 @@ def test_multilabel_report_holds_everything(models: dict[str, tuple[Path, Path]]
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert saved["metrics"]["macro"] == result["metrics"]["macro"]
     assert sorted(result["plots"]) == ["calibration.png", "confusion.png", "pr.png", "roc.png"]
+    assert (tmp_path / "report.html").stat().st_size > 10_000 and not (tmp_path / "report.pdf").exists()
     assert all((tmp_path / name).stat().st_size > 2000 for name in result["plots"])
 
 

@@ -14,6 +14,9 @@ the worst-cases gallery and its ``predictions.parquet`` holds Dice per image and
 artifacts under ``evaluation/``, headline metrics (``test_macro_auroc``, ``test_auroc_<label>``,
 ``test_mae``, ``test_mean_dice``, ``test_dice_<structure>`` ...) that the registry gates read, and
 the checkpoint re-logged with its thresholds.
+Beside the JSON the report writes ``report.html`` (:mod:`radflow.evaluate.html`: the page a clinical
+governance board reads, with a model card) and, with Chromium, ``report.pdf``; after registration
+:func:`log_gated_report` writes them again with the gates' verdicts.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from radflow.config import EvaluateConfig
+from radflow.config import EvaluateConfig, GateConfig, ModelCardConfig
 from radflow.data.dataset import Dataset
 from radflow.errors import DataError
 from radflow.evaluate import plots
+from radflow.evaluate.html import REPORT_ARTIFACT, write_report
 from radflow.registry import EVAL_DATASET_TAG, EVAL_SPLIT_TAG
 from radflow.registry.comparison import PREDICTIONS_FILE
 from radflow.tasks import TaskKind, get_task, metric_key
@@ -51,6 +55,7 @@ __all__ = [
     "evaluate_and_log",
     "evaluate_checkpoint",
     "evaluate_training",
+    "log_gated_report",
     "metric_key",
     "predict_masks",
     "render_evaluation",
@@ -204,6 +209,22 @@ def _write_plots(figures: list[Figure], out_dir: Path, ds: Dataset, rows: np.nda
     return written
 
 
+def _dataset_facts(ds: Dataset) -> dict[str, Any]:
+    """What the report's dataset section and model card say about the data: source format, split sizes, prevalence."""
+    splits = {}
+    for name in ("train", "val", "test"):
+        rows = ds.indices(name) if ds.is_split else np.arange(0)
+        if len(rows):
+            patients = int(ds.manifest["patient_id"].iloc[rows].nunique())
+            splits[name] = {"images": len(rows), "patients": patients}
+    return {
+        "source_format": (ds.info.get("source") or {}).get("format"),
+        "patients": int(ds.manifest["patient_id"].nunique()),
+        "splits": splits,
+        "train_prevalence": (ds.info.get("prevalence") or {}).get("train"),
+    }
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     dataset: Path,
@@ -213,10 +234,14 @@ def evaluate_checkpoint(
     *,
     device: str = "cpu",
     batch_size: int = 64,
+    gates: GateConfig | None = None,
+    model_card: ModelCardConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``split`` of ``dataset``; returns the evaluation JSON content.
 
-    With ``out_dir`` the JSON (``evaluation.json``) and the PNG figures are written there.
+    With ``out_dir`` the JSON (``evaluation.json``), the PNG figures and the HTML report (``report.html``,
+    ``report.pdf`` when Chromium is installed) are written there; the report previews ``gates`` (default
+    :class:`GateConfig`) on the values computed and carries ``model_card``'s statements.
     """
     from radflow.train.checkpoint import load_model
 
@@ -288,8 +313,15 @@ def evaluate_checkpoint(
             "epoch": meta.epoch,
             "trained_on_dataset_version": meta.dataset_version,
         },
-        "dataset": {"path": str(dataset.resolve()), "version": ds.version, "split": split, "n": len(rows)},
+        "dataset": {
+            "path": str(dataset.resolve()),
+            "version": ds.version,
+            "split": split,
+            "n": len(rows),
+            **_dataset_facts(ds),
+        },
         "config": params.model_dump(mode="json"),
+        "model_card": (model_card or ModelCardConfig()).model_dump(mode="json"),
         **body,
     }
     # Flat ``{split}_<metric>`` numbers logged to MLflow and read by the registry gates.
@@ -309,6 +341,7 @@ def evaluate_checkpoint(
     result["seconds"] = round(time.perf_counter() - started, 3)
     if out_dir is not None:
         (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        write_report(result, out_dir, gate_config=gates, pdf=params.pdf)
     return result
 
 
@@ -318,10 +351,14 @@ def evaluate_and_log(
     dataset: Path,
     params: EvaluateConfig | None,
     tracking_uri: str | None,
+    *,
+    gates: GateConfig | None = None,
+    model_card: ModelCardConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint on the test split and log everything to that MLflow run.
 
-    Thresholds are stored in the checkpoint (``ModelMeta.thresholds``) and the updated file is
+    The HTML report is logged as ``evaluation/report.html`` (:data:`REPORT_ARTIFACT`). Thresholds are
+    stored in the checkpoint (``ModelMeta.thresholds``) and the updated file is
     re-logged as ``checkpoint/best.pt``, so serving and export use the operating points chosen here.
     """
     from mlflow.entities import Metric, RunTag
@@ -334,7 +371,7 @@ def evaluate_and_log(
     client = mlflow_client(uri)
     with tempfile.TemporaryDirectory(prefix="radflow-eval-") as tmp:
         out_dir = Path(tmp) / "evaluation"
-        result = evaluate_checkpoint(checkpoint, dataset, "test", params, out_dir)
+        result = evaluate_checkpoint(checkpoint, dataset, "test", params, out_dir, gates=gates, model_card=model_card)
         client.log_artifacts(run_id, str(out_dir), "evaluation")
         now = int(time.time() * 1000)
         logged = [Metric(k, float(v), now, 0) for k, v in result["headline"].items() if v is not None]
@@ -357,7 +394,14 @@ def evaluate_and_log(
     return result
 
 
-def evaluate_training(result: TrainResult, dataset: Path, params: EvaluateConfig | None = None) -> dict[str, Any]:
+def evaluate_training(
+    result: TrainResult,
+    dataset: Path,
+    params: EvaluateConfig | None = None,
+    *,
+    gates: GateConfig | None = None,
+    model_card: ModelCardConfig | None = None,
+) -> dict[str, Any]:
     """The test-split evaluation ``radflow train`` ends with: :func:`evaluate_and_log` on the run's best checkpoint.
 
     Also stored as ``result.evaluation``.
@@ -368,8 +412,43 @@ def evaluate_training(result: TrainResult, dataset: Path, params: EvaluateConfig
         dataset=dataset,
         params=params,
         tracking_uri=result.tracking_uri,
+        gates=gates,
+        model_card=model_card,
     )
     return result.evaluation
+
+
+def log_gated_report(
+    run_id: str, registration: dict[str, Any], tracking_uri: str | None = None, gates: GateConfig | None = None
+) -> list[str]:
+    """Write the run's report again with the registry's verdicts and log it over ``evaluation/report.html``.
+
+    Called with a :func:`radflow.registry.register` result after registration (the ``register``
+    stage; the registry does not import the report, which imports the registry). The figures and
+    JSON come from the run's logged evaluation. Returns the artifact paths logged: none, with a log
+    line, when the run has no logged evaluation (its gates then failed for want of one and said so).
+    """
+    import logging
+
+    from radflow.tracking import client as mlflow_client
+    from radflow.tracking import resolve_tracking_uri
+
+    client = mlflow_client(resolve_tracking_uri(tracking_uri or registration.get("tracking_uri")))
+    logged = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "evaluation")}
+    if EVALUATION_FILE not in logged:
+        logging.getLogger(__name__).info("run %s has no logged evaluation; no report to write with verdicts.", run_id)
+        return []
+    with tempfile.TemporaryDirectory(prefix="radflow-report-") as tmp:
+        fetched = Path(client.download_artifacts(run_id, f"evaluation/{EVALUATION_FILE}", tmp))
+        result = json.loads(fetched.read_text())
+        for name in result.get("plots", []):
+            if name in logged:
+                client.download_artifacts(run_id, f"evaluation/{name}", tmp)
+        pdf = bool(result.get("config", {}).get("pdf", True))
+        written = write_report(result, fetched.parent, gates=registration, gate_config=gates, pdf=pdf)
+        for path in written:
+            client.log_artifact(run_id, str(path), REPORT_ARTIFACT.rsplit("/", 1)[0])
+        return [f"{REPORT_ARTIFACT.rsplit('/', 1)[0]}/{p.name}" for p in written]
 
 
 # ---------------------------------------------------------------------------------------------
