@@ -1,12 +1,14 @@
-// Reader page: upload a radiograph, show findings (bars with thresholds), heatmaps per finding,
-// collect the reader's feedback and list recent predictions with their feedback state.
+// Reader page: upload a radiograph, show findings (bars with thresholds), heatmaps per finding, or a
+// segmentation model's masks to correct (mask_editor.js), collect the reader's feedback and list recent
+// predictions with their feedback state.
 "use strict";
 
 (function () {
   const { el, api, pct, yearsMonths, formatValue, timeOf } = window.radflow;
   const $ = (id) => document.getElementById(id);
-  let current = null; // {id, model, arm, latency_ms, findings|prediction, localUrl}
+  let current = null; // {id, model, arm, latency_ms, findings|prediction|structures, localUrl}
   let shownHeatmap = null;
+  let editor = null; // radflow.MaskEditor of the current segmentation answer
 
   function setStatus(node, text, kind) {
     node.textContent = text;
@@ -65,14 +67,23 @@
       el("dt", { text: "Prediction" }),
       el("dd", { text: record.id, class: "mono" })
     );
-    const regression = !record.findings;
-    $("findings").hidden = regression;
-    $("legend").hidden = regression;
-    $("label-hint").hidden = regression;
+    // The answer's key says which view: findings, a value, or structures (the segmentation kind's "mask" view).
+    const masks = Boolean(record.structures);
+    const regression = !record.findings && !masks;
+    $("result-title").textContent = masks ? "Structures" : "Findings";
+    $("findings").hidden = !record.findings;
+    $("legend").hidden = !record.findings;
+    $("label-hint").hidden = !record.findings;
     $("value").hidden = !regression;
     $("value-feedback").hidden = !regression;
-    $("confirm-all").textContent = regression ? "Agree with the estimate" : "Confirm all findings";
-    if (regression) {
+    $("mask-tools").hidden = !masks;
+    $("mask-canvas").hidden = !masks;
+    if (editor) editor.destroy();
+    editor = null;
+    $("confirm-all").textContent = regression ? "Agree with the estimate" : masks ? "Accept the masks" : "Confirm all findings";
+    if (masks) {
+      showMasks(record.structures, record.feedback && record.feedback.labels ? record.feedback.labels.masks : null);
+    } else if (regression) {
       $("value").textContent = "Predicted bone age: " + formatValue(record.prediction);
       $("est-years").value = "";
       $("est-months").value = "";
@@ -156,6 +167,59 @@
     });
   }
 
+  function showMasks(structures, corrected) {
+    const list = $("structures");
+    const pick = $("mask-structure");
+    list.replaceChildren();
+    pick.replaceChildren();
+    if (!structures.length) return;
+    editor = new radflow.MaskEditor($("mask-canvas"), structures, corrected);
+    editor.opacity = Number($("mask-opacity").value) / 100;
+    editor.outline = $("mask-outline").checked;
+    editor.radius = Number($("mask-size").value);
+    editor.tool = document.querySelector('input[name="mask-tool"]:checked').value;
+    const areas = [];
+    structures.forEach((s, k) => {
+      const [r, g, b] = radflow.PALETTE[k % radflow.PALETTE.length];
+      const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
+      swatch.style.background = "rgb(" + r + "," + g + "," + b + ")";
+      const id = "structure-" + k;
+      const box = el("input", {
+        id,
+        type: "checkbox",
+        checked: true,
+        "data-structure": s.structure,
+        onchange: (e) => {
+          editor.visible[k] = e.target.checked;
+          editor.draw();
+        },
+      });
+      const area = el("span", { class: "area" });
+      areas.push(area);
+      list.append(el("li", { "data-structure": s.structure }, box, swatch, el("label", { for: id, class: "inline", text: s.structure }), area));
+      pick.append(el("option", { value: String(k), text: s.structure }));
+    });
+    const update = () => {
+      areas.forEach((node, k) => (node.textContent = editor.area(k) + " px" + (editor.changed(k) ? " · corrected" : "")));
+      $("mask-undo").disabled = !editor.undo.length;
+    };
+    editor.onchange = update;
+    editor.active = Number(pick.value);
+    update();
+  }
+
+  function wireMaskTools() {
+    const set = (fn) => () => editor && (fn(editor), editor.draw());
+    $("mask-opacity").addEventListener("input", set((ed) => (ed.opacity = Number($("mask-opacity").value) / 100)));
+    $("mask-outline").addEventListener("change", set((ed) => (ed.outline = $("mask-outline").checked)));
+    $("mask-size").addEventListener("input", set((ed) => (ed.radius = Number($("mask-size").value))));
+    $("mask-structure").addEventListener("change", set((ed) => (ed.active = Number($("mask-structure").value))));
+    for (const radio of document.querySelectorAll('input[name="mask-tool"]')) {
+      radio.addEventListener("change", set((ed) => (ed.tool = radio.value)));
+    }
+    $("mask-undo").addEventListener("click", () => editor && editor.undoStroke());
+  }
+
   function toggleHeatmap(label, button) {
     for (const b of document.querySelectorAll(".heatmap-toggle")) if (b !== button) b.setAttribute("aria-pressed", "false");
     if (shownHeatmap === label) {
@@ -193,7 +257,9 @@
 
   function confirmAll() {
     if (!current) return;
-    if (current.findings) {
+    if (current.structures) {
+      // Accepting leaves the masks as they are; Save feedback sends them.
+    } else if (current.findings) {
       for (const f of current.findings) {
         const s = document.querySelector('#findings select[data-label="' + CSS.escape(f.label) + '"]');
         if (s) s.value = f.positive ? "1" : "0";
@@ -220,7 +286,9 @@
     if (!current) return;
     const status = $("feedback-status");
     const body = { prediction_id: current.id };
-    if (current.findings) {
+    if (current.structures) {
+      if (editor) body.labels = { masks: editor.corrected() };
+    } else if (current.findings) {
       const labels = {};
       for (const s of document.querySelectorAll("#findings select[data-label]")) {
         if (s.value !== "") labels[s.dataset.label] = Number(s.value);
@@ -256,6 +324,10 @@
 
   function resultText(outputs) {
     if (outputs.prediction) return formatValue(outputs.prediction);
+    if (outputs.structures) {
+      const shown = outputs.structures.filter((s) => s.area_px > 0).map((s) => s.structure);
+      return shown.length ? shown.join(", ") : "no structure found";
+    }
     const positives = (outputs.findings || []).filter((f) => f.positive).map((f) => f.label);
     return positives.length ? positives.join(", ") : "no positive finding";
   }
@@ -264,7 +336,10 @@
     if (!fb) return "none";
     const parts = [];
     if (fb.correct !== null && fb.correct !== undefined) parts.push(fb.correct ? "correct" : "incorrect");
-    if (fb.labels) {
+    if (fb.labels && fb.labels.masks) {
+      const n = Object.keys(fb.labels.masks).length;
+      parts.push(n + " mask" + (n === 1 ? "" : "s") + " reviewed");
+    } else if (fb.labels) {
       const corrected = (outputs.findings || []).filter(
         (f) => fb.labels[f.label] !== undefined && Boolean(fb.labels[f.label]) !== f.positive
       ).length;
@@ -338,6 +413,7 @@
   }
 
   wireDrop();
+  wireMaskTools();
   $("feedback").addEventListener("submit", sendFeedback);
   $("confirm-all").addEventListener("click", confirmAll);
   $("refresh-history").addEventListener("click", loadHistory);
