@@ -7,7 +7,7 @@ Adding a kind: write ``radflow/tasks/<kind>.py`` with a :class:`TaskKind` subcla
 
 from __future__ import annotations
 
-from radflow.tasks import multiclass, multilabel, regression, segmentation  # noqa: F401  (importing registers the kinds)
+from radflow.tasks import detection, multiclass, multilabel, regression, segmentation  # noqa: F401  (importing registers the kinds)
 from radflow.tasks.base import (
     DEFAULT_THRESHOLD,
     Finding,

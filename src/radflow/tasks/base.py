@@ -121,6 +121,9 @@ class Prediction:
     contradictions: list[dict[str, Any]] | None = None
     """Findings that cannot all be true at once (``{"labels", "message"}`` each), for kinds that check any."""
     structures: list[dict[str, Any]] | None = None
+    boxes: list[dict[str, Any]] | None = None
+    """A detection kind's answer, one ``{"label", "score", "box": [x0, y0, x1, y1]}`` per box in the input's
+    original pixel coordinates, best first (:meth:`radflow.tasks.detection.Detection.encode`)."""
 
     @property
     def positives(self) -> list[str]:
@@ -129,6 +132,8 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         if self.structures is not None:
             return {"structures": self.structures}
+        if self.boxes is not None:
+            return {"boxes": self.boxes}
         if self.findings is None:
             return {"prediction": {"value": self.value, "unit": self.unit}}
         out: dict[str, Any] = {"findings": [f.to_dict() for f in self.findings]}
@@ -146,9 +151,9 @@ class TaskKind:
 
     name: ClassVar[str]
     """The task name stored in ``dataset.json``, checkpoints, ONNX metadata and the ``radflow.task`` tag."""
-    family: ClassVar[Literal["classification", "regression", "segmentation"]]
+    family: ClassVar[Literal["classification", "regression", "segmentation", "detection"]]
     """How answers are judged online (AUROC/sensitivity/specificity, MAE or Dice) and in the load test."""
-    network: ClassVar[Literal["pooled", "dense"]] = "pooled"
+    network: ClassVar[Literal["pooled", "dense", "detection"]] = "pooled"
     """The network head the kind trains (:func:`radflow.train.models.model_network`): ``pooled``, one row of
     ``num_outputs`` per image, or ``dense``, ``num_outputs`` maps ``(S, S)`` at the input's size."""
     default_arch: ClassVar[str | None] = None
@@ -168,14 +173,14 @@ class TaskKind:
     activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]]
     """What the graph applies to the network's raw outputs (``denormalise``: back to the target unit);
     dense kinds apply it to every pixel of every map."""
-    renderer: ClassVar[Literal["findings", "value", "mask"]]
+    renderer: ClassVar[Literal["findings", "value", "mask", "boxes"]]
     """Which reader-UI view shows an answer."""
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     """Inputs besides the image the network takes (``sex`` for bone age)."""
     target_unit: ClassVar[str | None] = None
     normalise_targets: ClassVar[bool] = False
     """Whether training standardises targets (mean/std stored in the model meta)."""
-    response_key: ClassVar[Literal["findings", "prediction", "structures"]]
+    response_key: ClassVar[Literal["findings", "prediction", "structures", "boxes"]]
     """The key of a ``/v1/predict`` answer that holds the prediction (see :meth:`Prediction.to_dict`)."""
 
     def __repr__(self) -> str:
@@ -250,7 +255,7 @@ class TaskKind:
 
     def quality_metric(
         self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
-    ) -> tuple[Literal["macro_auroc", "mae", "mean_dice"], float | None]:
+    ) -> tuple[Literal["macro_auroc", "mae", "mean_dice", "map50"], float | None]:
         """The one number two versions of a model are compared on (INT8 against FP32): its name and value.
 
         ``macro_auroc`` and ``mean_dice`` are better higher, ``mae`` lower; None where the split cannot define it.

@@ -7,7 +7,9 @@ arrays; each opens the shards lazily as read-only memory maps, so no pixel array
 For a segmentation dataset the targets are the masks, read from the mask shards at the image's
 shard and offset and unpacked to float maps ``(K, S, S)`` per image. Augmentation runs on the
 batched tensor (on the GPU when training there) with its own seeded generator; masks move with
-their image (the same affine and flip), intensity changes touch the image only.
+their image (the same affine and flip), intensity changes touch the image only. For a detection
+dataset the targets are the rows' training boxes (:func:`box_targets`), ``(n, M, 5)`` per batch,
+NaN rows padding images to the dataset's most boxes ``M``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from radflow.data.dataset import SHARD_DIR, Dataset
 from radflow.data.masks import MASK_DIR, unpack
 from radflow.data.preprocess import PreprocessSpec, to_model_input
 
-__all__ = ["Batch", "ShardBatches", "augment", "make_loader", "sex_feature"]
+__all__ = ["Batch", "ShardBatches", "augment", "box_targets", "make_loader", "sex_feature"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -39,12 +41,25 @@ def sex_feature(sex: Sequence[str] | np.ndarray) -> np.ndarray:
     return out.astype(np.float32).reshape(-1, 1)
 
 
+def box_targets(ds: Dataset, rows: np.ndarray) -> list[np.ndarray]:
+    """Each row's training boxes ``(k, 5)`` float32: ``x0, y0, x1, y1`` at training size and the label's index."""
+    index = {label: float(j) for j, label in enumerate(ds.labels)}
+    out = []
+    for frame in ds.boxes(rows):
+        corners = frame[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float32)
+        labels = frame["label"].map(index).to_numpy(dtype=np.float32)[:, None]
+        out.append(np.concatenate([corners, labels], axis=1))
+    return out
+
+
 class ShardBatches(torch.utils.data.Dataset[Batch]):
     """Batches (images, targets, extra) of chosen manifest rows, read from the shards on demand.
 
     With ``masks`` the targets of a batch are the rows' masks as float maps ``(n, K, S, S)``
     (K = the columns of ``targets``, the structures); the map of a structure whose ``targets``
     cell is NaN (not annotated on that image) is NaN throughout, which the losses and metrics skip.
+    With ``boxes`` (one ``(k, 5)`` array per row, :func:`box_targets`) the targets of a batch are
+    the boxes ``(n, M, 5)``, NaN rows padding to the most boxes of any row (at least one).
     """
 
     def __init__(
@@ -55,6 +70,7 @@ class ShardBatches(torch.utils.data.Dataset[Batch]):
         targets: np.ndarray | None = None,
         extra: np.ndarray | None = None,
         masks: bool = False,
+        boxes: Sequence[np.ndarray] | None = None,
     ):
         self.root = Path(ds.root)
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -68,6 +84,14 @@ class ShardBatches(torch.utils.data.Dataset[Batch]):
             ds.structures  # noqa: B018 - a dataset without masks is refused here, not in a worker
             if self.targets.shape[1] != len(ds.structures):
                 raise ValueError(f"masks need one target column per structure, got {self.targets.shape[1]}.")
+        self.boxes = None
+        if boxes is not None:
+            if len(boxes) != n:
+                raise ValueError(f"boxes need one array per row, got {len(boxes)} for {n} rows.")
+            width = max([1, *(len(b) for b in boxes)])
+            self.boxes = np.full((n, width, 5), np.nan, dtype=np.float32)
+            for i, b in enumerate(boxes):
+                self.boxes[i, : len(b)] = b
         self._shards: dict[tuple[str, int], np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -112,7 +136,11 @@ class ShardBatches(torch.utils.data.Dataset[Batch]):
     def __getitem__(self, positions: Sequence[int] | int) -> Batch:
         pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
         x = torch.from_numpy(to_model_input(self.read(pos), self.spec))
-        y = self.read_masks(pos) if self.masks else self.targets[pos]
+        y = self.targets[pos]
+        if self.boxes is not None:
+            y = self.boxes[pos]
+        elif self.masks:
+            y = self.read_masks(pos)
         return x, torch.from_numpy(y), torch.from_numpy(self.extra[pos])
 
 

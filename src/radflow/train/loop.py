@@ -39,7 +39,7 @@ from radflow.hardware import available_cores
 from radflow.tasks import TaskKind, get_task
 from radflow.tracking import check_tracking, ensure_experiment, env_scope, git_state, resolve_tracking_uri
 from radflow.train.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
-from radflow.train.data import ShardBatches, augment, make_loader
+from radflow.train.data import ShardBatches, augment, box_targets, make_loader
 from radflow.train.losses import LossFn, make_loss
 from radflow.train.models import create_model, list_models, load_weights, model_network
 from radflow.train.predict import extra_inputs, outputs_to_predictions
@@ -133,9 +133,11 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
         kind = get_task(ds.task)
     except ConfigError as exc:
         raise DataError(f"{exc} (the task of dataset.json)", path=dataset_path) from None
-    dense = kind.network == "dense"
+    dense, detection = kind.network == "dense", kind.network == "detection"
     if dense and not ds.has_masks:
         raise DataError(f"a {ds.task} dataset needs masks, and this one has none; re-ingest it.", path=dataset_path)
+    if detection and not ds.has_boxes:
+        raise DataError(f"a {ds.task} dataset needs boxes, and this one has none; re-ingest it.", path=dataset_path)
     if not ds.is_split:
         raise DataError(
             f"the dataset is not split into train/val/test yet; run `radflow split {dataset_path}` first.",
@@ -190,8 +192,15 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
     weights = kind.pos_weight(targets[train_rows]) if cfg.pos_weight else None
     pos_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     spec = ds.spec.__class__.from_dict(meta.preprocess)
-    train_data = ShardBatches(ds, train_rows, spec, train_targets, extra_inputs(ds, train_rows, meta), masks=dense)
-    val_data = ShardBatches(ds, val_rows, spec, val_norm, extra_inputs(ds, val_rows, meta), masks=dense)
+    train_boxes, val_boxes = (box_targets(ds, rows) if detection else None for rows in (train_rows, val_rows))
+    if detection and cfg.augment.enabled:
+        warnings.append("augmentation is off for detection: the boxes do not move with the image yet.")
+    train_data = ShardBatches(
+        ds, train_rows, spec, train_targets, extra_inputs(ds, train_rows, meta), masks=dense, boxes=train_boxes
+    )
+    val_data = ShardBatches(
+        ds, val_rows, spec, val_norm, extra_inputs(ds, val_rows, meta), masks=dense, boxes=val_boxes
+    )
     return _Prepared(ds, kind, meta, train_data, val_data, val_targets_raw, pos_weight, warnings)
 
 
@@ -253,8 +262,12 @@ def _log_model(model: torch.nn.Module, meta: ModelMeta, name: str = "model") -> 
     else:
         # Unnamed, so pyfunc's predict takes a plain array rather than a dict.
         inputs = [TensorSpec(np.dtype(np.float32), image_shape)]
-    dense = model_network(meta.arch) == "dense"
-    output_shape = (-1, meta.num_outputs, size, size) if dense else (-1, meta.num_outputs)
+    network = model_network(meta.arch)
+    output_shape: tuple[int, ...] = (-1, meta.num_outputs)
+    if network == "dense":
+        output_shape = (-1, meta.num_outputs, size, size)
+    elif network == "detection":  # per anchor: box, class logits, centre-ness logit
+        output_shape = (-1, -1, 4 + meta.num_outputs + 1)
     signature = ModelSignature(
         inputs=Schema(inputs),
         outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape)]),
@@ -526,12 +539,16 @@ class _Epochs:
                 break
             x = x.to(device, non_blocking=True).to(memory_format=setup.memory_format)
             y = y.to(device, non_blocking=True)
-            if self.prep.kind.network == "dense":
+            network = self.prep.kind.network
+            if network == "dense":
                 x, y = augment(x, self.cfg.augment, self.aug_gen, masks=y)
-            else:
+            elif network == "pooled":
                 x = augment(x, self.cfg.augment, self.aug_gen)
             with torch.autocast(device.type, dtype=torch.float16, enabled=setup.use_amp):
-                out = model(x, extra.to(device) if extra.shape[1] else None)
+                if network == "detection":  # the detector computes its own loss terms from the boxes
+                    out = model(x, targets=y)
+                else:
+                    out = model(x, extra.to(device) if extra.shape[1] else None)
             loss = self.loss_fn(out.float(), y)
             value = float(loss.item())
             if not math.isfinite(value):
@@ -561,8 +578,13 @@ class _Epochs:
         kept: list[tuple[np.ndarray, np.ndarray]] = []
         for x, y, extra in self.val_loader:
             out = model(x.to(self.device), extra.to(self.device) if extra.shape[1] else None).float().cpu()
-            known = float((~torch.isnan(y)).sum())
-            loss_sum += float(self.loss_fn(out, y)) * known
+            if kind.network == "detection":  # the loss terms need the boxes; the mean is over images
+                known = float(len(y))
+                terms = model(x.to(self.device), targets=y.to(self.device)).float().cpu()
+                loss_sum += float(self.loss_fn(terms, y)) * known
+            else:
+                known = float((~torch.isnan(y)).sum())
+                loss_sum += float(self.loss_fn(out, y)) * known
             known_sum += known
             # Targets in user units: the loader's own unless the kind trains on normalised ones.
             targets = prep.val_targets[start : start + len(y)] if kind.normalise_targets else y.numpy()

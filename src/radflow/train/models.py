@@ -15,6 +15,7 @@ it takes seconds to import). Nothing here downloads anything.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from torch import nn
 from radflow.errors import ConfigError, NotFoundError, did_you_mean
 
 __all__ = [
+    "DetNet",
     "Network",
     "RadNet",
     "SegNet",
@@ -34,11 +36,13 @@ __all__ = [
     "load_weights",
     "model_network",
     "register_dense_model",
+    "register_detection_model",
     "register_model",
 ]
 
-Network = Literal["pooled", "dense"]
-"""What a network outputs: a row per image (``pooled``) or a map per output (``dense``)."""
+Network = Literal["pooled", "dense", "detection"]
+"""What a network outputs: a row per image (``pooled``), a map per output (``dense``) or scored boxes
+(``detection``)."""
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _NETWORK: dict[str, Network] = {}
@@ -58,13 +62,20 @@ def register_dense_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Modul
     return fn
 
 
+def register_detection_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a detection builder (same signature; it returns a :class:`DetNet`) under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    _NETWORK[fn.__name__] = "detection"
+    return fn
+
+
 def list_models(network: Network | None = None) -> list[str]:
     """Names of the registered architectures (of one ``network`` kind when given), sorted."""
     return sorted(name for name in _REGISTRY if network is None or _NETWORK[name] == network)
 
 
 def model_network(name: str) -> Network:
-    """Whether architecture ``name`` is ``pooled`` or ``dense``; an unknown name is a ConfigError with a hint."""
+    """Whether ``name`` is ``pooled``, ``dense`` or ``detection``; an unknown name is a ConfigError with a hint."""
     if name not in _REGISTRY:
         raise ConfigError(
             f"unknown architecture {name!r}; choose one of {', '.join(list_models())}.{did_you_mean(name, _REGISTRY)}"
@@ -379,6 +390,122 @@ def monai_segresnet(
         dropout_prob=dropout or None,
     )
     return MonaiNet(net, num_outputs)
+
+
+class _SmallPyramid(nn.Module):
+    """Conv-BN-ReLU stages to strides 4, 8 and 16 under a torchvision feature pyramid (``out_channels`` each)."""
+
+    def __init__(self, in_chans: int, widths: tuple[int, ...], out_channels: int):
+        super().__init__()
+        if len(widths) != 4:
+            raise ConfigError(f"fcos_small needs four widths (stem and strides 4, 8, 16), got {widths}.")
+        from torchvision.ops import FeaturePyramidNetwork
+
+        self.stem = _conv_bn(in_chans, widths[0], 2)
+        self.stages = nn.ModuleList(
+            nn.Sequential(_conv_bn(cin, cout, 2), _conv_bn(cout, cout, 1)) for cin, cout in itertools.pairwise(widths)
+        )
+        self.fpn = FeaturePyramidNetwork(list(widths[1:]), out_channels)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        levels: dict[str, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            levels[str(i)] = x
+        out: dict[str, torch.Tensor] = self.fpn(levels)
+        return out
+
+
+class DetNet(nn.Module):
+    """A torchvision FCOS detector (Tian et al. 2019) on model-size inputs, under ``fcos``.
+
+    The images are already padded, resized and normalised by radflow's preprocessing, so the
+    torchvision transform (resize, normalisation) is bypassed: ``forward`` runs backbone, head and
+    anchors itself. With ``targets`` (``(N, M, 5)`` ``x0, y0, x1, y1, label index`` at model size,
+    NaN rows padding images with fewer boxes) it returns FCOS's own loss terms ``(3,)``
+    (classification, box regression, centre-ness), in training and evaluation mode alike, so the
+    validation loss is the training loss. Without, it returns per anchor ``(N, A, 4 + K + 1)``: the
+    decoded box (clipped to the image), K class logits and the centre-ness logit; the task kind's
+    ``activate`` turns them into FCOS's scores and :func:`radflow.tasks.detection.select_detections`
+    keeps the boxes (threshold, per-class NMS), in training and in the torch-free runtime alike.
+    Anchors come from one image and broadcast over the batch, so the exported graph keeps a dynamic batch.
+    """
+
+    def __init__(self, fcos: nn.Module, num_outputs: int):
+        super().__init__()
+        self.fcos = fcos
+        self.num_outputs = num_outputs
+
+    def _heads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[int]]:
+        from torchvision.models.detection.image_list import ImageList
+
+        fcos: Any = self.fcos
+        features = list(fcos.backbone(x).values())
+        head = fcos.head(features)
+        anchors = fcos.anchor_generator(ImageList(x[:1], [(x.shape[-2], x.shape[-1])]), features)[0]
+        return head, anchors, [f.shape[2] * f.shape[3] for f in features]
+
+    def forward(
+        self, x: torch.Tensor, extra: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if extra is not None:
+            raise ValueError("a detection network takes the image only, no extra inputs.")
+        head, anchors, per_level = self._heads(x)
+        if targets is not None:
+            kept = [t[~torch.isnan(t[:, 0])] for t in targets]
+            wanted = [{"boxes": b[:, :4], "labels": b[:, 4].long()} for b in kept]
+            fcos: Any = self.fcos
+            losses = fcos.compute_loss(wanted, head, [anchors] * len(x), per_level)
+            return torch.stack([losses["classification"], losses["bbox_regression"], losses["bbox_ctrness"]])
+        centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+        side = (anchors[:, 2:] - anchors[:, :2]).repeat(1, 2)
+        rel = head["bbox_regression"] * side
+        boxes = torch.cat([centre - rel[..., :2], centre + rel[..., 2:]], dim=-1)
+        limit = torch.tensor([x.shape[-1], x.shape[-2]] * 2, dtype=boxes.dtype, device=boxes.device)
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        return torch.cat([boxes, head["cls_logits"], head["bbox_ctrness"]], dim=-1)
+
+
+@register_detection_model
+def fcos_small(
+    num_outputs: int,
+    in_chans: int = 1,
+    num_extra: int = 0,
+    widths: tuple[int, ...] = (16, 24, 32, 48),
+    channels: int = 32,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """torchvision FCOS over a small conv backbone and FPN (strides 4, 8, 16), random init, for CPU demos.
+
+    Anchor sizes equal the strides (as torchvision's ``fcos_resnet50_fpn``), so the levels cover boxes of
+    about 4-32, 16-64 and 32+ px, the lesions of 64-256 px films. Nothing is downloaded.
+    """
+    if num_extra:
+        raise ConfigError(f"fcos_small is a detection network; it takes no extra inputs (got {num_extra}).")
+    if dropout:
+        raise ConfigError(f"fcos_small takes no dropout (train.dropout is {dropout}); set it to 0.")
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSHead
+
+    from radflow.tasks.detection import MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD
+
+    backbone = _SmallPyramid(in_chans, tuple(widths), channels)
+    anchors = AnchorGenerator(sizes=((4,), (8,), (16,)), aspect_ratios=((1.0,),) * 3)
+    fcos = FCOS(
+        backbone,
+        num_classes=num_outputs,
+        image_mean=[0.0] * in_chans,
+        image_std=[1.0] * in_chans,
+        anchor_generator=anchors,
+        head=FCOSHead(channels, 1, num_outputs, num_convs=2),
+        score_thresh=SCORE_THRESHOLD,
+        nms_thresh=NMS_IOU,
+        detections_per_img=MAX_DETECTIONS,
+    )
+    return DetNet(fcos, num_outputs)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:

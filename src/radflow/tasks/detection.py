@@ -1,0 +1,318 @@
+"""Detection: scored boxes per finding label (lung opacities, nodules), at the input's original size.
+
+The labels of a detection dataset are its box labels (``dataset.json`` ``boxes.labels``); a label
+column says whether the image's training boxes hold one of that label, and the boxes themselves
+(:mod:`radflow.data.boxes`, training size) are the targets: per image ``(M, 5)`` ``x0, y0, x1, y1,
+label index``, NaN rows padding images with fewer boxes to the dataset's most.
+
+The network is a torchvision detector (:func:`radflow.train.models.fcos_small`) whose loss is its
+own (FCOS's focal classification, GIoU box and centre-ness terms, summed). Its raw output per anchor
+is a decoded box with class and centre-ness logits; :meth:`Detection.activate` (also in the exported
+graph) makes FCOS's scores ``sqrt(sigmoid(class) * sigmoid(centre-ness))``, and
+:func:`select_detections` (NumPy, torch-free) keeps the boxes: score threshold, per-label non-maximum
+suppression, best :data:`MAX_DETECTIONS`. Validation and serving call the same function, so what the
+runtime answers is what validation measured.
+
+Validation watches mAP at IoU 0.5 (:func:`average_precision_50`, all-point interpolated AP per label
+over the split, VOC/COCO style). Serving answers ``{"boxes": [{"label", "score", "box"}]}`` in the
+input's original pixel coordinates (the runtime maps them back with :func:`radflow.data.boxes.to_original`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from radflow.tasks.base import (
+    InvalidFeedbackError,
+    LabelSchema,
+    LossFn,
+    NotBuiltError,
+    Prediction,
+    TaskKind,
+    metric_key,
+)
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable
+from radflow.tasks.registry import register_task
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "MATCH_IOU",
+    "MAX_DETECTIONS",
+    "NMS_IOU",
+    "SCORE_THRESHOLD",
+    "Detection",
+    "average_precision_50",
+    "detection_features",
+    "pad_rows",
+    "select_detections",
+]
+
+SCORE_THRESHOLD = 0.05
+"""Lowest score a box is kept at (low, as detectors are scored over their whole ranking: AP, FROC)."""
+NMS_IOU = 0.5
+"""Boxes of one label overlapping a better one at least this much are suppressed."""
+MAX_DETECTIONS = 100
+"""Most boxes answered per image, best first."""
+TOP_CANDIDATES = 1000
+"""Boxes above the threshold kept for NMS, best first."""
+MATCH_IOU = 0.5
+"""IoU at which a box finds a true box of its label (mAP50)."""
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def select_detections(
+    activated: np.ndarray,
+    score_threshold: float = SCORE_THRESHOLD,
+    iou: float = NMS_IOU,
+    max_detections: int = MAX_DETECTIONS,
+) -> np.ndarray:
+    """One image's boxes ``(m, 6)`` ``x0, y0, x1, y1, label index, score``, best first, from its activated
+    anchors ``(A, 4 + K)`` (box, score per label): every (anchor, label) above ``score_threshold``, the best
+    :data:`TOP_CANDIDATES`, greedy NMS per label at ``iou`` (torchvision's ``batched_nms``), the best
+    ``max_detections`` kept."""
+    activated = np.asarray(activated, dtype=np.float32)
+    boxes, scores = activated[:, :4], activated[:, 4:]
+    anchor, label = np.nonzero(scores > score_threshold)
+    score = scores[anchor, label]
+    order = np.argsort(-score, kind="stable")[:TOP_CANDIDATES]
+    anchor, label, score = anchor[order], label[order], score[order]
+    candidates = boxes[anchor]
+    keep: list[int] = []
+    for k in np.unique(label):
+        mine = np.flatnonzero(label == k)  # best first
+        overlap = _iou(candidates[mine], candidates[mine])
+        alive = np.ones(len(mine), dtype=bool)
+        for i in range(len(mine)):
+            if alive[i]:
+                keep.append(int(mine[i]))
+                alive[i + 1 :] &= overlap[i, i + 1 :] <= iou
+    kept = np.array(sorted(keep, key=lambda i: (-score[i], i)), dtype=np.int64)[:max_detections]
+    return np.concatenate([candidates[kept], label[kept, None].astype(np.float32), score[kept, None]], axis=1).astype(
+        np.float32
+    )
+
+
+def pad_rows(rows: Sequence[np.ndarray], width: int, columns: int) -> np.ndarray:
+    """Per-image rows stacked ``(n, width, columns)`` float32, NaN rows padding the shorter ones."""
+    out = np.full((len(rows), width, columns), np.nan, dtype=np.float32)
+    for i, r in enumerate(rows):
+        r = np.asarray(r, dtype=np.float32).reshape(-1, columns)[:width]
+        out[i, : len(r)] = r
+    return out
+
+
+def _unpad(padded: np.ndarray) -> list[np.ndarray]:
+    return [p[~np.isnan(p[:, 0])] for p in np.asarray(padded)]
+
+
+def _average_precision(hits: np.ndarray, scores: np.ndarray, n_true: int) -> float:
+    """All-point interpolated AP of a ranking (``hits`` 1 for a true positive) against ``n_true`` true boxes."""
+    if n_true == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(hits[order])
+    fp = np.cumsum(1 - hits[order])
+    recall = np.concatenate([[0.0], tp / n_true])
+    precision = np.concatenate([[1.0], tp / np.maximum(tp + fp, 1)])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
+
+
+def average_precision_50(
+    preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_labels: int, iou: float = MATCH_IOU
+) -> list[float]:
+    """AP at ``iou`` per label index over a split: per image ``preds`` ``(m, 6)`` and ``truths`` ``(n, 5)``.
+
+    Boxes are matched best score first to the unmatched true box of their label they overlap most
+    (at least ``iou``), as COCO and VOC do; NaN for a label with no true box in the split.
+    """
+    out = []
+    for k in range(num_labels):
+        hits, scores, n_true = [], [], 0
+        for pred, truth in zip(preds, truths, strict=True):
+            mine, true = pred[pred[:, 4] == k], truth[truth[:, 4] == k]
+            n_true += len(true)
+            mine = mine[np.argsort(-mine[:, 5], kind="stable")]
+            taken = np.zeros(len(true), dtype=bool)
+            overlap = _iou(mine[:, :4], true[:, :4]) if len(true) and len(mine) else np.zeros((len(mine), 0))
+            for i in range(len(mine)):
+                free = np.where(taken, -1.0, overlap[i]) if len(true) else np.zeros(0)
+                j = int(np.argmax(free)) if len(free) else -1
+                hit = j >= 0 and free[j] >= iou
+                if hit:
+                    taken[j] = True
+                hits.append(float(hit))
+                scores.append(float(mine[i, 5]))
+        out.append(_average_precision(np.array(hits), np.array(scores), n_true))
+    return out
+
+
+def detection_features(detections: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
+    """One image's drift features from its boxes ``(m, 6)``: boxes per label and the top score per label (0: none)."""
+    out: dict[str, float] = {}
+    for k, label in enumerate(labels):
+        mine = detections[detections[:, 4] == k]
+        out[f"boxes:{label}"] = float(len(mine))
+        out[f"top_score:{label}"] = float(mine[:, 5].max()) if len(mine) else 0.0
+    return out
+
+
+@register_task
+class Detection(TaskKind):
+    """Scored boxes per label from a torchvision detector, kept by score threshold and per-label NMS."""
+
+    name: ClassVar[str] = "detection"
+    family: ClassVar[Literal["classification", "regression", "segmentation", "detection"]] = "detection"
+    network: ClassVar[Literal["pooled", "dense", "detection"]] = "detection"
+    default_arch: ClassVar[str | None] = "fcos_small"
+    label_schema: ClassVar[LabelSchema] = LabelSchema(
+        dtype="float32",
+        values="per box label: 1 the image's training boxes hold one, 0 none; the boxes are the targets",
+        nan_policy="unknown",
+    )
+    losses: ClassVar[tuple[str, ...]] = ("detector",)
+    monitor: ClassVar[tuple[str, Literal["min", "max"]]] = ("val_map50", "max")
+    gate_metrics: ClassVar[tuple[str, ...]] = ("test_map50", "test_ap50_<label>")
+    online_metric: ClassVar[str] = "map50"
+    output: ClassVar[str] = "detections"
+    activation: ClassVar[Literal["sigmoid", "softmax", "denormalise"]] = "sigmoid"
+    renderer: ClassVar[Literal["findings", "value", "mask", "boxes"]] = "boxes"
+    response_key: ClassVar[Literal["findings", "prediction", "structures", "boxes"]] = "boxes"
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def check_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
+        present = np.nansum(np.asarray(train_targets, dtype=np.float64) == 1, axis=0)
+        return [
+            f"box label {label!r} has no box in the train split." for j, label in enumerate(labels) if not present[j]
+        ]
+
+    def untrained_labels(self, labels: Sequence[str], train_targets: np.ndarray) -> list[str]:
+        """Box labels no train image has a box of."""
+        present = np.nansum(np.asarray(train_targets, dtype=np.float64) == 1, axis=0)
+        return [label for j, label in enumerate(labels) if present[j] == 0]
+
+    # -- training -------------------------------------------------------------------------------
+
+    def make_loss(self, name: str, pos_weight: torch.Tensor | None = None) -> LossFn:
+        """``detector``: the sum of the loss terms the detector returns when given targets (its own losses)."""
+        return lambda terms, targets: terms.sum()
+
+    def activate(self, outputs: torch.Tensor, target_mean: float | None, target_std: float | None) -> torch.Tensor:
+        """Per anchor ``(..., 4 + K + 1)`` box, class and centre-ness logits -> box and FCOS's score per label."""
+        import torch
+
+        boxes, logits, centre = outputs[..., :4], outputs[..., 4:-1], outputs[..., -1:]
+        return torch.cat([boxes, torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(centre))], dim=-1)
+
+    def val_batch(self, preds: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's kept boxes ``(n, MAX_DETECTIONS, 6)`` (NaN padded) and its true boxes as they came."""
+        return pad_rows([select_detections(p) for p in preds], MAX_DETECTIONS, 6), np.asarray(targets)
+
+    def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """AP at IoU 0.5 per label with a true box in the split (``val_ap50_<label>``), their mean ``val_map50``."""
+        aps = average_precision_50(_unpad(preds), _unpad(targets), len(labels))
+        out = {f"val_ap50_{metric_key(label)}": ap for label, ap in zip(labels, aps, strict=True) if not math.isnan(ap)}
+        defined = [ap for ap in aps if not math.isnan(ap)]
+        out["val_map50"] = float(np.mean(defined)) if defined else math.nan
+        return out
+
+    def monitor_defined(self, labels: Sequence[str], val_targets: np.ndarray) -> bool:
+        """mAP50 is defined when some val image has a box (the label columns say which)."""
+        return bool((np.asarray(val_targets) == 1).any())
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def evaluate(self, data: EvalData) -> dict[str, Any]:
+        raise NotBuiltError(
+            "detection evaluation (AP50 and FROC per label with CIs, radflow.metrics.detection) is not wired into "
+            "the report yet: the report does not pass a split's true and predicted boxes."
+        )
+
+    def quality_metric(
+        self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
+    ) -> tuple[Literal["macro_auroc", "mae", "mean_dice", "map50"], float | None]:
+        """``map50`` (higher better) as validation measures it; ``preds`` are kept boxes ``(n, D, 6)`` and
+        ``targets`` true boxes ``(n, M, 5)``, NaN padded."""
+        value = self.val_metrics(labels, preds, targets)["val_map50"]
+        return "map50", None if math.isnan(value) else value
+
+    def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
+        raise NotBuiltError("detection headline metrics come with its evaluation, which is not wired yet.")
+
+    def figures(
+        self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
+    ) -> list[Figure]:
+        raise NotBuiltError("detection figures (the FROC curve) come with its evaluation, which is not wired yet.")
+
+    def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
+        raise NotBuiltError("the detection report comes with its evaluation, which is not wired yet.")
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def encode(
+        self, scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float | None], unit: str | None
+    ) -> Prediction:
+        """Kept boxes ``(m, 6)`` already in the input's original coordinates (the runtime maps them) as the answer."""
+        rows = np.asarray(scores, dtype=np.float64).reshape(-1, 6)
+        boxes = [
+            {"label": labels[int(r[4])], "score": round(float(r[5]), 6), "box": [round(float(v), 2) for v in r[:4]]}
+            for r in rows
+        ]
+        return Prediction(boxes=boxes)
+
+    def validate_feedback(
+        self, outputs: Mapping[str, Any], labels: Mapping[str, int] | None, value: float | None
+    ) -> None:
+        """A reader says per label whether the image shows it (1/0); corrected boxes go through :meth:`check_boxes`."""
+        if value is not None:
+            raise InvalidFeedbackError("a detection answer is corrected per label or by boxes; send 'labels'.")
+        if not labels:
+            raise InvalidFeedbackError("send per-label 'labels' ({label: 0 or 1}) or corrected 'boxes'.")
+        bad = {k: v for k, v in labels.items() if v not in (0, 1)}
+        if bad:
+            raise InvalidFeedbackError(f"labels must be 0 or 1, got {bad}.")
+
+    def check_boxes(self, boxes: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
+        """Corrected boxes ``[{"label", "box": [x0, y0, x1, y1]}]`` (original pixels) checked; the list normalised.
+
+        Raises :class:`InvalidFeedbackError` naming the entry and field that is wrong.
+        """
+        if not isinstance(boxes, list):
+            raise InvalidFeedbackError(f"'boxes' must be a list of {{label, box}}, got {type(boxes).__name__}.")
+        out = []
+        for i, entry in enumerate(boxes):
+            if not isinstance(entry, Mapping) or "label" not in entry or "box" not in entry:
+                raise InvalidFeedbackError(f"boxes[{i}] must be an object with 'label' and 'box'.")
+            if entry["label"] not in labels:
+                raise InvalidFeedbackError(f"boxes[{i}].label {entry['label']!r} is not one of {list(labels)}.")
+            box = entry["box"]
+            if not (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, int | float) and math.isfinite(v) for v in box)
+            ):
+                raise InvalidFeedbackError(f"boxes[{i}].box must be four numbers [x0, y0, x1, y1], got {box!r}.")
+            if not (box[2] > box[0] and box[3] > box[1]) or min(box) < 0:
+                raise InvalidFeedbackError(f"boxes[{i}].box {box} needs x1 > x0 >= 0 and y1 > y0 >= 0.")
+            out.append({"label": entry["label"], "box": [float(v) for v in box]})
+        return out
+
+    def drift_features(self, labels: Sequence[str]) -> list[str]:
+        """Boxes per image and top score per label (:func:`detection_features`)."""
+        return [f"boxes:{label}" for label in labels] + [f"top_score:{label}" for label in labels]
