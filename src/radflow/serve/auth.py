@@ -98,6 +98,7 @@ _EXACT: dict[tuple[str, str], AccessRule] = {
     ("GET", "/v1/ui/predictions/{prediction_id}/image.png"): AccessRule("view", "view_image"),
     ("GET", "/v1/ui/summary"): AccessRule("monitor"),
     ("GET", "/v1/ui/models"): AccessRule("monitor"),
+    ("GET", "/v1/ui/registry/versions/{model_version}/report.html"): AccessRule("monitor"),
     ("GET", "/metrics"): AccessRule("monitor"),
     ("GET", "/admin/routing"): AccessRule("admin"),
 }

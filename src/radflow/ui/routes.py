@@ -19,7 +19,13 @@ from radflow.auth import redact_paths
 from radflow.errors import NotFoundError
 from radflow.inference.service import InferenceService
 from radflow.modelref import parse_model_ref
-from radflow.ui.summary import feedback_stats, metrics_snapshot, recent_predictions, registry_versions
+from radflow.ui.summary import (
+    evaluation_report,
+    feedback_stats,
+    metrics_snapshot,
+    recent_predictions,
+    registry_versions,
+)
 
 __all__ = ["STATIC_TYPES", "ui_router"]
 
@@ -38,6 +44,15 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
+}
+_REPORT_HEADERS = {
+    # The report is a document MLflow stored, not one of ours: no script runs in it, and it reaches nothing.
+    "Content-Security-Policy": (
+        "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "private, no-cache",
 }
 
 
@@ -120,17 +135,9 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
         service_ = svc(request)
         s = service_.settings
         routing = _routing(service_)
-        uses_registry = (
-            s.workspace is not None
-            or s.tracking_uri is not None
-            or any(
-                a is not None and parse_model_ref(a["uri"]).in_registry
-                for a in (routing["champion"], routing["challenger"])
-            )
-        )
         registry: dict[str, Any] | None = None
-        note = "the served models are files, not registry versions."
-        if uses_registry:
+        note = _NO_REGISTRY
+        if _uses_registry(service_):
             try:
                 registry = await asyncio.to_thread(registry_versions, s.model_name, s.resolved_tracking_uri())
                 note = ""
@@ -138,7 +145,37 @@ def ui_router(service: InferenceService | None = None) -> APIRouter:
                 note = f"registry unavailable: {redact_paths(str(exc))}"
         return JSONResponse({"routing": routing, "registry": registry, "registry_note": note})
 
+    @router.get(
+        "/v1/ui/registry/versions/{model_version}/report.html",
+        summary="The evaluation report (HTML) of a registered version of the served model",
+        response_class=HTMLResponse,
+        responses={
+            200: {"content": {"text/html": {}}, "description": "The evaluation's report.html from the version's run."},
+            404: {"description": "No such version, or its run has no evaluation report."},
+        },
+    )
+    async def report(request: Request, model_version: str) -> HTMLResponse:
+        service_ = svc(request)
+        if not _uses_registry(service_):
+            raise NotFoundError(f"no evaluation report: {_NO_REGISTRY}")
+        s = service_.settings
+        body = await asyncio.to_thread(evaluation_report, s.model_name, model_version, s.resolved_tracking_uri())
+        return HTMLResponse(body, headers=_REPORT_HEADERS)
+
     return router
+
+
+_NO_REGISTRY = "the served models are files, not registry versions."
+
+
+def _uses_registry(service: InferenceService) -> bool:
+    """Whether this server has a registry to show: a workspace, a tracking URI, or an arm served from it."""
+    s = service.settings
+    return (
+        s.workspace is not None
+        or s.tracking_uri is not None
+        or any(parse_model_ref(arm.loaded.uri).in_registry for arm in service.require_router().arms())
+    )
 
 
 def _routing(service: InferenceService) -> dict[str, Any]:

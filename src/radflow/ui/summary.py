@@ -8,6 +8,8 @@ MLflow registry; the pages poll them, so each is one or two small queries.
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -16,6 +18,8 @@ from radflow.store import recent_predictions as store_recent_predictions
 
 __all__ = [
     "PREDICT_ENDPOINTS",
+    "REPORT_ARTIFACT",
+    "evaluation_report",
     "feedback_stats",
     "histogram_quantile",
     "metrics_snapshot",
@@ -204,7 +208,52 @@ def registry_versions(name: str, tracking_uri: str | None) -> dict[str, Any]:
                 "run_id": mv.run_id,
                 "created_at": mv.creation_timestamp,
                 "tags": {k: v for k, v in sorted(tags.items()) if k.startswith(_SHOWN_TAGS)},
+                "report_url": report_url(str(mv.version)),
             }
         )
     versions.sort(key=lambda v: int(v["version"]) if str(v["version"]).isdigit() else 0, reverse=True)
     return {"name": name, "versions": versions}
+
+
+REPORT_ARTIFACT = "evaluation/report.html"
+"""The evaluation's HTML report, logged in the run a registered version was made from."""
+REPORT_CACHE_S = 300.0
+"""Seconds a fetched report is served without asking MLflow again (a re-evaluation of the run shows after that)."""
+_reports: dict[tuple[str, str], tuple[float, bytes]] = {}
+_reports_lock = threading.Lock()
+
+
+def report_url(version: str) -> str:
+    """The dashboard's route to a registered version's evaluation report."""
+    return f"/v1/ui/registry/versions/{version}/report.html"  # the route's {model_version}
+
+
+def evaluation_report(name: str, version: str, tracking_uri: str | None) -> bytes:
+    """The HTML evaluation report of registered ``name`` ``version``, from its run's ``evaluation/report.html``.
+
+    Resolved by one registry read (:func:`radflow.modelref.resolve_model_ref`) and downloaded into the run's
+    model cache; kept in memory for :data:`REPORT_CACHE_S`. NotFoundError (404) for an unknown version or a
+    run without a report, saying which run and how to make one.
+    """
+    from radflow.errors import NotFoundError
+    from radflow.modelref import ArtifactNotFoundError, model_uri, resolve_model_ref
+    from radflow.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    key = (uri, model_uri(name, version=version))
+    with _reports_lock:
+        cached = _reports.get(key)
+    if cached is not None and time.monotonic() - cached[0] < REPORT_CACHE_S:
+        return cached[1]
+    resolved = resolve_model_ref(key[1], uri)
+    try:
+        body = resolved.download(REPORT_ARTIFACT).read_bytes()
+    except ArtifactNotFoundError:
+        raise NotFoundError(
+            f"{name} version {version} has no evaluation report: its run {resolved.run_id} has no {REPORT_ARTIFACT} "
+            f"artifact (evaluations logged before reports were written have none; `radflow evaluate runs:/"
+            f"{resolved.run_id}` logs one)."
+        ) from None
+    with _reports_lock:
+        _reports[key] = (time.monotonic(), body)
+    return body

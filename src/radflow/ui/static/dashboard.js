@@ -256,6 +256,33 @@
     box.replaceChildren(...parts);
   }
 
+  // The report route needs the token like every data route; an <a href> cannot send a header, so with a token
+  // the report is fetched and saved as a file (opened from disk it keeps its own styles, which this page's
+  // Content-Security-Policy would block in a blob tab); without one the link opens it.
+  function reportLink(v) {
+    const link = el("a", { href: v.report_url, target: "_blank", rel: "noopener", text: "report" });
+    link.addEventListener("click", async (event) => {
+      if (!sessionStorage.getItem(TOKEN_KEY)) return;
+      event.preventDefault();
+      try {
+        const response = await send(v.report_url);
+        if (!response.ok) {
+          const body = await response.json().catch(() => ({}));
+          throw new ApiError(response.status, body.error || "HTTP " + response.status);
+        }
+        const url = URL.createObjectURL(await response.blob());
+        const save = el("a", { href: url, download: "evaluation-report-v" + v.version + ".html" });
+        document.body.append(save);
+        save.click();
+        save.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 10000);
+      } catch (err) {
+        $("registry-note").textContent = "Report of version " + v.version + ": " + err.message;
+      }
+    });
+    return link;
+  }
+
   async function loadModels() {
     let data;
     try {
@@ -279,6 +306,11 @@
         )
       )
     );
+    // A served version that failed its quality gates (or was never gated) is said out loud, not hidden in tags.
+    const warnings = arms.flatMap((a) => (a.warnings || []).map((w) => a.arm + ": " + w));
+    const warningBox = $("served-warnings");
+    warningBox.replaceChildren(...warnings.map((w) => el("div", { text: "⚠ " + w })));
+    warningBox.hidden = warnings.length === 0;
     const versions = data.registry ? data.registry.versions : [];
     $("registry-note").textContent = data.registry ? "Registered model " + data.registry.name + "." : data.registry_note;
     $("versions").tBodies[0].replaceChildren(
@@ -288,7 +320,8 @@
           {},
           el("td", { text: v.version }),
           el("td", { text: v.aliases.length ? v.aliases.map((a) => "@" + a).join(" ") : "—" }),
-          el("td", { class: "mono", text: Object.entries(v.tags).map(([k, val]) => k + "=" + val).join("  ") || "—" })
+          el("td", { class: "mono", text: Object.entries(v.tags).map(([k, val]) => k + "=" + val).join("  ") || "—" }),
+          el("td", {}, v.report_url ? reportLink(v) : "—")
         )
       )
     );
