@@ -6,57 +6,16 @@ import asyncio
 import base64
 import hashlib
 import json
-import sqlite3
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from radflow.inference import InferenceService, ServeSettings
 from radflow.kafka import ImageMessage, KafkaSettings, Worker, create_producer, publish_image
+from tests.kafka.topics import kafka_settings, read_topic, rows
 from tests.serve.harness import metric_value
 from tests.serve.models import png_bytes
 from tests.tansu import TansuBroker, tansu  # noqa: F401  (the session's broker)
-
-
-def kafka_settings(broker: TansuBroker, **extra: Any) -> KafkaSettings:
-    p = broker.prefix()
-    return KafkaSettings(
-        bootstrap=broker.bootstrap,
-        images_topic=f"{p}.images",
-        predictions_topic=f"{p}.predictions",
-        urgent_topic=f"{p}.urgent",
-        dead_letter_topic=f"{p}.dead",
-        group_id=f"{p}.workers",
-        **extra,
-    )
-
-
-def rows(db: Path) -> list[tuple[str, str | None]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT id, study_key FROM predictions WHERE shadow = 0").fetchall()
-
-
-async def read_topic(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 15) -> list[dict[str, Any]]:
-    """``count`` messages of ``topic`` from its start (no group: a reader joins nothing, so it starts at once)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    partitions = consumer.partitions_for_topic(topic) or set()
-    if not partitions:
-        await consumer.stop()
-        raise AssertionError(f"topic {topic} has no partitions")
-    consumer.assign([TopicPartition(topic, p) for p in partitions])
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                got.extend(json.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return got
 
 
 def test_worker_scores_answers_dedupes_and_dead_letters(

@@ -12,7 +12,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -56,6 +56,8 @@ class KafkaSettings(KafkaConfig, BaseSettings):
     """Client certificate for mutual TLS."""
     ssl_keyfile: Path | None = None
     """Key of the client certificate."""
+    session_timeout_s: float = Field(default=10.0, ge=1.0, le=300.0)
+    """A member silent this long (a killed worker) is dropped from the group and its partitions reassigned."""
 
     @classmethod
     def settings_customise_sources(
