@@ -179,7 +179,9 @@ def _evaluate(root: Path, params: Params) -> dict[str, Any]:
     # Evaluation writes the chosen thresholds into the checkpoint; work on a copy so train's output
     # (a DVC dependency of this stage) never changes under DVC's feet.
     shutil.copyfile(root / paths.CHECKPOINTS / "best.pt", model)
-    result = evaluate_and_log(run_id, model, dataset, params.evaluate, None)
+    result = evaluate_and_log(
+        run_id, model, dataset, params.evaluate, None, gates=params.gates, model_card=params.model_card
+    )
     # Names the test set itself, so the register gate compares with a champion trained on less data.
     held_out = held_out_version(Dataset.open(dataset))
     client(resolve_tracking_uri()).set_tag(run_id, EVAL_HELD_OUT_TAG, held_out)
@@ -219,11 +221,14 @@ def _export(root: Path, params: Params) -> dict[str, Any]:
 
 
 def _register(root: Path, params: Params) -> dict[str, Any]:
+    from radflow.evaluate.report import log_gated_report
     from radflow.pipeline.lineage import record_lineage
     from radflow.registry import register
 
     run_id = _read_json(root / paths.TRAIN_METRICS, "train")["run_id"]
     result = register(run_id, params.registry.name, params.gates)
+    # The logged report.html now shows the gates' verdicts instead of their preview.
+    log_gated_report(run_id, result, gates=params.gates)
     lineage = record_lineage(root, params, result["name"], result["version"], run_id)
     summary = {
         "name": result["name"],
