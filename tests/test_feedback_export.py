@@ -301,3 +301,63 @@ def test_held_out_images_never_come_back_however_they_were_re_encoded_or_drifted
     assert again["held_out"] == {"held_out_study": 1, "pixel_identical": 2, "near_duplicate": 3}
     assert again["images"] == 3
     assert "every main-source image" in held_out_summary(again)
+
+
+def _structures(masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    from radflow.runtime.masks import structure_answers
+
+    return {"structures": structure_answers(np.stack(list(masks.values())), list(masks))}
+
+
+def test_corrected_masks_export_as_a_mask_source_that_reads_back_exactly(tmp_path: Path) -> None:
+    from radflow.data.maskfiles import load_mask
+    from radflow.data.sources.maskfolder import read_mask_folder
+    from radflow.runtime.masks import encode_rle
+
+    url, inputs = f"sqlite:///{tmp_path / 'serving.db'}", tmp_path / "inputs"
+    rng = np.random.default_rng(0)
+    films = {n: rng.integers(0, 256, (40, 56), dtype=np.uint8) for n in ("a", "b")}
+    held = _film(97)  # a test image of the dataset, sent again
+    served = {"Left Lung": np.zeros((40, 56), bool), "Lesion": np.zeros((40, 56), bool)}
+    served["Left Lung"][5:30, 4:20] = True
+    corrected = {n: {k: rng.random((40, 56)) < 0.3 for k in served} for n in films}
+    s = Store(url, inputs)
+    try:
+        for name, pixels in films.items():
+            sha = hashlib.sha256(encode_png(pixels)).hexdigest()
+            record = PredictionRecord("lungs", "1", "champion", "champion", _structures(served), sha, "png")
+            s.log(record, pixels)
+            first = {"masks": {k: encode_rle(np.zeros((40, 56), bool)) for k in served}}
+            s.add_feedback(record.id, labels=first)  # replaced by the next correction
+            masks = corrected[name] if name == "a" else {"Lesion": corrected[name]["Lesion"]}  # b: lung not judged
+            s.add_feedback(record.id, labels={"masks": {k: encode_rle(m) for k, m in masks.items()}})
+        held_sha = hashlib.sha256(encode_png(held)).hexdigest()
+        served48 = {k: np.zeros((48, 48), bool) for k in served}
+        record = PredictionRecord("lungs", "1", "champion", "champion", _structures(served48), held_sha, "png")
+        s.log(record, held)
+        s.add_feedback(record.id, labels={"masks": {k: encode_rle(m) for k, m in served48.items()}})
+        s.flush()
+    finally:
+        s.close()
+    dataset = _dataset(tmp_path, [("train", "1" * 64, _film(98)), ("test", held_sha, held)])
+
+    out = tmp_path / "feedback"
+    info = export_feedback(out, url, inputs, dataset=dataset)
+    assert info["format"] == "masks" and info["images"] == 2
+    assert info["held_out"]["pixel_identical"] == 1, "the held-out test film never comes back"
+    assert info["structures"] == ["Left Lung", "Lesion"] and info["annotated"] == {"Left Lung": 1, "Lesion": 2}
+    table = read_mask_folder(out)
+    assert table.task == "segmentation" and table.labels == ["Left Lung", "Lesion"] and not table.skipped
+    by_pixels = {}
+    for record in table.records:
+        image = np.asarray(Image.open(record.path))
+        name = next(n for n, f in films.items() if np.array_equal(f, image))
+        assert record.mask is not None
+        by_pixels[name] = (load_mask(record.mask, *image.shape), record.mask.annotated)
+    np.testing.assert_array_equal(by_pixels["a"][0], np.stack([corrected["a"][k] for k in served]))
+    assert by_pixels["a"][1] == (0, 1)
+    np.testing.assert_array_equal(by_pixels["b"][0][1], corrected["b"]["Lesion"])
+    assert by_pixels["b"][1] == (1,), "a structure the reader sent no mask for is not annotated"
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    export_feedback(out, url, inputs, dataset=dataset)
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before

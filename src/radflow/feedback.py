@@ -1,5 +1,8 @@
 """``radflow feedback export``: reader feedback and its stored pixels as extra training data.
 
+Findings feedback exports in CheXpert's layout; corrected masks (a segmentation model's feedback,
+``labels = {"masks": {structure: COCO RLE}}``) export as a ``--format masks`` source (see "Masks" below).
+
 The serving store logs every prediction and keeps the input as an 8-bit PNG named by the sha256
 of the upload; readers attach labels through ``POST /v1/feedback``. This module turns the
 labelled predictions into a folder in CheXpert's layout (``train.csv`` with CheXpert's exact
@@ -28,6 +31,12 @@ Decisions, because the log holds no patient identity (and must not):
   predictions whose pixels are no longer stored are skipped and counted.
 * The output depends only on the feedback, never on the time of export, so an unchanged log
   gives a byte-identical folder and DVC reruns nothing.
+
+Masks: the folder :func:`radflow.data.sources.maskfolder.read_mask_folder` reads, ``structures.txt``
+(the answers' structures, in the model's order), ``images/<name>.png`` (the stored input) and one
+black/white PNG per corrected structure at the input's size, ``masks/images/<name>/<structure>.png``;
+a structure the reader sent no mask for has no file (not annotated, so it trains nothing on that
+image). ``patients.csv`` gives each image its own pseudo-patient. The same held-out screen applies.
 """
 
 from __future__ import annotations
@@ -50,8 +59,12 @@ from radflow.data.sources.chexpert import META_COLUMNS
 from radflow.errors import ConfigError, DataError, ImageDecodeError, NotFoundError
 from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions, study_key
 
+EXPORT_FORMATS = ("chexpert", "masks")
+"""Layouts :func:`export_feedback` writes: findings as CheXpert, corrected masks as a mask folder."""
+
 __all__ = [
     "CSV_COLUMNS",
+    "EXPORT_FORMATS",
     "FEEDBACK_DIR",
     "HELD_OUT_REASONS",
     "HeldOutScreen",
@@ -144,6 +157,8 @@ class _Item:
     input_sha256: str
     labels: dict[str, float]
     study_key: str | None
+    masks: dict[str, Any] | None = None
+    """Corrected masks by structure (COCO RLE), for the masks layout."""
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
@@ -202,6 +217,31 @@ def _labels(row: LabelledPrediction, unknown: set[str]) -> dict[str, float] | No
     return labels or None
 
 
+def _feedback_format(rows: list[LabelledPrediction]) -> str:
+    """The layout the feedback asks for: ``masks`` when it corrects segmentation answers, else ``chexpert``."""
+    masks = sum(bool(r.outputs.get("structures")) for r in rows)
+    if masks and masks < len(rows):
+        raise ConfigError(
+            f"the store holds feedback on masks ({masks} predictions) and on findings or values "
+            f"({len(rows) - masks}); export one kind at a time: pass format='masks' or format='chexpert'."
+        )
+    return "masks" if masks else "chexpert"
+
+
+def _masks(row: LabelledPrediction) -> dict[str, Any] | None:
+    """The corrected masks of a feedback row on a segmentation answer, or None when it sent none."""
+    if not row.outputs.get("structures") or not isinstance(row.labels, dict):
+        return None
+    masks = row.labels.get("masks")
+    return dict(masks) if isinstance(masks, dict) and masks else None
+
+
+def _structure_file(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise DataError(f"structure {name!r} cannot name a mask file (no '/', '\\' or leading '.'); rename it")
+    return f"{name}.png"
+
+
 def held_out_summary(info: dict[str, Any]) -> str:
     """One line saying what an export refused as held-out data and why (for the CLI and the loop)."""
     screen = info.get("screen")
@@ -229,8 +269,12 @@ def export_feedback(
     *,
     since: datetime | None = None,
     dataset: Path | None = None,
+    format: str | None = None,
 ) -> dict[str, Any]:
-    """Write the feedback of the store at ``store_url`` to ``out`` in CheXpert layout; returns what was written.
+    """Write the feedback of the store at ``store_url`` to ``out``; returns what was written.
+
+    ``format``: ``chexpert`` (findings) or ``masks`` (corrected masks, see the module docstring); None: the
+    one the feedback is (a store with both kinds must say which).
 
     ``dataset``: the dataset whose held-out images are refused and whose training images are left out
     (a workspace's split dataset, ``data/split``); see :class:`HeldOutScreen`. Without it nothing is
@@ -244,13 +288,18 @@ def export_feedback(
         raise NotFoundError(
             f"no feedback{when} in {store_url} yet; readers give it in the web UI or with POST /v1/feedback."
         )
+    if format is not None and format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown feedback export format {format!r}; radflow writes {', '.join(EXPORT_FORMATS)}.")
+    fmt = format or _feedback_format(rows)
     unknown: set[str] = set()
     skipped = {"no_labels": 0, "regression": 0, "no_input": 0, "missing_pixels": 0, "unreadable": 0, "in_dataset": 0}
+    structures: list[str] = []
     held_out = dict.fromkeys(HELD_OUT_REASONS, 0)
     by_image: dict[str, _Item] = {}
     merged = 0
     for row in rows:  # oldest feedback first: later feedback on the same image replaces earlier
-        labels = _labels(row, unknown)
+        masks = _masks(row) if fmt == "masks" else None
+        labels = _labels(row, unknown) if fmt == "chexpert" else ({} if masks is not None else None)
         if labels is None:
             skipped["regression" if row.value is not None else "no_labels"] += 1
             continue
@@ -258,12 +307,14 @@ def export_feedback(
             skipped["no_input"] += 1
             continue
         merged += row.input_sha256 in by_image
-        by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels, row.study_key)
+        by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels, row.study_key, masks)
+        structures += [s["structure"] for s in row.outputs.get("structures") or [] if s["structure"] not in structures]
     screen = HeldOutScreen(dataset) if dataset is not None else None
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "train").mkdir(parents=True)
+    (staging / "train" if fmt == "chexpert" else staging).mkdir(parents=True)
     written: dict[str, dict[str, str]] = {}
+    annotated = dict.fromkeys(structures, 0)
     try:
         for item in sorted(by_image.values(), key=lambda i: i.feedback_id):
             source = input_path(inputs_dir, item.input_sha256)
@@ -286,6 +337,9 @@ def export_feedback(
                     continue
             # Two uploads (e.g. PNG and DICOM of one film) with the same stored pixels: the later feedback wins.
             merged += sha in written
+            if item.masks is not None:
+                written[sha] = _write_masks(staging, sha, data, item.masks)
+                continue
             # A pseudo-patient per image, numbered from its hash (CheXpert paths need patient<digits>).
             patient = f"patient{int(sha[:15], 16)}"
             rel = f"train/{patient}/study1/view1_frontal.png"
@@ -293,13 +347,19 @@ def export_feedback(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             written[sha] = _csv_row(f"{out.name}/{rel}", item.labels)
-        with (staging / "train.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for sha in sorted(written):
-                writer.writerow(written[sha])
+        if fmt == "masks":
+            _write_mask_tables(staging, structures, written)
+            for entry in written.values():
+                for name in entry["structures"].split("|") if entry["structures"] else []:
+                    annotated[name] += 1
+        else:
+            with (staging / "train.csv").open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+                writer.writeheader()
+                for sha in sorted(written):
+                    writer.writerow(written[sha])
         summary = {
-            "format": "chexpert",
+            "format": fmt,
             "images": len(written),
             "feedback_rows": sum(r.n_feedback for r in rows),
             "predictions_with_feedback": len(rows),
@@ -309,17 +369,20 @@ def export_feedback(
             "screen": screen.describe() if screen is not None else None,
             "unknown_labels": sorted(unknown),
             "since": since.isoformat() if since else None,
-            "positives": {
+        }
+        if fmt == "masks":
+            summary.update(structures=structures, annotated=annotated)
+        else:
+            summary["positives"] = {
                 label: sum(1 for r in written.values() if r[label] == "1.0")
                 for label in CHEXPERT_LABELS
                 if any(r[label] for r in written.values())
-            },
-        }
+            }
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
-            if not (out / "train.csv").is_file() and any(out.iterdir()):
+            if not (out / SUMMARY_FILE).is_file() and any(out.iterdir()):
                 raise DataError(
-                    "exists and is not a feedback export (no train.csv); choose an empty or new --out folder", out
+                    f"exists and is not a feedback export (no {SUMMARY_FILE}); choose an empty or new --out folder", out
                 )
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,3 +390,29 @@ def export_feedback(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"out": str(out), "store": store_url, "inputs_dir": str(inputs_dir), **summary}
+
+
+def _write_masks(staging: Path, sha: str, data: bytes, masks: dict[str, Any]) -> dict[str, str]:
+    """One image and its corrected masks in the mask-folder layout; its patients.csv row (with its structures)."""
+    from radflow.runtime.masks import decode_rle, encode_mask_png
+
+    name = f"feedback-{sha[:16]}"
+    rel = f"images/{name}.png"
+    (staging / "images").mkdir(exist_ok=True)
+    (staging / rel).write_bytes(data)
+    folder = staging / "masks" / "images" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for structure, rle in sorted(masks.items()):
+        mask = decode_rle(rle, f"feedback mask {structure!r} of image {name}")
+        (folder / _structure_file(structure)).write_bytes(encode_mask_png(mask))
+    return {"path": rel, "patient_id": name, "structures": "|".join(sorted(masks))}
+
+
+def _write_mask_tables(staging: Path, structures: list[str], written: dict[str, dict[str, str]]) -> None:
+    """structures.txt (the model's structures, in order) and patients.csv (one pseudo-patient per image)."""
+    (staging / "structures.txt").write_text("".join(f"{s}\n" for s in structures))
+    with (staging / "patients.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "patient_id"], lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        for sha in sorted(written):
+            writer.writerow(written[sha])
