@@ -361,3 +361,32 @@ def test_image_sop_classes_are_the_image_storage_ones() -> None:
         assert is_image_storage(uid), name
     for name in ["BasicTextSRStorage", "EncapsulatedPDFStorage", "SegmentationStorage", "RawDataStorage"]:
         assert not is_image_storage(getattr(sop_class, name)), name
+
+
+def test_a_destination_refusing_the_result_is_answered_with_its_status(node: Running, tmp_path: Path) -> None:
+    """A DICOM node that refuses SRs (this gateway's own: 0x0122) -> outcome refused, status and comment kept."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from radflow.pacs import ResultSettings, ResultWriter
+
+    source = make_instance(tmp_path, generate_uid(), generate_uid(), 0)
+    answer = {
+        "model": {"name": "m", "version": "1"},
+        "findings": [{"label": "Effusion", "probability": 0.3, "positive": False, "threshold": 0.5}],
+    }
+    registry = CollectorRegistry()
+    settings = ResultSettings(calling_ae=CALLING, destination_ae="RADFLOW", destination_port=node.gateway.port)
+    [delivery] = node.run(ResultWriter(settings, registry).deliver(_part10(source), answer))
+    assert (delivery.outcome, delivery.status) == ("refused", "0x0122")
+    assert "not an image SOP class" in delivery.reason
+    text = generate_latest(registry).decode()
+    assert metric_value(text, "radflow_pacs_results_total", kind="SR", outcome="refused") == 1
+    assert node.metric("radflow_gateway_instances_total", outcome="non_image") == 1
+
+
+def _part10(ds: Dataset) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
