@@ -75,6 +75,11 @@ class SynthConfig(_Strict):
     seed: int = Field(default=0, description="Seed: the same seed writes the same bytes.")
     size: int = Field(default=256, ge=16, description="Phantom image width in pixels (height is 1.2x).")
     dicom_fraction: float = Field(default=0.0, ge=0, le=1, description="Share of images written as DICOM.")
+    masks: bool = Field(
+        default=False,
+        description="Also write the exact ground-truth masks (lungs, heart, findings); the workspace then ingests "
+        "them as a segmentation dataset (`radflow init --task segmentation` sets it).",
+    )
 
 
 class DataConfig(_Section):
@@ -101,8 +106,10 @@ class DataConfig(_Section):
 
     @property
     def format(self) -> str:
-        """The ingest format of the source (phantom data is written in CheXpert's layout)."""
-        return "chexpert" if self.source == "synthetic" else self.source
+        """The ingest format of the source (phantom data is written in CheXpert's layout, masks beside it)."""
+        if self.source == "synthetic":
+            return "masks" if self.synth.masks else "chexpert"
+        return self.source
 
 
 class SplitConfig(_Section):
@@ -118,6 +125,11 @@ class ExportConfig(_Strict):
 
     opset: int = Field(default=17, ge=17, description="ONNX opset.")
     int8: bool = Field(default=False, description="Also write a checked INT8 model.")
+    max_int8_dice_drop: float = Field(
+        default=0.01,
+        ge=0,
+        description="Largest mean Dice drop on the val split an INT8 segmentation model may show and still be kept.",
+    )
     triton: bool = Field(default=False, description="Also write a Triton model repository (models/triton).")
 
 

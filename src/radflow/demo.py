@@ -6,6 +6,10 @@ experiment) -> promote the registered version to champion when it passed its gat
 timed. Then :func:`serve_demo` serves the champion with the web UI until Ctrl-C, with a simulated
 clinic sending held-out phantoms and reader feedback, so the dashboard and monitoring show live
 data from the first minute.
+
+``task="segmentation"`` runs the same job on the phantom's exact masks (``synth --masks`` -> ingest
+``--format masks`` -> ``small_unet``), sized by :data:`SEGMENTATION_DEFAULTS`, and its clinic sends the
+train split (phantom patients of a new clinic exist for classification only), without feedback.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CLASSIFICATION_LABELS",
     "MODEL_NAME",
+    "SEGMENTATION_DEFAULTS",
     "DemoConfig",
     "DemoResult",
     "DemoServing",
@@ -31,6 +37,10 @@ __all__ = [
 ]
 
 MODEL_NAME = "chest-xray"
+CLASSIFICATION_LABELS = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation")
+"""The five findings the phantom draws (CheXpert names)."""
+SEGMENTATION_DEFAULTS: dict[str, int] = {"n": 400, "size": 64, "epochs": 10}
+"""The segmentation demo's phantoms, training size and epochs (``--n``, ``--size``, ``--epochs`` override them)."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,10 @@ class DemoConfig:
     """Training size in pixels."""
     seed: int = 0
     epochs: int = 12
-    labels: tuple[str, ...] = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation")
-    """The five findings the phantom draws (CheXpert names)."""
+    labels: tuple[str, ...] | None = None
+    """Findings (or structures) to train on; default: :data:`CLASSIFICATION_LABELS`, or every structure drawn."""
+    task: str | None = None
+    """``segmentation`` for the phantom's masks; default: the CheXpert findings."""
     fresh: bool = True
     """Start from an empty workspace (the demo's MLflow store and registry included)."""
     sets: tuple[str, ...] = ()
@@ -126,21 +138,23 @@ def run_demo(
         result.steps.append({"step": name, "seconds": round(time.perf_counter() - start, 2)})
         return value
 
+    segmentation = config.task == "segmentation"
+    labels = config.labels or (() if segmentation else CLASSIFICATION_LABELS)
     overrides: dict[str, Any] = {
         "data.synth.n": config.n,
         "data.synth.seed": config.seed,
         # Phantoms are drawn at twice the training size (at least 256 px), as a scanner's film would be.
         "data.synth.size": max(config.size * 2, 256),
         "data.size": config.size,
-        "data.labels": list(config.labels),
+        **({"data.labels": list(labels)} if labels else {}),
         "split.seed": config.seed,
         "train.epochs": config.epochs,
         "train.seed": config.seed,
-        "registry.name": MODEL_NAME,
+        **({} if segmentation else {"registry.name": MODEL_NAME}),
         **parse_sets(list(config.sets)),
     }
     if not (workdir / "dvc.yaml").is_file():
-        step("init", lambda: init_workspace(workdir, "synthetic", overrides=overrides))
+        step("init", lambda: init_workspace(workdir, "synthetic", overrides=overrides, task=config.task))
     result.run = step("pipeline", lambda: run_pipeline(workdir, on_line=on_line))
     evaluation = workdir / EVAL_DIR / "evaluation.json"
     if evaluation.is_file():
@@ -171,11 +185,13 @@ def serve_demo(
     rate: float = 2.0,
     feedback_rate: float = 0.3,
     on_ready: Callable[[DemoServing], None] | None = None,
+    split: str | None = None,
 ) -> DemoServing:
     """Serve the workspace's champion (and UI) until SIGINT/SIGTERM; optionally drive it with a simulated clinic.
 
     The admin API is on, with ``RADFLOW_ADMIN_TOKEN`` or a fresh random token (shown by ``on_ready``),
     so the dashboard's promote/rollback/canary controls work. When ``port`` is taken, a free one is used.
+    ``split`` makes the clinic send that dataset split instead of new phantom patients.
     """
     from pydantic import SecretStr
 
@@ -201,7 +217,9 @@ def serve_demo(
             from radflow.sim.simulator import start_background
 
             background.append(
-                start_background(url, workdir / SPLIT_DATASET, rate=rate, duration=None, feedback_rate=feedback_rate)
+                start_background(
+                    url, workdir / SPLIT_DATASET, rate=rate, duration=None, feedback_rate=feedback_rate, split=split
+                )
             )
         if on_ready is not None:
             on_ready(serving)

@@ -42,10 +42,15 @@ def _render(result: DemoResult) -> None:
 @app.command("demo")
 def demo_command(
     workdir: Annotated[Path, typer.Option("--dir", help="Workspace directory for the demo.")] = Path("demo-workspace"),
-    n: Annotated[int, typer.Option(help="Phantom chest images to generate.")] = 2000,
-    size: Annotated[int, typer.Option(help="Training image size in pixels.")] = 128,
+    task: Annotated[
+        str | None, typer.Option("--task", help="segmentation: lungs, heart and findings from the phantom's masks.")
+    ] = None,
+    n: Annotated[int | None, typer.Option(help="Phantom chest images to generate [2000; segmentation 400].")] = None,
+    size: Annotated[int | None, typer.Option(help="Training image size in pixels [128; segmentation 64].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data generation, splitting and training.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs (early stopping may end sooner).")] = 12,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs, early stopping may end sooner [12; segmentation 10].")
+    ] = None,
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-S", help="Any other param for the workspace: -S train.lr=3e-4.")
     ] = None,
@@ -63,9 +68,19 @@ def demo_command(
     Then serve the champion with the web UI until Ctrl-C, with a simulated clinic sending traffic
     and feedback (--no-simulate: none; --no-serve: stop after the pipeline).
     """
-    from radflow.demo import DemoConfig, DemoServing, run_demo, serve_demo
+    from radflow.demo import SEGMENTATION_DEFAULTS, DemoConfig, DemoServing, run_demo, serve_demo
 
-    config = DemoConfig(workdir=workdir, n=n, size=size, seed=seed, epochs=epochs, sets=tuple(sets or []))
+    defaults = SEGMENTATION_DEFAULTS if task == "segmentation" else {}
+    base = DemoConfig()
+    config = DemoConfig(
+        workdir=workdir,
+        n=n if n is not None else defaults.get("n", base.n),
+        size=size if size is not None else defaults.get("size", base.size),
+        epochs=epochs if epochs is not None else defaults.get("epochs", base.epochs),
+        seed=seed,
+        sets=tuple(sets or []),
+        task=task,
+    )
 
     show = line_printer(as_json)
 
@@ -80,6 +95,9 @@ def demo_command(
             console.print("[yellow]nothing to serve:[/] no model was promoted to champion.")
         return
 
+    # No clinic of new phantom patients exists for masks, and readers' mask feedback is not simulated.
+    segmentation = task == "segmentation"
+
     def ready(serving: DemoServing) -> None:
         url = serving.url
         lines = [
@@ -90,13 +108,24 @@ def demo_command(
         ]
         if serving.token_generated:
             lines.append(f"  admin token for the dashboard's controls: {serving.admin_token}")
-        if not no_simulate:
+        if not no_simulate and segmentation:
+            lines.append(f"  a simulated clinic sends the train split, {rate:g} images/s (--no-simulate: off)")
+        elif not no_simulate:
             lines.append(f"  a simulated clinic sends {rate:g} images/s with reader feedback (--no-simulate: off)")
         lines.append("Ctrl-C stops the server.")
         console.print("\n".join(lines), highlight=False)
 
     serving = run_command(
-        lambda: serve_demo(result.workdir, host=host, port=port, simulate=not no_simulate, rate=rate, on_ready=ready)
+        lambda: serve_demo(
+            result.workdir,
+            host=host,
+            port=port,
+            simulate=not no_simulate,
+            rate=rate,
+            on_ready=ready,
+            split="train" if segmentation else None,
+            feedback_rate=0.0 if segmentation else 0.3,
+        )
     )
     if serving.simulation:
         sim = serving.simulation

@@ -32,6 +32,14 @@ def init_command(
         Path | None, typer.Option("--data", help="Raw data folder (or label CSV) for a real source.")
     ] = None,
     remote: Annotated[str | None, typer.Option(help="DVC remote URL or path (default: DIR/.dvc-remote).")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="multilabel (CheXpert findings) or segmentation (phantom masks: synth --masks -> ingest "
+            "--format masks -> small_unet); a siim or masks source is segmentation.",
+        ),
+    ] = None,
     sets: Annotated[
         list[str] | None,
         typer.Option(
@@ -47,7 +55,9 @@ def init_command(
     from radflow.pipeline.run import parse_sets
     from radflow.pipeline.workspace import init_workspace
 
-    info = run_command(lambda: init_workspace(directory, source, data, remote=remote, overrides=parse_sets(sets or [])))
+    info = run_command(
+        lambda: init_workspace(directory, source, data, remote=remote, overrides=parse_sets(sets or []), task=task)
+    )
     emit(info, as_json, _render_init)
 
 

@@ -45,7 +45,7 @@ def _synth(root: Path, params: Params) -> dict[str, Any]:
     cfg = params.data.synth
     out = root / paths.SYNTH_DIR
     shutil.rmtree(out, ignore_errors=True)
-    return synth_chest(out, cfg.n, cfg.seed, cfg.size, cfg.dicom_fraction)
+    return synth_chest(out, cfg.n, cfg.seed, cfg.size, cfg.dicom_fraction, masks=cfg.masks)
 
 
 def _ingest(root: Path, params: Params) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def _roc_points(checkpoint: Path, dataset: Path) -> list[dict[str, Any]]:
 
     model, meta = load_model(checkpoint)
     ds = Dataset.open(dataset)
-    if ds.task == "regression":
+    if ds.task not in ("multilabel", "multiclass"):  # no ROC for a value or a mask
         return []
     rows = ds.indices("test")
     scores = predict_dataset(model, meta, ds, "test")

@@ -29,6 +29,8 @@ from radflow.tracking import telemetry_off
 
 __all__ = [
     "DEFAULT_REMOTE",
+    "SEGMENTATION_MODEL_NAME",
+    "WORKSPACE_TASKS",
     "commit_first_run",
     "commit_paths",
     "dvc_add",
@@ -36,10 +38,15 @@ __all__ = [
     "git_env",
     "init_workspace",
     "run_git",
+    "task_params",
     "use_extra_source",
 ]
 
 DEFAULT_REMOTE = ".dvc-remote"
+WORKSPACE_TASKS = ("multilabel", "segmentation")
+"""What ``radflow init --task`` may ask of phantom data: CheXpert findings, or masks of what the phantom draws."""
+_SEGMENTATION_SOURCES = ("synthetic", "siim", "masks")
+SEGMENTATION_MODEL_NAME = "chest-segmentation"
 GIT_USER = ("radflow", "radflow@localhost")
 _GITIGNORE = """\
 # MLflow store, pseudonymisation key, DVC's default local remote, checkpoints (kept out of git)
@@ -141,6 +148,31 @@ def _raw_md5(root: Path, params: Params) -> str | None:
     return str(outs[0].get("md5")) if outs else None
 
 
+def task_params(task: str | None, source: str) -> dict[str, Any]:
+    """The params a workspace for ``task`` on ``source`` starts from (before the user's overrides).
+
+    A segmentation workspace (``--task segmentation``, or a mask source) trains a dense network, names its
+    model apart from the classifier's, and on phantom data has the synth stage write the masks it ingests.
+    """
+    if task is not None and task not in WORKSPACE_TASKS:
+        raise ConfigError(
+            f"unknown task {task!r}.{did_you_mean(task, WORKSPACE_TASKS)} Tasks: {', '.join(WORKSPACE_TASKS)}."
+        )
+    segmentation = task == "segmentation" or source in ("siim", "masks")
+    if task == "segmentation" and source not in _SEGMENTATION_SOURCES:
+        raise ConfigError(
+            f"--task segmentation needs masks: --source {' or '.join(_SEGMENTATION_SOURCES)}, not {source}."
+        )
+    if task == "multilabel" and segmentation:
+        raise ConfigError(f"--source {source} holds masks (a segmentation source); drop --task {task}.")
+    if not segmentation:
+        return {}
+    found: dict[str, Any] = {"train.arch": "small_unet", "registry.name": SEGMENTATION_MODEL_NAME}
+    if source == "synthetic":
+        found["data.synth.masks"] = True
+    return found
+
+
 def init_workspace(
     directory: Path,
     source: str = "synthetic",
@@ -148,13 +180,16 @@ def init_workspace(
     *,
     remote: str | None = None,
     overrides: dict[str, Any] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Create a workspace in ``directory`` (new or empty); returns a summary of what was made.
 
-    ``overrides`` are dotted params (``{"train.epochs": 1}``) written into params.yaml.
+    ``overrides`` are dotted params (``{"train.epochs": 1}``) written into params.yaml, over the
+    ones ``task`` (:func:`task_params`) starts from.
     """
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}.{did_you_mean(source, SOURCES)} Sources: {', '.join(SOURCES)}.")
+    overrides = {**task_params(task, source), **(overrides or {})}
     root = Path(directory).resolve()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ConfigError(f"{root} exists and is not an empty folder; pick a new directory for the workspace.")
@@ -168,7 +203,7 @@ def init_workspace(
     data_section: dict[str, Any] = {"source": source}
     if source == "synthetic":
         data_section["raw"] = SYNTH_DIR
-    params = Params.model_validate({"data": data_section}).with_overrides(overrides or {})
+    params = Params.model_validate({"data": data_section}).with_overrides(overrides)
     root.mkdir(parents=True, exist_ok=True)
     run_git(root, "init", "-q")
     for key, value in zip(("user.name", "user.email"), GIT_USER, strict=True):
