@@ -58,10 +58,19 @@ def test_dynamic_quantization_without_calibration_data_needs_force(tmp_path: Pat
     assert RadflowModel.load(target).run(np.zeros((2, 32, 32), np.uint8))[0].shape == (2, 3)
 
 
-def test_int8_of_a_segmentation_model_is_refused_before_quantizing(tmp_path: Path) -> None:
-    checkpoint, _ = make_checkpoint(tmp_path, task="segmentation", n=24)
+def test_int8_of_a_segmentation_model_is_judged_by_val_mean_dice(tmp_path: Path) -> None:
+    checkpoint, dataset = make_checkpoint(tmp_path, task="segmentation", n=24)
     out = tmp_path / "seg.onnx"
-    with pytest.raises(Int8RefusedError, match=r"INT8 is refused for segmentation models .*Dice.* FP32 model is at"):
-        export_model(str(checkpoint), out, int8=True, force=True, reference_images=0)
-    assert out.is_file() and not int8_path(out).exists()
+    export_model(str(checkpoint), out, reference_images=0)
     assert read_metadata(out).output == "probability_maps"
+    ds, target = Dataset.open(dataset), int8_path(out)
+    kept = quantize_model(out, target, ds, dice_tolerance=1.0, latency_time=0.05)
+    metric = kept["metric"]
+    assert metric["name"] == "mean_dice" and metric["split"] == "val" and 0 < metric["fp32"] <= 1
+    assert metric["change"] == pytest.approx(metric["int8"] - metric["fp32"])
+    maps = RadflowModel.load(target).run(np.zeros((2, 32, 32), np.uint8))[0]
+    assert maps.shape[:2] == (2, len(ds.structures))
+    # a tolerance below any possible change: refused, with both numbers, and the INT8 file removed
+    with pytest.raises(Int8RefusedError, match=r"lowers val mean Dice by .* \(0\.\d{4} -> 0\.\d{4}\).*tolerance -1"):
+        quantize_model(out, target, ds, dice_tolerance=-1.0, latency_time=0.05)
+    assert not target.exists()

@@ -8,11 +8,10 @@ within a tolerance of the FP32 model's; latency is measured at batch 1 and 8 wit
 options as serving, and a note says plainly when INT8 buys little on this model and CPU (without
 VNNI, the integer kernels of depthwise and dense-block networks gain little).
 
-Segmentation models (dense networks) are refused before anything is quantized: their acceptance
-would compare the val mean Dice before and after (refused when it drops by more than 0.01), which
-needs the kind's Dice-based ``quality_metric`` and a :func:`validation_metric` that scores
-probability maps against the val masks; neither is built yet, and an INT8 model that nothing
-checked is never written.
+Segmentation models (dense networks) are judged by the kind's ``quality_metric``, the val mean Dice:
+:func:`validation_metric` scores the val split batch by batch (probability maps against the val masks,
+so the split's maps are never all in memory), and the INT8 model is refused when its mean Dice is more
+than ``dice_tolerance`` (``export.max_int8_dice_drop``, 0.01) below FP32's.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from radflow.runtime.score import score_dataset
 from radflow.runtime.session import RadflowModel, to_model_size
 
 __all__ = [
+    "DEFAULT_DICE_TOLERANCE",
     "DEFAULT_MAE_TOLERANCE",
     "DEFAULT_TOLERANCE",
     "LITTLE_GAIN",
@@ -60,6 +60,8 @@ DEFAULT_TOLERANCE = 0.005
 """Largest accepted drop of validation macro AUROC from FP32 to INT8."""
 DEFAULT_MAE_TOLERANCE = 1.0
 """Largest accepted rise of validation MAE (target unit, months) from FP32 to INT8."""
+DEFAULT_DICE_TOLERANCE = 0.01
+"""Largest accepted drop of validation mean Dice from FP32 to INT8 (``export.max_int8_dice_drop``)."""
 LITTLE_GAIN = 1.2
 """Below this INT8 speed-up at batch 8 the report says INT8 buys little."""
 
@@ -171,9 +173,38 @@ def measure_latency(
     return out
 
 
+def _dense_metric(model: RadflowModel, ds: Dataset, split: str, batch_size: int = 16) -> tuple[str, float | None]:
+    """The kind's val mean Dice of a dense model: overlap summaries per batch, then the kind's mean over them."""
+    import math
+
+    from radflow.data.masks import unpack
+
+    kind, labels = model.meta.kind, model.labels
+    structures = ds.structures
+    order = [structures.index(label) for label in labels]
+    rows = ds.indices(split)
+    known = ds.targets(rows)[:, order]
+    overlaps, areas = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        maps, _ = model.run(ds.images(chunk), cam=False)
+        truth = unpack(ds.masks(chunk), len(structures))[:, order].astype(np.float32)
+        truth[np.isnan(known[start : start + len(chunk)])] = np.nan  # not annotated: no Dice either way
+        overlap, area = kind.val_batch(maps, truth)
+        overlaps.append(overlap)
+        areas.append(area)
+    if not overlaps:
+        return "mean_dice", None
+    value = kind.val_metrics(labels, np.concatenate(overlaps), np.concatenate(areas))["val_mean_dice"]
+    return "mean_dice", None if math.isnan(value) else value
+
+
 def validation_metric(path: Path, ds: Dataset, split: str = "val") -> tuple[str, float | None]:
-    """("macro_auroc" | "mae", value) of the ONNX model at ``path`` on ``split`` of ``ds``, as its kind scores it."""
+    """("macro_auroc" | "mae" | "mean_dice", value) of the ONNX model at ``path`` on ``split`` of ``ds``, as its
+    kind scores it."""
     model = RadflowModel.load(path)
+    if model.dense:
+        return _dense_metric(model, ds, split)
     scores = score_dataset(model, ds, split, batch_size=32)[model.labels].to_numpy()
     truth = ds.targets(ds.indices(split))
     return model.meta.kind.quality_metric(model.labels, scores, truth)
@@ -196,6 +227,7 @@ def quantize_model(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     mae_tolerance: float = DEFAULT_MAE_TOLERANCE,
+    dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
     force: bool = False,
     calibration_images: int = 64,
     latency_time: float = 0.5,
@@ -203,18 +235,10 @@ def quantize_model(
     """Quantize, then measure size, latency (batch 1 and 8) and the validation metric change.
 
     Raises :class:`Int8RefusedError` (and removes ``out``) when the metric worsens by more than the
-    tolerance — or cannot be measured — unless ``force``; for a segmentation model always, before
-    quantizing (see the module docstring).
+    tolerance (``tolerance`` for macro AUROC, ``mae_tolerance`` for MAE, ``dice_tolerance`` for mean
+    Dice) — or cannot be measured — unless ``force``.
     """
     metadata = read_metadata(fp32)
-    if metadata.kind.network == "dense":
-        raise Int8RefusedError(
-            f"INT8 is refused for {metadata.task} models (even with --force): an INT8 model is kept only when "
-            "its val mean Dice stays within 0.01 of FP32, and radflow cannot measure that yet (the segmentation "
-            "kind's quality_metric by Dice over the val masks is not built). Export without --int8; the FP32 "
-            "model matches PyTorch.",
-            {"path": None, "method": None, "metric": None, "refused": "dense model: INT8 acceptance by Dice not built"},
-        )
     spec = PreprocessSpec.from_dict(metadata.preprocess)
     calibration = None
     if dataset is not None:
@@ -262,6 +286,13 @@ def quantize_model(
                 problem = (
                     f"INT8 raises val MAE by {after - before:.3f} ({before:.3f} -> {after:.3f}), "
                     f"more than the tolerance {mae_tolerance:g}"
+                )
+        elif name == "mean_dice":
+            report["metric"]["change"] = after - before
+            if before - after > dice_tolerance:
+                problem = (
+                    f"INT8 lowers val mean Dice by {before - after:.4f} ({before:.4f} -> {after:.4f}), "
+                    f"more than the tolerance {dice_tolerance:g} (export.max_int8_dice_drop)"
                 )
         else:
             report["metric"]["change"] = after - before
