@@ -121,3 +121,34 @@ def _run(coro):  # type: ignore[no-untyped-def]
     import asyncio
 
     return asyncio.run(coro)
+
+
+def test_studies_are_found_by_date_and_a_dead_pacs_is_a_clear_error(
+    orthanc: Orthanc,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from datetime import datetime
+
+    from radflow.pacs import DicomWebError, send_stow
+
+    path = tmp_path / "dated.dcm"
+    stored = np.zeros((16, 16), dtype=np.uint16)
+    write_dicom(
+        path, stored, bits_stored=12, uid_seed="dated", attributes={"StudyDate": "20230615", "StudyTime": "120000"}
+    )
+    ds = pydicom.dcmread(path)
+    settings = ResultSettings(stow_url=orthanc.dicomweb_url)
+    assert send_stow(ds, settings).outcome == "delivered"
+
+    pacs = DicomWebSource(orthanc.dicomweb_url)
+    assert ds.StudyInstanceUID in pacs.studies_since(datetime(2023, 6, 15, 11, 0))
+    assert ds.StudyInstanceUID not in pacs.studies_since(datetime(2023, 6, 15, 13, 0))  # same day, later time
+    assert ds.StudyInstanceUID not in pacs.studies_since(datetime(2023, 6, 16))
+    assert [pydicom.dcmread(io.BytesIO(b)).SOPInstanceUID for b in pacs.retrieve(ds.StudyInstanceUID)] == [
+        ds.SOPInstanceUID
+    ]
+
+    dead = f"http://127.0.0.1:{free_port()}/dicom-web"
+    with pytest.raises(DicomWebError, match=f"QIDO-RS at {dead} failed"):
+        DicomWebSource(dead, timeout_s=5).studies_since()
+    assert send_stow(ds, ResultSettings(stow_url=dead, timeout_s=5)).outcome == "unreachable"

@@ -55,7 +55,8 @@ def send_cstore(dataset: Dataset, settings: ResultSettings) -> Delivery:
     ae = AE(ae_title=settings.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout_s
     ae.connection_timeout = settings.timeout_s
-    syntax = dataset.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in dataset.get("file_meta", {}) else None
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     syntaxes = list(dict.fromkeys([s for s in (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s]))
     ae.add_requested_context(dataset.SOPClassUID, syntaxes)
     assoc = ae.associate(settings.destination_host, settings.destination_port, ae_title=settings.destination_ae)
