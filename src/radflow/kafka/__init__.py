@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from radflow.kafka.client import MAX_MESSAGE_BYTES, create_producer, ensure_topics, publish_image
+from radflow.kafka.client import MAX_MESSAGE_BYTES, KafkaHandoff, create_producer, ensure_topics, publish_image
 from radflow.kafka.messages import ImageMessage, InvalidMessageError, deidentified_image, is_urgent
 from radflow.kafka.settings import KafkaSettings
 from radflow.kafka.worker import Deliver, Worker
@@ -20,6 +20,7 @@ __all__ = [
     "Deliver",
     "ImageMessage",
     "InvalidMessageError",
+    "KafkaHandoff",
     "KafkaSettings",
     "Worker",
     "create_producer",

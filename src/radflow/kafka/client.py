@@ -10,12 +10,13 @@ import logging
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from radflow.kafka.messages import ImageMessage, deidentified_image
+from radflow.inference.errors import OverloadedError
+from radflow.kafka.messages import HEX64, ImageMessage, InvalidMessageError, deidentified_image
 from radflow.kafka.settings import KafkaSettings
 
-__all__ = ["MAX_MESSAGE_BYTES", "create_producer", "ensure_topics", "publish_image"]
+__all__ = ["MAX_MESSAGE_BYTES", "KafkaHandoff", "create_producer", "ensure_topics", "publish_image"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,45 @@ async def publish_image(
     key = (study or message.id).encode()
     await producer.send_and_wait(settings.images_topic, message.encode(), key=key)
     return message.id
+
+
+class KafkaHandoff:
+    """An HTTP server's hand-off to the workers (``POST /v1/predict?async=true``): one producer, started on first use.
+
+    The answer is the prediction id the worker will store (``GET /v1/predictions/{id}`` once scored, or on
+    the predictions topic). The server's lifespan closes it (:meth:`close`).
+    """
+
+    def __init__(self, settings: KafkaSettings):
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def submit(self, data: bytes, routing_key: str | None = None, sex: str | None = None) -> str:
+        """Publish one upload; its prediction id. A routing key must be a sha256 hex (a hashed study id)."""
+        study = routing_key.lower() if routing_key else None
+        if study is not None and not HEX64.match(study):
+            raise InvalidMessageError(
+                "X-Routing-Key: async mode sends the key to Kafka, so it must be a sha256 hex digest "
+                "(a hashed study id), never an identifier."
+            )
+        try:
+            async with self._lock:
+                if self._producer is None:
+                    producer = create_producer(self.settings)
+                    await producer.start()
+                    self._producer = producer
+            return await publish_image(self._producer, self.settings, data, study=study, sex=sex)
+        except KafkaError as exc:  # the brokers, not the caller: 503, try again
+            raise OverloadedError(
+                f"Kafka at {self.settings.bootstrap} did not take the image ({type(exc).__name__}); retry shortly.",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
 
 async def ensure_topics(settings: KafkaSettings, partitions: int = 1, replication: int = 1) -> list[str]:

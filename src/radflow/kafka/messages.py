@@ -25,6 +25,7 @@ from typing import Any
 from radflow.errors import RadflowError
 
 __all__ = [
+    "HEX64",
     "MESSAGE_VERSION",
     "ImageMessage",
     "InvalidMessageError",
@@ -35,7 +36,8 @@ __all__ = [
 ]
 
 MESSAGE_VERSION = 1
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+"""A sha256 hex digest: the only form in which a message names a study."""
 
 
 class InvalidMessageError(RadflowError):
@@ -106,7 +108,7 @@ class ImageMessage:
         if sha is not None and sha != hashlib.sha256(image).hexdigest():
             raise InvalidMessageError("field 'sha256': does not match the image bytes (truncated or altered).")
         study = body.get("study")
-        if study is not None and (not isinstance(study, str) or not _HEX64.match(study)):
+        if study is not None and (not isinstance(study, str) or not HEX64.match(study)):
             raise InvalidMessageError(
                 "field 'study': not a sha256 hex digest; messages name studies by hash only, never by their id."
             )

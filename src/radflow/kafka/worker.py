@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from radflow.errors import NotFoundError, RadflowError
@@ -107,7 +107,7 @@ class Worker:
         self.deliver = deliver
         self.metrics = WorkerMetrics(service.metrics.registry)
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer = create_producer(settings)
+        self.producer: AIOKafkaProducer | None = None  # made in start(): aiokafka clients belong to a running loop
         self._offsets = _Offsets()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_id: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -118,6 +118,7 @@ class Worker:
     async def start(self) -> None:
         """Connect the producer and join the group (the service must be started)."""
         s = self.settings
+        self.producer = create_producer(s)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             **s.client_options(),
@@ -162,7 +163,8 @@ class Worker:
             await self._drain_and_commit(consumer)
         finally:
             await consumer.stop()  # leaves the group: its partitions are reassigned at once
-            await self.producer.stop()
+            if self.producer is not None:
+                await self.producer.stop()
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -261,10 +263,10 @@ class Worker:
         self.metrics.scored.labels("scored" if scored else "duplicate").inc()
         urgent = is_urgent(answer, self.settings.urgent)
         value = answer_message(answer, message)
-        sends = [self.producer.send_and_wait(self.settings.predictions_topic, value, key=record.key)]
+        sends = [self._send(self.settings.predictions_topic, value, record.key)]
         if urgent:
             value = answer_message(answer, message, urgent)
-            sends.append(self.producer.send_and_wait(self.settings.urgent_topic, value, key=record.key))
+            sends.append(self._send(self.settings.urgent_topic, value, record.key))
         await asyncio.gather(*sends)
 
     async def _scored_once(self, message: ImageMessage) -> tuple[dict[str, Any], bool]:
@@ -312,6 +314,12 @@ class Worker:
             await self.deliver(message.image, answer)
         return answer, True
 
+    async def _send(self, topic: str, value: bytes, key: bytes | None) -> None:
+        """Send and wait for the brokers' acknowledgement (acks=all)."""
+        if self.producer is None:
+            raise RuntimeError("the worker is not started (await worker.start() first)")
+        await self.producer.send_and_wait(topic, value, key=key)
+
     async def _dead_letter(self, record: ConsumerRecord, kind: str, reason: str, message_id: str | None) -> None:
         log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         value = dead_letter(
@@ -322,7 +330,7 @@ class Worker:
             message_id=message_id,
             original=record.value,
         )
-        await self.producer.send_and_wait(self.settings.dead_letter_topic, value, key=record.key)
+        await self._send(self.settings.dead_letter_topic, value, record.key)
         self.metrics.dead_letters.labels(kind).inc()
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from radflow.data.decode import sniff_format
+from radflow.errors import ConfigError
 from radflow.inference.errors import UnsupportedMediaError
 from radflow.inference.settings import ServeSettings
 from radflow.runtime import InvalidInputError
@@ -88,6 +89,7 @@ _PREDICTION_ERRORS = error_responses(404, 503)
             "description": "The answer (findings, value or structures); a DICOM SEG when asked for one.",
             "content": {"application/json": {}, _DICOM: {"schema": {"type": "string", "format": "binary"}}},
         },
+        202: {"description": "`async=true`: handed to the Kafka workers; `{id, status}`, Location of the result."},
         **error_responses(400, 413, 415, 422, 503, 504),
     },
 )
@@ -101,8 +103,19 @@ async def predict(
             "(also asked for by `Accept: application/dicom`); the JSON answer is logged as always."
         ),
     ),
+    hand_off: bool = Query(
+        False,
+        alias="async",
+        description=(
+            "`true`: send the image to the Kafka workers and answer 202 at once with the id its prediction will "
+            "have (`GET /v1/predictions/{id}` once scored, or the predictions topic); X-Routing-Key must then be "
+            "a sha256 hex (a hashed study id)."
+        ),
+    ),
 ) -> Response:
     service = service_of(request)
+    if hand_off:
+        return await _hand_off(request, sex)
     seg = format == "dicom-seg" or _accepts_dicom(request.headers.get("accept", ""))
     # Admission (503 at capacity) before the body is read, held to the answer; the service does not count it
     # again. Entered here rather than by the `admitted` dependency: a generator dependency costs every request
@@ -117,6 +130,23 @@ async def predict(
             body = await service.dicom_seg(answer, data)
             return Response(body, media_type=_DICOM, headers={"X-Prediction-Id": str(answer["id"])})
     return json_answer(answer)
+
+
+async def _hand_off(request: Request, sex: str | None) -> Response:
+    """``async=true``: the upload goes to the images topic (``app.state.kafka``, a radflow.kafka.KafkaHandoff)."""
+    handoff = getattr(request.app.state, "kafka", None)
+    if handoff is None:
+        raise ConfigError(
+            "async=true hands the image to Kafka workers, and this server has no Kafka configured "
+            "(RADFLOW_KAFKA_BOOTSTRAP); drop async=true for the answer now."
+        )
+    service = service_of(request)
+    with service.admission.enter():
+        data = await _image(request, service.settings)
+        prediction_id = await handoff.submit(data, request.headers.get("x-routing-key"), sex)
+    answer = json_answer({"id": prediction_id, "status": "queued"}, 202)
+    answer.headers["Location"] = f"/v1/predictions/{prediction_id}"
+    return answer
 
 
 def _accepts_dicom(accept: str) -> bool:
