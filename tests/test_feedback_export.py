@@ -361,3 +361,26 @@ def test_corrected_masks_export_as_a_mask_source_that_reads_back_exactly(tmp_pat
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     export_feedback(out, url, inputs, dataset=dataset)
     assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_a_store_with_mask_and_findings_feedback_must_name_the_format(
+    store: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    from radflow.runtime.masks import encode_rle
+
+    url, inputs, _ = store
+    pixels, sha = _image(11)
+    mask = np.zeros((48, 48), bool)
+    s = Store(url, inputs)
+    try:
+        record = _log(s, sha, pixels, _structures({"Lesion": mask}))
+        s.add_feedback(record.id, labels={"masks": {"Lesion": encode_rle(mask)}})
+        s.flush()
+    finally:
+        s.close()
+    with pytest.raises(ConfigError, match=r"feedback on masks \(1 predictions\).*format='masks'"):
+        export_feedback(tmp_path / "out", url, inputs)
+    with pytest.raises(ConfigError, match="unknown feedback export format 'coco'; radflow writes chexpert, masks"):
+        export_feedback(tmp_path / "out", url, inputs, format="coco")
+    assert export_feedback(tmp_path / "masks", url, inputs, format="masks")["images"] == 1
+    assert export_feedback(tmp_path / "chexpert", url, inputs, format="chexpert")["format"] == "chexpert"

@@ -205,6 +205,8 @@ def _read_feedback(url: str, inputs_dir: Path, since: datetime | None) -> list[L
 
 def _labels(row: LabelledPrediction, unknown: set[str]) -> dict[str, float] | None:
     """The CheXpert labels a feedback row states, or None when it states none usable."""
+    if row.outputs.get("structures"):  # corrected masks: the masks layout's, not findings
+        return None
     if isinstance(row.labels, dict) and row.labels:
         labels = {str(k): float(v) for k, v in row.labels.items() if v is not None}
     elif row.correct is True and row.outputs.get("findings"):
