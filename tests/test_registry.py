@@ -548,3 +548,26 @@ def test_detection_map_drop_is_a_paired_test_on_both_runs_boxes(detection_family
     # One finding of six lost: a 0.17 drop, but resamples without that patient show none, so it is not proven.
     unproven = drop_check(paired(6, 1))
     assert unproven["passed"] and unproven["comparison"]["diff"] < -0.1 and unproven["comparison"]["ci"][1] == 0
+
+
+def test_the_dice_drop_gate_is_a_paired_test_on_the_same_images_when_both_runs_have_per_image_dice() -> None:
+    from radflow.registry.gates import EVAL_HELD_OUT_TAG, PairedDice, check_gates
+    from tests.metrics.test_paired_dice import CHAMPION, GROUPS, NOISY, STEADY
+
+    tags = {"radflow.task": "segmentation", EVAL_HELD_OUT_TAG: "split-1"}
+    champion = {"version": "2", "metrics": {"test_dice_Heart": 0.875}, "tags": {EVAL_HELD_OUT_TAG: "split-1"}}
+    gates = GateConfig(min_mean_dice=0, max_dice_drop=0.02, comparison_bootstrap=2000)
+
+    def verdict(candidate: np.ndarray) -> dict[str, object]:
+        paired = PairedDice(["Heart"], candidate[:, None], CHAMPION[:, None], GROUPS)
+        metrics = {"test_mean_dice": float(np.mean(candidate)), "test_dice_Heart": float(np.mean(candidate))}
+        outcome = check_gates(metrics, tags, gates, champion, paired)
+        return next(c for c in outcome["checks"] if c["gate"] == "max_dice_drop")
+
+    noisy, steady = verdict(NOISY), verdict(STEADY)
+    # both are 0.125 below the champion: the point-estimate gate fails both, the paired one only the real drop
+    assert noisy["passed"] and noisy["comparison"]["ci"][0] < 0 < noisy["comparison"]["ci"][1]
+    assert not steady["passed"] and "is not noise" in steady["message"]
+    assert steady["comparison"]["ci"] == pytest.approx([-0.125, -0.125]) and "95% CI" in steady["message"]
+    point = check_gates({"test_mean_dice": 0.75, "test_dice_Heart": 0.75}, tags, gates, champion)
+    assert not next(c for c in point["checks"] if c["gate"] == "max_dice_drop")["passed"]

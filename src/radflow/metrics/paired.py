@@ -13,20 +13,24 @@ sensitive than comparing two confidence intervals.
   the covariance of the two correlated AUROCs from placement values, then a z test. It treats
   images as independent; prefer the bootstrap when patients have several images.
 
-Both return the difference ``b - a`` (``b`` the candidate, ``a`` the reference), its interval and
+* :func:`paired_bootstrap_dice` is the same patient-level bootstrap for segmentation: the difference of
+  two models' mean per-image Dice of one structure on the same images, each resample drawing patients.
+
+All return the difference ``b - a`` (``b`` the candidate, ``a`` the reference), its interval and
 a two-sided p-value, as JSON-ready numbers.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from radflow.metrics.bootstrap import json_float, percentile_ci, weighted_auroc
 
-__all__ = ["bootstrap_difference", "class_counts", "delong_auroc", "paired_bootstrap_auroc"]
+__all__ = ["bootstrap_difference", "class_counts", "delong_auroc", "paired_bootstrap_auroc", "paired_bootstrap_dice"]
 
 
 def class_counts(y: np.ndarray) -> tuple[int, int]:
@@ -98,26 +102,85 @@ def paired_bootstrap_auroc(
     out.update(auroc_a=json_float(auc_a), auroc_b=json_float(auc_b), diff=json_float(auc_b - auc_a))
     if n_bootstrap <= 0:
         return out
+    diffs = _paired_resamples(
+        _group_index(groups, known), n_bootstrap, seed, lambda w: weighted_auroc(y, b, w) - weighted_auroc(y, a, w)
+    )
+    out.update(bootstrap_difference(diffs, ci))
+    return out
+
+
+def _group_index(groups: np.ndarray | None, kept: np.ndarray) -> np.ndarray:
+    """Each kept image's patient as 0..P-1 (``kept``: the boolean mask of images in the test)."""
     if groups is None:
-        index = np.arange(y.size)
-    else:
-        g = np.asarray(groups).reshape(-1)
-        if g.shape != y_all.shape:
-            raise ValueError(f"groups {g.shape} must have one entry per image ({y_all.shape}).")
-        _, index = np.unique(g[known], return_inverse=True)
+        return np.arange(int(np.sum(kept)))
+    g = np.asarray(groups).reshape(-1)
+    if g.shape != kept.shape:
+        raise ValueError(f"groups {g.shape} must have one entry per image ({kept.shape}).")
+    _, index = np.unique(g[kept], return_inverse=True)
+    return np.asarray(index)
+
+
+def _paired_resamples(
+    index: np.ndarray, n_bootstrap: int, seed: int, difference: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``n_bootstrap`` values of ``difference(weights)``, weights ``(B, n)`` being patient draw counts per image."""
     n_groups = int(index.max()) + 1
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_bootstrap)
-    chunk = max(1, 2_000_000 // max(y.size, 1))
+    chunk = max(1, 2_000_000 // max(index.size, 1))
     done = 0
     while done < n_bootstrap:
         size = min(chunk, n_bootstrap - done)
         # Patient draw counts, spread to that patient's images: the same resample for both models.
         counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=size).astype(np.float64)
-        weights = counts[:, index]
-        diffs[done : done + size] = weighted_auroc(y, b, weights) - weighted_auroc(y, a, weights)
+        diffs[done : done + size] = difference(counts[:, index])
         done += size
-    out.update(bootstrap_difference(diffs, ci))
+    return diffs
+
+
+def paired_bootstrap_dice(
+    dice_a: np.ndarray,
+    dice_b: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean Dice of model ``b`` minus that of ``a`` for one structure on the same images, resampling patients.
+
+    ``dice_a`` / ``dice_b`` are per-image Dice scores; an image where either is NaN (Dice undefined: the
+    structure neither shown nor predicted, or not annotated) is left out of both means. Returns ``{"method",
+    "dice_a", "dice_b", "diff", "ci", "p_value", "n", "resamples"}``; ``diff`` etc. ``None`` without an image.
+    """
+    a, b = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (dice_a, dice_b))
+    if a.shape != b.shape:
+        raise ValueError(f"per-image Dice a {a.shape} and b {b.shape} must have the same length.")
+    kept = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[kept], b[kept]
+    out: dict[str, Any] = {
+        "method": "paired bootstrap over patients",
+        "n": int(a.size),
+        "dice_a": None,
+        "dice_b": None,
+        "diff": None,
+        "ci": None,
+        "p_value": None,
+        "resamples": 0,
+    }
+    if not a.size:
+        return out
+    out.update(dice_a=json_float(a.mean()), dice_b=json_float(b.mean()), diff=json_float(b.mean() - a.mean()))
+    if n_bootstrap <= 0:
+        return out
+    per_image = b - a
+
+    def difference(weights: np.ndarray) -> np.ndarray:
+        total = weights.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray((weights @ per_image) / total)  # a resample without images is NaN, dropped
+
+    out.update(bootstrap_difference(_paired_resamples(_group_index(groups, kept), n_bootstrap, seed, difference), ci))
     return out
 
 

@@ -13,6 +13,9 @@ their per-image test scores (:class:`PairedScores`), the comparison is a paired 
 both scored (a bootstrap over patients, or DeLong's test): a label fails only when its drop is
 larger than ``max_label_drop`` *and* the interval of the difference lies below zero, so noise alone
 never fails a model. Without them it falls back to the two point estimates, and a note says so.
+Segmentation is judged alike: with both runs' per-image Dice (:class:`PairedDice`) a structure fails
+``max_dice_drop`` only when its mean Dice drop on the same images exceeds it and the patient-level
+bootstrap interval of the difference lies below zero.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "EVAL_HELD_OUT_TAG",
     "EVAL_SPLIT_TAG",
     "PairedBoxes",
+    "PairedDice",
     "PairedScores",
     "check_gates",
     "eval_version",
@@ -55,6 +59,18 @@ class PairedScores:
     targets: np.ndarray
     """``(n, L)`` 1/0/NaN."""
     candidate: np.ndarray
+    champion: np.ndarray
+    groups: np.ndarray
+    """Each image's (pseudonymous) patient: the bootstrap resamples patients."""
+
+
+@dataclass
+class PairedDice:
+    """Both segmentation models' per-image test Dice on the images both scored, in the same row order."""
+
+    structures: list[str]
+    candidate: np.ndarray
+    """``(n, K)`` Dice per image and structure; NaN where undefined (neither shown nor predicted)."""
     champion: np.ndarray
     groups: np.ndarray
     """Each image's (pseudonymous) patient: the bootstrap resamples patients."""
@@ -213,13 +229,56 @@ def _dice_checks(metrics: dict[str, float], gates: GateConfig, notes: list[str])
     return out
 
 
+def _paired_dice_checks(paired: PairedDice, gates: GateConfig, label: str) -> list[dict[str, Any]]:
+    """Per structure: the candidate's mean Dice minus the champion's on the same images, with its bootstrap CI."""
+    from radflow.metrics.paired import paired_bootstrap_dice
+
+    out: list[dict[str, Any]] = []
+    for j, structure in enumerate(paired.structures):
+        key = f"{_DICE}{metric_key(structure)}"
+        test = paired_bootstrap_dice(
+            paired.champion[:, j],
+            paired.candidate[:, j],
+            paired.groups,
+            n_bootstrap=gates.comparison_bootstrap,
+            ci=gates.comparison_ci,
+        )
+        diff, interval = test["diff"], test["ci"]
+        if diff is None:
+            continue
+        worse = interval is not None and interval[1] is not None and interval[1] < 0
+        ok = not (-diff > gates.max_dice_drop + 1e-9 and worse)
+        ci_text = f"[{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else "[-]"
+        message = (
+            f"{key} {test['dice_b']:.4f} vs {label} {test['dice_a']:.4f} on the same {test['n']} images: "
+            f"difference {diff:+.4f}, {gates.comparison_ci:.0%} CI {ci_text} ({test['method']})"
+        )
+        if not ok:
+            message += f"; the drop exceeds max_dice_drop {gates.max_dice_drop:g} and is not noise"
+        check = _gate("max_dice_drop", key, test["dice_b"], test["dice_a"] - gates.max_dice_drop, ok, message)
+        out.append({**check, "comparison": test})
+    return out
+
+
 def _dice_drop_checks(
-    metrics: dict[str, float], champion: dict[str, float], gates: GateConfig, label: str, notes: list[str]
+    metrics: dict[str, float],
+    champion: dict[str, float],
+    gates: GateConfig,
+    label: str,
+    notes: list[str],
+    paired: PairedDice | None = None,
+    paired_note: str | None = None,
 ) -> list[dict[str, Any]]:
-    """No structure's Dice more than ``gates.max_dice_drop`` below the champion's on the same test split."""
+    """No structure's Dice more than ``gates.max_dice_drop`` below the champion's on the same test split.
+
+    A paired test on both runs' per-image Dice when given; else the two point estimates, with a note.
+    """
+    if paired is not None:
+        return _paired_dice_checks(paired, gates, label)
     out: list[dict[str, Any]] = []
     notes.append(
-        f"compared with {label} on per-structure Dice point estimates (the same test split), not a paired test."
+        f"compared with {label} on per-structure Dice point estimates (the same test split), not a paired test: "
+        f"{paired_note or 'no per-image test Dice'}."
     )
     for key, champ_value in sorted(champion.items()):
         if not key.startswith(_DICE) or champ_value is None or math.isnan(champ_value):
@@ -327,13 +386,14 @@ def check_gates(
     tags: dict[str, str],
     gates: GateConfig,
     champion: dict[str, Any] | None = None,
-    paired: PairedScores | PairedBoxes | None = None,
+    paired: PairedScores | PairedBoxes | PairedDice | None = None,
     paired_note: str | None = None,
 ) -> dict[str, Any]:
     """Apply quality gates to a run's test metrics; pure (no MLflow calls).
 
     ``champion`` is ``{"version", "metrics", "tags"}`` of the current champion, or ``None``;
-    ``paired`` both models' scores on the shared test images (:class:`PairedBoxes` for detection;
+    ``paired`` both models' scores on the shared test images (:class:`PairedBoxes` for detection,
+    :class:`PairedDice` for segmentation;
     ``paired_note`` says why there are none). Returns ``{"passed", "checks": [...], "failures": [...],
     "notes": [...], "not_gated": [...]}``; each check is ``{"gate", "metric", "value", "limit", "passed",
     "message"}`` (a paired one adds ``comparison``), each not-gated label ``{"label", "metric", "positives",
@@ -428,7 +488,8 @@ def check_gates(
                     f"max_mae_increase {gates.max_mae_increase:g}",
                 )
         elif family == "segmentation":
-            checks += _dice_drop_checks(metrics, champion["metrics"], gates, label, notes)
+            dice = paired if isinstance(paired, PairedDice) else None
+            checks += _dice_drop_checks(metrics, champion["metrics"], gates, label, notes, dice, paired_note)
         elif family == "detection":
             boxes = paired if isinstance(paired, PairedBoxes) else None
             checks += _map_drop_checks(metrics, champion["metrics"], gates, label, notes, boxes, paired_note)
