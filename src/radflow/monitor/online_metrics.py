@@ -7,6 +7,8 @@ helpers here are shared with the champion/challenger comparison (:mod:`radflow.m
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -204,6 +206,40 @@ def _regression(rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: float,
     return {k: out[k] for k in ("n", "mae", "mae_ci", "rmse", "bias", "by_band")}
 
 
+_DICE_CACHE_SIZE = 50_000
+_dice_cache: OrderedDict[tuple[str, int], dict[str, float]] = OrderedDict()
+_dice_lock = threading.Lock()
+
+
+def _row_dice(row: LabelledPrediction) -> dict[str, float]:
+    """Dice per structure of one row (only those with a Dice), cached by prediction and feedback row.
+
+    The dashboard recomputes every feedback's metrics on each poll, and decoding full-size masks is the
+    cost; a logged answer never changes and a new correction is a new feedback row, so the pair is a key.
+    """
+    key = (row.id, row.feedback_id)
+    with _dice_lock:
+        if key in _dice_cache:
+            _dice_cache.move_to_end(key)
+            return _dice_cache[key]
+    corrected = (row.labels or {}).get("masks") or {}
+    out: dict[str, float] = {}
+    for answer in row.outputs.get("structures") or []:
+        rle = corrected.get(answer["structure"])
+        if rle is None:
+            continue
+        served = decode_rle(answer["rle"], f"prediction {row.id} {answer['structure']}")
+        truth = decode_rle(rle, f"feedback {row.feedback_id} {answer['structure']}")
+        total = int(served.sum()) + int(truth.sum())
+        if total:
+            out[answer["structure"]] = 2 * int(np.count_nonzero(served & truth)) / total
+    with _dice_lock:
+        _dice_cache[key] = out
+        while len(_dice_cache) > _DICE_CACHE_SIZE:
+            _dice_cache.popitem(last=False)
+    return out
+
+
 def dice_pairs(rows: Sequence[LabelledPrediction]) -> tuple[list[str], np.ndarray]:
     """Structures and Dice ``(n, K)`` of each row's served mask against the reader's corrected one.
 
@@ -218,16 +254,8 @@ def dice_pairs(rows: Sequence[LabelledPrediction]) -> tuple[list[str], np.ndarra
     index = {s: j for j, s in enumerate(structures)}
     dice = np.full((len(rows), len(structures)), np.nan)
     for i, row in enumerate(rows):
-        corrected = (row.labels or {}).get("masks") or {}
-        for answer in row.outputs.get("structures") or []:
-            rle = corrected.get(answer["structure"])
-            if rle is None:
-                continue
-            served = decode_rle(answer["rle"], f"prediction {row.id} {answer['structure']}")
-            truth = decode_rle(rle, f"feedback {row.feedback_id} {answer['structure']}")
-            total = int(served.sum()) + int(truth.sum())
-            if total:
-                dice[i, index[answer["structure"]]] = 2 * int(np.count_nonzero(served & truth)) / total
+        for name, value in _row_dice(row).items():
+            dice[i, index[name]] = value
     return structures, dice
 
 
