@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["TansuBroker", "tansu", "tansu_binary"]
+__all__ = ["TansuBroker", "tansu", "tansu_binary", "tansu_broker"]
 
 
 def tansu_binary() -> Path | None:
@@ -93,6 +93,11 @@ def _wait_ready(bootstrap: str, proc: subprocess.Popen[bytes], log: Path, timeou
 @pytest.fixture(scope="session")
 def tansu() -> Iterator[TansuBroker]:
     """A started in-memory Tansu broker for the session; stopped (and its log removed) at the end."""
+    yield from tansu_broker()
+
+
+def tansu_broker() -> Iterator[TansuBroker]:
+    """Start Tansu, yield it, stop it (the fixture's body; bench/kafka.py runs one the same way)."""
     pytest.importorskip("aiokafka", reason="aiokafka is not installed (pip install -e .)")
     binary = tansu_binary()
     if binary is None:
