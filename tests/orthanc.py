@@ -38,6 +38,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _dicomweb_plugin() -> Path | None:
     for folder in _PLUGIN_DIRS:
         found = sorted(folder.glob("libOrthancDicomWeb.so*")) if folder.is_dir() else []
@@ -101,7 +109,8 @@ def orthanc_server() -> Iterator[Orthanc]:
             if process.poll() is not None:
                 pytest.fail(f"Orthanc exited {process.returncode}: {(root / 'orthanc.log').read_text()[-600:]}")
             try:
-                if httpx.get(f"{url}/system", timeout=2).status_code == 200:
+                # both doors: HTTP answers /system and the DICOM port takes connections
+                if httpx.get(f"{url}/system", timeout=2).status_code == 200 and _listens(dicom_port):
                     break
             except httpx.HTTPError:
                 pass
@@ -109,6 +118,10 @@ def orthanc_server() -> Iterator[Orthanc]:
                 pytest.fail(f"Orthanc did not answer /system in 30 s: {(root / 'orthanc.log').read_text()[-600:]}")
             time.sleep(0.1)
         yield Orthanc(dicom_port, url, root)
+        if process.poll() is not None:
+            pytest.fail(
+                f"Orthanc exited {process.returncode} during the tests: {(root / 'orthanc.log').read_text()[-600:]}"
+            )
     finally:
         process.terminate()
         try:

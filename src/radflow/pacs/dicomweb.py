@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from radflow.errors import DataError, RadflowError
 
-__all__ = ["DicomWebError", "DicomWebSource", "to_part10"]
+__all__ = ["DicomWebError", "DicomWebSource", "dicomweb_client", "to_part10"]
 
 _STUDY_UID = "0020000D"
 _STUDY_DATE = "00080020"
@@ -39,14 +39,27 @@ def to_part10(dataset: Dataset) -> bytes:
     return out.getvalue()
 
 
+def dicomweb_client(url: str, timeout_s: float) -> Any:
+    """A ``DICOMwebClient`` on ``url`` that tries a request at most twice (0.5 s apart).
+
+    dicomweb-client's default retries every failure, a refused connection too, five times with
+    waits doubling from 1 s: half a minute of a blocked thread before a dead PACS is reported. One
+    retry covers a busy answer (429, 503 ...); beyond it the caller's own loop (the next poll) or
+    the dead-letter record takes over.
+    """
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url, timeout=timeout_s)
+    client.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
+    return client
+
+
 class DicomWebSource:
     """One DICOMweb root (e.g. ``http://pacs:8042/dicom-web``)."""
 
     def __init__(self, url: str, timeout_s: float = 30):
-        from dicomweb_client.api import DICOMwebClient
-
         self.url = url
-        self._client = DICOMwebClient(url, timeout=timeout_s)
+        self._client = dicomweb_client(url, timeout_s)
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         import requests

@@ -89,11 +89,12 @@ def _status_name(code: int) -> str:
 def send_stow(dataset: Dataset, settings: ResultSettings) -> Delivery:
     """STOW-RS ``dataset`` to the settings' DICOMweb root."""
     import requests
-    from dicomweb_client.api import DICOMwebClient
+
+    from radflow.pacs.dicomweb import dicomweb_client
 
     assert settings.stow_url is not None
     name = f"stow:{settings.stow_url}"
-    client = DICOMwebClient(settings.stow_url, timeout=settings.timeout_s)
+    client = dicomweb_client(settings.stow_url, settings.timeout_s)
     try:
         answer = client.store_instances([dataset])
     except requests.HTTPError as exc:
