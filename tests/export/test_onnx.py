@@ -117,7 +117,7 @@ def test_every_architecture_exports_with_parity(arch: str, tmp_path: Path) -> No
     torch.manual_seed(0)
     dense = model_network(arch) == "dense"
     model = create_model(arch, 2, **TINY.get(arch, {})).eval()
-    task = "segmentation" if dense else "multilabel"
+    task = {"dense": "segmentation", "detection": "detection"}.get(model_network(arch), "multilabel")
     meta = ModelMeta(arch=arch, task=task, labels=["a", "b"], num_outputs=2, preprocess={"size": 32})
     path = export_onnx(model, meta, tmp_path / f"{arch}.onnx")
     n = 3 if dense else 1

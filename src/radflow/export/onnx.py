@@ -15,6 +15,12 @@ inside the graph. It has no CAM (the maps are the explanation) and no ``embeddin
 architectures do not expose their bottleneck feature map (:class:`radflow.train.models.SegNet` has
 ``forward_maps`` only), so there is nothing to pool without re-implementing each network's forward.
 
+A detection network (``network == "detection"``) returns one output, ``detections`` ``(N, A, 4 + K)``:
+per anchor its decoded box at model size (clipped to the image) and the kind's score per label
+(FCOS's ``sqrt(sigmoid(class) * sigmoid(centre-ness))``, in the graph). The score threshold and
+per-label NMS run after the graph, in :func:`radflow.tasks.detection.select_detections` (NumPy), as
+in training's validation: the graph keeps a dynamic batch and the runtime stays torch-free.
+
 The TorchScript-based exporter (``dynamo=False``) is used: it gives a dynamic batch dimension from
 ``dynamic_axes``, exports these CNNs exactly (parity within 1e-6), takes about a second, and needs
 no extra dependency (the torch.export-based exporter needs ``onnxscript``).
@@ -42,13 +48,14 @@ from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_
 from radflow.runtime.session import RadflowModel, to_model_size
 from radflow.tasks import get_task
 from radflow.train.checkpoint import ModelMeta
-from radflow.train.models import SegNet
+from radflow.train.models import DetNet, SegNet
 from radflow.train.predict import outputs_to_predictions
 
 __all__ = [
     "DEFAULT_OPSET",
     "PARITY_ATOL",
     "DenseExportWrapper",
+    "DetectionExportWrapper",
     "ExportError",
     "ExportWrapper",
     "check_parity",
@@ -121,25 +128,39 @@ class DenseExportWrapper(nn.Module):
         return (self.kind.activate(logits, None, None),)
 
 
+class DetectionExportWrapper(nn.Module):
+    """A detector as exported: ``image -> (detections (N, A, 4 + K),)``, per anchor its box and score per label."""
+
+    def __init__(self, model: nn.Module, meta: ModelMeta):
+        super().__init__()
+        self.model = model
+        self.kind = get_task(meta.task)
+
+    def forward(self, image: torch.Tensor, sex: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        return (self.kind.activate(self.model(image), None, None),)
+
+
 def export_wrapper(model: nn.Module, meta: ModelMeta) -> nn.Module:
-    """The wrapper the network is exported through, by the task kind's network (pooled or dense).
+    """The wrapper the network is exported through, by the task kind's network (pooled, dense or detection).
 
     An architecture of the other kind than its task (a UNet with a multi-label task) is a ConfigError.
     """
     kind = get_task(meta.task)
-    network = "dense" if isinstance(model, SegNet) else "pooled"
+    network = "dense" if isinstance(model, SegNet) else "detection" if isinstance(model, DetNet) else "pooled"
     if network != kind.network:
         raise ConfigError(
             f"architecture {meta.arch!r} is a {network} network but task {meta.task!r} needs a {kind.network} one; "
             f"train it with an architecture of that kind."
         )
+    if kind.network == "detection":
+        return DetectionExportWrapper(model, meta)
     return DenseExportWrapper(model, meta) if kind.network == "dense" else ExportWrapper(model, meta)
 
 
 def graph_outputs(meta: ModelMeta) -> list[str]:
     """Names of the graph's outputs, in the order the wrapper returns them."""
     kind = get_task(meta.task)
-    if kind.network == "dense":
+    if kind.network in ("dense", "detection"):
         return [kind.output]
     return [kind.output, CAM_OUTPUT, EMBEDDING_OUTPUT]
 

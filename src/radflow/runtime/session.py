@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from radflow.data.boxes import to_original
 from radflow.data.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodedImage, decode_image
 from radflow.data.preprocess import PreprocessSpec, prepare_pixels, to_model_input
 from radflow.errors import ConfigError, DataError, NotFoundError, RadflowError, did_you_mean
@@ -26,6 +27,7 @@ from radflow.runtime.cam import DEFAULT_ALPHA, DEFAULT_MAX_SIDE, encode_png, ren
 from radflow.runtime.masks import original_masks, structure_answers
 from radflow.runtime.metadata import CAM_OUTPUT, IMAGE_INPUT, METADATA_KEY, SEX_INPUT, OnnxMetadata, sex_feature
 from radflow.tasks import DEFAULT_THRESHOLD, Finding, Prediction
+from radflow.tasks.detection import select_detections
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -300,7 +302,12 @@ class RadflowModel:
         size: tuple[int, int] | None = None,
         spacing: tuple[float, float] | None = None,
     ) -> Prediction:
-        """One image's output as its answer: findings at the thresholds, a value, or structures.
+        """One image's output as its answer: findings at the thresholds, a value, structures or boxes.
+
+        A detection model's anchors ``(A, 4 + K)`` become its kept boxes
+        (:func:`~radflow.tasks.detection.select_detections`) at the input's original ``size``
+        (:func:`radflow.data.boxes.to_original` undoes the pad-to-square resize); without ``size`` they stay
+        at model size. Boxes without area on the original image (wholly in its padding) are dropped.
 
         A dense model's maps ``(K, S, S)`` become per-structure answers at the input's original
         ``size`` (height, width): the pad-to-square resize undone by
@@ -317,6 +324,20 @@ class RadflowModel:
             height, width = size if size is not None else maps.shape[1:]
             masks = original_masks(maps, int(height), int(width))
             return Prediction(structures=structure_answers(masks, self.meta.labels, spacing))
+        if self.meta.kind.network == "detection":
+            anchors = np.asarray(scores)
+            if anchors.ndim != 2 or anchors.shape[1] != 4 + len(self.meta.labels):
+                raise InvalidInputError(
+                    f"a {self.task} model's output is (A, 4 + {len(self.meta.labels)}) anchors, "
+                    f"got shape {anchors.shape}."
+                )
+            kept = select_detections(anchors).astype(np.float64)
+            if size is not None:
+                height, width = int(size[0]), int(size[1])
+                # A box reaching into the padding ends at the image's edge; one wholly in the padding is not on it.
+                kept[:, :4] = to_original(kept[:, :4], height, width, self.spec.size).clip(0, [width, height] * 2)
+                kept = kept[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
+            return self.meta.kind.encode(kept, self.meta.labels, self.thresholds, None)
         row = np.asarray(scores, dtype=np.float64).reshape(-1)
         return self.meta.kind.encode(row, self.meta.labels, self.thresholds, self.meta.target_unit)
 
