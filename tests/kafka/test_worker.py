@@ -82,3 +82,7 @@ def test_worker_scores_answers_dedupes_and_dead_letters(
     assert metric_value(m, "radflow_kafka_scored_total", outcome="duplicate") == 1
     assert metric_value(m, "radflow_kafka_dead_letters_total", reason="invalid") == 2
     assert metric_value(m, "radflow_kafka_dead_letters_total", reason="unscorable") == 1
+    assert metric_value(m, "radflow_kafka_consumed_total", topic=settings.images_topic) == 9
+    assert metric_value(m, "radflow_kafka_commits_total") >= 1
+    assert "radflow_kafka_lag{" in m  # per partition, 0 once the worker has taken everything
+    assert all(metric_value(m, "radflow_kafka_lag", partition=p) == 0 for p in ("0", "1"))
