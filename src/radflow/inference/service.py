@@ -511,7 +511,7 @@ class InferenceService:
         self,
         prediction_id: str,
         *,
-        labels: dict[str, int] | None = None,
+        labels: dict[str, Any] | None = None,
         value: float | None = None,
         correct: bool | None = None,
         reader: str | None = None,

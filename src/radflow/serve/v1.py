@@ -12,7 +12,7 @@ upload, as a DICOM SEG in place of the JSON (``?format=dicom-seg`` or ``Accept: 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -45,8 +45,9 @@ class FeedbackIn(BaseModel):
     """Ground truth or a verdict for one prediction."""
 
     prediction_id: str = Field(min_length=1, max_length=64)
-    labels: dict[str, Literal[0, 1]] | None = None
-    """Per-label ground truth, 0 or 1 (classification models)."""
+    labels: dict[str, Literal[0, 1]] | dict[Literal["masks"], dict[str, dict[str, Any]]] | None = None
+    """Per-label ground truth, 0 or 1 (classification models), or ``{"masks": {STRUCTURE: COCO RLE}}``: the
+    corrected masks at the input's size (segmentation models; a structure left out is not corrected)."""
     value: float | None = None
     """The true value in the model's unit (regression models)."""
     correct: bool | None = None
@@ -242,7 +243,7 @@ async def mask_png(
 async def feedback(request: Request, body: FeedbackIn) -> JSONResponse:
     saved = await service_of(request).add_feedback(
         body.prediction_id,
-        labels=dict(body.labels) if body.labels else None,
+        labels={str(k): v for k, v in body.labels.items()} if body.labels else None,
         value=body.value,
         correct=body.correct,
         reader=body.reader,

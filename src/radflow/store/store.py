@@ -378,7 +378,7 @@ class Store:
     def add_feedback(
         self,
         prediction_id: str,
-        labels: dict[str, int] | None = None,
+        labels: dict[str, Any] | None = None,
         value: float | None = None,
         correct: bool | None = None,
         reader: str | None = None,
