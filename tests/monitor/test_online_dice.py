@@ -79,3 +79,13 @@ def test_latest_correction_wins(store: Store) -> None:
     store.add_feedback(record.id, {"masks": {"lung": encode_rle(served["lung"])}}, None, None, None, None)
     seg = online_report(store, n_bootstrap=0)["models"][0]["segmentation"]
     assert seg["per_structure"]["lung"] == {"n": 1, "dice": 1.0, "dice_ci": None}
+
+
+def test_the_dashboard_shows_the_online_mean_dice(store: Store) -> None:
+    from radflow.ui.summary import feedback_stats
+
+    # Served lung 8 px, corrected 4 px inside it: Dice 2/3; the only structure, so the mean is 2/3 too.
+    _log(store, {"lung": _mask(slice(0, 2), slice(0, 4))}, {"lung": _mask(slice(0, 2), slice(0, 2))})
+    (row,) = feedback_stats(store)
+    assert row["with_feedback"] == 1 and row["dice"] == pytest.approx(2 / 3, abs=1e-6)
+    assert row["auroc"] is None and row["mae"] is None

@@ -62,7 +62,8 @@ def feedback_stats(store: Store) -> list[dict[str, Any]]:
     ``accuracy`` is the share of whole-prediction verdicts that said correct; ``label_agreement`` the
     share of per-label answers matching the model's decision at its threshold; ``auroc`` the mean
     per-label AUROC of the probabilities against readers' labels (labels with both classes only);
-    ``mae`` the mean absolute error against readers' estimates (regression). Each is None until
+    ``mae`` the mean absolute error against readers' estimates (regression); ``dice`` the mean Dice of the
+    served masks against readers' corrected masks (segmentation). Each is None until
     there is feedback to compute it from. All feedback counts (no window, no intervals: the page
     polls this); the same join and metrics as the monitoring report (:mod:`radflow.monitor.online`).
     """
@@ -96,6 +97,7 @@ def feedback_stats(store: Store) -> list[dict[str, Any]]:
                 "label_agreement": agreements / judgements if judgements else None,
                 "auroc": (clf.get("macro") or {}).get("auroc"),
                 "mae": reg.get("mae"),
+                "dice": (m.get("segmentation") or {}).get("mean_dice"),
             }
         )
     return out

@@ -122,7 +122,7 @@
     $("feedback-total").textContent = String(total);
     const body = $("feedback").tBodies[0];
     if (!rows.length) {
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 8, text: "No predictions yet." })));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 9, text: "No predictions yet." })));
       return;
     }
     const rate = (v) => (v === null ? "—" : pct(v));
@@ -138,7 +138,8 @@
           el("td", { text: rate(r.accuracy) + (r.verdicts ? " of " + r.verdicts : "") }),
           el("td", { text: rate(r.label_agreement) + (r.label_judgements ? " of " + r.label_judgements : "") }),
           el("td", { text: r.auroc === null ? "—" : r.auroc.toFixed(3) }),
-          el("td", { text: r.mae === null ? "—" : r.mae.toFixed(2) })
+          el("td", { text: r.mae === null ? "—" : r.mae.toFixed(2) }),
+          el("td", { text: r.dice == null ? "—" : r.dice.toFixed(3) })
         )
       )
     );
