@@ -65,6 +65,8 @@ def test_the_detector_is_registered_and_returns_its_own_loss_terms_or_anchor_out
     assert (boxes >= 0).all() and (boxes <= 32).all() and (boxes[..., 2:] >= boxes[..., :2]).all()
     with pytest.raises(ConfigError, match="no extra inputs"):
         create_model("fcos_small", 2, num_extra=1)
+    with pytest.raises(ConfigError, match="channels divisible by 32"):
+        create_model("fcos_small", 2, channels=16)
 
 
 def test_detection_trains_with_the_default_arch_and_its_checkpoint_predicts(det: Path, tmp_path: Path) -> None:

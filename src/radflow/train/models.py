@@ -486,6 +486,8 @@ def fcos_small(
         raise ConfigError(f"fcos_small is a detection network; it takes no extra inputs (got {num_extra}).")
     if dropout:
         raise ConfigError(f"fcos_small takes no dropout (train.dropout is {dropout}); set it to 0.")
+    if channels % 32:
+        raise ConfigError(f"fcos_small needs channels divisible by 32 (the FCOS head's group norm), got {channels}.")
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.fcos import FCOSHead
