@@ -40,3 +40,14 @@ def test_outside_a_scope_each_record_keeps_its_own_id(tmp_path: Path) -> None:
             store.log(r)
         store.flush()
         assert {r["id"] for r in store.predictions()} == {r.id for r in records}
+
+
+def test_postgresql_skips_a_written_id_too() -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.dialects import postgresql
+
+    from radflow.store.store import _insert_new
+
+    engine = create_engine("postgresql+psycopg://radflow@127.0.0.1:1/none")  # not connected: the statement only
+    sql = str(_insert_new(engine).compile(dialect=postgresql.dialect()))
+    assert sql.startswith("INSERT INTO predictions") and sql.endswith("ON CONFLICT (id) DO NOTHING")
