@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from radflow.tasks import InvalidFeedbackError, get_task
+from radflow.tasks import InvalidFeedbackError, NotBuiltError, get_task
 from radflow.tasks.detection import (
     MAX_DETECTIONS,
-    average_precision_50,
     detection_features,
     pad_rows,
     select_detections,
 )
+from radflow.tasks.evaluation import EvalData, ReportTable
 
 LABELS = ["Lung Opacity", "Nodule"]
 KIND = get_task("detection")
@@ -42,20 +43,54 @@ def test_selection_suppresses_overlaps_per_label_only_and_drops_low_scores() -> 
     assert len(select_detections(many)) == MAX_DETECTIONS
 
 
-def test_ap50_of_a_known_ranking() -> None:
+def _split() -> tuple[list[np.ndarray], list[np.ndarray]]:
     truths = [np.array([[0, 0, 10, 10, 0], [20, 20, 30, 30, 0]], np.float32), np.zeros((0, 5), np.float32)]
     preds = [
         np.array([[0, 0, 10, 10, 0, 0.9], [0, 0, 10, 9, 0, 0.8], [50, 50, 60, 60, 1, 0.7]], np.float32),
         np.array([[0, 0, 5, 5, 0, 0.85]], np.float32),
     ]
-    # Lung Opacity ranking: hit (0.9), false (0.85), duplicate = false (0.8); recall 1/2 at precision 1, never 1.
-    ap, nodule = average_precision_50(preds, truths, 2)
-    assert ap == pytest.approx(0.5) and np.isnan(nodule)
-    second = [preds[0][:1], np.array([[20, 20, 30, 31, 0, 0.1]], np.float32)]
-    assert average_precision_50(second, [truths[0], truths[0][1:]], 1) == [pytest.approx(2 / 3)]
+    return preds, truths
+
+
+def test_validation_map50_is_cocos_ap_of_a_known_ranking() -> None:
+    preds, truths = _split()
+    # Lung Opacity ranking: hit (0.9), false (0.85), duplicate = false (0.8): precision 1 up to recall 1/2,
+    # so COCO's 101 recall points give 51/101; Nodule has no true box and no AP.
     metrics = KIND.val_metrics(LABELS, pad_rows(preds, 5, 6), pad_rows(truths, 3, 5))
-    assert metrics == {"val_ap50_Lung_Opacity": pytest.approx(0.5), "val_map50": pytest.approx(0.5)}
-    assert KIND.quality_metric(LABELS, pad_rows(preds, 5, 6), pad_rows(truths, 3, 5)) == ("map50", pytest.approx(0.5))
+    assert metrics == {"val_ap50_Lung_Opacity": pytest.approx(51 / 101), "val_map50": pytest.approx(51 / 101)}
+    name, value = KIND.quality_metric(LABELS, pad_rows(preds, 5, 6), pad_rows(truths, 3, 5))
+    assert name == "map50" and value == pytest.approx(51 / 101)
+
+
+def test_evaluation_headlines_the_gate_metrics_and_tabulates_per_label() -> None:
+    preds, truths = _split()
+    data = EvalData(
+        labels=LABELS,
+        split="test",
+        targets=pad_rows(truths, 3, 5),
+        scores=pad_rows(preds, 5, 6),
+        manifest=pd.DataFrame({"patient_id": ["a", "b"]}),
+        val=lambda: None,
+        stored_thresholds=None,
+        unit=None,
+        n_bootstrap=20,
+        ci=0.95,
+        calibration_bins=10,
+        threshold_method="youden",
+        target_sensitivity=0.9,
+        age_bands=[],
+    )
+    result = KIND.evaluate(data)
+    json.dumps(result)
+    headline = KIND.headline(result)
+    assert headline["map50"] == pytest.approx(51 / 101) and headline["ap50_Lung_Opacity"] == headline["map50"]
+    assert headline["ap50_Nodule"] is None and any("Nodule: no true box" in w for w in data.warnings)
+    (table,) = KIND.summary(result)
+    assert isinstance(table, ReportTable) and [row[0] for row in table.sections[0]] == LABELS
+    assert all(len(row) == len(table.columns) for rows in table.sections for row in rows)
+    data.scores = np.zeros((2, 4))
+    with pytest.raises(NotBuiltError, match="kept boxes"):
+        KIND.evaluate(data)
 
 
 def test_activation_is_fcos_score_and_the_loss_the_detectors_terms() -> None:

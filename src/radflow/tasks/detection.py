@@ -13,8 +13,9 @@ graph) makes FCOS's scores ``sqrt(sigmoid(class) * sigmoid(centre-ness))``, and
 suppression, best :data:`MAX_DETECTIONS`. Validation and serving call the same function, so what the
 runtime answers is what validation measured.
 
-Validation watches mAP at IoU 0.5 (:func:`average_precision_50`, all-point interpolated AP per label
-over the split, VOC/COCO style). Serving answers ``{"boxes": [{"label", "score", "box"}]}`` in the
+Validation watches mAP at IoU 0.5 (COCO's AP, :func:`radflow.metrics.detection.average_precision`);
+the evaluation is :func:`radflow.metrics.detection.detection_metrics` (AP50, mAP@[.5:.95], FROC and its
+CPM, image AUROC, with patient-level bootstrap CIs). Serving answers ``{"boxes": [{"label", "score", "box"}]}`` in the
 input's original pixel coordinates (the runtime maps them back with :func:`radflow.data.boxes.to_original`).
 """
 
@@ -35,19 +36,17 @@ from radflow.tasks.base import (
     TaskKind,
     metric_key,
 )
-from radflow.tasks.evaluation import EvalData, Figure, ReportTable
+from radflow.tasks.evaluation import EvalData, Figure, ReportTable, fmt
 from radflow.tasks.registry import register_task
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "MATCH_IOU",
     "MAX_DETECTIONS",
     "NMS_IOU",
     "SCORE_THRESHOLD",
     "Detection",
-    "average_precision_50",
     "detection_features",
     "pad_rows",
     "select_detections",
@@ -61,8 +60,6 @@ MAX_DETECTIONS = 100
 """Most boxes answered per image, best first."""
 TOP_CANDIDATES = 1000
 """Boxes above the threshold kept for NMS, best first."""
-MATCH_IOU = 0.5
-"""IoU at which a box finds a true box of its label (mAP50)."""
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -118,48 +115,6 @@ def pad_rows(rows: Sequence[np.ndarray], width: int, columns: int) -> np.ndarray
 
 def _unpad(padded: np.ndarray) -> list[np.ndarray]:
     return [p[~np.isnan(p[:, 0])] for p in np.asarray(padded)]
-
-
-def _average_precision(hits: np.ndarray, scores: np.ndarray, n_true: int) -> float:
-    """All-point interpolated AP of a ranking (``hits`` 1 for a true positive) against ``n_true`` true boxes."""
-    if n_true == 0:
-        return math.nan
-    order = np.argsort(-scores, kind="stable")
-    tp = np.cumsum(hits[order])
-    fp = np.cumsum(1 - hits[order])
-    recall = np.concatenate([[0.0], tp / n_true])
-    precision = np.concatenate([[1.0], tp / np.maximum(tp + fp, 1)])
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
-
-
-def average_precision_50(
-    preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_labels: int, iou: float = MATCH_IOU
-) -> list[float]:
-    """AP at ``iou`` per label index over a split: per image ``preds`` ``(m, 6)`` and ``truths`` ``(n, 5)``.
-
-    Boxes are matched best score first to the unmatched true box of their label they overlap most
-    (at least ``iou``), as COCO and VOC do; NaN for a label with no true box in the split.
-    """
-    out = []
-    for k in range(num_labels):
-        hits, scores, n_true = [], [], 0
-        for pred, truth in zip(preds, truths, strict=True):
-            mine, true = pred[pred[:, 4] == k], truth[truth[:, 4] == k]
-            n_true += len(true)
-            mine = mine[np.argsort(-mine[:, 5], kind="stable")]
-            taken = np.zeros(len(true), dtype=bool)
-            overlap = _iou(mine[:, :4], true[:, :4]) if len(true) and len(mine) else np.zeros((len(mine), 0))
-            for i in range(len(mine)):
-                free = np.where(taken, -1.0, overlap[i]) if len(true) else np.zeros(0)
-                j = int(np.argmax(free)) if len(free) else -1
-                hit = j >= 0 and free[j] >= iou
-                if hit:
-                    taken[j] = True
-                hits.append(float(hit))
-                scores.append(float(mine[i, 5]))
-        out.append(_average_precision(np.array(hits), np.array(scores), n_true))
-    return out
 
 
 def detection_features(detections: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
@@ -225,11 +180,17 @@ class Detection(TaskKind):
         return pad_rows([select_detections(p) for p in preds], MAX_DETECTIONS, 6), np.asarray(targets)
 
     def val_metrics(self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        """AP at IoU 0.5 per label with a true box in the split (``val_ap50_<label>``), their mean ``val_map50``."""
-        aps = average_precision_50(_unpad(preds), _unpad(targets), len(labels))
-        out = {f"val_ap50_{metric_key(label)}": ap for label, ap in zip(labels, aps, strict=True) if not math.isnan(ap)}
-        defined = [ap for ap in aps if not math.isnan(ap)]
-        out["val_map50"] = float(np.mean(defined)) if defined else math.nan
+        """COCO AP at IoU 0.5 per label with a true box in the split (``val_ap50_<label>``), their mean
+        ``val_map50``."""
+        from radflow.metrics.detection import average_precision
+
+        ap = average_precision(_unpad(preds), _unpad(targets), len(labels), [0.5], max_detections=MAX_DETECTIONS)
+        out = {
+            f"val_ap50_{metric_key(label)}": float(entry["ap50"])
+            for label, entry in zip(labels, ap["per_class"], strict=True)
+            if entry["ap50"] is not None
+        }
+        out["val_map50"] = math.nan if ap["ap50"] is None else float(ap["ap50"])
         return out
 
     def monitor_defined(self, labels: Sequence[str], val_targets: np.ndarray) -> bool:
@@ -239,10 +200,31 @@ class Detection(TaskKind):
     # -- evaluation -----------------------------------------------------------------------------
 
     def evaluate(self, data: EvalData) -> dict[str, Any]:
-        raise NotBuiltError(
-            "detection evaluation (AP50 and FROC per label with CIs, radflow.metrics.detection) is not wired into "
-            "the report yet: the report does not pass a split's true and predicted boxes."
+        """AP50, mAP@[.5:.95], FROC/CPM and image AUROC per label with patient-level bootstrap CIs.
+
+        ``data.scores`` are the split's kept boxes ``(n, D, 6)`` and ``data.targets`` its true boxes
+        ``(n, M, 5)`` at model size, NaN rows padding (as :meth:`val_batch` keeps them).
+        """
+        from radflow.metrics.detection import detection_metrics
+
+        scores, targets = np.asarray(data.scores), np.asarray(data.targets)
+        if scores.ndim != 3 or scores.shape[2] != 6 or targets.ndim != 3 or targets.shape[2] != 5:
+            raise NotBuiltError(
+                "detection evaluation needs the split's kept boxes (n, D, 6) and true boxes (n, M, 5) in "
+                f"EvalData.scores/targets, got {scores.shape} and {targets.shape}; the report does not pass them yet."
+            )
+        report = detection_metrics(
+            _unpad(scores),
+            _unpad(targets),
+            data.labels,
+            data.manifest["patient_id"].astype(str).to_numpy() if "patient_id" in data.manifest else None,
+            n_boot=data.n_bootstrap,
+            ci=data.ci,
         )
+        for label, entry in report["per_class"].items():
+            if not entry["truths"]:
+                data.warnings.append(f"{label}: no true box in the {data.split} split; no AP.")
+        return {"metrics": report, "score_threshold": SCORE_THRESHOLD, "nms_iou": NMS_IOU}
 
     def quality_metric(
         self, labels: Sequence[str], preds: np.ndarray, targets: np.ndarray
@@ -253,15 +235,42 @@ class Detection(TaskKind):
         return "map50", None if math.isnan(value) else value
 
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
-        raise NotBuiltError("detection headline metrics come with its evaluation, which is not wired yet.")
+        """``map50`` (with its CI), ``map``, ``cpm``, ``image_auroc``; per label ``ap50_<l>``, ``map_<l>``,
+        ``cpm_<l>``."""
+        m = result["metrics"]
+        out: dict[str, float | None] = {
+            "map50": m["ap50"],
+            "map": m["map"],
+            "cpm": m["cpm"],
+            "image_auroc": m["image_auroc"],
+        }
+        if m.get("ap50_ci"):
+            out.update(map50_ci_low=m["ap50_ci"][0], map50_ci_high=m["ap50_ci"][1])
+        for label, entry in m["per_class"].items():
+            key = metric_key(label)
+            out.update({f"ap50_{key}": entry["ap50"], f"map_{key}": entry["map"], f"cpm_{key}": entry["cpm"]})
+        return out
 
     def figures(
         self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
     ) -> list[Figure]:
-        raise NotBuiltError("detection figures (the FROC curve) come with its evaluation, which is not wired yet.")
+        """None yet: the FROC curve needs a ``froc`` plot in :mod:`radflow.evaluate.plots` (its points are in
+        the body, ``metrics.froc``)."""
+        return []
 
     def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
-        raise NotBuiltError("the detection report comes with its evaluation, which is not wired yet.")
+        m = result["metrics"]
+        ci_pct = f"{m['ci']:.0%}"
+
+        def cell(entry: Mapping[str, Any], name: str) -> str:
+            value, ci = entry.get(name), entry.get(f"{name}_ci")
+            return f"{fmt(value)} [{fmt(ci[0])}-{fmt(ci[1])}]" if value is not None and ci else fmt(value)
+
+        names = ("ap50", "map", "cpm", "image_auroc")
+        rows = [[label, str(e["truths"]), *(cell(e, n) for n in names)] for label, e in m["per_class"].items()]
+        columns = ["label", "true boxes", f"AP50 [{ci_pct} CI]", "mAP@[.5:.95]", "FROC CPM", "image AUROC"]
+        title = f"boxes at score >= {result['score_threshold']:g}, NMS IoU {result['nms_iou']:g}"
+        return [ReportTable(columns, [rows, [["mean", "", *(cell(m, n) for n in names)]]], title=title)]
 
     # -- serving ------------------------------------------------------------------------------
 
