@@ -9,6 +9,7 @@ registered-model name.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -337,8 +338,18 @@ def test_training_run_is_evaluated_logged_and_registered(store: Store, tmp_path:
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/roc.png", "evaluation/calibration.png"} <= artifacts
 
-    registered = register(result.run_id, name := _name(), params.gates, uri)
+    # Through the CLI, as a user registers: the logged report's gates section then holds the verdicts.
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("gates:\n  min_macro_auroc: 0.0\n")
+    cli = CliRunner().invoke(
+        app,
+        ["register", result.run_id, "--name", name := _name(), "-c", str(params_file), "--tracking-uri", uri, "--json"],
+    )
+    assert cli.exit_code == 0, cli.output
+    registered = json.loads(cli.stdout)
     assert registered["passed"] and registered["alias"] == "challenger"
+    report = Path(client.download_artifacts(result.run_id, "evaluation/report.html", str(tmp_path / "dl"))).read_text()
+    assert "Not gated yet" not in report and "challenger" in report
     checkpoint, run_id = resolve_model_run(f"models:/{name}@challenger", uri)
     assert run_id == result.run_id
     # The re-logged checkpoint carries the thresholds chosen on val.

@@ -61,7 +61,8 @@ def evaluate_command(
     from radflow.train.checkpoint import load_checkpoint
 
     def body() -> dict[str, Any]:
-        params = load_params(_config_path(config)).with_overrides({"evaluate.n_bootstrap": n_bootstrap}).evaluate
+        everything = load_params(_config_path(config)).with_overrides({"evaluate.n_bootstrap": n_bootstrap})
+        params, gates, card = everything.evaluate, everything.gates, everything.model_card
         checkpoint, run_id = resolve_model_run(model, tracking_uri)
         data = dataset
         if data is None:
@@ -76,8 +77,11 @@ def evaluate_command(
                 raise ConfigError("--log needs a model from MLflow (run id, runs:/ or models:/), not a local file.")
             if split != "test":
                 raise ConfigError(f"--log records test metrics; drop --split {split} or --log.")
-            return evaluate_and_log(run_id, checkpoint, data, params, tracking_uri)
-        return evaluate_checkpoint(checkpoint, data, split, params, out or _default_out(model, split), device=device)
+            return evaluate_and_log(run_id, checkpoint, data, params, tracking_uri, gates=gates, model_card=card)
+        out_dir = out or _default_out(model, split)
+        return evaluate_checkpoint(
+            checkpoint, data, split, params, out_dir, device=device, gates=gates, model_card=card
+        )
 
     result = run_command(body)
     emit(result, as_json, _render)

@@ -66,7 +66,12 @@ def register_command(
                 f"register reads only the gates: section; -S {others[0]} has no effect here (use -S gates.KEY=VALUE)."
             )
         path = config if config is not None else (Path("params.yaml") if Path("params.yaml").is_file() else None)
-        return register(run_id, name, load_params(path).with_overrides(overrides).gates, tracking_uri)
+        from radflow.evaluate.report import log_gated_report
+
+        gates = load_params(path).with_overrides(overrides).gates
+        result = register(run_id, name, gates, tracking_uri)
+        log_gated_report(run_id, result, tracking_uri, gates)  # the report's gates section gets the verdicts
+        return result
 
     result = run_command(body)
     emit(result, as_json, _render_register)

@@ -138,7 +138,7 @@ def train_command(
             progress=not as_json,
         )
         if not no_evaluate:
-            evaluate_training(result, dataset, params.evaluate)
+            evaluate_training(result, dataset, params.evaluate, gates=params.gates, model_card=params.model_card)
         return result.to_dict()
 
     emit(run_command(body), as_json, _render)
