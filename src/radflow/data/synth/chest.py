@@ -32,7 +32,7 @@ from radflow.data.labels import CHEXPERT_LABELS
 from radflow.data.synth.chest_plan import Study, chest_shape, plan_studies
 from radflow.data.synth.chest_render import MASK_STRUCTURES, render_chest, render_chest_with_masks
 from radflow.data.synth.common import check_common, image_rng, run_jobs, to_uint8, write_png
-from radflow.data.synth.truth import write_masks, write_truth_tables
+from radflow.data.synth.truth import write_coco_boxes, write_masks, write_truth_tables
 from radflow.errors import ConfigError
 
 __all__ = ["CHEXPERT_COLUMNS", "DRAWN_FINDINGS", "FAKE_PHI_MARKERS", "chest_shape", "synth_chest"]
@@ -134,6 +134,7 @@ def synth_chest(
     valid_fraction: float = 0.1,
     workers: int | None = None,
     masks: bool = False,
+    boxes: bool = False,
 ) -> dict[str, Any]:
     """Write ``n`` phantom frontal chest radiographs under ``out`` in CheXpert's layout; returns a summary.
 
@@ -142,7 +143,9 @@ def synth_chest(
     ``dicom_fraction`` share written as DICOM). ``valid_fraction`` of the patients (never their
     studies piecemeal) go to valid.csv. The same ``seed`` gives the same bytes for any ``workers``.
     ``masks`` adds the exact ground-truth masks of the lungs, heart, effusion, pneumothorax and lesion
-    (:mod:`radflow.data.synth.truth`); the images are the same with or without them.
+    (:mod:`radflow.data.synth.truth`); the images are the same with or without them. ``boxes`` adds the
+    findings' boxes (the bounding boxes of their masks' regions) as COCO ``annotations.json``, and the masks
+    they come from.
     """
     check_common(n, seed, size, workers)
     if not isinstance(dicom_fraction, int | float) or not 0.0 <= dicom_fraction <= 1.0:
@@ -156,7 +159,7 @@ def synth_chest(
         ext = "dcm" if s.dicom else "png"
         s.out_file = f"{s.split}/patient{s.patient_no:05d}/study{s.study_no}/view1_frontal.{ext}"
     out.mkdir(parents=True, exist_ok=True)
-    used = run_jobs(_draw_and_write, [(s, str(out), masks) for s in studies], workers)
+    used = run_jobs(_draw_and_write, [(s, str(out), masks or boxes) for s in studies], workers)
     for split in ("train", "valid"):
         rows = sorted((s for s in studies if s.split == split), key=lambda s: (s.patient_no, s.study_no))
         with (out / f"{split}.csv").open("w", newline="") as f:
@@ -170,11 +173,14 @@ def synth_chest(
         k: round(sum(s.labels[k] == "1.0" for s in studies) / len(studies), 4)
         for k in (*DRAWN_FINDINGS, "No Finding", "Support Devices")
     }
-    truth = {}
-    if masks:
+    truth: dict[str, Any] = {}
+    if masks or boxes:
         images = [(s.out_file, f"patient{s.patient_no:05d}", f"study{s.study_no}") for s in studies]
         shown = write_truth_tables(out, MASK_STRUCTURES, images)
         truth = {"masks": {"structures": list(MASK_STRUCTURES), "images_showing": shown}}
+    if boxes:
+        counts = write_coco_boxes(out, MASK_STRUCTURES, [s.out_file for s in studies])
+        truth["boxes"] = {"file": "annotations.json", "counts": counts}
     return {
         **truth,
         "out": str(out),
