@@ -19,7 +19,7 @@ from radflow.config import EvaluateConfig, GateConfig, ModelCardConfig
 from radflow.evaluate.html import REPORT_ARTIFACT, section_ids
 from radflow.evaluate.report import evaluate_and_log, log_gated_report
 from radflow.registry.gates import check_gates
-from radflow.tracking import client
+from radflow.tracking import client, ensure_experiment
 from tests.debian import ensure_debian_package
 from tests.e2e.test_ui_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.evaluate.tiny import tiny_model
@@ -72,7 +72,7 @@ def test_logged_report_shows_every_section_before_and_after_registration(
     ds_path, checkpoint = tiny_model(root, "multilabel", labels=("Cardio<megaly>", "Edema & fluid"))
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow = client(uri, create=True)
-    run_id = mlflow.create_run(mlflow.create_experiment("report")).info.run_id
+    run_id = mlflow.create_run(ensure_experiment(uri, "report")).info.run_id  # artifacts beside the db
     card = ModelCardConfig(intended_use="Second reader for adult chest films.")
     result = evaluate_and_log(
         run_id, checkpoint, ds_path, EvaluateConfig(n_bootstrap=50, pdf=False), uri, model_card=card
