@@ -80,22 +80,3 @@ def test_runtime_boxes_are_torchvisions_fcos_detections(exported: tuple[torch.nn
         assert (got[best, 4] == ref_labels).all()
         compared += len(got)
     assert compared >= 3
-
-
-def test_answers_are_boxes_at_the_inputs_original_size(exported: tuple[torch.nn.Module, ModelMeta, Path]) -> None:
-    _, _, path = exported
-    runtime = RadflowModel.load(path, threads=1)
-    rng = np.random.default_rng(2)
-    tall = np.clip(rng.normal(70, 20, (80, 48)), 0, 255).astype(np.uint8)  # padded left and right to 80 x 80
-    tall[20:50, 10:30] = 220
-    answer = runtime.predict_batch(tall[None])[0].to_dict()
-    anchors, _ = runtime.run(tall[None], cam=False)
-    kept = select_detections(anchors[0]).astype(np.float64)
-    scale, left = 80 / SIZE, (80 - 48) / 2
-    corners = np.clip(kept[:, :4] * scale - [left, 0, left, 0], 0, [48, 80, 48, 80])
-    on_image = (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
-    assert 0 < on_image.sum() < len(kept)  # some boxes of a random detector lie in the padding only
-    assert [b["label"] for b in answer["boxes"]] == [LABELS[int(k)] for k in kept[on_image, 4]]
-    for box, corner, row in zip(answer["boxes"], corners[on_image], kept[on_image], strict=True):
-        assert box["box"] == pytest.approx(corner.tolist(), abs=0.01)
-        assert box["score"] == pytest.approx(float(row[5]), abs=1e-6)
