@@ -146,3 +146,21 @@ def test_the_first_run_is_committed_as_the_baseline_later_runs_compare_to(tmp_pa
     assert "notes.txt" in _git(root, "status", "--porcelain"), "only the run's results are committed"
     (root / METRICS).write_text('{"test_macro_auroc": 0.9}')  # a later run: an experiment, not a commit
     assert commit_first_run(root) is None
+
+
+def test_task_params_start_a_segmentation_workspace_from_masks_and_refuse_a_source_without_them() -> None:
+    from radflow.config import Params
+    from radflow.pipeline.workspace import SEGMENTATION_MODEL_NAME, task_params
+
+    found = task_params("segmentation", "synthetic")
+    assert found == {"train.arch": "small_unet", "registry.name": SEGMENTATION_MODEL_NAME, "data.synth.masks": True}
+    params = Params.model_validate({"data": {"source": "synthetic"}}).with_overrides(found)
+    assert params.data.format == "masks"  # synth writes the masks beside the images; ingest reads them
+    assert task_params(None, "siim") == {"train.arch": "small_unet", "registry.name": SEGMENTATION_MODEL_NAME}
+    assert task_params(None, "synthetic") == task_params("multilabel", "chexpert") == {}
+    with pytest.raises(ConfigError, match="--task segmentation needs masks: --source synthetic or siim or masks"):
+        task_params("segmentation", "nih")
+    with pytest.raises(ConfigError, match="segmentation"):
+        task_params("segmentaton", "synthetic")
+    with pytest.raises(ConfigError, match="holds masks"):
+        task_params("multilabel", "masks")
