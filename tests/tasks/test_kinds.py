@@ -68,14 +68,21 @@ def test_a_name_registers_once() -> None:
 def test_kind_declares_everything(name: str) -> None:
     kind = get_task(name)
     assert kind.name == name
-    assert kind.family in ("classification", "regression", "segmentation")
-    assert kind.network in ("pooled", "dense")
+    assert kind.family in ("classification", "regression", "segmentation", "detection")
+    assert kind.network in ("pooled", "dense", "detection")
     assert kind.default_arch is None or model_network(kind.default_arch) == kind.network
     assert kind.losses and kind.monitor[1] in ("min", "max") and kind.monitor[0].startswith("val_")
     assert kind.gate_metrics and all(m.startswith("test_") for m in kind.gate_metrics)
-    assert kind.output and kind.renderer in ("findings", "value", "mask")
+    assert kind.output and kind.renderer in ("findings", "value", "mask", "boxes")
     assert kind.label_schema.nan_policy in ("unknown", "drop_row")
-    assert len(kind.drift_features(LABELS)) == kind.num_outputs(LABELS)
+    features = kind.drift_features(LABELS)
+    if kind.network == "detection":  # features of the kept boxes, not one per output
+        from radflow.tasks.detection import detection_features
+
+        assert sorted(features) == sorted(detection_features(np.zeros((0, 6), np.float32), LABELS))
+        assert len(set(features)) == 2 * kind.num_outputs(LABELS)
+    else:
+        assert len(features) == kind.num_outputs(LABELS)
 
 
 @pytest.mark.parametrize("name", POOLED)
