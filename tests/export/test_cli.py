@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
+from radflow.export.onnx import read_metadata
 from radflow.monitor.reference import REFERENCE_TAG, fetch_reference, load_reference
 from radflow.runtime import ONNX_TAG, MissingOnnxError, RadflowModel
 from tests.export.checkpoints import make_checkpoint, png_bytes
@@ -128,6 +129,8 @@ def test_export_from_the_registry_logs_and_tags_the_onnx(
     assert [a.path for a in client.list_artifacts(run_id, "onnx")] == ["onnx/c.onnx", "onnx/reference.json"]
     model = RadflowModel.load("models:/chest@champion")
     assert model.labels == ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
+    # The registered name travels in the file: a server given only c.onnx reports "chest", not "model".
+    assert read_metadata(tmp_path / "c.onnx").name == "chest"
     # The server gets the drift reference from the same run as the downloaded ONNX file.
     assert load_reference(model.source, model.labels)[0] is None
     assert fetch_reference(model.source, [run_id])

@@ -172,10 +172,11 @@ def _radflow_version() -> str:
         return "unknown"
 
 
-def onnx_metadata(meta: ModelMeta, quantization: str | None = None) -> OnnxMetadata:
-    """The ONNX metadata entry for a checkpoint's :class:`ModelMeta`."""
+def onnx_metadata(meta: ModelMeta, quantization: str | None = None, name: str = "") -> OnnxMetadata:
+    """The ONNX metadata entry for a checkpoint's :class:`ModelMeta`; ``name`` the registered model name, if any."""
     spec = PreprocessSpec.from_dict(meta.preprocess) if meta.preprocess else PreprocessSpec()
     return OnnxMetadata(
+        name=name,
         arch=meta.arch,
         task=meta.task,
         labels=list(meta.labels),
@@ -219,13 +220,16 @@ def read_metadata(path: Path) -> OnnxMetadata:
     return OnnxMetadata.from_json(props[METADATA_KEY], str(path))
 
 
-def export_onnx(model: nn.Module, meta: ModelMeta, out: Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch dimension and the radflow metadata; returns ``out``."""
+def export_onnx(model: nn.Module, meta: ModelMeta, out: Path, opset: int = DEFAULT_OPSET, name: str = "") -> Path:
+    """Write ``model`` as ONNX with a dynamic batch dimension and the radflow metadata; returns ``out``.
+
+    ``name``: the registered model name, kept in the metadata so a server given only the file reports it.
+    """
     if opset < 17:
         raise ConfigError(f"opset must be 17 or newer (LayerNorm/resize semantics radflow relies on), got {opset}.")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = onnx_metadata(meta)
+    metadata = onnx_metadata(meta, name=name)
     wrapper = export_wrapper(model, meta).eval().cpu()
     image = torch.zeros(2, meta.in_chans, metadata.input_size, metadata.input_size)
     args: tuple[torch.Tensor, ...] = (image,)

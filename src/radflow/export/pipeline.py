@@ -132,7 +132,7 @@ def export_model(
     resolved = resolve_model_ref(model, tracking_uri)
     checkpoint, run_id = resolved.checkpoint(), resolved.run_id
     net, meta = load_model(checkpoint)
-    export_onnx(net, meta, out, opset=opset)
+    export_onnx(net, meta, out, opset=opset, name=resolved.name or "")
     pixels, extra, source = parity_images(meta, dataset, n=parity_n)
     try:
         parity = check_parity(net, meta, out, pixels, extra)
