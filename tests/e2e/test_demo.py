@@ -33,6 +33,10 @@ def test_demo_runs_the_workspace_pipeline_and_promotes(demo: TinyDemo) -> None:
     assert "radflow serve --workspace" in text and "next:" not in text  # --no-serve: says how, serves nothing
     assert demo.registration["name"] == "chest-xray" and demo.registration["passed"] is True
     assert (demo.workdir / "models" / "export" / "model.onnx").stat().st_size > 0
+    from radflow.export.onnx import read_metadata
+
+    # The file names its registered model: served alone it is "chest-xray", version "unregistered".
+    assert read_metadata(demo.workdir / "models" / "export" / "model.onnx").name == "chest-xray"
 
 
 _SERVE_SCRIPT = """

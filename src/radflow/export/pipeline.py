@@ -116,12 +116,14 @@ def export_model(
     calibration_images: int = 64,
     latency_time: float = 0.5,
     reference_images: int = 256,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``out`` (see the module docstring); returns a JSON-ready report.
 
     ``reference_images``: train images profiled for the drift reference (as many val images are
     scored); 0 skips the reference. ``triton_model``: ``fp32`` or ``int8`` (None: INT8 when it was built
-    and kept, by its check or by ``force``, else FP32).
+    and kept, by its check or by ``force``, else FP32). ``name``: the model name kept in the ONNX metadata
+    (default: the registered name of a ``models:/`` reference, else none).
     """
     from radflow.train.checkpoint import load_model
 
@@ -132,7 +134,7 @@ def export_model(
     resolved = resolve_model_ref(model, tracking_uri)
     checkpoint, run_id = resolved.checkpoint(), resolved.run_id
     net, meta = load_model(checkpoint)
-    export_onnx(net, meta, out, opset=opset, name=resolved.name or "")
+    export_onnx(net, meta, out, opset=opset, name=name or resolved.name or "")
     pixels, extra, source = parity_images(meta, dataset, n=parity_n)
     try:
         parity = check_parity(net, meta, out, pixels, extra)
