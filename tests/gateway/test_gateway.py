@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pydicom
 import pytest
+from prometheus_client import generate_latest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, StoragePresentationContexts
@@ -73,7 +74,7 @@ class Running:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def metric(self, name: str, **labels: str) -> float:
-        return metric_value(self.gateway.services[self.gateway.default_model].metrics.render().decode(), name, **labels)
+        return metric_value(generate_latest(self.gateway.registry).decode(), name, **labels)
 
     def wait_scored(self, images: int, timeout: float = 20) -> None:
         """Wait until ``images`` images have been scored (ok or failed)."""

@@ -85,10 +85,33 @@ def gateway_command(
     poll_every: Annotated[
         float | None, typer.Option("--poll-every", help="Seconds between asking --pull-from for new studies.")
     ] = None,
+    kafka_bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-bootstrap",
+            help="Kafka mode: publish routed images for `radflow worker`s on these brokers (host:port[,...]) "
+            "instead of scoring here; their answers come back as results.",
+        ),
+    ] = None,
+    kafka_group_id: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-group-id", help="Kafka mode: this gateway's group on the answer topics (radflow-gateway-<AE>)."
+        ),
+    ] = None,
+    max_awaiting_mb: Annotated[
+        float,
+        typer.Option("--max-awaiting-mb", help="Kafka mode: sources kept for their answers (MiB); the oldest go."),
+    ] = 1024,
+    answer_timeout: Annotated[
+        float, typer.Option("--answer-timeout", help="Kafka mode: seconds an answer is awaited before its source goes.")
+    ] = 600,
 ) -> None:
     """Receive studies by DICOM C-STORE and score each stable one through the same inference core as `radflow serve`.
 
     Runs until Ctrl-C or SIGTERM; studies already acknowledged are scored before it exits.
+    With --kafka-bootstrap (Kafka mode) the images go to the images topic and `radflow worker`s score them;
+    topics and security come from RADFLOW_KAFKA_* and the workspace's `kafka:` section, as for the worker.
     Settings of the model and store: these flags > RADFLOW_* environment > the workspace's params.yaml > defaults.
     """
 
@@ -96,6 +119,7 @@ def gateway_command(
         from pydantic import ValidationError
 
         from radflow.cli.serve import serve_settings
+        from radflow.cli.worker import kafka_settings
         from radflow.gateway import GatewaySettings, load_rules
         from radflow.gateway.server import run_gateway
         from radflow.pacs import ResultSettings
@@ -103,6 +127,9 @@ def gateway_command(
         serve = serve_settings(
             workspace, model=model, model_name=model_name, tracking_uri=tracking_uri, store_url=store_url
         )
+        if kafka_group_id is not None and kafka_bootstrap is None:
+            raise ConfigError("--kafka-group-id is for Kafka mode; give --kafka-bootstrap too.")
+        kafka = kafka_settings(workspace, bootstrap=kafka_bootstrap) if kafka_bootstrap is not None else None
         try:
             results = None
             if result_ae is not None or result_port is not None or result_stow is not None:
@@ -132,6 +159,10 @@ def gateway_command(
                 pull_url=pull_from,
                 pull_studies=list(pull_study or []),
                 poll_every_s=poll_every,
+                kafka=kafka,
+                kafka_group_id=kafka_group_id,
+                max_awaiting_mb=max_awaiting_mb,
+                answer_timeout_s=answer_timeout,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -140,10 +171,16 @@ def gateway_command(
 
         def ready(gateway: Gateway) -> None:
             allowed = ", ".join(settings.allowed_aes) or "any calling AE (use --allow-ae)"
+            scoring = (
+                f"publishing to {kafka.images_topic} on {kafka.bootstrap} (answers in group {settings.answer_group})"
+                if kafka is not None
+                else f"scoring with {serve.resolved_model()}"
+            )
+            store = "" if kafka is not None else f" (store {serve.resolved_store_url()})"
             console.print(
-                f"DICOM node {settings.ae_title} on {settings.host}:{gateway.port} — scoring with "
-                f"{serve.resolved_model()}, studies stable after {settings.stable_after_s:g} s, "
-                f"{len(settings.rules) or 'no'} routing rules, from {allowed} (store {serve.resolved_store_url()})"
+                f"DICOM node {settings.ae_title} on {settings.host}:{gateway.port} — {scoring}, studies stable "
+                f"after {settings.stable_after_s:g} s, {len(settings.rules) or 'no'} routing rules, "
+                f"from {allowed}{store}"
                 + (f"; results to {', '.join(results.destinations)}" if results is not None else "")
                 + (f"; pulling from {settings.pull_url}" if settings.pull_url else ""),
                 highlight=False,

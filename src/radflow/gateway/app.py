@@ -14,6 +14,10 @@ With ``results`` set, each scored image's answer goes back to the PACS as DICOM 
 :meth:`radflow.pacs.ResultWriter.deliver` (the one delivery path, the Kafka worker's too). With
 ``pull_url`` set, studies are also pulled over DICOMweb (:meth:`Gateway.pull`: those named at
 start, and every ``poll_every_s`` the ones not yet taken) and scored as received ones are.
+
+With ``kafka`` set (Kafka mode), nothing is scored here and no model is loaded: each routed image is
+published for the ``radflow worker``s and its answer comes back as a DICOM result through
+:class:`radflow.gateway.remote.RemoteScoring`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from radflow.errors import RadflowError
 from radflow.gateway.assembly import Assembler, Series, Study
 from radflow.gateway.metrics import GatewayMetrics
 from radflow.gateway.node import DicomNode, ReceivedInstance, is_image_storage
+from radflow.gateway.remote import RemoteScoring
 from radflow.gateway.routing import SeriesInfo, route
 from radflow.gateway.settings import GatewaySettings
 from radflow.inference.routing import LoadedModel
@@ -56,19 +61,27 @@ class Gateway:
     def __init__(
         self,
         settings: GatewaySettings,
-        serve: ServeSettings,
+        serve: ServeSettings | None = None,
         preloaded: dict[str, LoadedModel] | None = None,
     ):
         self.settings = settings
         self.serve = serve
-        default = serve.resolved_model()
-        uris = [default, *(r.model for r in settings.rules if r.model and r.model != default)]
         self.services: dict[str, InferenceService] = {}
-        for uri in dict.fromkeys(uris):
-            model_settings = serve if uri == default else serve.model_copy(update={"model": uri, "challenger": None})
-            self.services[uri] = InferenceService(model_settings, preloaded=preloaded)
-        self.default_model = default
-        self.metrics = GatewayMetrics(self.services[default].metrics.registry)
+        self.default_model = ""
+        if settings.kafka is None:
+            if serve is None:
+                raise RadflowError("a gateway that scores in-process needs serving settings (the model, the store).")
+            default = serve.resolved_model()
+            uris = [default, *(r.model for r in settings.rules if r.model and r.model != default)]
+            for uri in dict.fromkeys(uris):
+                update = {"model": uri, "challenger": None}
+                model_settings = serve if uri == default else serve.model_copy(update=update)
+                self.services[uri] = InferenceService(model_settings, preloaded=preloaded)
+            self.default_model = default
+            self._registry = self.services[default].metrics.registry
+        else:
+            self._registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self._registry)
         self.assembler = Assembler(
             settings.stable_after_s,
             study_hash,
@@ -77,13 +90,23 @@ class Gateway:
         )
         self.node = DicomNode(settings, self.metrics, self._received)
         # below the service's admission limit: the gateway waits for room instead of being refused
-        self._limit = asyncio.Semaphore(min(settings.max_concurrent, serve.max_in_flight))
+        self._limit = asyncio.Semaphore(min(settings.max_concurrent, serve.max_in_flight if serve else 1 << 30))
         self._watch: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._scoring: set[asyncio.Task[Any]] = set()
         self.results = ResultWriter(settings.results, self.registry) if settings.results is not None else None
         self.source = DicomWebSource(settings.pull_url) if settings.pull_url is not None else None
         self._pulled: set[str] = set()
+        self.remote: RemoteScoring | None = None
+        if settings.kafka is not None:
+            self.remote = RemoteScoring(
+                settings.kafka,
+                settings.answer_group,
+                self.results,
+                self.metrics,
+                max_bytes=int(settings.max_awaiting_mb * 2**20),
+                max_age_s=settings.answer_timeout_s,
+            )
 
     @property
     def port(self) -> int:
@@ -91,13 +114,15 @@ class Gateway:
 
     @property
     def registry(self) -> CollectorRegistry:
-        """The Prometheus registry of the gateway's metrics and its default model's service metrics."""
-        return self.services[self.default_model].metrics.registry
+        """The Prometheus registry of the gateway's metrics and its default model's service metrics (if it scores)."""
+        return self._registry
 
     async def start(self) -> None:
-        """Load the models and open the store, then listen; nothing is accepted before the models are ready."""
+        """Load the models and open the store (Kafka mode: connect), then listen; nothing is accepted before."""
         for service in self.services.values():
             await service.start()
+        if self.remote is not None:
+            await self.remote.start()
         self.node.start()
         self._watch = asyncio.create_task(self._watch_stable())
         if self.source is not None and (self.settings.pull_studies or self.settings.poll_every_s is not None):
@@ -121,6 +146,8 @@ class Gateway:
         self.metrics.studies.labels("shutdown").inc(len(left))
         await asyncio.gather(*(self.score_study(s) for s in left))
         self.metrics.pending.set(0)
+        if self.remote is not None:
+            await self.remote.stop(self.settings.drain_s)
         for service in self.services.values():
             await service.stop()
 
@@ -215,16 +242,20 @@ class Gateway:
             await asyncio.sleep(self.settings.poll_every_s or 0)
 
     async def score_study(self, study: Study) -> list[dict[str, Any]]:
-        """Route each series of a stable study and score its images; the answers of the scored images."""
+        """Route each series of a stable study and score its images; the answers of the scored images.
+
+        Kafka mode: the images are published instead, and the answers are ``{"id", "status": "queued"}``.
+        """
         answers: list[dict[str, Any]] = []
         for series in study.series.values():
             answers += await self._score_series(study, series)
         log.info(
-            "study %s: %d series, %d instances, %d scored",
+            "study %s: %d series, %d instances, %d %s",
             study.key[:12],
             len(study.series),
             study.instance_count,
             len(answers),
+            "published" if self.remote is not None else "scored",
         )
         return answers
 
@@ -245,13 +276,23 @@ class Gateway:
         if not rule.score:
             self.metrics.series.labels("skipped", name).inc()
             return []
-        service = self.services[rule.model or self.default_model]
-        results = await asyncio.gather(
-            *(self._score_image(service, study.key, data) for data in series.instances.values())
-        )
+        if self.remote is not None:
+            results = await asyncio.gather(*(self._publish(study.key, data) for data in series.instances.values()))
+        else:
+            service = self.services[rule.model or self.default_model]
+            results = await asyncio.gather(
+                *(self._score_image(service, study.key, data) for data in series.instances.values())
+            )
         answers = [a for a in results if a is not None]
         self.metrics.series.labels("scored" if len(answers) == len(results) else "failed", name).inc()
         return answers
+
+    async def _publish(self, key: str, data: bytes) -> dict[str, Any] | None:
+        """Kafka mode: hand the image to the workers; ``{"id", "status": "queued"}`` or None when not sent."""
+        assert self.remote is not None
+        async with self._limit:
+            message_id = await self.remote.submit(key, data)
+        return None if message_id is None else {"id": message_id, "status": "queued"}
 
     async def _score_image(self, service: InferenceService, key: str, data: bytes) -> dict[str, Any] | None:
         async with self._limit:

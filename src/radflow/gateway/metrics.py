@@ -47,6 +47,30 @@ class GatewayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.kafka_images = Counter(
+            "radflow_gateway_kafka_images",
+            "Kafka mode: images by outcome: published, unpublishable (not de-identifiable), publish_failed, "
+            "answered (result delivered), failed (no result could be built), dead_letter (the worker refused it), "
+            "evicted (over max_awaiting_mb, oldest first), expired (no answer within answer_timeout_s), "
+            "unanswered (still awaited at shutdown).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.kafka_answers = Counter(
+            "radflow_gateway_kafka_answers",
+            "Kafka mode: answers and dead letters read, by outcome: matched (a kept source), dead_letter (for a kept "
+            "source), unknown (another gateway's, evicted, or from before a restart: skipped).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.kafka_awaiting = Gauge(
+            "radflow_gateway_kafka_awaiting", "Kafka mode: published images whose answer is awaited.", registry=registry
+        )
+        self.kafka_awaiting_bytes = Gauge(
+            "radflow_gateway_kafka_awaiting_bytes",
+            "Kafka mode: bytes of the source instances kept for the answers awaited.",
+            registry=registry,
+        )
         self.pending = Gauge(
             "radflow_gateway_studies_pending", "Studies received and not yet stable.", registry=registry
         )

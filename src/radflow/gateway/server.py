@@ -42,6 +42,9 @@ def run_gateway(
     for port, what in [(settings.port, "DICOM"), (metrics_port, "metrics")]:
         if port and not port_is_free(settings.host, port):
             raise ConfigError(f"{what} port {port} on {settings.host} is in use; choose another with --port.")
+    if settings.kafka is not None:  # Kafka mode: the workers load the models, the gateway none
+        asyncio.run(_serve(Gateway(settings, serve), metrics_port, on_ready))
+        return
     models = preload(serve)
     for rule in settings.rules:
         if rule.model and rule.model not in models:

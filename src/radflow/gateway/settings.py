@@ -11,6 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from radflow.gateway.routing import Rule
+from radflow.kafka.settings import KafkaSettings
 from radflow.pacs.settings import ResultSettings
 from radflow.pacs.settings import check_ae_title as _check_ae_title
 
@@ -51,6 +52,23 @@ class GatewaySettings(BaseModel):
     pull_since: datetime | None = None
     """Polling takes studies from this date and time on (default: when the gateway started)."""
 
+    kafka: KafkaSettings | None = None
+    """Kafka mode: routed images go to the images topic for ``radflow worker``s instead of being scored here."""
+    kafka_group_id: str | None = None
+    """Kafka mode: this gateway's consumer group on the answer topics (default ``radflow-gateway-<AE title>``).
+    Each gateway process needs its own, as the sources it matches answers to are in its memory."""
+    max_awaiting_mb: float = Field(default=1024, gt=0)
+    """Kafka mode: source instances kept for their answers (MiB); beyond it the oldest are dropped (``evicted``)."""
+    answer_timeout_s: float = Field(default=600, gt=0)
+    """Kafka mode: a source whose answer has not come after this long is dropped (``expired``)."""
+    drain_s: float = Field(default=10, ge=0)
+    """Kafka mode: at shutdown, how long to wait for the answers still awaited."""
+
+    @property
+    def answer_group(self) -> str:
+        """The consumer group this gateway reads answers in (Kafka mode)."""
+        return self.kafka_group_id or f"radflow-gateway-{self.ae_title.lower()}"
+
     @field_validator("pull_url")
     @classmethod
     def _pull(cls, value: str | None) -> str | None:
@@ -62,6 +80,16 @@ class GatewaySettings(BaseModel):
     @classmethod
     def _ae_title(cls, value: str) -> str:
         return _check_ae_title(value, "ae_title")
+
+    @model_validator(mode="after")
+    def _kafka_rules(self) -> GatewaySettings:
+        named = [r.name or "?" for r in self.rules if r.model]
+        if self.kafka is not None and named:
+            raise ValueError(
+                f"rules {', '.join(named)} name a model, and in Kafka mode the workers' model scores every routed "
+                "series; drop the rules' model or run without --kafka-bootstrap"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pull_needs_url(self) -> GatewaySettings:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -44,15 +45,19 @@ async def publish_image(
     study: str | None = None,
     model: str | None = None,
     sex: str | None = None,
+    message_id: str | None = None,
 ) -> str:
     """Send one image to the images topic, de-identified (:func:`deidentified_image`); its prediction's id.
 
     ``study`` is the sha256 hex of the study id (the gateway's ``study_hash``), never the id: it is the
     message key, so a study's images land on one partition, and the worker's routing key. The call
-    returns once the brokers acknowledged the message.
+    returns once the brokers acknowledged the message. ``message_id`` (a UUID) names the message instead of
+    a fresh one, for a sender that must know the id before its answer can arrive (the gateway's Kafka mode).
     """
     image, header_sex = await asyncio.to_thread(deidentified_image, data)
     message = ImageMessage.create(image, study=study, model=model, sex=sex or header_sex)
+    if message_id is not None:
+        message = replace(message, id=message_id)
     key = (study or message.id).encode()
     await producer.send_and_wait(settings.images_topic, message.encode(), key=key)
     return message.id

@@ -144,6 +144,29 @@ class ResultWriter:
             f" (kept as {kept})" if kept else " (not kept: no dead_letter_dir)",
         )
 
+    def record_missing(self, study: str, message_id: str, outcome: str, reason: str) -> bool:
+        """A ``dead-letter.jsonl`` line for a result that was never built (no answer came): False without the folder.
+
+        ``study`` is the gateway's hash of the Study UID (first 12 characters kept); there is no file to
+        send again, only the prediction's id to look up (``radflow predictions``, the store) and why.
+        """
+        folder = self.settings.dead_letter_dir
+        if folder is None:
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "study": study[:12],
+            "kind": None,
+            "message_id": message_id,
+            "outcome": outcome,
+            "reason": reason,
+            "file": None,
+        }
+        with self._dead_letter_lock, (folder / "dead-letter.jsonl").open("a") as out:
+            out.write(json.dumps(record) + "\n")
+        return True
+
     def _dead_letter(self, dataset: Dataset, answer: dict[str, Any], delivery: Delivery, study: str) -> str | None:
         folder = self.settings.dead_letter_dir
         if folder is None:
