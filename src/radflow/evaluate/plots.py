@@ -1,5 +1,5 @@
 """Evaluation figures as PNG files: ROC and PR curves, reliability diagram, confusion matrices, regression plots,
-the segmentation worst-cases gallery.
+the segmentation worst-cases gallery, the detection FROC curves.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly, never
 through pyplot, so plotting needs no display, keeps no global figure state and is safe in a server
@@ -19,6 +19,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 __all__ = [
     "confusion_matrices",
+    "froc_curves",
     "pr_curves",
     "regression_error_by_band",
     "regression_scatter",
@@ -221,4 +222,34 @@ def worst_cases(
     handles = [Line2D([], [], color=c, linewidth=4, label=name) for name, c in zip(structures, colours, strict=True)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(structures), 5), fontsize="small")
     fig.suptitle("Lowest-Dice images: truth outlined, prediction filled", fontsize="medium")
+    return _save(fig, path)
+
+
+def froc_curves(
+    fp_rates: Sequence[float],
+    pooled: Sequence[float | None],
+    per_class: Mapping[str, Sequence[float | None]],
+    cpms: Mapping[str, float | None],
+    path: Path,
+) -> Path:
+    """FROC: sensitivity per false-positive rate per image (log axis), pooled over labels and per label.
+
+    ``pooled`` and each ``per_class`` entry hold a sensitivity per ``fp_rates`` entry (None: no true box);
+    ``cpms`` the CPM (their mean) per curve, ``"pooled"`` for the pooled one, shown in the legend.
+    """
+    rates = np.asarray(fp_rates, dtype=np.float64)
+    fig = _figure()
+    ax = fig.add_subplot()
+    curves = [("all labels", "pooled", pooled, 2.2)] + [(label, label, sens, 1.3) for label, sens in per_class.items()]
+    for name, key, sens, width in curves:
+        values = np.array([np.nan if v is None else v for v in sens], dtype=np.float64)
+        if np.isnan(values).all():
+            ax.plot([], [], label=f"{name} (no true box)")
+            continue
+        ax.plot(rates, values, marker="o", markersize=3, linewidth=width, label=f"{name} (CPM {_fmt(cpms.get(key))})")
+    ax.set_xscale("log")
+    ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(0, 1.01))
+    ax.set_title("FROC curves")
+    ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)

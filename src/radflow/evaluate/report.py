@@ -10,6 +10,9 @@ thresholded to boolean masks as they come (:func:`predict_masks`), so the report
 predicted and true masks at a byte per pixel and structure, never float maps (a 1,000-image,
 5-structure split at 256 px: 0.33 GB each instead of 2.6 GB of float64 maps); its figures include
 the worst-cases gallery and its ``predictions.parquet`` holds Dice per image and structure.
+A detection kind's split is predicted alike (:func:`predict_boxes`): each batch's anchors kept as
+validation and serving keep them, the split's boxes ``(n, D, 6)`` and true boxes ``(n, M, 5)``
+handed to the kind; its ``predictions.parquet`` holds each image's boxes per label.
 :func:`evaluate_and_log` does that for the test split of a training run and logs it to MLflow:
 artifacts under ``evaluation/``, headline metrics (``test_macro_auroc``, ``test_auroc_<label>``,
 ``test_mae``, ``test_mean_dice``, ``test_dice_<structure>`` ...) that the registry gates read, and
@@ -57,8 +60,10 @@ __all__ = [
     "evaluate_training",
     "log_gated_report",
     "metric_key",
+    "predict_boxes",
     "predict_masks",
     "render_evaluation",
+    "write_box_predictions",
     "write_mask_predictions",
     "write_predictions",
 ]
@@ -133,6 +138,38 @@ def predict_masks(
     return pred, truth
 
 
+def predict_boxes(
+    model: Any, meta: Any, ds: Dataset, rows: np.ndarray, device: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A detector's kept boxes ``(n, D, 6)`` and the true boxes ``(n, M, 5)`` of manifest ``rows``, NaN padded.
+
+    Batch by batch, each batch's activated anchors go through the kind's :meth:`~radflow.tasks.TaskKind.val_batch`
+    (:func:`~radflow.tasks.detection.select_detections`, as validation and serving keep them), so the split's
+    anchors are never held whole. Both at model size, label indices in ``meta.labels`` order.
+    """
+    from radflow.data.preprocess import PreprocessSpec
+    from radflow.tasks.detection import pad_rows
+    from radflow.train.data import ShardBatches, box_targets, make_loader
+    from radflow.train.predict import predict_loader
+
+    kind = get_task(meta.task)
+    spec = PreprocessSpec.from_dict(meta.preprocess) if meta.preprocess else ds.spec
+    truths = box_targets(ds, rows)
+    remap = np.array([list(meta.labels).index(label) if label in meta.labels else -1 for label in ds.labels])
+    for t in truths:
+        t[:, 4] = remap[t[:, 4].astype(np.int64)] if len(t) else t[:, 4]
+    truths = [t[t[:, 4] >= 0] for t in truths]
+    kept = []
+    model.to(device)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        loader = make_loader(ShardBatches(ds, chunk, spec), batch_size, shuffle=False)
+        _, anchors = predict_loader(model, meta, loader, device)
+        kept.append(kind.val_batch(anchors, np.zeros((len(chunk), 0)))[0])
+    width = max([1, *(len(t) for t in truths)])
+    return np.concatenate(kept) if kept else np.zeros((0, 1, 6), np.float32), pad_rows(truths, width, 5)
+
+
 _PLOTS: dict[str, Callable[..., Path]] = {
     "roc": plots.roc_curves,
     "pr": plots.pr_curves,
@@ -141,6 +178,7 @@ _PLOTS: dict[str, Callable[..., Path]] = {
     "scatter": plots.regression_scatter,
     "error_by_band": plots.regression_error_by_band,
     "worst_cases": plots.worst_cases,
+    "froc": plots.froc_curves,
 }
 
 
@@ -185,6 +223,24 @@ def write_mask_predictions(path: Path, manifest: Any, labels: list[str], truth: 
         frame[f"dice:{label}"] = dice[:, j]
         frame[f"truth_empty:{label}"] = counts[:, j, 2] == 0
         frame[f"pred_empty:{label}"] = counts[:, j, 1] == 0
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def write_box_predictions(path: Path, manifest: Any, labels: list[str], truth: np.ndarray, pred: np.ndarray) -> Path:
+    """Write a detection kind's ``predictions.parquet``: one row per image, in ``manifest``'s order.
+
+    Per label ``truth:<l>`` (the image's true boxes of that label, flattened ``x0, y0, x1, y1`` each) and
+    ``boxes:<l>`` (its kept boxes, flattened ``x0, y0, x1, y1, score`` each, best first), at model size,
+    so a paired champion comparison (:class:`~radflow.registry.gates.PairedBoxes`) recomputes mAP50 on
+    the same images. ``truth`` ``(n, M, 5)`` and ``pred`` ``(n, D, 6)`` are NaN padded.
+    """
+    frame = _image_frame(manifest)
+    for j, label in enumerate(labels):
+        frame[f"truth:{label}"] = [t[t[:, 4] == j, :4].reshape(-1).astype(np.float64).tolist() for t in truth]
+        frame[f"boxes:{label}"] = [
+            p[p[:, 4] == j][:, [0, 1, 2, 3, 5]].reshape(-1).astype(np.float64).tolist() for p in pred
+        ]
     frame.to_parquet(path, index=False)
     return path
 
@@ -256,13 +312,16 @@ def evaluate_checkpoint(
         raise DataError(f"split {split!r} has no images; choose another split or re-split the dataset.", path=dataset)
     labels = list(meta.labels)
     kind = get_task(meta.task)
-    dense = kind.network == "dense"
+    dense, detection = kind.network == "dense", kind.network == "detection"
     masks: np.ndarray | None = None
     if dense:
         scores, masks = predict_masks(model, meta, ds, rows, device, batch_size)
+        targets = ds.manifest[labels].to_numpy(dtype=np.float64)[rows]
+    elif detection:  # the kept boxes and the true ones, where the others get scores and label columns
+        scores, targets = predict_boxes(model, meta, ds, rows, device, batch_size)
     else:
         scores = _predict(model, meta, ds, split, device, batch_size)
-    targets = ds.manifest[labels].to_numpy(dtype=np.float64)[rows]
+        targets = ds.manifest[labels].to_numpy(dtype=np.float64)[rows]
     warnings: list[str] = []
     if meta.dataset_version and meta.dataset_version != ds.version:
         warnings.append(
@@ -271,7 +330,7 @@ def evaluate_checkpoint(
 
     def val() -> tuple[np.ndarray, np.ndarray] | None:
         val_rows = ds.indices("val")
-        if dense or not len(val_rows):
+        if dense or detection or not len(val_rows):
             return None
         val_scores = scores if split == "val" else _predict(model, meta, ds, "val", device, batch_size)
         return ds.manifest[labels].to_numpy(dtype=np.float64)[val_rows], val_scores
@@ -335,6 +394,9 @@ def evaluate_checkpoint(
             # A dense kind's figures get the true masks where the others get the label columns.
             result["plots"] = _write_plots(kind.figures(labels, masks, scores, result), out_dir, ds, rows)
             write_mask_predictions(out_dir / PREDICTIONS_FILE, ds.manifest.iloc[rows], labels, masks, scores)
+        elif detection:
+            result["plots"] = _write_plots(kind.figures(labels, targets, scores, result), out_dir, ds, rows)
+            write_box_predictions(out_dir / PREDICTIONS_FILE, ds.manifest.iloc[rows], labels, targets, scores)
         else:
             result["plots"] = _write_plots(kind.figures(labels, targets, scores, result), out_dir, ds, rows)
             write_predictions(out_dir / PREDICTIONS_FILE, ds.manifest.iloc[rows], labels, targets, scores)

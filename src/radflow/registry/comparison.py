@@ -3,9 +3,11 @@
 The evaluation logs ``evaluation/predictions.parquet`` with every run it evaluates (one row per
 test image: ``image_id``, the pseudonymous ``patient_id``, ``target:<label>`` and
 ``score:<label>``), so registration compares a candidate with the champion on the same images
-without loading either model or the dataset. :func:`fetch_paired` downloads both files and
-:func:`align_predictions` joins them; the paired test itself is :func:`radflow.registry.gates.check_gates`'s,
-with the statistics of :mod:`radflow.metrics.paired`.
+without loading either model or the dataset. A detection run's file holds each image's boxes instead
+(``truth:<label>``, ``boxes:<label>``, :func:`radflow.evaluate.report.write_box_predictions`), which
+:func:`align_boxes` turns into :class:`~radflow.registry.gates.PairedBoxes`. :func:`fetch_paired`
+downloads both files and :func:`align_predictions` joins them; the paired test itself is
+:func:`radflow.registry.gates.check_gates`'s, with the statistics of :mod:`radflow.metrics.paired`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radflow.errors import DataError
-from radflow.registry.gates import PairedScores
+from radflow.registry.gates import PairedBoxes, PairedScores
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-__all__ = ["PREDICTIONS_ARTIFACT", "PREDICTIONS_FILE", "align_predictions", "fetch_paired", "read_predictions"]
+__all__ = [
+    "PREDICTIONS_ARTIFACT",
+    "PREDICTIONS_FILE",
+    "align_boxes",
+    "align_predictions",
+    "fetch_paired",
+    "read_predictions",
+]
 
 PREDICTIONS_FILE = "predictions.parquet"
 """Per-image targets and scores the evaluation writes beside ``evaluation.json``."""
@@ -42,19 +51,64 @@ def read_predictions(path: Path) -> tuple[pd.DataFrame, list[str]]:
     missing = {"image_id", "patient_id"} - set(frame.columns)
     if missing:
         raise DataError(f"not a radflow predictions file (no {sorted(missing)} column).", path=path)
-    labels = [c.removeprefix("score:") for c in frame.columns if c.startswith("score:")]
+    prefix = "boxes:" if any(c.startswith("boxes:") for c in frame.columns) else "score:"
+    labels = [c.removeprefix(prefix) for c in frame.columns if c.startswith(prefix)]
     frame = frame.drop_duplicates("image_id").set_index("image_id")
     return frame, labels
 
 
-def align_predictions(candidate: Path, champion: Path) -> tuple[PairedScores | None, str | None]:
-    """Both files joined on the images they share: ``(PairedScores, None)``, or ``(None, why not)``.
+def _boxes(frame: pd.DataFrame, labels: list[str], prefix: str, width: int) -> list[np.ndarray]:
+    """Each row's boxes of ``labels`` ``(m, 4 + 1 + width - 4)``: corners, label index (in ``labels``), the rest."""
+    out = []
+    for _, row in frame.iterrows():
+        parts = []
+        for j, label in enumerate(labels):
+            flat = np.asarray(row[f"{prefix}{label}"], dtype=np.float32).reshape(-1, width)
+            parts.append(np.concatenate([flat[:, :4], np.full((len(flat), 1), j, np.float32), flat[:, 4:]], axis=1))
+        out.append(np.concatenate(parts) if parts else np.zeros((0, width + 1), np.float32))
+    return out
 
-    Targets come from the candidate's file; labels are those both models score and the candidate's
-    file has targets for.
+
+def align_boxes(candidate: Path, champion: Path) -> tuple[PairedBoxes | None, str | None]:
+    """Two detection files joined on the images they share: ``(PairedBoxes, None)``, or ``(None, why not)``.
+
+    True boxes come from the candidate's file; labels are those both files hold boxes of.
     """
     mine, mine_labels = read_predictions(candidate)
     theirs, their_labels = read_predictions(champion)
+    labels = [label for label in mine_labels if label in their_labels and f"truth:{label}" in mine.columns]
+    shared = mine.index.intersection(theirs.index)
+    if not labels or not len(shared):
+        return None, (
+            f"the two evaluations share {len(shared)} image(s) and {len(labels)} box label(s); nothing to compare."
+        )
+    mine, theirs = mine.loc[shared], theirs.loc[shared]
+    # The candidate's kept boxes (x0, y0, x1, y1, label, score) against the champion's, on its true boxes.
+    return (
+        PairedBoxes(
+            labels=labels,
+            truths=_boxes(mine, labels, "truth:", 4),
+            candidate=_boxes(mine, labels, "boxes:", 5),
+            champion=_boxes(theirs, labels, "boxes:", 5),
+            groups=mine["patient_id"].astype(str).to_numpy(),
+        ),
+        None,
+    )
+
+
+def align_predictions(candidate: Path, champion: Path) -> tuple[PairedScores | PairedBoxes | None, str | None]:
+    """Both files joined on the images they share: ``(PairedScores, None)``, or ``(None, why not)``.
+
+    Targets come from the candidate's file; labels are those both models score and the candidate's
+    file has targets for. Detection files (boxes per image) are aligned by :func:`align_boxes`.
+    """
+    mine, mine_labels = read_predictions(candidate)
+    theirs, their_labels = read_predictions(champion)
+    mine_boxes, their_boxes = (any(c.startswith("boxes:") for c in f.columns) for f in (mine, theirs))
+    if mine_boxes != their_boxes:
+        return None, "one evaluation holds boxes and the other scores; nothing to compare."
+    if mine_boxes:
+        return align_boxes(candidate, champion)
     labels = [label for label in mine_labels if label in their_labels and f"target:{label}" in mine.columns]
     shared = mine.index.intersection(theirs.index)
     if not labels or not len(shared):
@@ -81,7 +135,9 @@ def _download(client: MlflowClient, run_id: str, into: Path) -> Path | None:
     return Path(client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, str(into)))
 
 
-def fetch_paired(client: MlflowClient, run_id: str, champion: dict[str, Any]) -> tuple[PairedScores | None, str | None]:
+def fetch_paired(
+    client: MlflowClient, run_id: str, champion: dict[str, Any]
+) -> tuple[PairedScores | PairedBoxes | None, str | None]:
     """Download the candidate's and the champion's test predictions and align them.
 
     ``(None, reason)`` when either run lacks them (evaluated by an older radflow).

@@ -38,6 +38,12 @@ HEADLINE_METRICS = (
     "test_mean_dice",
     "test_mean_dice_ci_low",
     "test_mean_dice_ci_high",
+    "test_map50",
+    "test_map50_ci_low",
+    "test_map50_ci_high",
+    "test_map",
+    "test_froc_cpm",
+    "test_image_auroc",
 )
 LINEAGE_TAGS = (
     DATASET_VERSION_TAG,
@@ -112,7 +118,7 @@ def register(
         champion is not None
         and split is not None
         and split == eval_version(champion["tags"])
-        and gate_family(metrics, run_tags) == "classification"
+        and gate_family(metrics, run_tags) in ("classification", "detection")
     ):
         paired, paired_note = fetch_paired(client, run_id, champion)
     outcome = check_gates(metrics, run_tags, gates, champion, paired, paired_note)

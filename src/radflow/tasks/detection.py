@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from radflow.errors import did_you_mean
 from radflow.tasks.base import (
     InvalidFeedbackError,
     LabelSchema,
@@ -235,28 +236,34 @@ class Detection(TaskKind):
         return "map50", None if math.isnan(value) else value
 
     def headline(self, result: Mapping[str, Any]) -> dict[str, float | None]:
-        """``map50`` (with its CI), ``map``, ``cpm``, ``image_auroc``; per label ``ap50_<l>``, ``map_<l>``,
-        ``cpm_<l>``."""
+        """``map50`` (with its CI), ``map``, ``froc_cpm`` (the gates' ``test_froc_cpm``), ``image_auroc``; per
+        label ``ap50_<l>``, ``map_<l>``, ``froc_cpm_<l>``."""
         m = result["metrics"]
         out: dict[str, float | None] = {
             "map50": m["ap50"],
             "map": m["map"],
-            "cpm": m["cpm"],
+            "froc_cpm": m["cpm"],
             "image_auroc": m["image_auroc"],
         }
         if m.get("ap50_ci"):
             out.update(map50_ci_low=m["ap50_ci"][0], map50_ci_high=m["ap50_ci"][1])
         for label, entry in m["per_class"].items():
             key = metric_key(label)
-            out.update({f"ap50_{key}": entry["ap50"], f"map_{key}": entry["map"], f"cpm_{key}": entry["cpm"]})
+            out.update({f"ap50_{key}": entry["ap50"], f"map_{key}": entry["map"], f"froc_cpm_{key}": entry["cpm"]})
         return out
 
     def figures(
         self, labels: Sequence[str], targets: np.ndarray, scores: np.ndarray, result: Mapping[str, Any]
     ) -> list[Figure]:
-        """None yet: the FROC curve needs a ``froc`` plot in :mod:`radflow.evaluate.plots` (its points are in
-        the body, ``metrics.froc``)."""
-        return []
+        """The FROC curves, pooled and per label, from the body's points (``metrics.froc``, ``fp_rates``)."""
+        m = result["metrics"]
+        args = {
+            "fp_rates": list(m["fp_rates"]),
+            "pooled": list(m["froc"]),
+            "per_class": {label: list(e["froc"]) for label, e in m["per_class"].items()},
+            "cpms": {"pooled": m["cpm"], **{label: e["cpm"] for label, e in m["per_class"].items()}},
+        }
+        return [Figure("froc", "froc.png", args)]
 
     def summary(self, result: Mapping[str, Any]) -> list[str | ReportTable]:
         m = result["metrics"]
@@ -286,39 +293,63 @@ class Detection(TaskKind):
         return Prediction(boxes=boxes)
 
     def validate_feedback(
-        self, outputs: Mapping[str, Any], labels: Mapping[str, int] | None, value: float | None
+        self, outputs: Mapping[str, Any], labels: Mapping[str, Any] | None, value: float | None
     ) -> None:
-        """A reader says per label whether the image shows it (1/0); corrected boxes go through :meth:`check_boxes`."""
+        """A reader says per label whether the image shows it (1/0), or sends the corrected boxes:
+        ``labels = {"boxes": [{"label", "box": [x0, y0, x1, y1]}, ...]}`` in the input's original pixels
+        (an empty list: no finding), checked by :meth:`check_boxes`.
+
+        The labels a box may have are the answer's ``labels`` where it records them, else the labels of its
+        served boxes; the image's bounds are checked where the answer records its ``size`` ``[h, w]``.
+        """
         if value is not None:
             raise InvalidFeedbackError("a detection answer is corrected per label or by boxes; send 'labels'.")
         if not labels:
             raise InvalidFeedbackError("send per-label 'labels' ({label: 0 or 1}) or corrected 'boxes'.")
+        if "boxes" in labels:
+            if set(labels) != {"boxes"}:
+                raise InvalidFeedbackError(
+                    f"labels.boxes comes alone; got labels with keys {sorted(labels)} (send per-label 0/1 apart)."
+                )
+            known = list(outputs.get("labels") or dict.fromkeys(b["label"] for b in outputs.get("boxes") or []))
+            size = outputs.get("size")
+            self.check_boxes(labels["boxes"], known, None if size is None else (int(size[0]), int(size[1])))
+            return
         bad = {k: v for k, v in labels.items() if v not in (0, 1)}
         if bad:
             raise InvalidFeedbackError(f"labels must be 0 or 1, got {bad}.")
 
-    def check_boxes(self, boxes: Any, labels: Sequence[str]) -> list[dict[str, Any]]:
+    def check_boxes(
+        self, boxes: Any, labels: Sequence[str], size: tuple[int, int] | None = None
+    ) -> list[dict[str, Any]]:
         """Corrected boxes ``[{"label", "box": [x0, y0, x1, y1]}]`` (original pixels) checked; the list normalised.
 
-        Raises :class:`InvalidFeedbackError` naming the entry and field that is wrong.
+        ``size`` (height, width): the boxes must lie on the image. Raises :class:`InvalidFeedbackError` naming
+        the entry and field (``labels.boxes[i].label`` / ``.box``) that is wrong.
         """
         if not isinstance(boxes, list):
-            raise InvalidFeedbackError(f"'boxes' must be a list of {{label, box}}, got {type(boxes).__name__}.")
+            raise InvalidFeedbackError(f"labels.boxes must be a list of {{label, box}}, got {type(boxes).__name__}.")
         out = []
         for i, entry in enumerate(boxes):
+            field = f"labels.boxes[{i}]"
             if not isinstance(entry, Mapping) or "label" not in entry or "box" not in entry:
-                raise InvalidFeedbackError(f"boxes[{i}] must be an object with 'label' and 'box'.")
+                raise InvalidFeedbackError(f"{field} must be an object with 'label' and 'box'.")
             if entry["label"] not in labels:
-                raise InvalidFeedbackError(f"boxes[{i}].label {entry['label']!r} is not one of {list(labels)}.")
+                hint = did_you_mean(str(entry["label"]), labels)
+                raise InvalidFeedbackError(f"{field}.label {entry['label']!r} is not one of {list(labels)}.{hint}")
             box = entry["box"]
             if not (
                 isinstance(box, list)
                 and len(box) == 4
-                and all(isinstance(v, int | float) and math.isfinite(v) for v in box)
+                and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
             ):
-                raise InvalidFeedbackError(f"boxes[{i}].box must be four numbers [x0, y0, x1, y1], got {box!r}.")
+                raise InvalidFeedbackError(f"{field}.box must be four numbers [x0, y0, x1, y1], got {box!r}.")
             if not (box[2] > box[0] and box[3] > box[1]) or min(box) < 0:
-                raise InvalidFeedbackError(f"boxes[{i}].box {box} needs x1 > x0 >= 0 and y1 > y0 >= 0.")
+                raise InvalidFeedbackError(f"{field}.box {box} needs x1 > x0 >= 0 and y1 > y0 >= 0.")
+            if size is not None and (box[2] > size[1] or box[3] > size[0]):
+                raise InvalidFeedbackError(
+                    f"{field}.box {box} reaches outside the {size[1]} x {size[0]} image (width x height)."
+                )
             out.append({"label": entry["label"], "box": [float(v) for v in box]})
         return out
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EvalData", "Figure", "PlotKind", "ReportTable", "auroc_cell", "fmt", "pct"]
 
-PlotKind = Literal["roc", "pr", "reliability", "confusion", "scatter", "error_by_band", "worst_cases"]
+PlotKind = Literal["roc", "pr", "reliability", "confusion", "scatter", "error_by_band", "worst_cases", "froc"]
 """The figures :mod:`radflow.evaluate.plots` draws; a :class:`Figure` names one of them."""
 
 
