@@ -45,9 +45,16 @@ class FeedbackIn(BaseModel):
     """Ground truth or a verdict for one prediction."""
 
     prediction_id: str = Field(min_length=1, max_length=64)
-    labels: dict[str, Literal[0, 1]] | dict[Literal["masks"], dict[str, dict[str, Any]]] | None = None
+    labels: (
+        dict[str, Literal[0, 1]]
+        | dict[Literal["masks"], dict[str, dict[str, Any]]]
+        | dict[Literal["boxes"], list[dict[str, Any]]]
+        | None
+    ) = None
     """Per-label ground truth, 0 or 1 (classification models), or ``{"masks": {STRUCTURE: COCO RLE}}``: the
-    corrected masks at the input's size (segmentation models; a structure left out is not corrected)."""
+    corrected masks at the input's size (segmentation models; a structure left out is not corrected), or
+    ``{"boxes": [{"label", "box": [x0, y0, x1, y1]}]}``: the corrected boxes in the input's pixels (detection
+    models; an empty list says there is no finding)."""
     value: float | None = None
     """The true value in the model's unit (regression models)."""
     correct: bool | None = None
