@@ -27,8 +27,10 @@ from radflow.store import LabelledPrediction
 __all__ = [
     "Scores",
     "abs_errors",
+    "box_arrays",
     "dice_pairs",
     "group_metrics",
+    "matched_boxes",
     "mean_samples",
     "rounded",
     "scores",
@@ -44,13 +46,16 @@ def rounded(value: float | np.floating[Any] | None) -> float | None:
 
 
 def task_of(outputs: dict[str, Any]) -> str | None:
-    """``classification``, ``regression`` or ``segmentation`` from a logged answer's outputs (None: neither)."""
+    """``classification``, ``regression``, ``segmentation`` or ``detection`` from a logged answer's outputs
+    (None: none of them)."""
     if outputs.get("findings") is not None:
         return "classification"
     if outputs.get("structures") is not None:
         return "segmentation"
     if outputs.get("prediction") is not None:
         return "regression"
+    if outputs.get("boxes") is not None:
+        return "detection"
     return None
 
 
@@ -286,17 +291,108 @@ def _segmentation(rows: Sequence[LabelledPrediction], n_bootstrap: int, ci: floa
     }
 
 
+DETECTION_IOU = 0.5
+"""IoU at which a served box finds a corrected one (online AP50, sensitivity and false positives)."""
+
+
+def box_arrays(rows: Sequence[LabelledPrediction]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Labels (first seen) and per row its served boxes ``(m, 6)`` ``x0, y0, x1, y1, label index, score`` and
+    the reader's corrected boxes ``(M, 5)`` (the row's feedback: the latest one), in the input's pixels."""
+    labels: list[str] = []
+    for row in rows:
+        for box in [*(row.outputs.get("boxes") or []), *((row.labels or {}).get("boxes") or [])]:
+            if box["label"] not in labels:
+                labels.append(box["label"])
+    index = {label: k for k, label in enumerate(labels)}
+    served, corrected = [], []
+    for row in rows:
+        served.append(
+            np.array(
+                [[*b["box"], index[b["label"]], b["score"]] for b in row.outputs.get("boxes") or []], dtype=np.float64
+            ).reshape(-1, 6)
+        )
+        corrected.append(
+            np.array(
+                [[*b["box"], index[b["label"]]] for b in (row.labels or {}).get("boxes") or []], dtype=np.float64
+            ).reshape(-1, 5)
+        )
+    return labels, served, corrected
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None]
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def matched_boxes(served: np.ndarray, corrected: np.ndarray, label: int, iou: float = DETECTION_IOU) -> int:
+    """Corrected boxes of ``label`` found by a served box of it: served boxes best score first, each taking the
+    unmatched corrected box it overlaps most at IoU >= ``iou`` (COCO's greedy matching)."""
+    s = served[served[:, 4] == label]
+    s = s[np.argsort(-s[:, 5], kind="stable")]
+    t = corrected[corrected[:, 4] == label]
+    if not len(s) or not len(t):
+        return 0
+    overlap = _box_iou(s[:, :4], t[:, :4])
+    free = np.ones(len(t), dtype=bool)
+    for i in range(len(s)):
+        candidates = np.where(free & (overlap[i] >= iou), overlap[i], -1.0)
+        j = int(np.argmax(candidates))
+        if candidates[j] >= 0:
+            free[j] = False
+    return int((~free).sum())
+
+
+def _detection(rows: Sequence[LabelledPrediction]) -> dict[str, Any] | None:
+    from radflow.metrics.detection import average_precision
+
+    rows = [r for r in rows if r.outputs.get("boxes") is not None and isinstance((r.labels or {}).get("boxes"), list)]
+    if not rows:
+        return None
+    labels, served, corrected = box_arrays(rows)
+    ap = average_precision(served, corrected, len(labels), [DETECTION_IOU], max_detections=100) if labels else None
+    per_label: dict[str, Any] = {}
+    n_truths = n_served = n_found = 0
+    for k, label in enumerate(labels):
+        truths = sum(int((c[:, 4] == k).sum()) for c in corrected)
+        given = sum(int((s[:, 4] == k).sum()) for s in served)
+        found = sum(matched_boxes(s, c, k) for s, c in zip(served, corrected, strict=True))
+        n_truths, n_served, n_found = n_truths + truths, n_served + given, n_found + found
+        per_label[label] = {
+            "truths": truths,
+            "served": given,
+            "found": found,
+            "ap50": rounded(ap["per_class"][k]["ap50"]) if ap else None,
+            "sensitivity": rounded(found / truths) if truths else None,
+            "fp_per_image": rounded((given - found) / len(rows)),
+        }
+    return {
+        "n": len(rows),
+        "iou": DETECTION_IOU,
+        "labels": labels,
+        "per_label": per_label,
+        "map50": rounded(ap["ap50"]) if ap else None,
+        "sensitivity": rounded(n_found / n_truths) if n_truths else None,
+        "fp_per_image": rounded((n_served - n_found) / len(rows)),
+    }
+
+
 def group_metrics(
     rows: Sequence[LabelledPrediction], *, n_bootstrap: int = 200, ci: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
     """One model version's online metrics: ``verdicts`` (whole-prediction correct/incorrect),
     ``classification`` (per-label and macro AUROC, sensitivity, specificity with CIs) and
     ``regression`` (MAE with CI) and ``segmentation`` (Dice per structure of the served mask against the
-    reader's corrected one, and ``mean_dice`` over structures, with CIs); a section is None when no
-    feedback of its kind applies."""
+    reader's corrected one, and ``mean_dice`` over structures, with CIs) and ``detection`` (served boxes
+    against the reader's corrected ones, at the served score threshold: per label and over all, AP50 —
+    ``map50`` their mean over labels with a corrected box —, sensitivity at IoU 0.5 and false positives per
+    image); a section is None when no feedback of its kind applies."""
     return {
         "verdicts": _verdicts(rows, n_bootstrap, ci, seed),
         "classification": _classification(rows, n_bootstrap, ci, seed),
         "regression": _regression(rows, n_bootstrap, ci, seed),
         "segmentation": _segmentation(rows, n_bootstrap, ci, seed),
+        "detection": _detection(rows),
     }

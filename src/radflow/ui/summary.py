@@ -63,7 +63,8 @@ def feedback_stats(store: Store) -> list[dict[str, Any]]:
     share of per-label answers matching the model's decision at its threshold; ``auroc`` the mean
     per-label AUROC of the probabilities against readers' labels (labels with both classes only);
     ``mae`` the mean absolute error against readers' estimates (regression); ``dice`` the mean Dice of the
-    served masks against readers' corrected masks (segmentation). Each is None until
+    served masks against readers' corrected masks (segmentation); ``map50`` the mean AP at IoU 0.5 of the
+    served boxes against readers' corrected boxes (detection). Each is None until
     there is feedback to compute it from. All feedback counts (no window, no intervals: the page
     polls this); the same join and metrics as the monitoring report (:mod:`radflow.monitor.online`).
     """
@@ -98,6 +99,7 @@ def feedback_stats(store: Store) -> list[dict[str, Any]]:
                 "auroc": (clf.get("macro") or {}).get("auroc"),
                 "mae": reg.get("mae"),
                 "dice": (m.get("segmentation") or {}).get("mean_dice"),
+                "map50": (m.get("detection") or {}).get("map50"),
             }
         )
     return out
