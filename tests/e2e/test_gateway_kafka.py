@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +26,15 @@ from pydicom.uid import generate_uid
 from radflow.data.dicom import write_dicom
 from radflow.gateway import Gateway, GatewaySettings
 from radflow.inference import InferenceService, ServeSettings
-from radflow.kafka import KafkaSettings, Worker
+from radflow.kafka import KafkaHandoff, KafkaSettings, Worker
 from radflow.kafka.client import create_producer
 from radflow.pacs import DicomWebSource, ResultSettings
 from tests.e2e.test_pacs import PHI, ROOT, TODAY, _check_results, _srs, _storescu, _study
 from tests.gateway.test_gateway import CALLING, Running
-from tests.kafka.topics import kafka_settings, read_topic, rows
+from tests.kafka.topics import kafka_settings, read_topic, rows, topic_env
 from tests.orthanc import ORTHANC_AE, Orthanc, orthanc  # noqa: F401  (the session's PACS)
+from tests.serve.harness import AppHarness
+from tests.serve.models import png_bytes
 from tests.tansu import TansuBroker, tansu  # noqa: F401  (the session's broker)
 
 WORKER_MAX_PIXELS = 48 * 48
@@ -51,8 +54,6 @@ class Chain:
         return self.running.metric(name, **labels)
 
     def wait(self, name: str, value: float, timeout: float = 20, **labels: str) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         while self.metric(name, **labels) < value:
             assert time.monotonic() < deadline, f"{name}{labels} did not reach {value} in {timeout} s"
@@ -168,3 +169,29 @@ def test_an_answer_for_an_unknown_id_is_counted_and_skipped(chain: Chain) -> Non
 
     asyncio.run(send())
     chain.wait("radflow_gateway_kafka_answers_total", before + 1, outcome="unknown")
+
+
+def test_v1_async_mode_is_wired_from_the_environment_and_scored_by_the_chains_worker(
+    chain: Chain,
+    onnx_pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {"RADFLOW_KAFKA_BOOTSTRAP": chain.kafka.bootstrap, **topic_env(chain.kafka)}.items():
+        monkeypatch.setenv(name, value)
+    app = AppHarness(ServeSettings(model=str(onnx_pair[0]), store_url=f"sqlite:///{chain.db}", drift=False))
+    try:
+        handoff = app.app.state.kafka
+        assert isinstance(handoff, KafkaHandoff) and handoff.settings.images_topic == chain.kafka.images_topic
+        queued = app.request("POST", "/v1/predict?async=true", content=png_bytes(5))
+        assert queued.status_code == 202, queued.text
+        location = queued.headers["location"]
+        assert location == f"/v1/predictions/{queued.json()['id']}"
+        deadline = time.monotonic() + 20
+        while (got := app.request("GET", location)).status_code == 404:
+            assert time.monotonic() < deadline, "the worker did not score the handed-off image"
+            time.sleep(0.1)
+        assert got.status_code == 200 and got.json()["id"] == queued.json()["id"]
+        assert got.json()["model_name"] and got.json()["outputs"]["findings"], got.json()
+    finally:
+        app.close()
+    assert handoff._producer is None  # the lifespan closed the producer after the service

@@ -6,8 +6,10 @@ Nothing here handles a request: each transport module parses its protocol and ca
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import Response
@@ -23,7 +25,12 @@ from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
 from radflow.ui import ui_router
 
+if TYPE_CHECKING:
+    from radflow.kafka import KafkaHandoff
+
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServeSettings | None = None, preloaded: dict[str, LoadedModel] | None = None) -> FastAPI:
@@ -33,13 +40,16 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     auth = authenticator_for(settings, service)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         log_auth_mode(settings, service)
+        app.state.kafka = _kafka_handoff(settings)
         try:
             yield
         finally:
             await service.stop()
+            if app.state.kafka is not None:
+                await app.state.kafka.close()
 
     app = FastAPI(
         title="radflow",
@@ -60,6 +70,21 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
+    app.state.kafka = None  # set in the lifespan when Kafka is configured (/v1/predict?async=true)
     document_auth(app, auth.enabled)
     app.add_middleware(RequestMiddleware, service=service)  # OPTIONS/Allow, metrics and the audit log in one
     return app
+
+
+def _kafka_handoff(settings: ServeSettings) -> KafkaHandoff | None:
+    """The hand-off to the Kafka workers when a bootstrap is configured (RADFLOW_KAFKA_BOOTSTRAP or ``kafka:``).
+
+    Without one, ``/v1/predict?async=true`` answers 400 saying so; the producer connects on first use.
+    """
+    from radflow.kafka import KafkaHandoff, KafkaSettings
+
+    kafka = KafkaSettings(workspace=settings.workspace)
+    if "bootstrap" not in kafka.model_fields_set:
+        return None
+    log.info("async mode: /v1/predict?async=true hands images to %s on %s", kafka.images_topic, kafka.bootstrap)
+    return KafkaHandoff(kafka)
