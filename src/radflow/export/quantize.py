@@ -12,6 +12,9 @@ Segmentation models (dense networks) are judged by the kind's ``quality_metric``
 :func:`validation_metric` scores the val split batch by batch (probability maps against the val masks,
 so the split's maps are never all in memory), and the INT8 model is refused when its mean Dice is more
 than ``dice_tolerance`` (``export.max_int8_dice_drop``, 0.01) below FP32's.
+
+Detection models are refused INT8 (unless ``force``): their accuracy is mAP50, which this check does
+not measure on the quantized model, so it could not say whether INT8 moved the boxes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from radflow.export.onnx import read_metadata, write_metadata
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
 from radflow.runtime.score import score_dataset
 from radflow.runtime.session import RadflowModel, to_model_size
+from radflow.tasks import TaskKind
 
 __all__ = [
     "DEFAULT_DICE_TOLERANCE",
@@ -210,6 +214,22 @@ def validation_metric(path: Path, ds: Dataset, split: str = "val") -> tuple[str,
     return model.meta.kind.quality_metric(model.labels, scores, truth)
 
 
+def _unmeasured(kind: TaskKind) -> str | None:
+    """Why INT8 of a ``kind`` model cannot be checked at all (None: it can)."""
+    if kind.network == "detection":
+        return (
+            "INT8 of a detection model is not checked: its accuracy is judged by val mAP50, which is not "
+            "measured on the quantized model (only AUROC, MAE and Dice are), so a change in its boxes would go unseen"
+        )
+    return None
+
+
+def _refusal(problem: str) -> str:
+    return f"{problem}; the INT8 model was not kept. Pass --force to keep it anyway" + (
+        " or raise --int8-tolerance." if "tolerance" in problem else "."
+    )
+
+
 def cpu_int8_features() -> list[str]:
     """The CPU's integer dot-product extensions (what makes INT8 convolutions fast), from /proc/cpuinfo."""
     try:
@@ -239,6 +259,9 @@ def quantize_model(
     Dice) — or cannot be measured — unless ``force``.
     """
     metadata = read_metadata(fp32)
+    unmeasured = _unmeasured(metadata.kind)
+    if unmeasured is not None and not force:  # refused before the work: nothing could accept it
+        raise Int8RefusedError(_refusal(unmeasured), {"path": str(out), "metric": None, "forced": False, "notes": []})
     spec = PreprocessSpec.from_dict(metadata.preprocess)
     calibration = None
     if dataset is not None:
@@ -271,7 +294,10 @@ def quantize_model(
             f"({report['size_bytes']['fp32'] / 1e6:.1f} MB vs {report['size_bytes']['int8'] / 1e6:.1f} MB)."
         )
     problem = None
-    if dataset is None or not dataset.is_split or not len(dataset.indices("val")):
+    if unmeasured is not None:
+        report["metric"] = None
+        problem = unmeasured
+    elif dataset is None or not dataset.is_split or not len(dataset.indices("val")):
         report["metric"] = None
         problem = "the validation metric change could not be measured (no split dataset; pass --dataset DS)"
     else:
@@ -304,11 +330,7 @@ def quantize_model(
     if problem is not None:
         if not force:
             out.unlink(missing_ok=True)
-            raise Int8RefusedError(
-                f"{problem}; the INT8 model was not kept. Pass --force to keep it anyway"
-                + (" or raise --int8-tolerance." if "tolerance" in problem else "."),
-                report,
-            )
+            raise Int8RefusedError(_refusal(problem), report)
         report["forced"] = True
         notes.append(f"kept by --force although {problem}.")
     return report

@@ -262,7 +262,9 @@ class InferenceService:
         monitor = self.drift.get(arm.name, arm.version)
         if monitor is None:
             return
-        if arm.model.dense:  # maps (K, S, S): the window holds their output features (area:<s>), not the maps
+        # Maps (K, S, S) or a detector's anchors (A, 4 + K): the window holds their output features
+        # (area:<s>; boxes:<l>, top_score:<l> of the boxes answered), not the raw outputs.
+        if arm.model.dense or arm.model.meta.kind.network == "detection":
             scores = output_feature_values(scores[None], arm.model.labels, monitor.outputs)[0]
         monitor.observe(summary, scores, embedding, view)
 

@@ -14,7 +14,9 @@ logged with it to the run, so a server that loads the model finds its reference 
   model's probability maps are summarised per image and structure (:func:`output_feature_values`):
   ``area:<s>``, the predicted mask (probability >= 0.5) as a fraction of the model-size pixels, and
   ``confidence:<s>``, the mean probability inside that mask (undefined on an image where it is
-  empty, so those images are left out of that feature); it has no embedding output.
+  empty, so those images are left out of that feature); it has no embedding output. A detector's
+  anchors are summarised by the boxes it answers: ``boxes:<l>`` (kept boxes per image) and
+  ``top_score:<l>`` (their best score, 0 when none).
 
 Each numeric feature keeps decile bin edges with their probabilities (for PSI), a bounded sample
 (for Kolmogorov-Smirnov), quantiles and moments (for people). Nothing here imports torch: the
@@ -35,6 +37,7 @@ import numpy as np
 
 from radflow.errors import DataError
 from radflow.tasks import get_task
+from radflow.tasks.detection import detection_features, select_detections
 from radflow.tasks.segmentation import MASK_THRESHOLD
 
 if TYPE_CHECKING:
@@ -117,17 +120,30 @@ def output_feature_values(outputs: np.ndarray, labels: list[str], features: list
 
     ``outputs`` is the prediction output: ``(N, L)`` scores (``score:<label>``, or ``value``), or
     ``(N, K, S, S)`` probability maps (``area:<s>``: share of pixels at probability >= 0.5;
-    ``confidence:<s>``: mean probability over those pixels, NaN when there are none).
+    ``confidence:<s>``: mean probability over those pixels, NaN when there are none), or a detector's
+    activated anchors ``(N, A, 4 + K)`` (``boxes:<l>``, ``top_score:<l>``: the kept boxes of each image,
+    :func:`~radflow.tasks.detection.select_detections`, counted and their best score per label, as
+    :func:`~radflow.tasks.detection.detection_features` makes them).
     """
     arr = np.asarray(outputs)
     columns = []
+    boxes: list[dict[str, float]] | None = None
     for name in features:
         kind, _, label = name.partition(":")
         if name == "value":
             columns.append(arr[:, 0].astype(np.float64))
             continue
-        if label not in labels or kind not in ("score", "area", "confidence"):
+        if label not in labels or kind not in ("score", "area", "confidence", "boxes", "top_score"):
             raise DataError(f"unknown output feature {name!r} for labels {labels}.")
+        if kind in ("boxes", "top_score"):
+            if arr.ndim != 3 or arr.shape[2] != 4 + len(labels):
+                raise DataError(
+                    f"output feature {name!r} needs activated anchors (N, A, {4 + len(labels)}), got shape {arr.shape}."
+                )
+            if boxes is None:  # the boxes the service answers, kept once per image for every feature
+                boxes = [detection_features(select_detections(a), labels) for a in arr]
+            columns.append(np.array([b[name] for b in boxes], dtype=np.float64))
+            continue
         j = labels.index(label)
         if kind == "score":
             columns.append(arr[:, j].astype(np.float64))
