@@ -74,3 +74,6 @@ def test_int8_of_a_segmentation_model_is_judged_by_val_mean_dice(tmp_path: Path)
     with pytest.raises(Int8RefusedError, match=r"lowers val mean Dice by .* \(0\.\d{4} -> 0\.\d{4}\).*tolerance -1"):
         quantize_model(out, target, ds, dice_tolerance=-1.0, latency_time=0.05)
     assert not target.exists()
+    # export's own --int8 passes its Dice tolerance through (export.max_int8_dice_drop in a workspace)
+    with pytest.raises(Int8RefusedError, match="tolerance -1"):
+        export_model(str(checkpoint), out, int8=True, dice_tolerance=-1.0, reference_images=0, latency_time=0.05)

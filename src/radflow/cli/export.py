@@ -106,6 +106,9 @@ def export_command(
     int8_mae_tolerance: Annotated[
         float, typer.Option(help="Largest accepted rise of val MAE (months) from FP32 to INT8 (regression).")
     ] = 1.0,
+    int8_dice_tolerance: Annotated[
+        float, typer.Option(help="Largest accepted drop of val mean Dice from FP32 to INT8 (segmentation).")
+    ] = 0.01,
     force: Annotated[bool, typer.Option("--force", help="Keep the INT8 model even beyond the tolerance.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     tracking_uri: Annotated[str | None, typer.Option(help=_TRACKING_HELP)] = None,
@@ -123,6 +126,7 @@ def export_command(
             force=force,
             tolerance=int8_tolerance,
             mae_tolerance=int8_mae_tolerance,
+            dice_tolerance=int8_dice_tolerance,
             triton_repo=triton_repo,
             triton_name=triton_name,
             triton_model=triton_model,

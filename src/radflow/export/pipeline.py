@@ -24,7 +24,13 @@ from typing import Any, Literal
 from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError, NotFoundError
 from radflow.export.onnx import DEFAULT_OPSET, check_parity, export_onnx, parity_images, read_metadata
-from radflow.export.quantize import DEFAULT_MAE_TOLERANCE, DEFAULT_TOLERANCE, Int8RefusedError, quantize_model
+from radflow.export.quantize import (
+    DEFAULT_DICE_TOLERANCE,
+    DEFAULT_MAE_TOLERANCE,
+    DEFAULT_TOLERANCE,
+    Int8RefusedError,
+    quantize_model,
+)
 from radflow.export.triton import DEFAULT_MAX_BATCH_SIZE, DEFAULT_QUEUE_DELAY_US, write_triton_repo
 from radflow.modelref import ResolvedModel, resolve_model_ref
 from radflow.monitor.reference import REFERENCE_TAG, reference_path, write_reference
@@ -105,6 +111,7 @@ def export_model(
     force: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     mae_tolerance: float = DEFAULT_MAE_TOLERANCE,
+    dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
     triton_repo: Path | None = None,
     triton_name: str | None = None,
     triton_model: str | None = None,
@@ -174,6 +181,7 @@ def export_model(
                 _dataset(dataset, meta.dataset_path),
                 tolerance=tolerance,
                 mae_tolerance=mae_tolerance,
+                dice_tolerance=dice_tolerance,
                 force=force,
                 calibration_images=calibration_images,
                 latency_time=latency_time,

@@ -217,6 +217,7 @@ def _export(root: Path, params: Params) -> dict[str, Any]:
         triton_repo=out / "triton" if cfg.triton else None,
         triton_name=params.registry.name if cfg.triton else None,
         opset=cfg.opset,
+        dice_tolerance=cfg.max_int8_dice_drop,
         name=params.registry.name,
     )
 
