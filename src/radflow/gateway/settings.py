@@ -86,8 +86,8 @@ class GatewaySettings(BaseModel):
         named = [r.name or "?" for r in self.rules if r.model]
         if self.kafka is not None and named:
             raise ValueError(
-                f"rules {', '.join(named)} name a model, and in Kafka mode the workers' model scores every routed "
-                "series; drop the rules' model or run without --kafka-bootstrap"
+                f"in Kafka mode the workers' model scores every routed series, and routing rules name a model "
+                f"({', '.join(named)}); drop the rules' model or run without --kafka-bootstrap"
             )
         return self
 
