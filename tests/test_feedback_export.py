@@ -384,3 +384,51 @@ def test_a_store_with_mask_and_findings_feedback_must_name_the_format(
         export_feedback(tmp_path / "out", url, inputs, format="coco")
     assert export_feedback(tmp_path / "masks", url, inputs, format="masks")["images"] == 1
     assert export_feedback(tmp_path / "chexpert", url, inputs, format="chexpert")["format"] == "chexpert"
+
+
+def test_corrected_masks_join_a_segmentation_dataset_as_train_only_rows(tmp_path: Path) -> None:
+    """What `radflow loop` does in a segmentation workspace: feedback exported as masks, ingested beside the source."""
+    from radflow.data.masks import unpack
+    from radflow.loop import LOOP_FORMATS
+    from radflow.runtime.masks import encode_rle
+
+    raw = tmp_path / "phantoms"
+    synth_chest(raw, 16, seed=3, size=64, workers=1, masks=True)
+    structures = (raw / "structures.txt").read_text().split("\n")[:-1]
+    url, inputs = f"sqlite:///{tmp_path / 'serving.db'}", tmp_path / "inputs"
+    rng = np.random.default_rng(1)
+    corrected: dict[bytes, np.ndarray] = {}
+    s = Store(url, inputs)
+    try:
+        for _ in range(2):
+            pixels = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+            served = {k: np.zeros((64, 64), bool) for k in structures}
+            record = PredictionRecord("lungs", "1", "champion", "champion", _structures(served),
+                                      hashlib.sha256(encode_png(pixels)).hexdigest(), "png")  # fmt: skip
+            s.log(record, pixels)
+            heart = np.zeros((64, 64), bool)
+            heart[20:44, 16:40] = True  # the reader drew the heart the model missed
+            s.add_feedback(
+                record.id, labels={"masks": {k: encode_rle(heart if k == "Heart" else v) for k, v in served.items()}}
+            )
+            corrected[pixels.tobytes()] = heart
+        s.flush()
+    finally:
+        s.close()
+    feedback = tmp_path / "feedback"
+    assert "masks" in LOOP_FORMATS
+    assert export_feedback(feedback, url, inputs, format="masks")["images"] == 2
+    grown = tmp_path / "grown"
+    options = IngestOptions(size=32, salt_file=tmp_path / ".salt", workers=1, extra=(feedback,))
+    assert ingest(raw, "masks", grown, options)["counts"]["images"] == 18
+    split_dataset(grown, val=0.2, test=0.2, seed=1)
+    ds = Dataset.open(grown)
+    rows = np.flatnonzero((ds.manifest["official_split"] == EXTRA_SPLIT).to_numpy())
+    assert len(rows) == 2 and set(ds.manifest.iloc[rows]["split"]) == {"train"}  # never val or test
+    assert ds.structures == structures
+    masks = unpack(ds.masks(rows), len(structures))
+    heart = structures.index("Heart")
+    for k in range(len(structures)):  # the corrected heart arrives (at training size), the rest stays empty
+        assert (masks[:, k].sum(axis=(1, 2)) > 0).all() == (k == heart), structures[k]
+    # a 24 px square of a 64 px image at 32 px: 12 x 12 pixels
+    assert abs(int(masks[0, heart].sum()) - 144) <= 24

@@ -1,10 +1,10 @@
 """``radflow loop``: one turn of closing the loop in a workspace, from reader feedback to a canary.
 
-1. Export the feedback of the workspace's prediction store to ``data/feedback`` (CheXpert layout,
-   see :mod:`radflow.feedback`), refusing every image that is (or nearly is) one of the split
-   dataset's val or test images (counted per reason and printed), list it in ``data.extra``, track
-   it with ``dvc add`` and commit the new data version (params.yaml, dvc.yaml and
-   ``data/feedback.dvc``; nothing else).
+1. Export the feedback of the workspace's prediction store to ``data/feedback`` (CheXpert layout, or a
+   ``--format masks`` folder of corrected masks in a segmentation workspace; see :mod:`radflow.feedback`),
+   refusing every image that is (or nearly is) one of the split dataset's val or test images (counted
+   per reason and printed), list it in ``data.extra``, track it with ``dvc add`` and commit the new data
+   version (params.yaml, dvc.yaml and ``data/feedback.dvc``; nothing else).
 2. ``radflow run``: ingest adds the feedback images as training-only rows, split keeps the test
    set exactly as it was, and train / evaluate / export / register follow. An unchanged feedback
    folder changes no hash, so nothing reruns.
@@ -24,7 +24,10 @@ from typing import Any
 from radflow.errors import ConfigError, RadflowError
 from radflow.modelref import model_uri
 
-__all__ = ["run_loop", "start_canary"]
+__all__ = ["LOOP_FORMATS", "run_loop", "start_canary"]
+
+LOOP_FORMATS = ("chexpert", "masks")
+"""Workspace ingest formats whose feedback export is read back as an extra source of the same format."""
 
 
 def _dataset_state(root: Path) -> dict[str, Any]:
@@ -108,15 +111,20 @@ def run_loop(
         raise ConfigError("--canary needs --serve-url: the running server that should route traffic to the model.")
     root = find_workspace(workspace)
     params = load_params(root / "params.yaml")
-    if params.data.format != "chexpert":
+    # Feedback is exported in the layout the workspace's own source is ingested in (extra sources share it).
+    layout = params.data.format
+    if layout not in LOOP_FORMATS:
         raise ConfigError(
-            f"radflow loop retrains on feedback exported in CheXpert's layout, which only a chexpert or synthetic "
-            f"workspace ingests; this workspace's data.source is {params.data.source!r}."
+            f"radflow loop retrains on feedback exported as findings (CheXpert's layout: a chexpert or synthetic "
+            f"workspace) or as corrected masks (a masks or synthetic segmentation workspace); this workspace's "
+            f"data.source is {params.data.source!r}."
         )
     before = _dataset_state(root)
     url, inputs_dir = store_location(root, store_url)
     # Screened against the split dataset the gates use: its val and test images never come back as training data.
-    exported = export_feedback(root / FEEDBACK_DIR, url, inputs_dir, since=since, dataset=screen_dataset(root))
+    exported = export_feedback(
+        root / FEEDBACK_DIR, url, inputs_dir, since=since, dataset=screen_dataset(root), format=layout
+    )
     use_extra_source(root, FEEDBACK_DIR)
     md5 = dvc_add(root, FEEDBACK_DIR)
     commit = commit_paths(
