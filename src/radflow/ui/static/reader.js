@@ -1,5 +1,5 @@
 // Reader page: upload a radiograph, show findings (bars with thresholds), heatmaps per finding, or a
-// segmentation model's masks to correct (mask_editor.js), collect the reader's feedback and list recent
+// segmentation model's masks to correct (mask_editor.js), a detection model's boxes to correct (box_editor.js), collect the reader's feedback and list recent
 // predictions with their feedback state.
 "use strict";
 
@@ -9,6 +9,7 @@
   let current = null; // {id, model, arm, latency_ms, findings|prediction|structures, localUrl}
   let shownHeatmap = null;
   let editor = null; // radflow.MaskEditor of the current segmentation answer
+  let boxEditor = null; // radflow.BoxEditor of the current detection answer
 
   function setStatus(node, text, kind) {
     node.textContent = text;
@@ -69,8 +70,9 @@
     );
     // The answer's key says which view: findings, a value, or structures (the segmentation kind's "mask" view).
     const masks = Boolean(record.structures);
-    const regression = !record.findings && !masks;
-    $("result-title").textContent = masks ? "Structures" : "Findings";
+    const boxes = Boolean(record.boxes);
+    const regression = !record.findings && !masks && !boxes;
+    $("result-title").textContent = masks ? "Structures" : boxes ? "Boxes" : "Findings";
     $("findings").hidden = !record.findings;
     $("legend").hidden = !record.findings;
     $("label-hint").hidden = !record.findings;
@@ -78,10 +80,18 @@
     $("value-feedback").hidden = !regression;
     $("mask-tools").hidden = !masks;
     $("mask-canvas").hidden = !masks;
+    $("box-tools").hidden = !boxes;
+    $("box-canvas").hidden = !boxes;
     if (editor) editor.destroy();
     editor = null;
-    $("confirm-all").textContent = regression ? "Agree with the estimate" : masks ? "Accept the masks" : "Confirm all findings";
-    if (masks) {
+    if (boxEditor) boxEditor.destroy();
+    boxEditor = null;
+    $("confirm-all").textContent = regression
+      ? "Agree with the estimate"
+      : masks ? "Accept the masks" : boxes ? "Accept the boxes" : "Confirm all findings";
+    if (boxes) {
+      showBoxes(record, record.feedback && record.feedback.labels ? record.feedback.labels.boxes : null);
+    } else if (masks) {
       showMasks(record.structures, record.feedback && record.feedback.labels ? record.feedback.labels.masks : null);
     } else if (regression) {
       $("value").textContent = "Predicted bone age: " + formatValue(record.prediction);
@@ -208,6 +218,51 @@
     update();
   }
 
+  // The model's labels (for boxes the reader adds) from the served arms; the answer's own labels if unknown.
+  async function modelLabels(record) {
+    try {
+      const routing = (await api("/v1/ui/models")).routing || {};
+      const arm = routing[record.arm];
+      if (arm && arm.labels) return arm.labels;
+    } catch (err) {
+      // the labels of the answer's boxes still let the reader correct them
+    }
+    return [];
+  }
+
+  async function showBoxes(record, corrected) {
+    const labels = await modelLabels(record);
+    if (current !== record) return;
+    boxEditor = new radflow.BoxEditor($("box-canvas"), $("image"), record.boxes, labels, corrected || null);
+    boxEditor.threshold = Number($("box-threshold").value) / 100;
+    const pick = $("box-label");
+    pick.replaceChildren(...boxEditor.labels.map((l) => el("option", { value: l, text: l })));
+    boxEditor.label = pick.value;
+    const update = () => {
+      const n = boxEditor.count();
+      const edited = boxEditor.boxes.filter((b) => b.edited && boxEditor.shown(b)).length;
+      $("box-count").textContent = n + " box" + (n === 1 ? "" : "es") + " shown" + (edited ? " · " + edited + " by you" : "");
+      $("box-delete").disabled = boxEditor.selected < 0;
+      // A selected box's label is the picker's: changing it relabels the box, and a new box takes it.
+      if (boxEditor.selected >= 0) pick.value = boxEditor.label = boxEditor.boxes[boxEditor.selected].label;
+    };
+    boxEditor.onchange = update;
+    boxEditor.draw();
+    update();
+  }
+
+  function wireBoxTools() {
+    $("box-threshold").addEventListener("input", () => {
+      $("box-threshold-value").textContent = $("box-threshold").value + "%";
+      if (!boxEditor) return;
+      boxEditor.threshold = Number($("box-threshold").value) / 100;
+      boxEditor.selected = -1;
+      boxEditor.changed();
+    });
+    $("box-label").addEventListener("change", () => boxEditor && boxEditor.setLabel($("box-label").value));
+    $("box-delete").addEventListener("click", () => boxEditor && boxEditor.remove());
+  }
+
   function wireMaskTools() {
     const set = (fn) => () => editor && (fn(editor), editor.draw());
     $("mask-opacity").addEventListener("input", set((ed) => (ed.opacity = Number($("mask-opacity").value) / 100)));
@@ -257,8 +312,8 @@
 
   function confirmAll() {
     if (!current) return;
-    if (current.structures) {
-      // Accepting leaves the masks as they are; Save feedback sends them.
+    if (current.structures || current.boxes) {
+      // Accepting leaves the masks or boxes as they are; Save feedback sends them.
     } else if (current.findings) {
       for (const f of current.findings) {
         const s = document.querySelector('#findings select[data-label="' + CSS.escape(f.label) + '"]');
@@ -286,7 +341,9 @@
     if (!current) return;
     const status = $("feedback-status");
     const body = { prediction_id: current.id };
-    if (current.structures) {
+    if (current.boxes) {
+      if (boxEditor) body.labels = { boxes: boxEditor.corrected() };
+    } else if (current.structures) {
       if (editor) body.labels = { masks: editor.corrected() };
     } else if (current.findings) {
       const labels = {};
@@ -324,6 +381,10 @@
 
   function resultText(outputs) {
     if (outputs.prediction) return formatValue(outputs.prediction);
+    if (outputs.boxes) {
+      const n = outputs.boxes.filter((b) => b.score >= 0.5).length;
+      return n ? n + " box" + (n === 1 ? "" : "es") + " at 50%" : "no box at 50%";
+    }
     if (outputs.structures) {
       const shown = outputs.structures.filter((s) => s.area_px > 0).map((s) => s.structure);
       return shown.length ? shown.join(", ") : "no structure found";
@@ -336,7 +397,10 @@
     if (!fb) return "none";
     const parts = [];
     if (fb.correct !== null && fb.correct !== undefined) parts.push(fb.correct ? "correct" : "incorrect");
-    if (fb.labels && fb.labels.masks) {
+    if (fb.labels && Array.isArray(fb.labels.boxes)) {
+      const n = fb.labels.boxes.length;
+      parts.push(n ? n + " box" + (n === 1 ? "" : "es") + " read" : "no finding");
+    } else if (fb.labels && fb.labels.masks) {
       const n = Object.keys(fb.labels.masks).length;
       parts.push(n + " mask" + (n === 1 ? "" : "s") + " reviewed");
     } else if (fb.labels) {
@@ -414,6 +478,7 @@
 
   wireDrop();
   wireMaskTools();
+  wireBoxTools();
   $("feedback").addEventListener("submit", sendFeedback);
   $("confirm-all").addEventListener("click", confirmAll);
   $("refresh-history").addEventListener("click", loadHistory);
