@@ -42,8 +42,8 @@ def run_worker(
     ``create_topics``: create missing topics with this many partitions first. ``metrics_port``: serve
     Prometheus ``/metrics`` (the worker's and its inference service's) on it, on ``serve.host``.
     """
+    from radflow.hardware import port_is_free
     from radflow.inference.service import preload
-    from radflow.serve.server import port_is_free
 
     _log_to_stderr(log_level)
     if metrics_port and not port_is_free(serve.host, metrics_port):

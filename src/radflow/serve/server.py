@@ -9,33 +9,17 @@ flight and flush the prediction log (uvicorn's graceful shutdown, then the app's
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 
+from radflow.hardware import free_port, port_is_free
 from radflow.inference.settings import ServeSettings
 
 __all__ = ["free_port", "port_is_free", "run_server", "wait_ready"]
 
 GRACEFUL_SHUTDOWN_S = 30
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True, interval_s: float = 0.05) -> bool:
