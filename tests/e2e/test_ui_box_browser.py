@@ -163,6 +163,15 @@ def test_reader_moves_resizes_deletes_and_adds_boxes_and_they_are_saved(
     history = f"{len(expected)} boxes read"
     page.wait_for_function(f"() => document.querySelector('#history tbody').textContent.includes('{history}')")
 
+    # The dashboard's feedback table shows the online mAP50 of the served boxes against the saved correction.
+    from radflow.ui.summary import feedback_stats
+
+    (stats,) = feedback_stats(box_server.service.require_store())
+    assert stats["map50"] is not None
+    page.goto(box_server.url + "/dashboard")
+    cell = "#feedback tbody tr td:nth-child(10)"
+    page.wait_for_function(f"() => (document.querySelector('{cell}') || {{}}).textContent === '{stats['map50']:.3f}'")
+
 
 def _check(boxes: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     assert [b["label"] for b in boxes] == [e["label"] for e in expected]

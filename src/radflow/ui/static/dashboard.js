@@ -122,7 +122,7 @@
     $("feedback-total").textContent = String(total);
     const body = $("feedback").tBodies[0];
     if (!rows.length) {
-      body.replaceChildren(el("tr", {}, el("td", { colspan: 9, text: "No predictions yet." })));
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 10, text: "No predictions yet." })));
       return;
     }
     const rate = (v) => (v === null ? "—" : pct(v));
@@ -139,7 +139,8 @@
           el("td", { text: rate(r.label_agreement) + (r.label_judgements ? " of " + r.label_judgements : "") }),
           el("td", { text: r.auroc === null ? "—" : r.auroc.toFixed(3) }),
           el("td", { text: r.mae === null ? "—" : r.mae.toFixed(2) }),
-          el("td", { text: r.dice == null ? "—" : r.dice.toFixed(3) })
+          el("td", { text: r.dice == null ? "—" : r.dice.toFixed(3) }),
+          el("td", { text: r.map50 == null ? "—" : r.map50.toFixed(3) })
         )
       )
     );
