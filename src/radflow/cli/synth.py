@@ -23,6 +23,12 @@ _MASKS_HELP = (
 )
 
 
+_BOXES_HELP = (
+    "Also write the findings' boxes (one per connected region of each drawn finding's mask) as COCO "
+    "annotations.json, so `radflow ingest OUT --format coco-boxes` makes a detection dataset."
+)
+
+
 def _render(info: dict[str, Any]) -> None:
     console.print(
         f"[bold]{info['images']} phantom {info['kind']} images[/] ({info['width']}x{info['height']} px) "
@@ -40,6 +46,9 @@ def _render(info: dict[str, Any]) -> None:
     if "masks" in info:
         shown = " · ".join(f"{name} {count}" for name, count in info["masks"]["images_showing"].items())
         console.print(f"ground-truth masks (images showing each): {shown}")
+    if "boxes" in info:
+        counts = " · ".join(f"{name} {count}" for name, count in info["boxes"]["counts"].items())
+        console.print(f"boxes in {info['boxes']['file']}: {counts}")
 
 
 @synth_app.command("chest")
@@ -52,12 +61,15 @@ def chest_command(
     valid_fraction: Annotated[float, typer.Option(help="Share of patients put in valid.csv.")] = 0.1,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
     masks: Annotated[bool, typer.Option("--masks", help=_MASKS_HELP)] = False,
+    boxes: Annotated[bool, typer.Option("--boxes", help=_BOXES_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Phantom frontal chest radiographs with CheXpert's train.csv / valid.csv and folder layout."""
     from radflow.data.synth import synth_chest
 
-    info = run_command(lambda: synth_chest(out, n, seed, size, dicom_fraction, valid_fraction, workers, masks))
+    info = run_command(
+        lambda: synth_chest(out, n, seed, size, dicom_fraction, valid_fraction, workers, masks, boxes=boxes)
+    )
     emit(info, as_json, _render)
 
 
