@@ -34,9 +34,9 @@ def run_gateway(
     The gateway's own log (studies scored, instances and associations refused: hashed ids, never a UID)
     goes to stderr at ``log_level``; pynetdicom's, which can print data sets, stays at warnings.
     """
+    from radflow.hardware import port_is_free
     from radflow.inference.routing import load_model
     from radflow.inference.service import preload
-    from radflow.serve.server import port_is_free
 
     _log_to_stderr(log_level)
     for port, what in [(settings.port, "DICOM"), (metrics_port, "metrics")]:
