@@ -432,3 +432,54 @@ def test_corrected_masks_join_a_segmentation_dataset_as_train_only_rows(tmp_path
         assert (masks[:, k].sum(axis=(1, 2)) > 0).all() == (k == heart), structures[k]
     # a 24 px square of a 64 px image at 32 px: 12 x 12 pixels
     assert abs(int(masks[0, heart].sum()) - 144) <= 24
+
+
+def test_corrected_boxes_export_as_a_coco_box_source_that_reads_back(tmp_path: Path) -> None:
+    """Detection feedback (labels.boxes) as ``--format coco-boxes``: latest correction wins, "no finding" is an image
+    without boxes, the held-out film never comes back; ``ingest --format coco-boxes`` reads the folder as sent."""
+    from radflow.data.sources.boxsources import read_coco_box_source
+
+    url, inputs = f"sqlite:///{tmp_path / 'serving.db'}", tmp_path / "inputs"
+    rng = np.random.default_rng(1)
+    films = {n: rng.integers(0, 256, (40, 56), dtype=np.uint8) for n in ("a", "b")}
+    held = _film(97)
+    served = {"boxes": [{"label": "Nodule", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]}]}
+    corrected = {
+        "a": [{"label": "Nodule", "box": [2.5, 3.0, 11.0, 13.5]}, {"label": "Lung Opacity", "box": [20, 5, 50, 35]}],
+        "b": [],  # the reader saw no finding
+    }
+    s = Store(url, inputs)
+    try:
+        for name, pixels in films.items():
+            sha = hashlib.sha256(encode_png(pixels)).hexdigest()
+            record = PredictionRecord("det", "1", "champion", "champion", served, sha, "png")
+            s.log(record, pixels)
+            s.add_feedback(record.id, labels={"boxes": [{"label": "Nodule", "box": [0, 0, 5, 5]}]})  # replaced
+            s.add_feedback(record.id, labels={"boxes": corrected[name]})
+        held_sha = hashlib.sha256(encode_png(held)).hexdigest()
+        record = PredictionRecord("det", "1", "champion", "champion", served, held_sha, "png")
+        s.log(record, held)
+        s.add_feedback(record.id, labels={"boxes": [{"label": "Nodule", "box": [1, 1, 9, 9]}]})
+        s.flush()
+    finally:
+        s.close()
+    dataset = _dataset(tmp_path, [("train", "1" * 64, _film(98)), ("test", held_sha, held)])
+
+    out = tmp_path / "feedback"
+    info = export_feedback(out, url, inputs, dataset=dataset)
+    assert info["format"] == "coco-boxes" and info["images"] == 2
+    assert info["held_out"]["pixel_identical"] == 1, "the held-out test film never comes back"
+    assert info["labels"] == ["Nodule", "Lung Opacity"] and info["boxes"] == {"Nodule": 1, "Lung Opacity": 1}
+    table = read_coco_box_source(out)
+    assert table.task == "detection" and table.labels == ["Nodule", "Lung Opacity"] and not table.skipped
+    read = {}
+    for rec in table.records:
+        image = np.asarray(Image.open(rec.path))
+        name = next(n for n, f in films.items() if np.array_equal(f, image))
+        read[name] = [{"label": b.label, "box": [b.x0, b.y0, b.x1, b.y1]} for b in rec.boxes or ()]
+    assert read == {"a": [{**b, "box": [float(v) for v in b["box"]]} for b in corrected["a"]], "b": []}
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    export_feedback(out, url, inputs, dataset=dataset)
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    with pytest.raises(ConfigError, match="radflow writes chexpert, masks, coco-boxes"):
+        export_feedback(tmp_path / "out", url, inputs, format="coco")

@@ -1,7 +1,9 @@
 """``radflow feedback export``: reader feedback and its stored pixels as extra training data.
 
 Findings feedback exports in CheXpert's layout; corrected masks (a segmentation model's feedback,
-``labels = {"masks": {structure: COCO RLE}}``) export as a ``--format masks`` source (see "Masks" below).
+``labels = {"masks": {structure: COCO RLE}}``) export as a ``--format masks`` source (see "Masks" below);
+corrected boxes (a detection model's, ``labels = {"boxes": [{label, box}]}``) as a ``--format coco-boxes``
+source (see "Boxes" below).
 
 The serving store logs every prediction and keeps the input as an 8-bit PNG named by the sha256
 of the upload; readers attach labels through ``POST /v1/feedback``. This module turns the
@@ -37,6 +39,13 @@ Masks: the folder :func:`radflow.data.sources.maskfolder.read_mask_folder` reads
 black/white PNG per corrected structure at the input's size, ``masks/images/<name>/<structure>.png``;
 a structure the reader sent no mask for has no file (not annotated, so it trains nothing on that
 image). ``patients.csv`` gives each image its own pseudo-patient. The same held-out screen applies.
+
+Boxes: the COCO JSON :func:`radflow.data.sources.boxsources.read_coco_box_source` reads (``ingest --format
+coco-boxes``): ``annotations.json`` with one image per stored input (``images/<name>.png``, its width and
+height), one ``bbox`` ``[x, y, width, height]`` annotation per corrected box in the input's pixels, and the
+box labels as categories (in the order the answers and corrections first name them). A correction with no
+box ("no finding") is an image without annotations. Each PNG image is its own patient (the reader's rule
+for a layout without patients). The same held-out screen applies.
 """
 
 from __future__ import annotations
@@ -59,8 +68,9 @@ from radflow.data.sources.chexpert import META_COLUMNS
 from radflow.errors import ConfigError, DataError, ImageDecodeError, NotFoundError
 from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions, study_key
 
-EXPORT_FORMATS = ("chexpert", "masks")
-"""Layouts :func:`export_feedback` writes: findings as CheXpert, corrected masks as a mask folder."""
+EXPORT_FORMATS = ("chexpert", "masks", "coco-boxes")
+"""Layouts :func:`export_feedback` writes: findings as CheXpert, corrected masks as a mask folder, corrected
+boxes as a COCO JSON."""
 
 __all__ = [
     "CSV_COLUMNS",
@@ -159,6 +169,8 @@ class _Item:
     study_key: str | None
     masks: dict[str, Any] | None = None
     """Corrected masks by structure (COCO RLE), for the masks layout."""
+    boxes: list[dict[str, Any]] | None = None
+    """Corrected boxes ``[{label, box: [x0, y0, x1, y1]}]`` (an empty list: no finding), for the coco-boxes layout."""
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
@@ -207,6 +219,8 @@ def _labels(row: LabelledPrediction, unknown: set[str]) -> dict[str, float] | No
     """The CheXpert labels a feedback row states, or None when it states none usable."""
     if row.outputs.get("structures"):  # corrected masks: the masks layout's, not findings
         return None
+    if isinstance(row.labels, dict) and "boxes" in row.labels:  # corrected boxes: the coco-boxes layout's
+        return None
     if isinstance(row.labels, dict) and row.labels:
         labels = {str(k): float(v) for k, v in row.labels.items() if v is not None}
     elif row.correct is True and row.outputs.get("findings"):
@@ -220,7 +234,16 @@ def _labels(row: LabelledPrediction, unknown: set[str]) -> dict[str, float] | No
 
 
 def _feedback_format(rows: list[LabelledPrediction]) -> str:
-    """The layout the feedback asks for: ``masks`` when it corrects segmentation answers, else ``chexpert``."""
+    """The layout the feedback asks for: ``masks`` when it corrects segmentation answers, ``coco-boxes`` when it
+    corrects detection answers, else ``chexpert``."""
+    boxes = sum(r.outputs.get("boxes") is not None for r in rows)
+    if boxes:
+        if boxes < len(rows):
+            raise ConfigError(
+                f"the store holds feedback on boxes ({boxes} predictions) and on other answers "
+                f"({len(rows) - boxes}); export one kind at a time: pass format='coco-boxes' or another format."
+            )
+        return "coco-boxes"
     masks = sum(bool(r.outputs.get("structures")) for r in rows)
     if masks and masks < len(rows):
         raise ConfigError(
@@ -236,6 +259,14 @@ def _masks(row: LabelledPrediction) -> dict[str, Any] | None:
         return None
     masks = row.labels.get("masks")
     return dict(masks) if isinstance(masks, dict) and masks else None
+
+
+def _boxes(row: LabelledPrediction) -> list[dict[str, Any]] | None:
+    """The corrected boxes of a feedback row on a detection answer ([] says no finding), or None when it sent none."""
+    if row.outputs.get("boxes") is None or not isinstance(row.labels, dict):
+        return None
+    boxes = row.labels.get("boxes")
+    return list(boxes) if isinstance(boxes, list) else None
 
 
 def _structure_file(name: str) -> str:
@@ -296,12 +327,15 @@ def export_feedback(
     unknown: set[str] = set()
     skipped = {"no_labels": 0, "regression": 0, "no_input": 0, "missing_pixels": 0, "unreadable": 0, "in_dataset": 0}
     structures: list[str] = []
+    box_labels: list[str] = []
     held_out = dict.fromkeys(HELD_OUT_REASONS, 0)
     by_image: dict[str, _Item] = {}
     merged = 0
     for row in rows:  # oldest feedback first: later feedback on the same image replaces earlier
         masks = _masks(row) if fmt == "masks" else None
-        labels = _labels(row, unknown) if fmt == "chexpert" else ({} if masks is not None else None)
+        boxes = _boxes(row) if fmt == "coco-boxes" else None
+        corrected = masks is not None or boxes is not None
+        labels = _labels(row, unknown) if fmt == "chexpert" else ({} if corrected else None)
         if labels is None:
             skipped["regression" if row.value is not None else "no_labels"] += 1
             continue
@@ -309,13 +343,19 @@ def export_feedback(
             skipped["no_input"] += 1
             continue
         merged += row.input_sha256 in by_image
-        by_image[row.input_sha256] = _Item(row.feedback_id, row.id, row.input_sha256, labels, row.study_key, masks)
+        by_image[row.input_sha256] = _Item(
+            row.feedback_id, row.id, row.input_sha256, labels, row.study_key, masks, boxes
+        )
         structures += [s["structure"] for s in row.outputs.get("structures") or [] if s["structure"] not in structures]
+        for box in [*(row.outputs.get("boxes") or []), *(boxes or [])] if fmt == "coco-boxes" else []:
+            if box["label"] not in box_labels:
+                box_labels.append(box["label"])
     screen = HeldOutScreen(dataset) if dataset is not None else None
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "train" if fmt == "chexpert" else staging).mkdir(parents=True)
     written: dict[str, dict[str, str]] = {}
+    coco_images: dict[str, dict[str, Any]] = {}
     annotated = dict.fromkeys(structures, 0)
     try:
         for item in sorted(by_image.values(), key=lambda i: i.feedback_id):
@@ -342,6 +382,10 @@ def export_feedback(
             if item.masks is not None:
                 written[sha] = _write_masks(staging, sha, data, item.masks)
                 continue
+            if item.boxes is not None:
+                coco_images[sha] = _write_box_image(staging, sha, data, item.boxes)
+                written[sha] = {"path": coco_images[sha]["file_name"]}
+                continue
             # A pseudo-patient per image, numbered from its hash (CheXpert paths need patient<digits>).
             patient = f"patient{int(sha[:15], 16)}"
             rel = f"train/{patient}/study1/view1_frontal.png"
@@ -349,7 +393,10 @@ def export_feedback(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             written[sha] = _csv_row(f"{out.name}/{rel}", item.labels)
-        if fmt == "masks":
+        boxes_per_label: dict[str, int] = {}
+        if fmt == "coco-boxes":
+            boxes_per_label = _write_coco(staging, box_labels, coco_images)
+        elif fmt == "masks":
             _write_mask_tables(staging, structures, written)
             for entry in written.values():
                 for name in entry["structures"].split("|") if entry["structures"] else []:
@@ -374,6 +421,8 @@ def export_feedback(
         }
         if fmt == "masks":
             summary.update(structures=structures, annotated=annotated)
+        elif fmt == "coco-boxes":
+            summary.update(labels=box_labels, boxes=boxes_per_label)
         else:
             summary["positives"] = {
                 label: sum(1 for r in written.values() if r[label] == "1.0")
@@ -418,3 +467,47 @@ def _write_mask_tables(staging: Path, structures: list[str], written: dict[str, 
         writer.writeheader()
         for sha in sorted(written):
             writer.writerow(written[sha])
+
+
+def _write_box_image(staging: Path, sha: str, data: bytes, boxes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stored input in the coco-boxes layout; its COCO image entry (without id) with its corrected boxes."""
+    import io
+
+    from PIL import Image
+
+    name = f"feedback-{sha[:16]}"
+    rel = f"images/{name}.png"
+    (staging / "images").mkdir(exist_ok=True)
+    (staging / rel).write_bytes(data)
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+    return {"file_name": rel, "width": width, "height": height, "boxes": boxes}
+
+
+def _write_coco(staging: Path, labels: list[str], images: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """annotations.json: the images in hash order, a ``bbox`` per corrected box, the labels as categories;
+    returns the boxes written per label."""
+    category = {label: k + 1 for k, label in enumerate(labels)}
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+    coco["categories"] = [{"id": k, "name": label} for label, k in category.items()]
+    counts = dict.fromkeys(labels, 0)
+    for image_id, sha in enumerate(sorted(images), start=1):
+        entry = images[sha]
+        coco["images"].append(
+            {"id": image_id, "file_name": entry["file_name"], "width": entry["width"], "height": entry["height"]}
+        )
+        for box in entry["boxes"]:
+            x0, y0, x1, y1 = (float(v) for v in box["box"])
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": category[box["label"]],
+                    "bbox": [x0, y0, round(x1 - x0, 6), round(y1 - y0, 6)],
+                    "area": round((x1 - x0) * (y1 - y0), 6),
+                    "iscrowd": 0,
+                }
+            )
+            counts[box["label"]] += 1
+    (staging / "annotations.json").write_text(json.dumps(coco, indent=1) + "\n")
+    return counts
