@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from radflow.cli import app
 from radflow.data.dataset import Dataset
 from radflow.runtime import RadflowModel
+from radflow.tracking import client as mlflow_client
 from tests.export.checkpoints import png_bytes
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,8 @@ def test_phantom_boxes_train_evaluate_register_export_and_answer_boxes(tmp_path:
     gate = ("-S", "gates.min_map50=0")
     v1 = _cli("register", first["run_id"], "--name", "det", "--tracking-uri", uri, *gate)
     assert v1["passed"], v1["failures"]
+    tags = mlflow_client(uri).get_model_version("det", "1").tags  # the headline copied onto the version
+    assert {"test_map50", "test_map", "test_froc_cpm", "test_image_auroc"} <= set(tags)
     _cli("promote", "det", "1", "--tracking-uri", uri)
     # The champion comparison reads both runs' per-image boxes (here the same run registered again, so no
     # second training): a paired mAP50 test on the same test images, whose difference is exactly 0.
