@@ -57,3 +57,14 @@ def test_worst_cases_gallery_is_written(tmp_path: Path) -> None:
     assert _is_png(plots.worst_cases(images, ids, truth, pred, dice, ["Lung", "Nodule"], tmp_path / "worst.png"))
     one = plots.worst_cases(images[:1], ids[:1], truth[:1], pred[:1], dice[:1], ["Lung", "Nodule"], tmp_path / "1.png")
     assert _is_png(one)
+
+
+def test_froc_curves_are_written_from_the_detection_report(tmp_path: Path) -> None:
+    from radflow.metrics.detection import detection_metrics
+
+    preds = [np.array([[2, 2, 10, 10, 0, 0.9], [20, 20, 30, 30, 0, 0.4]], np.float32), np.zeros((0, 6), np.float32)]
+    truths = [np.array([[2, 2, 10, 10, 0]], np.float32), np.array([[5, 5, 9, 9, 0]], np.float32)]
+    m = detection_metrics(preds, truths, ["a", "b"], n_boot=0)  # "b" has no true box: a legend entry only
+    per = {label: e["froc"] for label, e in m["per_class"].items()}
+    cpms = {"pooled": m["cpm"], **{label: e["cpm"] for label, e in m["per_class"].items()}}
+    assert _is_png(plots.froc_curves(m["fp_rates"], m["froc"], per, cpms, tmp_path / "froc.png"))

@@ -227,8 +227,8 @@ def worst_cases(
 
 def froc_curves(
     fp_rates: Sequence[float],
-    pooled: Sequence[float | None],
-    per_class: Mapping[str, Sequence[float | None]],
+    pooled: Sequence[float | None] | None,
+    per_class: Mapping[str, Sequence[float | None] | None],
     cpms: Mapping[str, float | None],
     path: Path,
 ) -> Path:
@@ -242,14 +242,15 @@ def froc_curves(
     ax = fig.add_subplot()
     curves = [("all labels", "pooled", pooled, 2.2)] + [(label, label, sens, 1.3) for label, sens in per_class.items()]
     for name, key, sens, width in curves:
-        values = np.array([np.nan if v is None else v for v in sens], dtype=np.float64)
-        if np.isnan(values).all():
+        values = np.array([np.nan if v is None else v for v in sens or []], dtype=np.float64)
+        if not values.size or np.isnan(values).all():
             ax.plot([], [], label=f"{name} (no true box)")
             continue
         ax.plot(rates, values, marker="o", markersize=3, linewidth=width, label=f"{name} (CPM {_fmt(cpms.get(key))})")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(rates, [f"{r:g}" for r in rates])
-    ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(0, 1.01))
+    ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(-0.02, 1.02))
     ax.set_title("FROC curves")
     ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)

@@ -259,8 +259,8 @@ class Detection(TaskKind):
         m = result["metrics"]
         args = {
             "fp_rates": list(m["fp_rates"]),
-            "pooled": list(m["froc"]),
-            "per_class": {label: list(e["froc"]) for label, e in m["per_class"].items()},
+            "pooled": m["froc"],  # None for a curve without a true box
+            "per_class": {label: e["froc"] for label, e in m["per_class"].items()},
             "cpms": {"pooled": m["cpm"], **{label: e["cpm"] for label, e in m["per_class"].items()}},
         }
         return [Figure("froc", "froc.png", args)]
