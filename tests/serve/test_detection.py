@@ -47,8 +47,9 @@ def test_predict_answers_boxes_at_the_upload_size_and_logs_them(app: AppHarness,
         assert box["label"] in LABELS and 0 < box["score"] <= 1
         x0, y0, x1, y1 = box["box"]
         assert 0 <= x0 < x1 <= 24 and 0 <= y0 < y1 <= 40
+    assert answer["labels"] == LABELS and answer["size"] == [40, 24]  # what a reader's added boxes are checked by
     record = app.request("GET", f"/v1/predictions/{answer['id']}").json()
-    assert record["outputs"] == {"boxes": expected}
+    assert record["outputs"] == {"boxes": expected, "labels": LABELS, "size": [40, 24]}
 
 
 def test_feedback_on_a_detection_answer_takes_labels_not_a_value(app: AppHarness) -> None:
@@ -57,3 +58,11 @@ def test_feedback_on_a_detection_answer_takes_labels_not_a_value(app: AppHarness
     assert refused.status_code == 422 and "send 'labels'" in refused.json()["error"]
     taken = app.request("POST", "/v1/feedback", json={"prediction_id": answer["id"], "labels": {"Nodule": 1}})
     assert taken.status_code == 201, taken.text
+    # A reader may add a box of any of the model's labels, not only those it answered, inside the image only.
+    h, w = answer["size"]
+    added = [{"label": label, "box": [1.0, 1.0, w - 1.0, h - 1.0]} for label in LABELS]
+    taken = app.request("POST", "/v1/feedback", json={"prediction_id": answer["id"], "labels": {"boxes": added}})
+    assert taken.status_code == 201, taken.text
+    outside = [{"label": LABELS[0], "box": [0.0, 0.0, w + 5.0, h]}]
+    refused = app.request("POST", "/v1/feedback", json={"prediction_id": answer["id"], "labels": {"boxes": outside}})
+    assert refused.status_code == 422 and "labels.boxes[0]" in refused.json()["error"]

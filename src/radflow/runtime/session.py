@@ -337,7 +337,11 @@ class RadflowModel:
                 # A box reaching into the padding ends at the image's edge; one wholly in the padding is not on it.
                 kept[:, :4] = to_original(kept[:, :4], height, width, self.spec.size).clip(0, [width, height] * 2)
                 kept = kept[(kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])]
-            return self.meta.kind.encode(kept, self.meta.labels, self.thresholds, None)
+            answer = self.meta.kind.encode(kept, self.meta.labels, self.thresholds, None)
+            # What a reader's corrected boxes are checked against: the model's labels and the image's bounds.
+            answer.box_labels = list(self.meta.labels)
+            answer.size = (int(size[0]), int(size[1])) if size is not None else None
+            return answer
         row = np.asarray(scores, dtype=np.float64).reshape(-1)
         return self.meta.kind.encode(row, self.meta.labels, self.thresholds, self.meta.target_unit)
 

@@ -124,6 +124,10 @@ class Prediction:
     boxes: list[dict[str, Any]] | None = None
     """A detection kind's answer, one ``{"label", "score", "box": [x0, y0, x1, y1]}`` per box in the input's
     original pixel coordinates, best first (:meth:`radflow.tasks.detection.Detection.encode`)."""
+    box_labels: list[str] | None = None
+    """Every label a detection model may answer (a reader's added box may carry any of them)."""
+    size: tuple[int, int] | None = None
+    """The input's original (height, width), where the runtime knew it (detection answers: the boxes' bounds)."""
 
     @property
     def positives(self) -> list[str]:
@@ -133,7 +137,12 @@ class Prediction:
         if self.structures is not None:
             return {"structures": self.structures}
         if self.boxes is not None:
-            return {"boxes": self.boxes}
+            answer: dict[str, Any] = {"boxes": self.boxes}
+            if self.box_labels is not None:
+                answer["labels"] = list(self.box_labels)
+            if self.size is not None:
+                answer["size"] = [int(self.size[0]), int(self.size[1])]
+            return answer
         if self.findings is None:
             return {"prediction": {"value": self.value, "unit": self.unit}}
         out: dict[str, Any] = {"findings": [f.to_dict() for f in self.findings]}
