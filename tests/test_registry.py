@@ -582,3 +582,34 @@ def test_the_dice_drop_gate_is_a_paired_test_on_the_same_images_when_both_runs_h
     assert steady["comparison"]["ci"] == pytest.approx([-0.125, -0.125]) and "95% CI" in steady["message"]
     point = check_gates({"test_mean_dice": 0.75, "test_dice_Heart": 0.75}, tags, gates, champion)
     assert not next(c for c in point["checks"] if c["gate"] == "max_dice_drop")["passed"]
+
+
+def test_two_segmentation_evaluations_align_on_their_shared_images_into_paired_dice(tmp_path: Path) -> None:
+    """What registration downloads (both runs' predictions.parquet) becomes the paired Dice test's input."""
+    import pandas as pd
+
+    from radflow.registry.comparison import align_predictions
+    from radflow.registry.gates import PairedDice
+
+    def write(name: str, ids: list[str], heart: list[float], lesion: list[float]) -> Path:
+        path = tmp_path / f"{name}.parquet"
+        frame = pd.DataFrame({"image_id": ids, "patient_id": [f"p{i[-1]}" for i in ids],
+                              "dice:Heart": heart, "dice:Lesion": lesion, "truth_empty:Heart": False})  # fmt: skip
+        frame.to_parquet(path)
+        return path
+
+    nan = float("nan")
+    mine = write("candidate", ["a1", "b2", "c3"], [0.9, 0.8, 0.7], [nan, 0.5, 0.0])
+    theirs = write("champion", ["c3", "a1", "z9"], [0.6, 0.95, 0.1], [0.2, nan, 0.3])
+    paired, why = align_predictions(mine, theirs)
+    assert why is None and isinstance(paired, PairedDice)
+    assert paired.structures == ["Heart", "Lesion"]
+    np.testing.assert_array_equal(paired.candidate, [[0.9, nan], [0.7, 0.0]])  # a1 and c3, in the candidate's order
+    np.testing.assert_array_equal(paired.champion, [[0.95, nan], [0.6, 0.2]])
+    assert list(paired.groups) == ["p1", "p3"]
+    scores = tmp_path / "scores.parquet"
+    pd.DataFrame({"image_id": ["a1"], "patient_id": ["p1"], "target:Edema": [1.0], "score:Edema": [0.2]}).to_parquet(
+        scores
+    )
+    nothing, why = align_predictions(mine, scores)
+    assert nothing is None and "Dice per structure and the other scores" in str(why)

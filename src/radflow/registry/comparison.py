@@ -5,7 +5,9 @@ test image: ``image_id``, the pseudonymous ``patient_id``, ``target:<label>`` an
 ``score:<label>``), so registration compares a candidate with the champion on the same images
 without loading either model or the dataset. A detection run's file holds each image's boxes instead
 (``truth:<label>``, ``boxes:<label>``, :func:`radflow.evaluate.report.write_box_predictions`), which
-:func:`align_boxes` turns into :class:`~radflow.registry.gates.PairedBoxes`. :func:`fetch_paired`
+:func:`align_boxes` turns into :class:`~radflow.registry.gates.PairedBoxes`; a segmentation run's holds each
+image's Dice per structure (``dice:<structure>``, NaN where undefined), which :func:`align_dice` turns into
+:class:`~radflow.registry.gates.PairedDice`. :func:`fetch_paired`
 downloads both files and :func:`align_predictions` joins them; the paired test itself is
 :func:`radflow.registry.gates.check_gates`'s, with the statistics of :mod:`radflow.metrics.paired`.
 """
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radflow.errors import DataError
-from radflow.registry.gates import PairedBoxes, PairedScores
+from radflow.registry.gates import PairedBoxes, PairedDice, PairedScores
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,6 +31,7 @@ __all__ = [
     "PREDICTIONS_ARTIFACT",
     "PREDICTIONS_FILE",
     "align_boxes",
+    "align_dice",
     "align_predictions",
     "fetch_paired",
     "read_predictions",
@@ -51,10 +54,44 @@ def read_predictions(path: Path) -> tuple[pd.DataFrame, list[str]]:
     missing = {"image_id", "patient_id"} - set(frame.columns)
     if missing:
         raise DataError(f"not a radflow predictions file (no {sorted(missing)} column).", path=path)
-    prefix = "boxes:" if any(c.startswith("boxes:") for c in frame.columns) else "score:"
+    prefix = _kind_prefix(frame)
     labels = [c.removeprefix(prefix) for c in frame.columns if c.startswith(prefix)]
     frame = frame.drop_duplicates("image_id").set_index("image_id")
     return frame, labels
+
+
+def _kind_prefix(frame: pd.DataFrame) -> str:
+    """The column prefix that names a file's labels: ``boxes:`` (detection), ``dice:`` (segmentation) or ``score:``."""
+    for prefix in ("boxes:", "dice:"):
+        if any(c.startswith(prefix) for c in frame.columns):
+            return prefix
+    return "score:"
+
+
+def align_dice(candidate: Path, champion: Path) -> tuple[PairedDice | None, str | None]:
+    """Two segmentation files joined on the images they share: ``(PairedDice, None)``, or ``(None, why not)``.
+
+    Structures are those both files hold Dice of; Dice is NaN where it is undefined (both masks empty).
+    """
+    mine, mine_structures = read_predictions(candidate)
+    theirs, their_structures = read_predictions(champion)
+    structures = [s for s in mine_structures if s in their_structures]
+    shared = mine.index.intersection(theirs.index)
+    if not structures or not len(shared):
+        return None, (
+            f"the two evaluations share {len(shared)} image(s) and {len(structures)} structure(s); nothing to compare."
+        )
+    mine, theirs = mine.loc[shared], theirs.loc[shared]
+    columns = [f"dice:{s}" for s in structures]
+    return (
+        PairedDice(
+            structures=structures,
+            candidate=mine[columns].to_numpy(dtype=np.float64),
+            champion=theirs[columns].to_numpy(dtype=np.float64),
+            groups=mine["patient_id"].astype(str).to_numpy(),
+        ),
+        None,
+    )
 
 
 def _boxes(frame: pd.DataFrame, labels: list[str], prefix: str, width: int) -> list[np.ndarray]:
@@ -96,19 +133,25 @@ def align_boxes(candidate: Path, champion: Path) -> tuple[PairedBoxes | None, st
     )
 
 
-def align_predictions(candidate: Path, champion: Path) -> tuple[PairedScores | PairedBoxes | None, str | None]:
+def align_predictions(
+    candidate: Path, champion: Path
+) -> tuple[PairedScores | PairedBoxes | PairedDice | None, str | None]:
     """Both files joined on the images they share: ``(PairedScores, None)``, or ``(None, why not)``.
 
     Targets come from the candidate's file; labels are those both models score and the candidate's
-    file has targets for. Detection files (boxes per image) are aligned by :func:`align_boxes`.
+    file has targets for. Detection files (boxes per image) are aligned by :func:`align_boxes`,
+    segmentation files (Dice per image) by :func:`align_dice`.
     """
     mine, mine_labels = read_predictions(candidate)
     theirs, their_labels = read_predictions(champion)
-    mine_boxes, their_boxes = (any(c.startswith("boxes:") for c in f.columns) for f in (mine, theirs))
-    if mine_boxes != their_boxes:
-        return None, "one evaluation holds boxes and the other scores; nothing to compare."
-    if mine_boxes:
+    kinds = {"boxes:": "boxes", "dice:": "Dice per structure", "score:": "scores"}
+    mine_kind, their_kind = _kind_prefix(mine), _kind_prefix(theirs)
+    if mine_kind != their_kind:
+        return None, f"one evaluation holds {kinds[mine_kind]} and the other {kinds[their_kind]}; nothing to compare."
+    if mine_kind == "boxes:":
         return align_boxes(candidate, champion)
+    if mine_kind == "dice:":
+        return align_dice(candidate, champion)
     labels = [label for label in mine_labels if label in their_labels and f"target:{label}" in mine.columns]
     shared = mine.index.intersection(theirs.index)
     if not labels or not len(shared):
@@ -137,7 +180,7 @@ def _download(client: MlflowClient, run_id: str, into: Path) -> Path | None:
 
 def fetch_paired(
     client: MlflowClient, run_id: str, champion: dict[str, Any]
-) -> tuple[PairedScores | PairedBoxes | None, str | None]:
+) -> tuple[PairedScores | PairedBoxes | PairedDice | None, str | None]:
     """Download the candidate's and the champion's test predictions and align them.
 
     ``(None, reason)`` when either run lacks them (evaluated by an older radflow).

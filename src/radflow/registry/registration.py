@@ -118,7 +118,7 @@ def register(
         champion is not None
         and split is not None
         and split == eval_version(champion["tags"])
-        and gate_family(metrics, run_tags) in ("classification", "detection")
+        and gate_family(metrics, run_tags) in ("classification", "detection", "segmentation")
     ):
         paired, paired_note = fetch_paired(client, run_id, champion)
     outcome = check_gates(metrics, run_tags, gates, champion, paired, paired_note)
