@@ -299,7 +299,7 @@ def test_register_takes_gate_settings(registry: Registry) -> None:
     other = runner.invoke(app, [*base, "-S", "train.lr=0.1"])
     assert other.exit_code == 2 and "register reads only the gates: section" in other.output
     misspelt = runner.invoke(app, [*base, "-S", "gates.min_auroc=0.7"])
-    assert misspelt.exit_code == 2 and "Did you mean 'min_macro_auroc'?" in misspelt.output
+    assert misspelt.exit_code == 2 and "Did you mean 'min_macro_auroc'" in misspelt.output
     listed = runner.invoke(app, ["models", base[3], "--tracking-uri", uri])  # piped: the table is not cut at 80
     row = next(line for line in listed.output.splitlines() if line.startswith("│ 1 "))
     assert "failed (test_macro_auroc 0.7500 < min_macro_auroc 0.8)" in row and run_id[:12] in row

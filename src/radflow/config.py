@@ -298,11 +298,12 @@ class TrainConfig(_Strict):
     early_stopping_patience: int = Field(
         default=3, ge=0, description="Epochs without val improvement before training stops (0 = never stop early)."
     )
-    loss: Literal["bce", "ce", "l1", "dice_bce", "dice", "dice_focal"] | None = Field(
+    loss: Literal["bce", "ce", "l1", "dice_bce", "dice", "dice_focal", "detector"] | None = Field(
         default=None,
         description=(
             "Loss; chosen from the task when unset (multilabel bce, multiclass ce, regression l1, "
-            "segmentation dice_bce; segmentation also takes dice, bce and dice_focal)."
+            "segmentation dice_bce; segmentation also takes dice, bce and dice_focal; detection detector: "
+            "the sum of the detector's own loss terms)."
         ),
     )
     pos_weight: bool = Field(

@@ -47,7 +47,7 @@ def _input(n: int) -> np.ndarray:
 def test_server_and_model_metadata(client: Any) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
-    assert client.is_model_ready("multilabel-0") and client.is_model_ready("multilabel-0", "1")
+    assert client.is_model_ready("multilabel-0") and client.is_model_ready("multilabel-0", "unregistered")
     assert not client.is_model_ready("nope")
     meta = client.get_model_metadata("multilabel-0")
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 32, 32]}]
@@ -73,7 +73,7 @@ def test_default_outputs_include_the_cam_and_stats_count_inferences(client: Any)
     x = _input(2)
     tensor = httpclient.InferInput("image", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
-    result = client.infer("multilabel-0", [tensor], model_version="1")
+    result = client.infer("multilabel-0", [tensor], model_version="unregistered")
     assert result.as_numpy("probabilities").shape == (2, 3)
     assert result.as_numpy("cam").shape[:2] == (2, 3)
     stats = client.get_inference_statistics("multilabel-0")["model_stats"][0]

@@ -63,7 +63,7 @@ def test_broken_export_fails_and_leaves_no_file(tmp_path: Path, monkeypatch: pyt
 
     import radflow.export.pipeline as pipeline
 
-    def export_wrong(model: torch.nn.Module, meta_: object, path: Path, opset: int = 17) -> Path:
+    def export_wrong(model: torch.nn.Module, meta_: object, path: Path, opset: int = 17, name: str = "") -> Path:
         wrong = load_model(checkpoint)[0]
         with torch.no_grad():
             wrong.fc.bias.sub_(0.5)

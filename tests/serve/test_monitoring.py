@@ -184,7 +184,7 @@ def test_a_model_without_reference_is_served_and_says_why(model: Path, tmp_path:
     try:
         ds = Dataset.open(next(model.parent.glob("ds-*")))
         _send(app, ds.images(ds.indices("test"))[:3])
-        report = _report(app)["drift"]["models"]["model/1"]
+        report = _report(app)["drift"]["models"]["model/unregistered"]  # a plain file: its stem, unregistered
         assert report["status"] == "no_reference"
         assert "reference.json" in report["reason"]
         assert report["observed"] == 3
