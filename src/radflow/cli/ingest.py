@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 
 from radflow.cli._app import app, console, emit, progress_bar, run_command
-from radflow.data.ingest import IngestOptions, ingest
-from radflow.data.sources import FORMATS
+from radflow.data.formats import FORMATS
 
 __all__ = ["ingest_command"]
 
@@ -100,6 +99,9 @@ def ingest_command(
     """Decode, de-identify, preprocess and version a source: CheXpert, NIH, RSNA bone-age, folder or DICOM
     (classification, regression), SIIM-ACR RLE or a folder of images with masks/COCO/DICOM SEG (segmentation),
     RSNA Pneumonia, VinBigData (several readers, fused), NIH BBox_List, COCO JSON or Label Studio boxes (detection)."""
+    # The readers (pandas, pydicom) load when the command runs, not with the CLI: `radflow --help` stays quick.
+    from radflow.data.ingest import IngestOptions, ingest
+
     options = IngestOptions(
         size=size,
         uncertain=uncertain,

@@ -9,13 +9,13 @@ import typer
 from rich.table import Table
 
 from radflow.cli._app import app, console, emit, run_command
-from radflow.data.dataset import SPLITS
-from radflow.data.split import split_dataset
 
 __all__ = ["split_command"]
 
 
 def _render(summary: dict[str, Any]) -> None:
+    from radflow.data.dataset import SPLITS
+
     counts = summary["counts"]
     requested = summary["requested"]
     console.print(
@@ -55,5 +55,8 @@ def split_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the split summary as JSON.")] = False,
 ) -> None:
     """Split a dataset into train/val/test by patient, stratified by label, keeping the source's official split."""
+    # Imported when the command runs (pandas), not with the CLI.
+    from radflow.data.split import split_dataset
+
     summary = run_command(lambda: split_dataset(ds, val=val, test=test, seed=seed))
     emit(summary, as_json, _render)

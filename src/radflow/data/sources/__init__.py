@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from radflow.data.formats import BOX_FORMATS, FORMATS, SEGMENTATION_FORMATS
 from radflow.data.sources.base import SourceRecord, SourceTable
 from radflow.data.sources.boneage import read_boneage
 from radflow.data.sources.boxsources import (
-    BOX_FORMATS,
     read_coco_box_source,
     read_label_studio_source,
     read_nih_box_source,
@@ -24,9 +24,6 @@ from radflow.errors import ConfigError, did_you_mean
 
 __all__ = ["BOX_FORMATS", "FORMATS", "SEGMENTATION_FORMATS", "SourceRecord", "SourceTable", "read_source"]
 
-FORMATS = ("chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks", *BOX_FORMATS)
-SEGMENTATION_FORMATS = ("siim", "masks")
-"""Formats whose records carry masks (task ``segmentation``; ``--labels`` selects structures)."""
 
 _BOX_READERS = {
     "rsna-boxes": read_rsna_box_source,

@@ -51,7 +51,6 @@ from radflow.data.sources.paths import AS_WRITTEN, SourceFolder, SourcePathError
 from radflow.errors import NotFoundError
 
 __all__ = [
-    "BOX_FORMATS",
     "read_coco_box_source",
     "read_label_studio_source",
     "read_nih_box_source",
@@ -59,7 +58,6 @@ __all__ = [
     "read_vinbig_source",
 ]
 
-BOX_FORMATS = ("rsna-boxes", "vinbig", "nih-boxes", "coco-boxes", "label-studio")
 LABELS_FILE = "labels.txt"
 COCO_BOX_FILE = "annotations.json"
 
