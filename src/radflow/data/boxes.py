@@ -31,6 +31,7 @@ import pandas as pd
 
 from radflow.data.preprocess import pad_geometry
 from radflow.errors import DataError
+from radflow.metrics.detection import box_iou
 
 __all__ = [
     "BOX_COLUMNS",
@@ -102,18 +103,6 @@ def check_box(box: SourceBox, height: int, width: int) -> None:
             f"box {box.label!r} (x0={box.x0:g}, y0={box.y0:g}, x1={box.x1:g}, y1={box.y1:g}) lies outside "
             f"its {width} x {height} (width x height) image"
         )
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box of ``a`` (n, 4) with every box of ``b`` (m, 4): (n, m)."""
-    a, b = np.asarray(a, dtype=np.float64).reshape(-1, 4), np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def fuse_boxes(

@@ -59,8 +59,12 @@ HitCriterion = Literal["iou", "center"]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of every box of ``a`` ``(n, 4+)`` with every box of ``b`` ``(m, 4+)``: ``(n, m)``."""
-    a, b = np.asarray(a, dtype=np.float64)[:, :4], np.asarray(b, dtype=np.float64)[:, :4]
+    """Intersection over union of every box of ``a`` ``(n, 4+)`` with every box of ``b`` ``(m, 4+)``: ``(n, m)``.
+
+    The one box IoU in radflow (box fusion, NMS, matching, online metrics); a single box may be given as ``(4,)``.
+    """
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))[:, :4]
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))[:, :4]
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
     inter = w * h

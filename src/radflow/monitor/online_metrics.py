@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from radflow.metrics.detection import box_iou
 from radflow.metrics.metrics import (
     binary_at_threshold,
     bootstrap_weights,
@@ -319,14 +320,6 @@ def box_arrays(rows: Sequence[LabelledPrediction]) -> tuple[list[str], list[np.n
     return labels, served, corrected
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None]
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def matched_boxes(served: np.ndarray, corrected: np.ndarray, label: int, iou: float = DETECTION_IOU) -> int:
     """Corrected boxes of ``label`` found by a served box of it: served boxes best score first, each taking the
     unmatched corrected box it overlaps most at IoU >= ``iou`` (COCO's greedy matching)."""
@@ -335,7 +328,7 @@ def matched_boxes(served: np.ndarray, corrected: np.ndarray, label: int, iou: fl
     t = corrected[corrected[:, 4] == label]
     if not len(s) or not len(t):
         return 0
-    overlap = _box_iou(s[:, :4], t[:, :4])
+    overlap = box_iou(s, t)
     free = np.ones(len(t), dtype=bool)
     for i in range(len(s)):
         candidates = np.where(free & (overlap[i] >= iou), overlap[i], -1.0)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from radflow.errors import did_you_mean
+from radflow.metrics.detection import box_iou
 from radflow.tasks.base import (
     InvalidFeedbackError,
     LabelSchema,
@@ -63,16 +64,6 @@ TOP_CANDIDATES = 1000
 """Boxes above the threshold kept for NMS, best first."""
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def select_detections(
     activated: np.ndarray,
     score_threshold: float = SCORE_THRESHOLD,
@@ -93,7 +84,7 @@ def select_detections(
     keep: list[int] = []
     for k in np.unique(label):
         mine = np.flatnonzero(label == k)  # best first
-        overlap = _iou(candidates[mine], candidates[mine])
+        overlap = box_iou(candidates[mine], candidates[mine])
         alive = np.ones(len(mine), dtype=bool)
         for i in range(len(mine)):
             if alive[i]:
