@@ -40,8 +40,10 @@ def test_batches_hold_each_images_boxes_padded_with_nan_rows(det: Path) -> None:
     rows = ds.indices("train")
     data = ShardBatches(ds, rows, ds.spec, ds.targets(rows), boxes=box_targets(ds, rows))
     x, y, _ = data[list(range(len(rows)))]
-    assert x.shape == (len(rows), 1, 32, 32) and y.shape == (len(rows), 2, 5)
-    for i, frame in enumerate(ds.boxes(rows)):
+    frames = ds.boxes(rows)
+    most = max(len(frame) for frame in frames)  # which patients land in train depends on the site's salt
+    assert most >= 1 and x.shape == (len(rows), 1, 32, 32) and y.shape == (len(rows), most, 5)
+    for i, frame in enumerate(frames):
         kept = y[i][~torch.isnan(y[i, :, 0])].numpy()
         assert np.allclose(kept[:, :4], frame[["x0", "y0", "x1", "y1"]].to_numpy(), atol=1e-4)
         assert (kept[:, 4] == 0).all()  # the one label's index
