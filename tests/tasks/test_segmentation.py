@@ -225,8 +225,8 @@ def test_corrected_masks_validate_against_the_answer() -> None:
     cases = [
         ({"masks": {"Left Lnug": encode_rle(corrected)}}, r"labels\.masks\['Left Lnug'\].*Did you mean 'Left Lung'"),
         ({"masks": {"Heart": encode_rle(np.zeros((7, 5), bool))}}, r"\.size is \[7, 5\]; the prediction's input"),
-        ({"masks": {"Heart": {"size": [5, 7], "counts": "0~"}}}, r"labels\.masks\['Heart'\]\.counts holds '~'"),
-        ({"masks": {"Heart": {"size": [5, 7], "counts": "1"}}}, r"counts cover 1 pixels, not the 5 x 7 image's 35"),
+        ({"masks": {"Heart": {"size": [5, 7], "counts": "0~"}}}, r"labels\.masks\['Heart'\]: RLE counts hold '~'"),
+        ({"masks": {"Heart": {"size": [5, 7], "counts": "1"}}}, r"covers 1 pixels and stops short of the 5 x 7"),
         ({"masks": {"Heart": {"size": [5, 7], "counts": "Z"}}}, r"truncated"),
         ({"masks": {"Heart": {"size": [5, 7]}}}, r"must be COCO RLE"),
         ({"Heart": 1}, r"sends 'labels': \{'masks'"),

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from radflow.errors import did_you_mean
+from radflow.data.rle import decode_rle
+from radflow.errors import DataError, did_you_mean
 from radflow.tasks.base import (
     InvalidFeedbackError,
     LabelSchema,
@@ -345,49 +346,14 @@ class Segmentation(TaskKind):
                 raise InvalidFeedbackError(
                     f"{field}.size is {rle['size']!r}; the prediction's input is {size} (height, width)."
                 )
-            covered = _rle_pixels(rle["counts"], f"{field}.counts")
-            if covered != size[0] * size[1]:
-                raise InvalidFeedbackError(
-                    f"{field}.counts cover {covered} pixels, not the {size[0]} x {size[1]} image's {size[0] * size[1]}."
-                )
+            try:
+                decode_rle(rle, field)
+            except DataError as err:
+                raise InvalidFeedbackError(str(err)) from None
 
     def drift_features(self, labels: Sequence[str]) -> list[str]:
         """The predicted area of each structure (``area:<structure>``)."""
         return [f"area:{label}" for label in labels]
-
-
-def _rle_pixels(counts: Any, field: str) -> int:
-    """Pixels COCO RLE ``counts`` (the compact string or a list of runs) cover; InvalidFeedbackError if malformed.
-
-    :mod:`radflow.runtime.masks` holds the codec, but it sits below this package; the sum of the runs is
-    all a check needs, and reading the compact string's values is a few lines.
-    """
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise InvalidFeedbackError(f"{field}: a list of runs holds non-negative integers only.")
-        return sum(counts)
-    if not isinstance(counts, str):
-        raise InvalidFeedbackError(f"{field} must be a COCO RLE string or a list of runs, got {type(counts).__name__}.")
-    runs: list[int] = []
-    value, shift = 0, 0
-    for i, char in enumerate(counts):
-        c = ord(char) - 48
-        if not 0 <= c <= 63:
-            raise InvalidFeedbackError(f"{field} holds {char!r} at {i}; COCO RLE uses '0'..'o'.")
-        value |= (c & 0x1F) << shift
-        shift += 5
-        if c & 0x20:
-            continue
-        if c & 0x10:
-            value -= 1 << shift
-        run = value + runs[-2] if len(runs) > 2 else value
-        if run < 0:
-            raise InvalidFeedbackError(f"{field}: run {len(runs)} is negative ({run}).")
-        runs.append(run)
-        value, shift = 0, 0
-    if shift:
-        raise InvalidFeedbackError(f"{field} is truncated (its last value is unfinished).")
-    return sum(runs)
 
 
 def _predicted(scores: np.ndarray) -> np.ndarray:
