@@ -95,3 +95,13 @@ def test_pixel_bomb_pngs_are_refused_from_the_header_naming_their_size() -> None
     decoded = decode_image(wide, max_aspect_ratio=None)
     assert decoded.pixels.shape == (20, 20000)
     assert prepare_pixels(decoded.pixels, 64).shape == (64, 64)
+
+
+def test_training_spacing_follows_the_pad_cap_and_resample() -> None:
+    from radflow.data.preprocess import MAX_PAD_SIDE, training_spacing
+
+    assert training_spacing((0.5, 0.5), 100, 50, 50) == (1.0, 1.0)  # pad keeps, 100 -> 50 doubles
+    assert training_spacing((0.2, 0.3), 64, 64, 64) == (0.2, 0.3)
+    long = 2 * MAX_PAD_SIDE  # capped first: the long side halves, then the square is resampled
+    row, col = training_spacing((0.1, 0.1), long, MAX_PAD_SIDE, 256)
+    assert row == pytest.approx(0.1 * 2 * MAX_PAD_SIDE / 256) and col == pytest.approx(0.1 * 2 * MAX_PAD_SIDE / 256)

@@ -253,3 +253,28 @@ def test_segmentation_report_is_metrics_segmentation_on_the_split_masks(
     render_evaluation(result, console)
     text = console.export_text()
     assert "Dice [95% CI]" in text and "figures: worst_cases.png" in text
+
+
+def test_segmentation_distances_are_in_mm_when_every_test_image_has_a_pixel_spacing(
+    segmentation_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    ds_path, checkpoint = segmentation_model
+    in_px = evaluate_checkpoint(checkpoint, ds_path, "test", FAST, tmp_path / "px", batch_size=2)
+    copy = tmp_path / "ds-mm"
+    shutil.copytree(ds_path, copy)
+    manifest = pd.read_parquet(copy / "manifest.parquet")
+    manifest["spacing_row_mm"] = manifest["spacing_col_mm"] = 0.5  # what ingest records from PixelSpacing
+    manifest.to_parquet(copy / "manifest.parquet")
+    in_mm = evaluate_checkpoint(checkpoint, copy, "test", FAST, tmp_path / "mm", batch_size=2)
+    assert (in_px["metrics"]["unit"], in_mm["metrics"]["unit"]) == ("px", "mm")
+    compared = 0
+    for structure, px in in_px["metrics"]["per_structure"].items():
+        mm = in_mm["metrics"]["per_structure"][structure]
+        assert mm["dice"] == px["dice"]
+        for metric in ("hd95", "msd"):
+            if px[metric] is not None and np.isfinite(px[metric]):
+                assert mm[metric] == pytest.approx(0.5 * px[metric])
+                compared += 1
+    assert compared > 0

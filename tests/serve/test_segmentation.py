@@ -12,12 +12,12 @@ import pydicom
 import pytest
 from PIL import Image
 
+from radflow.data.decode import decode_image
 from radflow.data.dicom import write_dicom
 from radflow.data.preprocess import to_model_input
 from radflow.inference import ServeSettings
 from radflow.runtime import RadflowModel
 from radflow.runtime.masks import decode_rle
-from radflow.runtime.session import pixel_spacing
 from tests.serve.harness import AppHarness
 from tests.serve.models import make_onnx, png_bytes
 
@@ -87,7 +87,7 @@ def test_mask_png_is_the_logged_rle_pixel_for_pixel(app: AppHarness) -> None:
 
 def test_dicom_seg_answer_references_the_upload_and_reads_back_in_highdicom(app: AppHarness, tmp_path: Path) -> None:
     data = _dicom(tmp_path)
-    assert pixel_spacing(data) == (0.2, 0.4)
+    assert decode_image(data).meta["spacing"] == (0.2, 0.4)
     as_json = app.request("POST", "/v1/predict", content=data).json()
     assert all(s["area_mm2"] == pytest.approx(s["area_px"] * 0.08) for s in as_json["structures"])
 

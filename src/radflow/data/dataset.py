@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_COLUMNS",
     "SHARD_DIR",
+    "SPACING_COLUMNS",
     "SPLITS",
     "Dataset",
     "ShardWriter",
@@ -68,7 +69,11 @@ MANIFEST_COLUMNS = [
     "official_split",  # split fixed by the source (e.g. CheXpert valid.csv -> "test"), else ""
     "shard",  # index of the pixel shard
     "offset",  # row of the image inside its shard
+    "spacing_row_mm",  # mm between pixel rows at training size (DICOM PixelSpacing, rescaled), NaN when unknown
+    "spacing_col_mm",  # mm between pixel columns at training size, NaN when unknown
 ]
+SPACING_COLUMNS = ("spacing_row_mm", "spacing_col_mm")
+"""Optional in what callers pass and in datasets written before them: absent means unknown (NaN)."""
 SHARD_DIR = "shards"
 DEFAULT_SHARD_IMAGES = 4096
 
@@ -188,6 +193,11 @@ def _num(x: float) -> float | None:
     return None if pd.isna(x) else round(float(x), 4)
 
 
+def _with_spacing(manifest: pd.DataFrame) -> pd.DataFrame:
+    missing = {c: np.nan for c in SPACING_COLUMNS if c not in manifest.columns}
+    return manifest.assign(**missing) if missing else manifest
+
+
 def write_dataset(
     root: Path,
     manifest: pd.DataFrame,
@@ -207,6 +217,7 @@ def write_dataset(
     manifest beside a good one.
     """
     root = Path(root)
+    manifest = _with_spacing(manifest)
     missing = [c for c in [*MANIFEST_COLUMNS, *labels] if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest lacks columns {missing}")
@@ -303,7 +314,7 @@ class Dataset:
                 "re-ingest the source.",
                 path=root / "dataset.json",
             )
-        manifest = pd.read_parquet(root / "manifest.parquet")
+        manifest = _with_spacing(pd.read_parquet(root / "manifest.parquet"))
         return cls(root=root, manifest=manifest, info=info)
 
     @property
@@ -430,6 +441,15 @@ class Dataset:
         if not self.is_split and split != "all":
             raise DataError(f"dataset {self.root} is not split yet; run `radflow split {self.root}` first.")
         return np.flatnonzero((self.manifest["split"] == split).to_numpy())
+
+    def spacing(self, rows: np.ndarray | list[int] | range) -> np.ndarray | None:
+        """(n, 2) mm per training-size pixel (row, column) of ``rows``, or None unless every one is known.
+
+        Distances (HD95, surface distance) are then in mm; one image without a spacing makes them pixels
+        for all, since a mix of units cannot be averaged.
+        """
+        values = self.manifest[list(SPACING_COLUMNS)].to_numpy(dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
+        return values if len(values) and bool(np.isfinite(values).all() and (values > 0).all()) else None
 
     def targets(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Label matrix float32 (n, n_labels); NaN = ignore."""

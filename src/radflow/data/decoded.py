@@ -61,6 +61,7 @@ class DecodedImage:
     bits: int
     """Bit depth of the stored values (8 for JPEG, 8/16 for PNG, BitsStored for DICOM)."""
     meta: dict[str, Any] = field(default_factory=dict)
-    """Non-identifying attributes: sex, age (years), view, projection, modality, photometric."""
+    """Non-identifying attributes: sex, age (years), view, projection, modality, photometric, and
+    ``spacing``: the (row, column) pixel size in mm of a DICOM that states it, else absent or None."""
     identifiers: dict[str, str] = field(default_factory=dict)
     """Raw identifiers (patient_id, study_uid, sop_instance_uid) for hashing; never written as-is."""

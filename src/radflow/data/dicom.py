@@ -306,6 +306,23 @@ def _projection(ds: Dataset) -> str:
     return _PROJECTION_ALIASES.get(raw, raw)
 
 
+def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: ``PixelSpacing``, else ``ImagerPixelSpacing``; None if unknown.
+
+    A missing, malformed or non-positive value is unknown rather than an error: distances and areas
+    are then given in pixels.
+    """
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            row, column = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if row > 0 and column > 0 and math.isfinite(row) and math.isfinite(column):
+            return row, column
+    return None
+
+
 def _meta(ds: Dataset, photometric: str) -> dict[str, Any]:
     # Only non-identifying, model-relevant attributes; names, dates and institutions never enter.
     sex = _text(ds, "PatientSex").upper()
@@ -320,6 +337,7 @@ def _meta(ds: Dataset, photometric: str) -> dict[str, Any]:
         "photometric": photometric,
         "bits_stored": int(ds.BitsStored),
         "transfer_syntax": str(_transfer_syntax(ds)),
+        "spacing": pixel_spacing(ds),
     }
 
 

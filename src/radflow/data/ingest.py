@@ -66,7 +66,7 @@ from radflow.data.dataset import SHARD_DIR, Dataset, ShardWriter, write_dataset
 from radflow.data.decode import DEFAULT_MAX_PIXELS, decode_image, sniff_format
 from radflow.data.maskfiles import MaskSpec, load_mask
 from radflow.data.masks import MASK_DIR, pack, prepare_mask
-from radflow.data.preprocess import PreprocessSpec, prepare_pixels
+from radflow.data.preprocess import PreprocessSpec, prepare_pixels, training_spacing
 from radflow.data.sources import SourceRecord, SourceTable, read_source
 from radflow.data.split import EXTRA_SPLIT
 from radflow.errors import ConfigError, DataError, ImageDecodeError, RadflowError
@@ -481,6 +481,9 @@ def ingest(
                 mask_writer.add(processed.mask)
             patient_id, study_id = _identity(record, processed, keys.salt)
             meta = processed.meta
+            spacing = meta.get("spacing")
+            if spacing is not None and processed.shape is not None:
+                spacing = training_spacing(spacing, *processed.shape, spec.size)
             age = record.age if not math.isnan(record.age) else meta.get("age")
             rows.append(
                 {
@@ -493,6 +496,8 @@ def ingest(
                     "projection": record.projection or meta.get("projection", "") or "",
                     "sex": record.sex or meta.get("sex", "") or "",
                     "age": math.nan if age is None else float(age),
+                    "spacing_row_mm": math.nan if spacing is None else spacing[0],
+                    "spacing_col_mm": math.nan if spacing is None else spacing[1],
                     "split": "",
                     "official_split": record.official_split,
                     "shard": shard,

@@ -102,6 +102,15 @@ def pad_geometry(height: int, width: int) -> PadGeometry:
     return PadGeometry(side, h, w, (side - h) // 2, (side - w) // 2)
 
 
+def training_spacing(spacing: tuple[float, float], height: int, width: int, size: int) -> tuple[float, float]:
+    """The (row, column) mm of one pixel of the ``size`` square :func:`prepare_pixels` makes of a
+    ``height`` x ``width`` image whose pixels are ``spacing`` mm: padding keeps the pixel size,
+    capping the long side and resampling the square scale it."""
+    g = pad_geometry(height, width)
+    zoom = g.side / size
+    return spacing[0] * height / g.height * zoom, spacing[1] * width / g.width * zoom
+
+
 def pad_to_square(image: np.ndarray, geometry: PadGeometry, interpolation: int) -> np.ndarray:
     """``image`` capped (resampled with ``interpolation``) and zero-padded, centred, to ``geometry.side`` squared."""
     g = geometry

@@ -352,8 +352,7 @@ def evaluate_checkpoint(
         age_bands=_age_bands(params, kind),
         untrained=_untrained(kind, ds, meta, labels),
         masks=masks,
-        # The dataset keeps no pixel spacing (ingest records none at model size), so distances are in pixels.
-        spacing=None,
+        spacing=ds.spacing(rows) if masks is not None else None,  # mm when every test image states it
         warnings=warnings,
     )
     body = kind.evaluate(data)

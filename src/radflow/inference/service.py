@@ -44,7 +44,6 @@ from radflow.monitor.reference import (
 )
 from radflow.runtime import InvalidInputError
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
-from radflow.runtime.session import pixel_spacing
 from radflow.tasks import Prediction, validate_feedback
 
 if TYPE_CHECKING:
@@ -239,7 +238,7 @@ class InferenceService:
             tensors.append(to_model_input(pixels, a.model.spec))
             summaries.append(input_summary(pixels) if self.drift is not None else None)
         dense = any(a.model.dense for a in arms)
-        spacing = pixel_spacing(data) if dense and decoded.format == "dicom" else None
+        spacing = decoded.meta.get("spacing") if dense else None
         return PreparedImage(decoded, hashlib.sha256(data).hexdigest(), tensors, summaries, spacing)
 
     async def _score(

@@ -11,7 +11,6 @@ Nothing on this module's import path imports torch: the serving process stays sm
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,6 @@ __all__ = [
     "Prediction",
     "RadflowModel",
     "available_cores",
-    "pixel_spacing",
     "session_options",
     "to_model_size",
 ]
@@ -92,31 +90,6 @@ def to_model_size(pixels: np.ndarray, size: int) -> np.ndarray:
     if pixels.shape[1:] == (size, size):
         return pixels
     return np.stack([prepare_pixels(p.astype(np.float32) / 255.0, size) for p in pixels])
-
-
-def pixel_spacing(data: bytes) -> tuple[float, float] | None:
-    """(row, column) spacing in mm of a DICOM upload: ``PixelSpacing``, else ``ImagerPixelSpacing``; None if unknown.
-
-    Read from the header alone (no pixels), for the mm^2 areas of a segmentation answer; a missing,
-    malformed or non-positive value is unknown rather than an error (the areas in pixels still answer).
-    """
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=["PixelSpacing", "ImagerPixelSpacing"]
-        )
-    except Exception:  # not a parseable DICOM header: the decoder has already said what is wrong with it
-        return None
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        try:
-            row, column = (float(v) for v in value)
-        except (TypeError, ValueError):
-            continue
-        if row > 0 and column > 0:
-            return row, column
-    return None
 
 
 def _download_onnx(resolved: ResolvedModel, int8: bool) -> Path:
@@ -363,7 +336,7 @@ class RadflowModel:
         if self.needs_sex:
             extra = sex_feature([sex if sex is not None else image.meta.get("sex", "")])
         scores, _ = self.run(self.prepare(image)[None], extra, cam=False)
-        spacing = pixel_spacing(data) if self.dense and image.format == "dicom" else None
+        spacing = image.meta.get("spacing") if self.dense else None
         height, width = image.pixels.shape
         return self.to_prediction(scores[0], (int(height), int(width)), spacing)
 
