@@ -61,6 +61,10 @@ def test_phantom_chest_masks_ingest_to_its_exact_truth(phantom: Path, tmp_path: 
     assert info["counts"]["patients"] == len({line.split(",")[1] for line in (phantom / "patients.csv").open()}) - 1
     assert info["prevalence"]["all"]["Heart"] == {"positive": 6, "known": 6}
     _stored_matches_truth(ds, phantom, tmp_path / SALT_FILE)
+    # the DICOM phantoms' long side spans 43 cm (430 / 64 mm per pixel); at training size x 64 / SIZE
+    spacing = ds.manifest[["spacing_row_mm", "spacing_col_mm"]].to_numpy()
+    dicom = np.isfinite(spacing[:, 0])
+    assert 0 < dicom.sum() < 6 and np.allclose(spacing[dicom], 430 / SIZE, rtol=1e-5)
 
 
 def test_phantom_rle_csv_reads_as_siim_with_the_same_masks(phantom: Path, tmp_path: Path) -> None:

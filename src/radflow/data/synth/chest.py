@@ -53,6 +53,10 @@ _TRANSFER_SYNTAXES = ((ExplicitVRLittleEndian, 0.7), (RLELossless, 0.15), (JPEG2
 # -------------------------------------------------------------------------------------- write out
 
 
+DETECTOR_MM = 430.0
+"""The detector side a chest phantom's long side spans, for the ImagerPixelSpacing of its DICOM files."""
+
+
 def _dicom_attributes(s: Study) -> dict[str, Any]:
     return {
         "PatientID": f"patient{s.patient_no:05d}",
@@ -96,6 +100,9 @@ def _write_dicom(path: Path, img: np.ndarray, s: Study, rng: np.random.Generator
             break
     attributes = _dicom_attributes(s)
     attributes["Modality"] = "CR" if rng.random() < 0.3 else "DX"
+    # the phantom's long side spans a 43 cm (17-inch) detector of square pixels: distances come out in real mm
+    pixel_mm = round(DETECTOR_MM / max(img.shape), 6)
+    attributes["ImagerPixelSpacing"] = [pixel_mm, pixel_mm]
     write_dicom(
         path,
         np.clip(stored, 0, top).astype(np.uint16),
