@@ -8,12 +8,9 @@ accepting, the studies already acknowledged are scored, and the prediction log i
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import signal
-import sys
 from collections.abc import Callable
 
+from radflow.daemon import log_to_stderr, metrics_http, stop_on_signals
 from radflow.errors import ConfigError
 from radflow.gateway.app import Gateway
 from radflow.gateway.settings import GatewaySettings
@@ -38,7 +35,7 @@ def run_gateway(
     from radflow.inference.routing import load_model
     from radflow.inference.service import preload
 
-    _log_to_stderr(log_level)
+    log_to_stderr("radflow.gateway", log_level)
     for port, what in [(settings.port, "DICOM"), (metrics_port, "metrics")]:
         if port and not port_is_free(settings.host, port):
             raise ConfigError(f"{what} port {port} on {settings.host} is in use; choose another with --port.")
@@ -52,35 +49,13 @@ def run_gateway(
     asyncio.run(_serve(Gateway(settings, serve, models), metrics_port, on_ready))
 
 
-def _log_to_stderr(level: str) -> None:
-    number = logging.getLevelName(level.upper())
-    if not isinstance(number, int):
-        raise ConfigError(f"log level {level!r} is not one of debug, info, warning, error.")
-    logger = logging.getLogger("radflow.gateway")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(number)
-
-
 async def _serve(gateway: Gateway, metrics_port: int | None, on_ready: Callable[[Gateway], None] | None) -> None:
-    from prometheus_client import start_http_server
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await gateway.start()
-    http = None
     try:
-        if metrics_port is not None:
-            http, _thread = start_http_server(metrics_port, addr=gateway.settings.host, registry=gateway.registry)
-        if on_ready is not None:
-            on_ready(gateway)
-        await stop.wait()
+        async with metrics_http(metrics_port, gateway.settings.host, gateway.registry):
+            if on_ready is not None:
+                on_ready(gateway)
+            await stop.wait()
     finally:
-        if http is not None:
-            with contextlib.suppress(Exception):
-                http.shutdown()
         await gateway.stop()

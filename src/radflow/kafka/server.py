@@ -9,13 +9,10 @@ once) and the prediction log is flushed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import signal
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from radflow.daemon import log_to_stderr, metrics_http, stop_on_signals
 from radflow.errors import ConfigError
 from radflow.inference.settings import ServeSettings
 from radflow.kafka.settings import KafkaSettings
@@ -45,23 +42,11 @@ def run_worker(
     from radflow.hardware import port_is_free
     from radflow.inference.service import preload
 
-    _log_to_stderr(log_level)
+    log_to_stderr("radflow.kafka", log_level)
     if metrics_port and not port_is_free(serve.host, metrics_port):
         raise ConfigError(f"metrics port {metrics_port} on {serve.host} is in use; choose another with --metrics-port.")
     models = preload(serve)
     asyncio.run(_serve(kafka, serve, models, deliver, create_topics, metrics_port, on_ready))
-
-
-def _log_to_stderr(level: str) -> None:
-    number = logging.getLevelName(level.upper())
-    if not isinstance(number, int):
-        raise ConfigError(f"log level {level!r} is not one of debug, info, warning, error.")
-    logger = logging.getLogger("radflow.kafka")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(number)
 
 
 async def _serve(
@@ -73,30 +58,20 @@ async def _serve(
     metrics_port: int | None,
     on_ready: Callable[[Worker], None] | None,
 ) -> None:
-    from prometheus_client import start_http_server
-
     from radflow.inference.service import InferenceService
     from radflow.kafka.client import ensure_topics
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     if create_topics:
         await ensure_topics(kafka, partitions=create_topics)
     service = InferenceService(serve, preloaded=models)
     await service.start()
-    http = None
     try:
         worker = Worker(kafka, service, deliver)
         await worker.start()
-        if metrics_port is not None:
-            http, _thread = start_http_server(metrics_port, addr=serve.host, registry=service.metrics.registry)
-        if on_ready is not None:
-            on_ready(worker)
-        await worker.run(stop)
+        async with metrics_http(metrics_port, serve.host, service.metrics.registry):
+            if on_ready is not None:
+                on_ready(worker)
+            await worker.run(stop)
     finally:
-        if http is not None:
-            with contextlib.suppress(Exception):
-                http.shutdown()
         await service.stop()
