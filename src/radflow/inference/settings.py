@@ -16,14 +16,14 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from radflow.config import DEFAULT_CONTENT_TYPES, ServeConfig, load_params
+from radflow.config import DEFAULT_CONTENT_TYPES, Params, ServeConfig, load_params
 from radflow.modelref import CHAMPION, model_uri
 
-__all__ = ["DEFAULT_CONTENT_TYPES", "ServeSettings"]
+__all__ = ["DEFAULT_CONTENT_TYPES", "ServeSettings", "WorkspaceSettings"]
 
 
-class _WorkspaceParams(PydanticBaseSettingsSource):
-    """The serving settings a workspace's params.yaml holds; below the environment, above the defaults.
+class _WorkspaceSource(PydanticBaseSettingsSource):
+    """What a workspace's params.yaml holds for a :class:`WorkspaceSettings`; below the environment, above the defaults.
 
     The workspace is the one the higher sources name (flag or ``RADFLOW_WORKSPACE``); without one,
     no params.yaml is read, so ``radflow serve --model FILE`` never picks up the current folder's.
@@ -39,14 +39,34 @@ class _WorkspaceParams(PydanticBaseSettingsSource):
         path = Path(workspace) / "params.yaml"
         if not path.is_file():
             return {}
-        params = load_params(path)
-        values: dict[str, Any] = params.serve.model_dump(exclude_unset=True)
-        if "name" in params.registry.model_fields_set:
-            values["model_name"] = params.registry.name
-        return values
+        assert issubclass(self.settings_cls, WorkspaceSettings)
+        return self.settings_cls.from_workspace(load_params(path))
 
 
-class ServeSettings(ServeConfig, BaseSettings):
+class WorkspaceSettings(BaseSettings):
+    """Settings of one process read as: keyword arguments (flags) > environment > the named workspace's
+    params.yaml (:meth:`from_workspace` picks the section) > defaults. Serving and Kafka settings are these."""
+
+    workspace: Path | None = None
+
+    @classmethod
+    def from_workspace(cls, params: Params) -> dict[str, Any]:
+        """The values params.yaml gives these settings (only the keys it sets)."""
+        raise NotImplementedError
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _WorkspaceSource(settings_cls)
+
+
+class ServeSettings(ServeConfig, WorkspaceSettings):
     """How ``radflow serve`` runs; every field can be set as ``RADFLOW_<FIELD>`` (upper case).
 
     The fields of :class:`radflow.config.ServeConfig` can also be set in params.yaml's ``serve:``;
@@ -71,15 +91,11 @@ class ServeSettings(ServeConfig, BaseSettings):
     """Bearer token of the admin endpoints (RADFLOW_ADMIN_TOKEN); unset disables them."""
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _WorkspaceParams(settings_cls)
+    def from_workspace(cls, params: Params) -> dict[str, Any]:
+        values: dict[str, Any] = params.serve.model_dump(exclude_unset=True)
+        if "name" in params.registry.model_fields_set:
+            values["model_name"] = params.registry.name
+        return values
 
     @property
     def root(self) -> Path:

@@ -13,31 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from radflow.config import KafkaConfig, load_params
+from radflow.config import KafkaConfig, Params
 from radflow.errors import ConfigError
+from radflow.inference.settings import WorkspaceSettings
 
 __all__ = ["KafkaSettings"]
 
 
-class _WorkspaceKafka(PydanticBaseSettingsSource):
-    """params.yaml's ``kafka:`` of the workspace a higher source names (none named: nothing is read)."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ reads the whole section at once
-
-    def __call__(self) -> dict[str, Any]:
-        workspace = self.current_state.get("workspace")
-        path = Path(workspace) / "params.yaml" if workspace is not None else None
-        if path is None or not path.is_file():
-            return {}
-        values: dict[str, Any] = load_params(path).kafka.model_dump(exclude_unset=True)
-        return values
-
-
-class KafkaSettings(KafkaConfig, BaseSettings):
+class KafkaSettings(KafkaConfig, WorkspaceSettings):
     """Where the brokers are, the topics, the consumer group and how hard a worker works."""
 
     model_config = SettingsConfigDict(
@@ -60,15 +45,9 @@ class KafkaSettings(KafkaConfig, BaseSettings):
     """A member silent this long (a killed worker) is dropped from the group and its partitions reassigned."""
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _WorkspaceKafka(settings_cls)
+    def from_workspace(cls, params: Params) -> dict[str, Any]:
+        values: dict[str, Any] = params.kafka.model_dump(exclude_unset=True)
+        return values
 
     @field_validator("bootstrap")
     @classmethod
