@@ -42,6 +42,7 @@ __all__ = [
     "flatten_params",
     "load_params",
     "params_yaml",
+    "validate_params",
 ]
 
 
@@ -518,7 +519,7 @@ class Params(_Strict):
                     node[part] = value
                 else:
                     node = node.setdefault(part, {})
-        return _validate(data, "overrides")
+        return validate_params(data, "overrides")
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (what a run logs as config/params.yaml)."""
@@ -603,7 +604,8 @@ def _unknown(name: str, fields: list[str]) -> str:
     return did_you_mean(name, fields, aliases)
 
 
-def _validate(data: dict[str, Any], source: str) -> Params:
+def validate_params(data: dict[str, Any], source: str) -> Params:
+    """``data`` (a parsed params.yaml) as :class:`Params`; a ConfigError naming ``source`` and each bad key."""
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
@@ -732,7 +734,7 @@ def load_params(path: Path | None) -> Params:
         raise ConfigError(
             f"{path}: expected a mapping of sections (train:, evaluate:, ...), got {type(data).__name__}."
         )
-    return _validate(data, str(path))
+    return validate_params(data, str(path))
 
 
 def flatten_params(params: Params) -> dict[str, str]:

@@ -40,7 +40,15 @@ from pydicom.uid import (
 from radflow.data.decoded import DEFAULT_MAX_PIXELS, DecodedImage
 from radflow.errors import ConfigError, ImageDecodeError, did_you_mean
 
-__all__ = ["WRITABLE_TRANSFER_SYNTAXES", "decode_dicom", "parse_age", "write_dicom"]
+__all__ = [
+    "WRITABLE_TRANSFER_SYNTAXES",
+    "decode_dicom",
+    "header_attributes",
+    "header_identifiers",
+    "parse_age",
+    "pixel_spacing",
+    "write_dicom",
+]
 
 _DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 _CR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.1")
@@ -106,8 +114,8 @@ def decode_dicom(data: bytes, name: str = "<upload>", max_pixels: int = DEFAULT_
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         format="dicom",
         bits=int(ds.BitsStored),
-        meta=_meta(ds, photometric),
-        identifiers=_identifiers(ds),
+        meta=header_attributes(ds, photometric),
+        identifiers=header_identifiers(ds),
     )
 
 
@@ -323,8 +331,9 @@ def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
-def _meta(ds: Dataset, photometric: str) -> dict[str, Any]:
-    # Only non-identifying, model-relevant attributes; names, dates and institutions never enter.
+def header_attributes(ds: Dataset, photometric: str) -> dict[str, Any]:
+    """The decoded image's ``meta``: only non-identifying, model-relevant attributes (names, dates and
+    institutions never enter)."""
     sex = _text(ds, "PatientSex").upper()
     projection = _projection(ds)
     view = "frontal" if projection in _FRONTAL else "lateral" if projection in _LATERAL else ""
@@ -341,7 +350,7 @@ def _meta(ds: Dataset, photometric: str) -> dict[str, Any]:
     }
 
 
-def _identifiers(ds: Dataset) -> dict[str, str]:
+def header_identifiers(ds: Dataset) -> dict[str, str]:
     """Raw identifiers for ingest to hash; a key is present only when the file has a value."""
     found = {
         "patient_id": _text(ds, "PatientID"),

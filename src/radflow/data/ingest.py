@@ -203,12 +203,12 @@ def _reused(digest: str, data: bytes, name: str) -> tuple[_Processed, tuple[int,
         import pydicom
 
         # the decoder's own attribute readers, so a reused image gets exactly what decoding gave it
-        from radflow.data.dicom import _identifiers, _meta
+        from radflow.data.dicom import header_attributes, header_identifiers
 
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             photometric = str(ds.PhotometricInterpretation).strip().upper()
-            processed = _Processed(digest, None, _meta(ds, photometric), _identifiers(ds))
+            processed = _Processed(digest, None, header_attributes(ds, photometric), header_identifiers(ds))
             return processed, (int(ds.Rows), int(ds.Columns))
         except Exception as exc:  # it decoded last time: a header that fails now is a changed pydicom
             raise ImageDecodeError(f"cannot read the DICOM header again ({type(exc).__name__})", path=name) from None

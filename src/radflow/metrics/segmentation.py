@@ -285,10 +285,10 @@ def _subgroups(
     scores: ImageMetrics, structures: Sequence[str], manifest: pd.DataFrame, age_bands: Sequence[float]
 ) -> dict[str, dict[str, Any]]:
     """Mean Dice/IoU/HD95/MSD per structure by the classifiers' subgroup columns (sex, age band, projection)."""
-    from radflow.metrics.subgroups import _subgroup_columns, band_names
+    from radflow.metrics.subgroups import band_names, subgroup_columns
 
     out: dict[str, dict[str, Any]] = {}
-    for grouping, values in _subgroup_columns(manifest.reset_index(drop=True), age_bands).items():
+    for grouping, values in subgroup_columns(manifest.reset_index(drop=True), age_bands).items():
         order = band_names(age_bands) if grouping == "age_band" else sorted(set(values) - {""})
         groups: dict[str, Any] = {}
         for value in order:

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from radflow.metrics.bootstrap import json_float
 from radflow.metrics.thresholds import single_class_reason
 
-__all__ = ["assign_bands", "band_names", "subgroup_metrics"]
+__all__ = ["assign_bands", "band_names", "subgroup_columns", "subgroup_metrics"]
 
 
 def band_names(edges: Sequence[float]) -> list[str]:
@@ -34,7 +34,8 @@ def assign_bands(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return names[idx]
 
 
-def _subgroup_columns(manifest: pd.DataFrame, age_bands: Sequence[float]) -> dict[str, np.ndarray]:
+def subgroup_columns(manifest: pd.DataFrame, age_bands: Sequence[float]) -> dict[str, np.ndarray]:
+    """Each image's group per subgrouping the manifest allows: sex, age band (``age_bands``), AP/PA projection."""
     columns: dict[str, np.ndarray] = {}
     if "sex" in manifest:
         columns["sex"] = manifest["sex"].fillna("").astype(str).to_numpy()
@@ -59,7 +60,7 @@ def subgroup_metrics(
     y_true = np.asarray(y_true, dtype=np.float64)
     y_score = np.asarray(y_score, dtype=np.float64)
     out: dict[str, dict[str, Any]] = {}
-    for grouping, values in _subgroup_columns(manifest.reset_index(drop=True), age_bands).items():
+    for grouping, values in subgroup_columns(manifest.reset_index(drop=True), age_bands).items():
         groups: dict[str, Any] = {}
         order = band_names(age_bands) if grouping == "age_band" else sorted(set(values) - {""})
         for value in order:

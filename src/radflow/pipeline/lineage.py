@@ -79,13 +79,13 @@ def _dirty_files(root: Path) -> list[str]:
 
 
 def _committed_params(root: Path, commit: str) -> Params | None:
-    from radflow.config import _validate
+    from radflow.config import validate_params
 
     text = _git(root, "show", f"{commit}:params.yaml") if commit else ""
     if not text:
         return None
     try:
-        return _validate(yaml.safe_load(text) or {}, f"{commit}:params.yaml")
+        return validate_params(yaml.safe_load(text) or {}, f"{commit}:params.yaml")
     except Exception:  # an old commit with params radflow no longer reads: no -S list then
         return None
 
