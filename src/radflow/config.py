@@ -131,6 +131,11 @@ class ExportConfig(_Strict):
         ge=0,
         description="Largest mean Dice drop on the val split an INT8 segmentation model may show and still be kept.",
     )
+    max_int8_map_drop: float = Field(
+        default=0.02,
+        ge=0,
+        description="Largest mAP50 drop on the val split an INT8 detection model may show and still be kept.",
+    )
     triton: bool = Field(default=False, description="Also write a Triton model repository (models/triton).")
 
 
@@ -319,6 +324,14 @@ class TrainConfig(_Strict):
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     num_workers: int = Field(
         default=2, ge=0, description="DataLoader worker processes reading the memory-mapped shards."
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Data-parallel training processes (torch DDP: gloo on CPU, nccl on CUDA, one GPU each); batch_size is the "
+            "global batch, split evenly across them, so lr stays as it is. Not the DataLoader's num_workers."
+        ),
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (default: all cores).")
     seed: int = Field(default=0, description="Seed for weights, augmentation and shuffling.")

@@ -11,9 +11,11 @@ import torch
 from radflow.data.dataset import Dataset
 from radflow.errors import DataError
 from radflow.export import Int8RefusedError, export_model, int8_path
+from radflow.export.quantize import quantize_model
 from radflow.inference import ServeSettings
 from radflow.monitor.reference import Reference, output_feature_values, output_features, reference_path
 from radflow.runtime import RadflowModel
+from radflow.tasks import get_task
 from radflow.tasks.detection import detection_features, select_detections
 from radflow.train.checkpoint import ModelMeta, save_checkpoint
 from radflow.train.models import create_model
@@ -88,9 +90,44 @@ def test_a_served_image_feeds_the_window_its_boxes_features(exported: tuple[Path
         harness.close()
 
 
-def test_int8_of_a_detector_is_refused_naming_why(exported: tuple[Path, Path, Path]) -> None:
-    out, checkpoint, _ = exported
-    target = out.with_name("int8-try.onnx")
-    with pytest.raises(Int8RefusedError, match=r"detection model is not checked.*mAP50.*--force") as refused:
-        export_model(str(checkpoint), target, int8=True, parity_n=2, reference_images=0)
-    assert refused.value.status_code < 500 and not int8_path(target).exists() and target.is_file()
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(onnx, checkpoint, dataset) of a detector trained until it finds the squares (val mAP50 well above 0)."""
+    from radflow.config import Params
+    from radflow.train.loop import train
+
+    root = tmp_path_factory.mktemp("det-int8")
+    ds_path = make_detection_dataset(root, n=24)
+    overrides = {"train.epochs": 5, "train.batch_size": 4, "train.num_workers": 0, "train.threads": 1}
+    params = Params().with_overrides({**overrides, "train.early_stopping_patience": 0, "train.lr": 3e-3})
+    result = train(
+        ds_path, params, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", out_dir=root / "ckpt", progress=False
+    )
+    out = root / "model.onnx"
+    export_model(str(result.checkpoint_path), out, parity_n=2, reference_images=0)
+    return out, result.checkpoint_path, ds_path
+
+
+def test_int8_of_a_detector_is_judged_by_val_map50(trained: tuple[Path, Path, Path]) -> None:
+    from radflow.evaluate.report import predict_boxes
+    from radflow.train.checkpoint import load_model
+
+    out, checkpoint, ds_path = trained
+    ds = Dataset.open(ds_path)
+    target = int8_path(out)
+    kept = quantize_model(out, target, ds, map_tolerance=1.0, latency_time=0.05)
+    metric = kept["metric"]
+    assert metric["name"] == "map50" and metric["split"] == "val" and target.is_file()
+    assert metric["change"] == pytest.approx(metric["int8"] - metric["fp32"])
+    # FP32's number is the evaluation's: the PyTorch model's kept boxes against the same truth
+    model, meta = load_model(checkpoint)
+    boxes, truth = predict_boxes(model, meta, ds, ds.indices("val"), "cpu", 4)
+    expected = get_task(meta.task).quality_metric(meta.labels, boxes, truth)[1]
+    assert expected is not None and expected > 0.3 and metric["fp32"] == pytest.approx(expected, abs=1e-3)
+    # a tolerance below any possible change: refused with both numbers and the setting, the file removed
+    with pytest.raises(Int8RefusedError, match=r"lowers val mAP50 by .*\(export\.max_int8_map_drop\)") as refused:
+        quantize_model(out, target, ds, map_tolerance=-1.0, latency_time=0.05)
+    assert refused.value.status_code < 500 and not target.exists()
+    # export's own --int8 passes it through (export.max_int8_map_drop in a workspace)
+    with pytest.raises(Int8RefusedError, match="tolerance -1"):
+        export_model(str(checkpoint), out.with_name("again.onnx"), int8=True, map_tolerance=-1.0, reference_images=0)

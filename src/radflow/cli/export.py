@@ -109,6 +109,9 @@ def export_command(
     int8_dice_tolerance: Annotated[
         float, typer.Option(help="Largest accepted drop of val mean Dice from FP32 to INT8 (segmentation).")
     ] = 0.01,
+    int8_map_tolerance: Annotated[
+        float, typer.Option(help="Largest accepted drop of val mAP50 from FP32 to INT8 (detection).")
+    ] = 0.02,
     force: Annotated[bool, typer.Option("--force", help="Keep the INT8 model even beyond the tolerance.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     tracking_uri: Annotated[str | None, typer.Option(help=_TRACKING_HELP)] = None,
@@ -127,6 +130,7 @@ def export_command(
             tolerance=int8_tolerance,
             mae_tolerance=int8_mae_tolerance,
             dice_tolerance=int8_dice_tolerance,
+            map_tolerance=int8_map_tolerance,
             triton_repo=triton_repo,
             triton_name=triton_name,
             triton_model=triton_model,

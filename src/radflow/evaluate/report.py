@@ -154,11 +154,7 @@ def predict_boxes(
 
     kind = get_task(meta.task)
     spec = PreprocessSpec.from_dict(meta.preprocess) if meta.preprocess else ds.spec
-    truths = box_targets(ds, rows)
-    remap = np.array([list(meta.labels).index(label) if label in meta.labels else -1 for label in ds.labels])
-    for t in truths:
-        t[:, 4] = remap[t[:, 4].astype(np.int64)] if len(t) else t[:, 4]
-    truths = [t[t[:, 4] >= 0] for t in truths]
+    truths = box_targets(ds, rows, meta.labels)
     kept = []
     model.to(device)
     for start in range(0, len(rows), batch_size):

@@ -27,6 +27,7 @@ from radflow.export.onnx import DEFAULT_OPSET, check_parity, export_onnx, parity
 from radflow.export.quantize import (
     DEFAULT_DICE_TOLERANCE,
     DEFAULT_MAE_TOLERANCE,
+    DEFAULT_MAP_TOLERANCE,
     DEFAULT_TOLERANCE,
     Int8RefusedError,
     quantize_model,
@@ -112,6 +113,7 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     mae_tolerance: float = DEFAULT_MAE_TOLERANCE,
     dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
+    map_tolerance: float = DEFAULT_MAP_TOLERANCE,
     triton_repo: Path | None = None,
     triton_name: str | None = None,
     triton_model: str | None = None,
@@ -182,6 +184,7 @@ def export_model(
                 tolerance=tolerance,
                 mae_tolerance=mae_tolerance,
                 dice_tolerance=dice_tolerance,
+                map_tolerance=map_tolerance,
                 force=force,
                 calibration_images=calibration_images,
                 latency_time=latency_time,

@@ -13,8 +13,10 @@ Segmentation models (dense networks) are judged by the kind's ``quality_metric``
 so the split's maps are never all in memory), and the INT8 model is refused when its mean Dice is more
 than ``dice_tolerance`` (``export.max_int8_dice_drop``, 0.01) below FP32's.
 
-Detection models are refused INT8 (unless ``force``): their accuracy is mAP50, which this check does
-not measure on the quantized model, so it could not say whether INT8 moved the boxes.
+Detection models are judged by val mAP50 (COCO AP at IoU 0.5, the kind's ``quality_metric``): the
+quantized detector's anchors go through the same box selection as validation and serving, and the
+INT8 model is refused when its mAP50 is more than ``map_tolerance`` (``export.max_int8_map_drop``,
+0.02) below FP32's, so INT8 cannot move or lose boxes unseen.
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ from radflow.export.onnx import read_metadata, write_metadata
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
 from radflow.runtime.score import score_dataset
 from radflow.runtime.session import RadflowModel, to_model_size
-from radflow.tasks import TaskKind
 
 __all__ = [
     "DEFAULT_DICE_TOLERANCE",
     "DEFAULT_MAE_TOLERANCE",
+    "DEFAULT_MAP_TOLERANCE",
     "DEFAULT_TOLERANCE",
     "LITTLE_GAIN",
     "Int8RefusedError",
@@ -66,6 +68,8 @@ DEFAULT_MAE_TOLERANCE = 1.0
 """Largest accepted rise of validation MAE (target unit, months) from FP32 to INT8."""
 DEFAULT_DICE_TOLERANCE = 0.01
 """Largest accepted drop of validation mean Dice from FP32 to INT8 (``export.max_int8_dice_drop``)."""
+DEFAULT_MAP_TOLERANCE = 0.02
+"""Largest accepted drop of validation mAP50 from FP32 to INT8 (``export.max_int8_map_drop``)."""
 LITTLE_GAIN = 1.2
 """Below this INT8 speed-up at batch 8 the report says INT8 buys little."""
 
@@ -203,25 +207,37 @@ def _dense_metric(model: RadflowModel, ds: Dataset, split: str, batch_size: int 
     return "mean_dice", None if math.isnan(value) else value
 
 
+def _detection_metric(model: RadflowModel, ds: Dataset, split: str, batch_size: int = 16) -> tuple[str, float | None]:
+    """The kind's val mAP50 of a detector: each batch's anchors to kept boxes (as validation keeps them),
+    then COCO AP at IoU 0.5 against the split's true boxes, both at model size."""
+    from radflow.tasks.detection import pad_rows
+    from radflow.train.data import box_targets
+
+    kind, labels = model.meta.kind, model.labels
+    rows = ds.indices(split)
+    truths = box_targets(ds, rows, labels)
+    kept = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        anchors, _ = model.run(ds.images(chunk), cam=False)
+        kept.append(kind.val_batch(anchors, np.zeros((len(chunk), 0)))[0])
+    if not kept:
+        return "map50", None
+    width = max([1, *(len(t) for t in truths)])
+    return kind.quality_metric(labels, np.concatenate(kept), pad_rows(truths, width, 5))
+
+
 def validation_metric(path: Path, ds: Dataset, split: str = "val") -> tuple[str, float | None]:
-    """("macro_auroc" | "mae" | "mean_dice", value) of the ONNX model at ``path`` on ``split`` of ``ds``, as its
-    kind scores it."""
+    """("macro_auroc" | "mae" | "mean_dice" | "map50", value) of the ONNX model at ``path`` on ``split`` of
+    ``ds``, as its kind scores it."""
     model = RadflowModel.load(path)
     if model.dense:
         return _dense_metric(model, ds, split)
+    if model.meta.kind.network == "detection":
+        return _detection_metric(model, ds, split)
     scores = score_dataset(model, ds, split, batch_size=32)[model.labels].to_numpy()
     truth = ds.targets(ds.indices(split))
     return model.meta.kind.quality_metric(model.labels, scores, truth)
-
-
-def _unmeasured(kind: TaskKind) -> str | None:
-    """Why INT8 of a ``kind`` model cannot be checked at all (None: it can)."""
-    if kind.network == "detection":
-        return (
-            "INT8 of a detection model is not checked: its accuracy is judged by val mAP50, which is not "
-            "measured on the quantized model (only AUROC, MAE and Dice are), so a change in its boxes would go unseen"
-        )
-    return None
 
 
 def _refusal(problem: str) -> str:
@@ -248,6 +264,7 @@ def quantize_model(
     tolerance: float = DEFAULT_TOLERANCE,
     mae_tolerance: float = DEFAULT_MAE_TOLERANCE,
     dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
+    map_tolerance: float = DEFAULT_MAP_TOLERANCE,
     force: bool = False,
     calibration_images: int = 64,
     latency_time: float = 0.5,
@@ -256,12 +273,9 @@ def quantize_model(
 
     Raises :class:`Int8RefusedError` (and removes ``out``) when the metric worsens by more than the
     tolerance (``tolerance`` for macro AUROC, ``mae_tolerance`` for MAE, ``dice_tolerance`` for mean
-    Dice) — or cannot be measured — unless ``force``.
+    Dice, ``map_tolerance`` for mAP50) — or cannot be measured — unless ``force``.
     """
     metadata = read_metadata(fp32)
-    unmeasured = _unmeasured(metadata.kind)
-    if unmeasured is not None and not force:  # refused before the work: nothing could accept it
-        raise Int8RefusedError(_refusal(unmeasured), {"path": str(out), "metric": None, "forced": False, "notes": []})
     spec = PreprocessSpec.from_dict(metadata.preprocess)
     calibration = None
     if dataset is not None:
@@ -294,10 +308,7 @@ def quantize_model(
             f"({report['size_bytes']['fp32'] / 1e6:.1f} MB vs {report['size_bytes']['int8'] / 1e6:.1f} MB)."
         )
     problem = None
-    if unmeasured is not None:
-        report["metric"] = None
-        problem = unmeasured
-    elif dataset is None or not dataset.is_split or not len(dataset.indices("val")):
+    if dataset is None or not dataset.is_split or not len(dataset.indices("val")):
         report["metric"] = None
         problem = "the validation metric change could not be measured (no split dataset; pass --dataset DS)"
     else:
@@ -313,12 +324,17 @@ def quantize_model(
                     f"INT8 raises val MAE by {after - before:.3f} ({before:.3f} -> {after:.3f}), "
                     f"more than the tolerance {mae_tolerance:g}"
                 )
-        elif name == "mean_dice":
+        elif name in ("mean_dice", "map50"):
             report["metric"]["change"] = after - before
-            if before - after > dice_tolerance:
+            allowed, what, setting = (
+                (dice_tolerance, "mean Dice", "max_int8_dice_drop")
+                if name == "mean_dice"
+                else (map_tolerance, "mAP50", "max_int8_map_drop")
+            )
+            if before - after > allowed:
                 problem = (
-                    f"INT8 lowers val mean Dice by {before - after:.4f} ({before:.4f} -> {after:.4f}), "
-                    f"more than the tolerance {dice_tolerance:g} (export.max_int8_dice_drop)"
+                    f"INT8 lowers val {what} by {before - after:.4f} ({before:.4f} -> {after:.4f}), "
+                    f"more than the tolerance {allowed:g} (export.{setting})"
                 )
         else:
             report["metric"]["change"] = after - before

@@ -218,6 +218,7 @@ def _export(root: Path, params: Params) -> dict[str, Any]:
         triton_name=params.registry.name if cfg.triton else None,
         opset=cfg.opset,
         dice_tolerance=cfg.max_int8_dice_drop,
+        map_tolerance=cfg.max_int8_map_drop,
         name=params.registry.name,
     )
 

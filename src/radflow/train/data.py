@@ -41,14 +41,19 @@ def sex_feature(sex: Sequence[str] | np.ndarray) -> np.ndarray:
     return out.astype(np.float32).reshape(-1, 1)
 
 
-def box_targets(ds: Dataset, rows: np.ndarray) -> list[np.ndarray]:
-    """Each row's training boxes ``(k, 5)`` float32: ``x0, y0, x1, y1`` at training size and the label's index."""
-    index = {label: float(j) for j, label in enumerate(ds.labels)}
+def box_targets(ds: Dataset, rows: np.ndarray, labels: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Each row's training boxes ``(k, 5)`` float32: ``x0, y0, x1, y1`` at training size and the label's index.
+
+    The index is into ``labels`` (a model's, default the dataset's); boxes of a label not in them are left out.
+    """
+    order = list(ds.labels if labels is None else labels)
+    index = {label: float(j) for j, label in enumerate(order)}
     out = []
     for frame in ds.boxes(rows):
+        frame = frame[frame["label"].isin(index)]
         corners = frame[["x0", "y0", "x1", "y1"]].to_numpy(dtype=np.float32)
-        labels = frame["label"].map(index).to_numpy(dtype=np.float32)[:, None]
-        out.append(np.concatenate([corners, labels], axis=1))
+        indices = frame["label"].map(index).to_numpy(dtype=np.float32)[:, None]
+        out.append(np.concatenate([corners, indices], axis=1))
     return out
 
 
