@@ -6,6 +6,7 @@ Errors a user can fix (:class:`radflow.errors.RadflowError`) print one line, exi
 
 from __future__ import annotations
 
+from radflow.cli import annotate as _annotate  # noqa: F401
 from radflow.cli import demo as _demo  # noqa: F401
 from radflow.cli import evaluate as _evaluate  # noqa: F401
 from radflow.cli import export as _export  # noqa: F401

@@ -21,6 +21,7 @@ from radflow.inference.settings import ServeSettings
 from radflow.serve.admin import admin
 from radflow.serve.auth import authenticator_for, authorize, document_auth, log_auth_mode
 from radflow.serve.common import RequestMiddleware, install_error_handlers
+from radflow.serve.ml_backend import ml_backend
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
 from radflow.ui import ui_router
@@ -65,6 +66,7 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     app.include_router(v2, dependencies=guarded)
     app.include_router(admin, dependencies=guarded)
     app.include_router(ui_router(), dependencies=guarded)
+    app.include_router(ml_backend, dependencies=guarded)  # Label Studio's ML-backend protocol
 
     @app.get("/metrics", include_in_schema=False, dependencies=guarded)
     async def metrics() -> Response:

@@ -101,6 +101,11 @@ _EXACT: dict[tuple[str, str], AccessRule] = {
     ("GET", "/v1/ui/registry/versions/{model_version}/report.html"): AccessRule("monitor"),
     ("GET", "/metrics"): AccessRule("monitor"),
     ("GET", "/admin/routing"): AccessRule("admin"),
+    # Label Studio's ML backend (radflow.serve.ml_backend): scoring for setup/predict, feedback for annotations
+    ("GET", "/label-studio/health"): _OPEN,
+    ("POST", "/label-studio/setup"): AccessRule("predict"),
+    ("POST", "/label-studio/predict"): AccessRule("predict"),
+    ("POST", "/label-studio/webhook"): AccessRule("feedback", "label_studio_annotation"),
 }
 _PREFIXES: tuple[tuple[str, AccessRule], ...] = (
     ("/v2/health/", _OPEN),
