@@ -443,7 +443,12 @@ def test_corrected_boxes_export_as_a_coco_box_source_that_reads_back(tmp_path: P
     rng = np.random.default_rng(1)
     films = {n: rng.integers(0, 256, (40, 56), dtype=np.uint8) for n in ("a", "b")}
     held = _film(97)
-    served = {"boxes": [{"label": "Nodule", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]}]}
+    # an answer names every label the model finds, boxed or not: all of them are the source's categories,
+    # so the exported folder labels the same findings as the workspace's own source
+    served = {
+        "boxes": [{"label": "Nodule", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]}],
+        "labels": ["Nodule", "Lung Opacity", "Effusion"],
+    }
     corrected = {
         "a": [{"label": "Nodule", "box": [2.5, 3.0, 11.0, 13.5]}, {"label": "Lung Opacity", "box": [20, 5, 50, 35]}],
         "b": [],  # the reader saw no finding
@@ -469,9 +474,10 @@ def test_corrected_boxes_export_as_a_coco_box_source_that_reads_back(tmp_path: P
     info = export_feedback(out, url, inputs, dataset=dataset)
     assert info["format"] == "coco-boxes" and info["images"] == 2
     assert info["held_out"]["pixel_identical"] == 1, "the held-out test film never comes back"
-    assert info["labels"] == ["Nodule", "Lung Opacity"] and info["boxes"] == {"Nodule": 1, "Lung Opacity": 1}
+    assert info["labels"] == ["Nodule", "Lung Opacity", "Effusion"]
+    assert info["boxes"] == {"Nodule": 1, "Lung Opacity": 1, "Effusion": 0}
     table = read_coco_box_source(out)
-    assert table.task == "detection" and table.labels == ["Nodule", "Lung Opacity"] and not table.skipped
+    assert table.task == "detection" and table.labels == ["Nodule", "Lung Opacity", "Effusion"] and not table.skipped
     read = {}
     for rec in table.records:
         image = np.asarray(Image.open(rec.path))

@@ -81,6 +81,17 @@ class SynthConfig(_Strict):
         description="Also write the exact ground-truth masks (lungs, heart, findings); the workspace then ingests "
         "them as a segmentation dataset (`radflow init --task segmentation` sets it).",
     )
+    boxes: bool = Field(
+        default=False,
+        description="Also write the findings' exact boxes as COCO annotations.json; the workspace then ingests "
+        "them as a detection dataset (`radflow init --task detection` sets it).",
+    )
+
+    @model_validator(mode="after")
+    def _one_truth(self) -> SynthConfig:
+        if self.masks and self.boxes:
+            raise ValueError("a workspace trains one task: set masks (segmentation) or boxes (detection), not both")
+        return self
 
 
 class DataConfig(_Section):
@@ -107,9 +118,9 @@ class DataConfig(_Section):
 
     @property
     def format(self) -> str:
-        """The ingest format of the source (phantom data is written in CheXpert's layout, masks beside it)."""
+        """The ingest format of the source (phantom data is written in CheXpert's layout, masks or boxes beside it)."""
         if self.source == "synthetic":
-            return "masks" if self.synth.masks else "chexpert"
+            return "masks" if self.synth.masks else "coco-boxes" if self.synth.boxes else "chexpert"
         return self.source
 
 

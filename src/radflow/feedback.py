@@ -347,9 +347,11 @@ def export_feedback(
             row.feedback_id, row.id, row.input_sha256, labels, row.study_key, masks, boxes
         )
         structures += [s["structure"] for s in row.outputs.get("structures") or [] if s["structure"] not in structures]
-        for box in [*(row.outputs.get("boxes") or []), *(boxes or [])] if fmt == "coco-boxes" else []:
-            if box["label"] not in box_labels:
-                box_labels.append(box["label"])
+        if fmt == "coco-boxes":  # every label the model answers for (an answer lists them), then any corrected
+            named = [*(row.outputs.get("labels") or []), *(b["label"] for b in row.outputs.get("boxes") or [])]
+            for label in [*named, *(b["label"] for b in boxes or [])]:
+                if label not in box_labels:
+                    box_labels.append(label)
     screen = HeldOutScreen(dataset) if dataset is not None else None
     staging = out.with_name(f".{out.name}.export-tmp")
     shutil.rmtree(staging, ignore_errors=True)

@@ -26,7 +26,7 @@ from radflow.modelref import model_uri
 
 __all__ = ["LOOP_FORMATS", "run_loop", "start_canary"]
 
-LOOP_FORMATS = ("chexpert", "masks")
+LOOP_FORMATS = ("chexpert", "masks", "coco-boxes")
 """Workspace ingest formats whose feedback export is read back as an extra source of the same format."""
 
 
@@ -116,8 +116,8 @@ def run_loop(
     if layout not in LOOP_FORMATS:
         raise ConfigError(
             f"radflow loop retrains on feedback exported as findings (CheXpert's layout: a chexpert or synthetic "
-            f"workspace) or as corrected masks (a masks or synthetic segmentation workspace); this workspace's "
-            f"data.source is {params.data.source!r}."
+            f"workspace), as corrected masks (a masks or synthetic segmentation workspace) or as corrected boxes "
+            f"(a synthetic detection workspace); this workspace's data.source is {params.data.source!r}."
         )
     before = _dataset_state(root)
     url, inputs_dir = store_location(root, store_url)

@@ -266,3 +266,30 @@ def test_label_studio_rectangles_in_percent_with_two_readers(tmp_path: Path) -> 
     fused = ds.boxes([rows["1a2b3c4d-l0"]])[0]
     assert _corners(fused) == to_training(np.array([[12, 10, 24, 30]]), 40, 48, SIZE).tolist()
     assert fused["score"].tolist() == [1.0] and len(ds.boxes([rows["l1"]])[0]) == 0
+
+
+def test_an_extra_coco_box_folder_joins_training_and_must_label_the_same_findings(tmp_path: Path) -> None:
+    """What ``radflow loop`` does with exported box feedback (data/feedback) in a detection workspace."""
+
+    def coco_folder(root: Path, names: list[str], categories: list[str], seed: int) -> Path:
+        for i, name in enumerate(names):
+            write_png(root / "images" / f"{name}.png", seed + i, (40, 48))
+        coco = {
+            "images": [
+                {"id": i + 1, "file_name": f"images/{n}.png", "width": 48, "height": 40} for i, n in enumerate(names)
+            ],
+            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(categories)],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [3, 4, 10, 12]}],
+        }
+        (root / "annotations.json").write_text(json.dumps(coco))
+        return root
+
+    main = coco_folder(tmp_path / "src", ["m0", "m1", "m2"], ["Nodule", "Mass"], 0)
+    feedback = coco_folder(tmp_path / "feedback", ["f0", "f1"], ["Nodule", "Mass"], 10)
+    info = ingest(main, "coco-boxes", tmp_path / "ds", _options(extra=(feedback,)))
+    ds = Dataset.open(tmp_path / "ds")
+    assert info["counts"]["images"] == 5 and (ds.manifest["official_split"] == "extra").sum() == 2
+    assert sum(len(frame) for frame in ds.boxes(range(5))) == 2
+    other = coco_folder(tmp_path / "other", ["o0"], ["Nodule"], 20)
+    with pytest.raises(DataError, match="extra data must label the same findings"):
+        ingest(main, "coco-boxes", tmp_path / "ds2", _options(extra=(other,)))

@@ -164,3 +164,35 @@ def test_task_params_start_a_segmentation_workspace_from_masks_and_refuse_a_sour
         task_params("segmentaton", "synthetic")
     with pytest.raises(ConfigError, match="holds masks"):
         task_params("multilabel", "masks")
+
+
+def test_task_params_start_a_detection_workspace_from_phantom_boxes() -> None:
+    from radflow.config import Params, validate_params
+    from radflow.pipeline.stages import STAGE_FUNCTIONS
+    from radflow.pipeline.workspace import DETECTION_MODEL_NAME, task_params
+
+    found = task_params("detection", "synthetic")
+    assert found == {"train.arch": "fcos_small", "registry.name": DETECTION_MODEL_NAME, "data.synth.boxes": True}
+    params = Params.model_validate({"data": {"source": "synthetic"}}).with_overrides(found)
+    assert params.data.format == "coco-boxes"  # synth writes annotations.json beside the images
+    assert "synth" in STAGE_FUNCTIONS
+    with pytest.raises(ConfigError, match=r"--task detection builds a workspace on phantom boxes.*--format rsna-boxes"):
+        task_params("detection", "chexpert")
+    with pytest.raises(ConfigError, match=r"params.yaml.*masks \(segmentation\) or boxes \(detection\), not both"):
+        validate_params({"data": {"synth": {"masks": True, "boxes": True}}}, "params.yaml")
+
+
+def test_the_synth_and_ingest_stages_of_a_detection_workspace_make_a_box_dataset(tmp_path: Path) -> None:
+    from radflow.data.dataset import Dataset
+    from radflow.pipeline.dvc_yaml import DATASET, SYNTH_DIR
+    from radflow.pipeline.stages import run_stage
+    from radflow.pipeline.workspace import init_workspace
+
+    ws = tmp_path / "ws"
+    tiny = {"data.synth.n": 12, "data.synth.size": 48, "data.size": 32}
+    init_workspace(ws, "synthetic", task="detection", overrides=tiny)
+    run_stage("synth", ws)
+    assert (ws / SYNTH_DIR / "annotations.json").is_file()
+    info = run_stage("ingest", ws)
+    ds = Dataset.open(ws / DATASET)
+    assert ds.task == "detection" and info["counts"]["images"] == 12 and len(ds.box_table()) > 0

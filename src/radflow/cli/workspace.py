@@ -36,8 +36,9 @@ def init_command(
         str | None,
         typer.Option(
             "--task",
-            help="multilabel (CheXpert findings) or segmentation (phantom masks: synth --masks -> ingest "
-            "--format masks -> small_unet); a siim or masks source is segmentation.",
+            help="multilabel (CheXpert findings), segmentation (phantom masks: synth --masks -> ingest "
+            "--format masks -> small_unet; a siim or masks source is segmentation) or detection (phantom "
+            "boxes: synth --boxes -> ingest --format coco-boxes -> fcos_small).",
         ),
     ] = None,
     sets: Annotated[

@@ -312,20 +312,20 @@ class _Origin:
 def _read_extra(table: SourceTable, fmt: str, folder: Path, options: IngestOptions) -> SourceTable:
     """Read ``folder`` in format ``fmt`` as training-only rows for ``table`` (see the module docstring)."""
     keeps_labels = fmt not in ("boneage", "folder")  # those formats fix their own labels
-    extra = read_source(
-        fmt,
-        folder,
-        uncertain=options.uncertain,
-        labels=list(table.labels) if keeps_labels else None,
-        frontal_only=options.frontal_only,
-        labels_csv=options.labels_csv,
-    )
-    if extra.task != table.task or extra.labels != table.labels:
-        raise DataError(
-            f"extra source has task {extra.task} with labels {extra.labels}, but the main source has "
-            f"{table.task} with {table.labels}; extra data must label the same findings.",
-            path=folder,
+    mismatch = f"the main source has {table.task} with {table.labels}; extra data must label the same findings."
+    try:
+        extra = read_source(
+            fmt,
+            folder,
+            uncertain=options.uncertain,
+            labels=list(table.labels) if keeps_labels else None,
+            frontal_only=options.frontal_only,
+            labels_csv=options.labels_csv,
         )
+    except ConfigError as exc:  # the main source's labels, asked of a folder that lacks one
+        raise DataError(f"extra source: {exc} But {mismatch}", path=folder) from None
+    if extra.task != table.task or extra.labels != table.labels:
+        raise DataError(f"extra source has task {extra.task} with labels {extra.labels}, but {mismatch}", path=folder)
     for record in extra.records:
         # The folder name keeps these pseudo-patients apart from every patient of the main source.
         patient = f"{EXTRA_SPLIT}:{folder.name}:{record.patient or record.rel_path}"

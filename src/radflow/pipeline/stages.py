@@ -45,7 +45,7 @@ def _synth(root: Path, params: Params) -> dict[str, Any]:
     cfg = params.data.synth
     out = root / paths.SYNTH_DIR
     shutil.rmtree(out, ignore_errors=True)
-    return synth_chest(out, cfg.n, cfg.seed, cfg.size, cfg.dicom_fraction, masks=cfg.masks)
+    return synth_chest(out, cfg.n, cfg.seed, cfg.size, cfg.dicom_fraction, masks=cfg.masks, boxes=cfg.boxes)
 
 
 def _ingest(root: Path, params: Params) -> dict[str, Any]:

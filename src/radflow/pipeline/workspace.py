@@ -43,10 +43,11 @@ __all__ = [
 ]
 
 DEFAULT_REMOTE = ".dvc-remote"
-WORKSPACE_TASKS = ("multilabel", "segmentation")
-"""What ``radflow init --task`` may ask of phantom data: CheXpert findings, or masks of what the phantom draws."""
+WORKSPACE_TASKS = ("multilabel", "segmentation", "detection")
+"""What ``radflow init --task`` may ask of phantom data: CheXpert findings, or masks or boxes of what it draws."""
 _SEGMENTATION_SOURCES = ("synthetic", "siim", "masks")
 SEGMENTATION_MODEL_NAME = "chest-segmentation"
+DETECTION_MODEL_NAME = "chest-detection"
 GIT_USER = ("radflow", "radflow@localhost")
 _GITIGNORE = """\
 # MLflow store, pseudonymisation key, DVC's default local remote, checkpoints (kept out of git)
@@ -153,6 +154,8 @@ def task_params(task: str | None, source: str) -> dict[str, Any]:
 
     A segmentation workspace (``--task segmentation``, or a mask source) trains a dense network, names its
     model apart from the classifier's, and on phantom data has the synth stage write the masks it ingests.
+    A detection workspace (``--task detection``, phantom data) has the synth stage write the findings' COCO
+    boxes, ingests them (``coco-boxes``) and trains the FCOS detector.
     """
     if task is not None and task not in WORKSPACE_TASKS:
         raise ConfigError(
@@ -163,6 +166,13 @@ def task_params(task: str | None, source: str) -> dict[str, Any]:
         raise ConfigError(
             f"--task segmentation needs masks: --source {' or '.join(_SEGMENTATION_SOURCES)}, not {source}."
         )
+    if task == "detection":
+        if source != "synthetic":
+            raise ConfigError(
+                f"--task detection builds a workspace on phantom boxes (--source synthetic), not {source}; for your "
+                "own boxes, ingest them with `radflow ingest SRC --format rsna-boxes|vinbig|nih-boxes|coco-boxes`."
+            )
+        return {"train.arch": "fcos_small", "registry.name": DETECTION_MODEL_NAME, "data.synth.boxes": True}
     if task == "multilabel" and segmentation:
         raise ConfigError(f"--source {source} holds masks (a segmentation source); drop --task {task}.")
     if not segmentation:
