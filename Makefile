@@ -19,6 +19,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Label Studio pins older NumPy/PyArrow than radflow: it gets its own venv, which `radflow annotate server` and
+# tests/label_studio.py start it from (its own .gitignore keeps it out of git).
+LS_VENV := .venv-label-studio
+LS_STAMP := $(LS_VENV)/.installed
+$(LS_STAMP): | $(STAMP)
+	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
+	echo '*' > $(LS_VENV)/.gitignore
+	$(LS_VENV)/bin/python -m pip install -q --no-compile 'label-studio==1.23.*'
+	$(BIN)/python -m radflow.annotate.server --make-template
+	touch $(LS_STAMP)
+
+.PHONY: label-studio
+label-studio: $(LS_STAMP)
+install: $(LS_STAMP)
+test: $(LS_STAMP)
+e2e: $(LS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/radflow demo
 
