@@ -66,3 +66,39 @@ def test_augment_is_seeded_and_keeps_laterality_by_default() -> None:
 
 def test_sex_feature() -> None:
     assert sex_feature(["M", "F", ""]).ravel().tolist() == [1.0, 0.0, 0.5]
+
+
+def test_augmented_boxes_move_with_their_image() -> None:
+    n, s = 6, 32
+    boxes = torch.full((n, 2, 5), float("nan"))
+    boxes[:, 0] = torch.tensor([4.0, 6.0, 14.0, 20.0, 0.0])  # off-centre: any zoom, rotation or flip moves it
+    boxes[:3, 1] = torch.tensor([0.0, 0.0, 3.0, 3.0, 1.0])  # in a corner: a zoom in pushes it out
+    x = torch.zeros(n, 1, s, s)
+    x[:, 0, 6:20, 4:14] = 1.0  # the first box drawn in white
+    generator = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+
+    zoom_flip = AugmentConfig(rotation_deg=0, scale=0.3, hflip=True, brightness=0, contrast=0)
+    x_aug, moved = augment(x, zoom_flip, generator(), boxes=boxes)
+    assert torch.equal(x_aug, augment(x, zoom_flip, generator()))  # the same draws as without boxes
+    for i in range(n):  # without rotation the moved box is the white region's own box, to a pixel
+        ys, xs = torch.nonzero(x_aug[i, 0] > 0.5, as_tuple=True)
+        drawn = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+        assert torch.allclose(moved[i, 0, :4], drawn, atol=1.0), (i, moved[i, 0], drawn)
+        assert moved[i, 0, 4] == 0
+    assert not torch.equal(moved[:, 0], boxes[:, 0]) and torch.isnan(moved[3:, 1]).all()  # padding stays padding
+
+    rotate = AugmentConfig(rotation_deg=30, scale=0, hflip=False, brightness=0, contrast=0)
+    x_rot, turned = augment(x, rotate, generator(), boxes=boxes)
+    for i in range(n):  # rotated: the box is the rotated corners' bounding box, so it holds the whole region
+        ys, xs = torch.nonzero(x_rot[i, 0] > 0.5, as_tuple=True)
+        x0, y0, x1, y1 = turned[i, 0, :4].tolist()
+        assert x0 - 1 <= xs.min() and xs.max() + 1 <= x1 + 1 and y0 - 1 <= ys.min() and ys.max() + 1 <= y1 + 1
+
+    zoom_in = AugmentConfig(rotation_deg=0, scale=0.45, hflip=False, brightness=0, contrast=0)
+    corner = torch.full((200, 1, 5), float("nan"))
+    corner[:, 0] = torch.tensor([0.0, 0.0, 2.0, 2.0, 1.0])
+    _, pushed = augment(torch.zeros(200, 1, s, s), zoom_in, generator(), boxes=corner)
+    assert torch.isnan(pushed[:, 0, 0]).any()  # some zooms push the corner box out of the image: dropped
+    assert (~torch.isnan(pushed[:, 0, 0])).any()
+    off = AugmentConfig(enabled=False)
+    assert torch.equal(augment(x, off, generator(), boxes=boxes)[1].nan_to_num(-1), boxes.nan_to_num(-1))

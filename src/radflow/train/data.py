@@ -192,18 +192,34 @@ def augment(
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+@overload
 def augment(
-    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, masks: torch.Tensor | None = None
+    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator, *, boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def augment(
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    masks: torch.Tensor | None = None,
+    *,
+    boxes: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Random rotation/scale (one affine resample), brightness, contrast and optional flip of a batch.
 
     Random numbers come from ``generator`` (CPU) so runs repeat exactly whatever the device. With
     ``masks`` (``(N, K, S, S)``) returns ``(x, masks)``: each mask goes through its image's affine
     and flip, resampled nearest-neighbour so its values stay 0/1 (and NaN maps stay NaN); brightness
-    and contrast change the image only. The random draws are the same with or without masks.
+    and contrast change the image only. With ``boxes`` (``(N, M, 5)``, NaN-padded rows of
+    ``x0, y0, x1, y1, label`` in pixels) returns ``(x, boxes)``: each box's corners go through the
+    inverse of its image's affine, the box becomes their bounding box clipped to the image, and a box
+    left with under half its area inside the image (or under a pixel wide) becomes a NaN row. The
+    random draws are the same with or without masks or boxes.
     """
+    paired = masks if masks is not None else boxes
     if not cfg.enabled:
-        return x if masks is None else (x, masks)
+        return x if paired is None else (x, paired)
     n = x.shape[0]
 
     def uniform(span: float) -> torch.Tensor:
@@ -230,9 +246,32 @@ def augment(
             masks = F.grid_sample(
                 masks, grid.to(masks.dtype), mode="nearest", padding_mode="border", align_corners=False
             )
+        if boxes is not None:
+            boxes = _moved_boxes(boxes, theta[:, :, :2], x.shape[-2], x.shape[-1])
     if cfg.contrast:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * (1 + uniform(cfg.contrast)).view(n, 1, 1, 1) + mean
     if cfg.brightness:
         x = x + uniform(cfg.brightness).view(n, 1, 1, 1)
-    return x if masks is None else (x, masks)
+    if masks is not None:
+        return x, masks
+    return x if boxes is None else (x, boxes)
+
+
+def _moved_boxes(boxes: torch.Tensor, a: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``boxes`` ``(N, M, 5)`` in pixels where the affine sampling grid ``output -> input = a @ output``
+    (normalised coordinates, ``align_corners=False``) puts them: corners through ``a``'s inverse."""
+    out = boxes.clone()
+    corners = boxes[..., [0, 1, 2, 1, 2, 3, 0, 3]].reshape(*boxes.shape[:2], 4, 2)  # (N, M, 4, xy)
+    size = torch.tensor([width, height], dtype=boxes.dtype, device=boxes.device)
+    normalised = corners * (2 / size) - 1
+    moved = torch.einsum("nij,nmkj->nmki", torch.linalg.inv(a.to(boxes.dtype)), normalised)
+    pixels = (moved + 1) * (size / 2)
+    low, high = pixels.amin(dim=2), pixels.amax(dim=2)  # (N, M, 2): the moved corners' bounding box
+    area = (high - low).prod(dim=-1)
+    low, high = torch.maximum(low, torch.zeros_like(low)), torch.minimum(high, size.expand_as(high))
+    kept = (high - low).clamp(min=0)
+    lost = (kept.prod(dim=-1) < 0.5 * area) | (kept.amin(dim=-1) < 1)
+    out[..., 0:2], out[..., 2:4] = low, high
+    out[lost] = float("nan")
+    return out
