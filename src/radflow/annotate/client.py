@@ -155,6 +155,13 @@ class LabelStudio:
         )
         return body
 
+    def test_ml_backend(self, backend_id: int) -> dict[str, Any]:
+        """Have Label Studio send one of the project's tasks to the ML backend; its request and the backend's answer."""
+        body: dict[str, Any] = self._call(
+            "POST", f"/api/ml/{backend_id}/predict/test", "test the ML backend", params={"random": "true"}
+        )
+        return body
+
     def retrieve_predictions(self, project_id: int, task_ids: list[int]) -> Any:
         """Ask Label Studio to fetch predictions for ``task_ids`` from the project's ML backend (Data Manager's
         "Retrieve Predictions" action)."""
