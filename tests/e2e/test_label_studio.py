@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,6 @@ LABELS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Co
 
 
 @pytest.fixture(scope="module")
-def ls() -> Any:
-    return label_studio_server()
-
-
-@pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     demo = tiny_demo(tmp_path_factory.getbasetemp())
     assert demo.exit_code == 0, demo.output
@@ -65,10 +61,25 @@ def pool(ws: Path, tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def server(ws: Path) -> Any:
-    proc = ServerProcess(["--workspace", str(ws)], log=ws.parent / "server.log").start(timeout=120)
-    yield proc
+def servers(ws: Path) -> Any:
+    """(Label Studio, radflow serve as its ML backend), started side by side: both spend their start importing."""
+    proc = ServerProcess(["--workspace", str(ws)], log=ws.parent / "server.log")
+    with ThreadPoolExecutor(1) as pool:
+        serving = pool.submit(proc.start, 120)
+        ls = label_studio_server()
+        serving.result()
+    yield ls, proc
     proc.kill()
+
+
+@pytest.fixture(scope="module")
+def ls(servers: tuple[Any, ServerProcess]) -> Any:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def server(servers: tuple[Any, ServerProcess]) -> ServerProcess:
+    return servers[1]
 
 
 def _cli(*args: str, code: int = 0) -> dict[str, Any]:
