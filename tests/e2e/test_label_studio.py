@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import shutil
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,12 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert demo.exit_code == 0, demo.output
     copy = tmp_path_factory.mktemp("annotate") / "workspace"
     shutil.copytree(demo.workdir, copy, symlinks=True)
+    # New runs' artifacts go to the copy (MLflow keeps the experiment's artifact folder as an absolute path).
+    with sqlite3.connect(copy / "mlflow.db") as db:
+        db.execute(
+            "update experiments set artifact_location = replace(artifact_location, ?, ?)",
+            (str(demo.workdir), str(copy)),
+        )
     return copy
 
 
@@ -99,8 +106,6 @@ def test_an_unreachable_server_or_a_wrong_token_fails_before_any_work(ls: Any, w
 
 
 def _predictions(ws: Path) -> int:
-    import sqlite3
-
     with sqlite3.connect(ws / "serving.db") as db:
         return int(db.execute("select count(*) from predictions").fetchone()[0])
 
