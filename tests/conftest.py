@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ _E2E = Path(__file__).parent / "e2e"
 # The suite's servers (in process and `radflow serve` subprocesses) run without authentication, as the
 # local demo does; tests/serve/test_auth.py turns it on per test. `radflow serve` itself defaults to tokens.
 os.environ.setdefault("RADFLOW_AUTH", "off")
+
+# The suite lets Python cache bytecode even where the environment says not to (PYTHONDONTWRITEBYTECODE=1, as in many
+# container images): every DVC stage and server the suite starts is a fresh interpreter importing torch, MLflow
+# and scikit-learn, and without the cache each one compiles those ~5000 modules again (7-11 s a process on two
+# cores, about half of a tiny pipeline stage). Cached .pyc files change no behaviour; git ignores __pycache__.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
