@@ -46,6 +46,10 @@ def serve_command(
     tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
     store_url: Annotated[str | None, typer.Option("--store-url", help="SQLAlchemy URL of the prediction log.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option("--workers", min=1, help="Serving processes behind the port (N > 1: a PostgreSQL --store-url)."),
+    ] = 1,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="No authentication: anyone who reaches the port (local use only).")
     ] = False,
@@ -81,6 +85,8 @@ def serve_command(
             else:
                 console.print(f"authentication: {settings.auth} (`radflow token create --role reader --name NAME`)")
 
-        run_server(settings, host=settings.host, port=settings.port, log_level=log_level, on_ready=ready)
+        run_server(
+            settings, host=settings.host, port=settings.port, log_level=log_level, on_ready=ready, workers=workers
+        )
 
     run_command(body)

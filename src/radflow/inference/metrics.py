@@ -1,13 +1,32 @@
-"""Prometheus metrics of one service instance (own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one service instance (own registry, so several apps can live in one process).
+
+``radflow serve --workers N`` runs N processes behind one port: prometheus-client's multiprocess mode
+then keeps every process's values in files under ``PROMETHEUS_MULTIPROC_DIR`` (set before the workers
+start, see :mod:`radflow.serve.server`) and :meth:`ServiceMetrics.render` answers the sum over all of
+them (:class:`~prometheus_client.multiprocess.MultiProcessCollector`), whichever process is asked.
+Counters and histograms add up, dead processes included (what they answered was answered). Gauges say
+how they combine (``multiprocess_mode``): requests in flight and drift window sizes add up over the
+live processes; a drift score is the worst live process's window (each process monitors the traffic
+it answered), a threshold the same in all.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE", "MULTIPROC_ENV", "ServiceMetrics", "multiprocess"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    """Whether this process writes its metrics for a multi-process server (``PROMETHEUS_MULTIPROC_DIR`` set)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
@@ -29,7 +48,12 @@ class ServiceMetrics:
             buckets=_LATENCY,
             registry=self.registry,
         )
-        self.in_flight = Gauge("radflow_requests_in_flight", "Requests being handled now.", registry=self.registry)
+        self.in_flight = Gauge(
+            "radflow_requests_in_flight",
+            "Requests being handled now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.rejected = Counter(
             "radflow_rejected", "Requests refused: overload (503) or timeout (504).", ["reason"], registry=self.registry
         )
@@ -63,13 +87,25 @@ class ServiceMetrics:
         )
         drift = ["model", "version", "feature", "statistic"]
         self.drift_score = Gauge(
-            "radflow_drift_score", "Drift of a feature against the model's reference.", drift, registry=self.registry
+            "radflow_drift_score",
+            "Drift of a feature against the model's reference.",
+            drift,
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.drift_threshold = Gauge(
-            "radflow_drift_threshold", "Score at which the drift statistic alerts.", drift, registry=self.registry
+            "radflow_drift_threshold",
+            "Score at which the drift statistic alerts.",
+            drift,
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.drift_window = Gauge(
-            "radflow_drift_window", "Predictions in the drift window.", ["model", "version"], registry=self.registry
+            "radflow_drift_window",
+            "Predictions in the drift window.",
+            ["model", "version"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.alerts = Counter(
             "radflow_alerts",
@@ -111,4 +147,11 @@ class ServiceMetrics:
                 self.drift_threshold.labels(*labels).set(float(s["threshold"]))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this instance's registry, or in multiprocess mode every worker's values summed."""
+        if not multiprocess():
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

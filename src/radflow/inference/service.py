@@ -522,7 +522,13 @@ class InferenceService:
         store = self.require_store()
         if labels is None and value is None and correct is None:
             raise InvalidInputError("feedback needs at least one of 'labels', 'value' or 'correct'.")
-        record = await asyncio.to_thread(store.get_prediction, prediction_id)
+        try:
+            record = await asyncio.to_thread(store.get_prediction, prediction_id)
+        except NotFoundError:
+            # another worker behind the same port (--workers N) may have answered it and hold its row in
+            # its write window still: look once more after the window
+            await asyncio.sleep(LOG_WRITE_WINDOW_S * 4)
+            record = await asyncio.to_thread(store.get_prediction, prediction_id)
         validate_feedback(record.get("outputs") or {}, labels, value)
         saved: dict[str, Any] = await asyncio.to_thread(
             store.add_feedback, prediction_id, labels, value, correct, reader, comment
