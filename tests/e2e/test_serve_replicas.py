@@ -127,5 +127,5 @@ def test_workers_over_a_sqlite_store_are_refused() -> None:
 
     settings = ServeSettings(model="m.onnx", store_url="sqlite:///serving.db")
     check_replicable(settings, 1)
-    with pytest.raises(ConfigError, match="--workers 2 needs a store the processes share.*postgresql"):
+    with pytest.raises(ConfigError, match=r"--workers 2 needs a store the processes share.*postgresql"):
         check_replicable(settings, 2)
