@@ -65,6 +65,8 @@ def test_an_annotation_event_becomes_feedback_at_once(app: AppHarness) -> None:
     store.flush()
     (row,) = [r for r in labelled_predictions(store) if r.id == served["id"]]
     assert row.labels == {label: 1}
+    again = app.request("POST", "/label-studio/webhook", json={**event, "action": "ANNOTATION_UPDATED"}).json()
+    assert again["imported"] == 0 and again["unchanged"] == 1  # the store already says so: no second row
     unknown = {**event, "task": {"id": 8, "data": {"image": "x", PREDICTION_KEY: "no-such-prediction"}}}
     refused = app.request("POST", "/label-studio/webhook", json=unknown).json()
     assert refused["imported"] == 0 and "radflow does not know its image" in refused["refused"][0]["reason"]

@@ -4,9 +4,10 @@ A copy of the shared tiny demo workspace (tests/pipeline/tiny.py; copied, so the
 see the workspace they expect): ``radflow annotate push`` sends 20 of 30 new phantom patients with the
 champion's answers as pre-annotations and connects the running server as the project's ML backend; Label
 Studio's calls to it get predictions; the experts' annotations are submitted through Label Studio's API
-as the labelling UI submits them; ``radflow annotate pull`` imports them as feedback and refuses, by
-name, a task radflow never pushed; ``radflow loop`` then makes a new data version and a gated challenger
-on the unchanged test split. Nothing pushed carries PHI: the image is a plain PNG of the shard's pixels.
+as the labelling UI submits them, and Label Studio's webhook to the backend makes each one feedback at once;
+``radflow annotate pull`` then adds no second row and refuses, by name, a task radflow never pushed;
+``radflow loop`` makes a new data version and a gated challenger on the unchanged test split.
+Nothing pushed carries PHI: the image is a plain PNG of the shard's pixels.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def _predictions(ws: Path) -> int:
         return int(db.execute("select count(*) from predictions").fetchone()[0])
 
 
+def _feedback(ws: Path) -> int:
+    with sqlite3.connect(ws / "serving.db") as db:
+        return int(db.execute("select count(*) from feedback where reader like 'label-studio:%'").fetchone()[0])
+
+
 def _png(task: dict[str, Any]) -> bytes:
     head, _, payload = task["data"]["image"].partition(",")
     assert head == "data:image/png;base64"
@@ -170,9 +176,13 @@ def test_push_label_pull_and_the_loop_gives_a_new_version(ls: Any, ws: Path, poo
     stranger = next(t for t in client.tasks(pid) if "radflow_prediction" not in t["data"])
     client.create_annotation(stranger["id"], tasks[0]["predictions"][0]["result"])
 
+    # Label Studio told the ML backend of each annotation (its webhook): already feedback, once each.
+    assert _feedback(ws) == 20
+
     pulled = _cli("annotate", "pull", "--workspace", str(ws), "--url", ls.url, "--token", TOKEN,
                   "--project", PROJECT, code=1)  # fmt: skip
-    assert pulled["annotated_tasks"] == 21 and pulled["imported"] == 20
+    assert pulled["annotated_tasks"] == 21 and pulled["already_imported"] == 20 and pulled["imported"] == 0
+    assert _feedback(ws) == 20  # pulling what the store already says adds no rows
     assert [r["task"] for r in pulled["refused"]] == [stranger["id"]]
     assert "radflow does not know its image" in pulled["refused"][0]["reason"]
 

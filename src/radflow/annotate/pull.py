@@ -69,7 +69,7 @@ async def _pull(
             raise NotFoundError(f"Label Studio at {client.url} has no project {title!r}; push to it first.")
         check_config(str(found.get("label_config", "")), config, f"{found['id']} ({title!r})")
         tasks = [t for t in client.export(int(found["id"])) if _annotations(t)]
-        imported, refused, agreement = await import_annotations(service, tasks, config)
+        imported, already, refused, agreement = await import_annotations(service, tasks, config)
     finally:
         await service.stop()
     return {
@@ -78,6 +78,7 @@ async def _pull(
         "task": config.task,
         "annotated_tasks": len(tasks),
         "imported": imported,
+        "already_imported": already,
         "refused": refused,
         "several_annotations": sum(1 for t in tasks if len(_annotations(t)) > 1),
         "agreement": agreement,
@@ -87,12 +88,26 @@ async def _pull(
 
 async def import_annotations(
     service: Any, tasks: list[dict[str, Any]], config: LabelConfig
-) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
-    """Exported tasks' annotations as feedback through ``service`` (an :class:`InferenceService`):
-    (tasks imported, refusals ``{task, annotations, reason}``, agreement of multiply annotated tasks)."""
+) -> tuple[int, int, list[dict[str, Any]], dict[str, Any]]:
+    """Exported tasks' annotations as feedback through ``service`` (an :class:`InferenceService`): (tasks
+    imported, tasks whose feedback already says the same, refusals ``{task, annotations, reason}``, agreement
+    of multiply annotated tasks).
+
+    A task is imported once per change: when the prediction's latest feedback already holds what its
+    annotations say (the ML backend's webhook imported it as it was submitted, or an earlier pull), nothing is
+    written, so pulling again adds no rows.
+    """
+    from radflow.store import labelled_predictions
+
     planned, refused, agreement = await _plan(service, [t for t in tasks if _annotations(t)], config)
-    imported = 0
+    store = service.require_store()
+    await asyncio.to_thread(store.flush)
+    latest = {r.id: (r.labels, r.value) for r in await asyncio.to_thread(labelled_predictions, store, siblings=False)}
+    imported = already = 0
     for entry in planned:
+        if latest.get(entry["prediction"]) == (entry.get("labels"), entry.get("value")):
+            already += 1
+            continue
         try:
             await service.add_feedback(
                 entry["prediction"],
@@ -104,8 +119,8 @@ async def import_annotations(
             imported += 1
         except RadflowError as exc:  # the kind refused it (e.g. a box off the image): named, the rest go on
             refused.append({"task": entry["task"], "annotations": entry["annotations"], "reason": str(exc)})
-    await asyncio.to_thread(service.require_store().flush)
-    return imported, refused, agreement
+    await asyncio.to_thread(store.flush)
+    return imported, already, refused, agreement
 
 
 def _annotations(task: dict[str, Any]) -> list[dict[str, Any]]:

@@ -97,7 +97,8 @@ def push_command(
 def _pull_render(info: dict[str, Any]) -> None:
     console.print(
         f"[bold]{info['imported']} annotated tasks[/] imported as feedback from project {info['project']['id']} "
-        f"({info['annotated_tasks']} annotated, {info['several_annotations']} by several annotators)",
+        f"({info['annotated_tasks']} annotated, {info['already_imported']} already in the store, "
+        f"{info['several_annotations']} by several annotators)",
         highlight=False,
     )
     for entry in info["refused"]:

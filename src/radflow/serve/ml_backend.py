@@ -14,9 +14,11 @@ Connect it in Label Studio (project Settings -> Model, or ``radflow annotate pus
   goes through ``InferenceService.predict`` (logged like any served prediction). ``data.image`` is a data URI
   (what ``radflow annotate push`` sends) or a URL: one under the ``hostname`` Label Studio gave at setup (or a
   path on it, ``/data/upload/...``) is fetched with its ``access_token``; other hosts are refused;
-* ``POST /label-studio/webhook`` ``{action, project, task, annotation}`` -> 201: ``ANNOTATION_CREATED`` /
+* ``POST /label-studio/webhook`` ``{action, project, task, annotation}`` -> 201 (Label Studio registers this
+  webhook, for every action, when the backend is connected): ``ANNOTATION_CREATED`` /
   ``ANNOTATION_UPDATED`` of a task ``radflow annotate push`` made imports that annotation as feedback at once
-  (:func:`radflow.annotate.pull.import_annotations`, the pull's own checks); other events are acknowledged.
+  (:func:`radflow.annotate.pull.import_annotations`, the pull's own checks; an annotation the store already
+  holds is ``unchanged``, not a second row); other events are acknowledged.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ async def webhook(request: Request, body: Annotated[WebhookIn | None, Body()] = 
     service = service_of(request)
     config = task_config(_champion(request).model)
     task = {**body.task, "annotations": [body.annotation]}
-    imported, refused, _ = await import_annotations(service, [task], config)
+    imported, already, refused, _ = await import_annotations(service, [task], config)
     if refused:
         log.warning("Label Studio annotation not imported: %s", refused[0]["reason"])
-    return json_answer({"action": body.action, "imported": imported, "refused": refused}, 201)
+    return json_answer({"action": body.action, "imported": imported, "unchanged": already, "refused": refused}, 201)
