@@ -304,12 +304,30 @@ class Authenticator:
         return "a radflow API token or an OIDC access token" if self.oidc else "a radflow API token"
 
     def bearer(self, authorization: str | None) -> str:
-        """The credential of an ``Authorization: Bearer ...`` header; AuthenticationError without one."""
+        """The credential of an ``Authorization: Bearer ...`` header; AuthenticationError without one.
+
+        ``Basic base64(user:token)`` carries the token as its password, for clients that can send only
+        HTTP Basic (Label Studio's calls to an ML backend); the user name is ignored.
+        """
         scheme, _, credential = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not credential.strip():
+        credential = credential.strip()
+        if scheme.lower() == "basic" and credential:
+            import base64
+            import binascii
+
+            try:
+                credential = base64.b64decode(credential, validate=True).decode("utf-8").partition(":")[2].strip()
+            except (binascii.Error, UnicodeDecodeError):
+                credential = ""
+        elif scheme.lower() != "bearer":
+            credential = ""
+        if not credential:
             kinds = self._kinds() if self.enabled else "the admin token (RADFLOW_ADMIN_TOKEN)"
-            raise AuthenticationError(f"this server needs 'Authorization: Bearer <token>' with {kinds}.")
-        return credential.strip()
+            raise AuthenticationError(
+                f"this server needs 'Authorization: Bearer <token>' (or HTTP Basic with the token as the password) "
+                f"with {kinds}."
+            )
+        return credential
 
     def cached(self, credential: str) -> Identity | None:
         """The identity of a credential verified in the last few seconds (no I/O), else None."""

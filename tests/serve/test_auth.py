@@ -205,12 +205,25 @@ def test_each_route_answers_401_without_a_token_403_for_a_lesser_role_and_2xx_fo
     assert checked >= 20  # /v1, /v2, /v1/ui, /admin and /metrics were all exercised
 
 
+def test_http_basic_carries_a_token_as_its_password_for_label_studio(
+    secured: AppHarness, tokens: dict[str, dict[str, str]]
+) -> None:
+    import base64
+
+    token = tokens["operator"]["Authorization"].removeprefix("Bearer ")
+    basic = "Basic " + base64.b64encode(f"label-studio:{token}".encode()).decode()
+    assert secured.request("GET", "/v1/ui/recent", headers={"Authorization": basic}).status_code == 200
+
+
 def test_a_wrong_token_is_401_and_the_open_probes_and_pages_need_none(secured: AppHarness) -> None:
     wrong = secured.request("GET", "/v1/ui/recent", headers={"Authorization": "Bearer rf_0123456789ab_" + "x" * 43})
     assert wrong.status_code == 401 and "unknown API token" in wrong.json()["error"]
     assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
-    basic = secured.request("GET", "/v1/ui/recent", headers={"Authorization": "Basic YTpi"})
-    assert basic.status_code == 401 and "Bearer" in basic.json()["error"]
+    basic = secured.request("GET", "/v1/ui/recent", headers={"Authorization": "Basic YTpi"})  # a:b
+    assert basic.status_code == 401 and "unknown credential" in basic.json()["error"]
+    for broken in ("Basic !!!", "Basic YQ==", "Digest abc"):  # not base64, no password, another scheme
+        refused = secured.request("GET", "/v1/ui/recent", headers={"Authorization": broken})
+        assert refused.status_code == 401 and "Bearer <token>" in refused.json()["error"], broken
     for path in ("/v2/health/live", "/v2/health/ready", "/", "/dashboard", "/ui/static/common.js", "/docs"):
         assert secured.request("GET", path).status_code == 200, path
     assert {"/v2/health/live", "/v2/health/ready", "/ui/static/{name}"} <= OPEN_PATHS
