@@ -22,7 +22,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from radflow.config import AugmentConfig
 from radflow.data.dataset import SHARD_DIR, Dataset
@@ -165,9 +165,15 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     pin_memory: bool = False,
+    positions: Sampler[int] | None = None,
 ) -> DataLoader[Batch]:
-    """A DataLoader yielding whole batches from ``data`` (its own sampler; no collate step)."""
-    base = RandomSampler(range(len(data)), generator=generator) if shuffle else SequentialSampler(range(len(data)))
+    """A DataLoader yielding whole batches from ``data`` (its own sampler; no collate step).
+
+    ``positions`` replaces the sampler of positions that is batched (a data-parallel rank's share).
+    """
+    base = positions
+    if base is None:
+        base = RandomSampler(range(len(data)), generator=generator) if shuffle else SequentialSampler(range(len(data)))
     sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:

@@ -40,6 +40,7 @@ from radflow.tasks import TaskKind, get_task
 from radflow.tracking import check_tracking, ensure_experiment, env_scope, git_state, resolve_tracking_uri
 from radflow.train.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from radflow.train.data import ShardBatches, augment, box_targets, make_loader
+from radflow.train.distributed import SINGLE, Group, check_workers, run_ranks
 from radflow.train.losses import LossFn, make_loss
 from radflow.train.models import create_model, list_models, load_weights, model_network
 from radflow.train.predict import extra_inputs, outputs_to_predictions
@@ -311,6 +312,7 @@ def train(
 
     Checkpoints go to ``out_dir`` (default ``./checkpoints``): ``last.pt`` every epoch, ``best.pt``
     when the validation metric improves. ``resume`` continues from ``last.pt`` (same MLflow run).
+    With ``train.workers`` > 1 the run is data-parallel (:func:`_launch`, :mod:`radflow.train.distributed`).
     """
     threads = torch.get_num_threads()
     # Thread count is process-wide; give the caller's back when training ends.
@@ -318,6 +320,8 @@ def train(
     # Undo what ``mlflow.set_tracking_uri`` writes into the environment, which later subprocesses would inherit.
     try:
         with env_scope(MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI")):
+            if params.train.workers > 1:
+                return _launch(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress)
             return _train(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress)
     finally:
         torch.set_num_threads(threads)
@@ -474,21 +478,36 @@ class _Epochs:
         device: torch.device,
         out_dir: Path,
         progress: _Progress,
+        group: Group = SINGLE,
     ):
         self.cfg, self.prep, self.setup, self.loss_fn, self.device = cfg, prep, setup, loss_fn, device
         self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
         self.state = progress
+        self.group, self.steps_run = group, 0
+        self.net = group.wrap(setup.model, device)  # what the train step runs: DDP on several ranks
         self.sampler_gen, self.aug_gen = torch.Generator(), torch.Generator()
         drop_last = len(prep.train_data) > cfg.batch_size  # a batch of one breaks BatchNorm
-        self.train_loader = make_loader(
-            prep.train_data,
-            cfg.batch_size,
-            shuffle=True,
-            num_workers=cfg.num_workers,
-            generator=self.sampler_gen,
-            drop_last=drop_last,
-            pin_memory=device.type == "cuda",
-        )
+        self.rank_sampler: torch.utils.data.DistributedSampler[int] | None = None
+        if group.parallel:
+            # Seeded like the single-process sampler below, so the ranks split the permutation one process walks.
+            self.train_loader, self.rank_sampler = group.train_loader(
+                prep.train_data,
+                cfg.batch_size,
+                seed=cfg.seed * 1_000_003,
+                num_workers=cfg.num_workers,
+                drop_last=drop_last,
+                pin_memory=device.type == "cuda",
+            )
+        else:
+            self.train_loader = make_loader(
+                prep.train_data,
+                cfg.batch_size,
+                shuffle=True,
+                num_workers=cfg.num_workers,
+                generator=self.sampler_gen,
+                drop_last=drop_last,
+                pin_memory=device.type == "cuda",
+            )
         self.val_loader = make_loader(prep.val_data, max(cfg.batch_size, 64), shuffle=False)
         loader_steps = len(self.train_loader)
         self.steps_per_epoch = loader_steps if cfg.max_steps is None else min(loader_steps, cfg.max_steps)
@@ -508,14 +527,18 @@ class _Epochs:
             for epoch in range(self.state.start_epoch + 1, cfg.epochs + 1):
                 # Per-epoch seeds make a resumed run see the same batches as an uninterrupted one.
                 self.sampler_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
-                self.aug_gen.manual_seed(cfg.seed * 2_000_003 + epoch)
+                if self.rank_sampler is not None:
+                    self.rank_sampler.set_epoch(epoch)
+                # Each rank draws its own augmentations (rank 0 the single-process ones).
+                self.aug_gen.manual_seed(cfg.seed * 2_000_003 + epoch + 7_919 * self.group.rank)
                 task_id = bar.add_task(
                     "", total=self.steps_per_epoch, epoch=f"{epoch}/{cfg.epochs}", loss=0.0, metric=""
                 )
                 train_loss, images_per_s = self._train_epoch(epoch, bar, task_id)
+                # Validation runs once, on rank 0; every rank steps the schedule and early-stops on its result.
                 metrics = {
                     "train_loss": train_loss,
-                    **self._validate(epoch),
+                    **self.group.from_main(self._validate(epoch) if self.group.is_main else None),
                     "lr": self.setup.optimizer.param_groups[0]["lr"],
                     "train_images_per_s": images_per_s,
                 }
@@ -531,12 +554,14 @@ class _Epochs:
     def _train_epoch(self, epoch: int, bar: Progress, task_id: Any) -> tuple[float, float]:
         """One pass over the train loader (at most ``train.max_steps`` steps): (mean loss, images per second)."""
         setup, device = self.setup, self.device
-        model, optimizer, scaler = setup.model, setup.optimizer, setup.scaler
+        model, optimizer, scaler = self.net, setup.optimizer, setup.scaler
         model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
         for step, (x, y, extra) in enumerate(self.train_loader):
             if step >= self.steps_per_epoch:
                 break
+            self.steps_run += 1
+            self.group.exit_if_told(self.steps_run)
             x = x.to(device, non_blocking=True).to(memory_format=setup.memory_format)
             y = y.to(device, non_blocking=True)
             network = self.prep.kind.network
@@ -560,8 +585,10 @@ class _Epochs:
             seen += len(x)
             loss_sum += value * len(x)
             bar.update(task_id, advance=1, loss=loss_sum / seen)
-        train_time = time.perf_counter() - started
-        return loss_sum / max(seen, 1), seen / max(train_time, 1e-9)
+        # The logged numbers are the global ones: the loss over every rank's images, the images of all ranks.
+        total_loss, total_seen = self.group.sum(loss_sum, seen)
+        train_time = self.group.max(time.perf_counter() - started)
+        return total_loss / max(total_seen, 1), total_seen / max(train_time, 1e-9)
 
     @torch.no_grad()
     def _validate(self, epoch: int) -> dict[str, float]:
@@ -614,6 +641,8 @@ class _Epochs:
             state.bad_epochs += 1
         stop = cfg.early_stopping_patience > 0 and state.bad_epochs >= cfg.early_stopping_patience
         state.history.append({"epoch": epoch, **metrics})
+        if not self.group.is_main:
+            return stop
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch)
         meta = self.prep.meta
         meta.epoch = epoch
@@ -664,7 +693,10 @@ def _train(
     resume: bool,
     out_dir: Path | None,
     progress: bool,
+    group: Group = SINGLE,
+    run_id: str | None = None,
 ) -> TrainResult:
+    """One process's training; on several ranks (``group``) rank 0 alone opens ``run_id``, logs and checkpoints."""
     import mlflow
 
     cfg = params.train
@@ -678,30 +710,36 @@ def _train(
         params = params.with_overrides({"train.arch": prep.meta.arch})
         cfg = params.train
     loss_fn = make_loss(cfg.loss, prep.ds.task, prep.pos_weight)
-    device = resolve_device(cfg.device)
+    device = group.device(resolve_device(cfg.device))
     uri = resolve_tracking_uri(tracking_uri)
-    check_tracking(uri)
+    if group.is_main:
+        check_tracking(uri)
     resume_state = _resume_state(out_dir / "last.pt", prep.ds, cfg) if resume else None
 
     warnings = list(prep.warnings)
     setup = _setup(cfg, prep, device, warnings, fresh=resume_state is None)
     state = _Progress() if resume_state is None else _restore(setup, resume_state, cfg)
-    state.run_id = _open_run(uri, experiment, state.run_id, f"{cfg.arch}-{prep.ds.version[:8]}")
+    # Rank 0 opens the run (the one ``_launch`` made, on several ranks); the other ranks only carry its id.
+    wanted = run_id or state.run_id
+    state.run_id = _open_run(uri, experiment, wanted, _run_name(cfg, prep.ds)) if group.is_main else wanted
     prep.meta.run_id = state.run_id
     try:
-        epochs = _Epochs(cfg, prep, setup, loss_fn, device, out_dir, state)
-        if resume_state is None:
+        epochs = _Epochs(cfg, prep, setup, loss_fn, device, out_dir, state, group)
+        if group.is_main and resume_state is None:
             _log_run_start(params, prep, device, setup.monitor)
-        else:
+        elif group.is_main:
             mlflow.set_tag("radflow.resumed_at_epoch", str(state.start_epoch))
-        epochs.run(progress)
-        model_uri = _log_outcome(params, epochs.best_path, setup.monitor, state.best)
+        epochs.run(progress and group.is_main)
+        group.barrier()  # every rank trained every epoch before the run can finish
+        model_uri = _log_outcome(params, epochs.best_path, setup.monitor, state.best) if group.is_main else None
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        if group.is_main:
+            mlflow.end_run(status="FAILED")
         raise
-    mlflow.end_run()
+    if group.is_main:
+        mlflow.end_run()
     return TrainResult(
-        run_id=state.run_id,
+        run_id=state.run_id or "",
         checkpoint_path=epochs.best_path,
         best_metric=state.best,
         epochs_run=len(state.history),
@@ -712,3 +750,67 @@ def _train(
         warnings=warnings,
         resumed_from_epoch=None if resume_state is None else state.start_epoch,
     )
+
+
+def _run_name(cfg: TrainConfig, ds: Dataset) -> str:
+    return f"{cfg.arch}-{ds.version[:8]}"
+
+
+def _launch(
+    dataset_path: Path,
+    params: Params,
+    tracking_uri: str | None,
+    experiment: str,
+    resume: bool,
+    out_dir: Path | None,
+    progress: bool,
+) -> TrainResult:
+    """Data-parallel training in ``train.workers`` processes; this process checks, owns the MLflow run and waits.
+
+    The checks a user can fail run here, before any process starts. The run is created (or, on
+    resume, taken from ``last.pt``) here too, so whatever happens to the ranks it ends FAILED unless
+    every rank finished: rank 0 logs into it, and a rank that dies cannot leave it RUNNING or FINISHED.
+    """
+    from mlflow.tracking import MlflowClient
+
+    cfg = params.train
+    dataset_path = Path(dataset_path)
+    out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "checkpoints"
+    model_network(cfg.arch)
+    prep = _prepare(dataset_path, cfg)
+    if prep.meta.arch != cfg.arch:
+        params = params.with_overrides({"train.arch": prep.meta.arch})
+        cfg = params.train
+    make_loss(cfg.loss, prep.ds.task, prep.pos_weight)
+    device = resolve_device(cfg.device)
+    check_workers(cfg.workers, cfg.batch_size, device)
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking(uri)
+    run_id = _resume_state(out_dir / "last.pt", prep.ds, cfg).get("run_id") if resume else None
+    client = MlflowClient(uri)
+    if run_id is None:
+        run_id = client.create_run(ensure_experiment(uri, experiment), run_name=_run_name(cfg, prep.ds)).info.run_id
+    args = (dataset_path, params, uri, experiment, resume, out_dir, progress, run_id)
+    try:
+        result = run_ranks(_rank_train, cfg.workers, device, args)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    return result
+
+
+def _rank_train(
+    group: Group,
+    dataset_path: Path,
+    params: Params,
+    uri: str,
+    experiment: str,
+    resume: bool,
+    out_dir: Path,
+    progress: bool,
+    run_id: str,
+) -> TrainResult:
+    """One rank of :func:`_launch` (module-level: spawn imports it by name)."""
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    return _train(dataset_path, params, uri, experiment, resume, out_dir, progress, group, run_id)
