@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import time
 import uuid
@@ -603,9 +602,9 @@ class InferenceService:
         Columns): only :func:`radflow.runtime.dicom_seg.reference_attributes` of the source reach the SEG,
         and neither the source's patient attributes nor the SEG are logged or stored.
         """
-        from radflow.runtime.dicom_seg import build_dicom_seg, encode_dicom_seg
-        from radflow.runtime.masks import decode_rle
-        from radflow.tasks.segmentation import LESION_STRUCTURES
+        from radflow.pacs.results import build_seg
+        from radflow.runtime.dicom_seg import encode_dicom_seg
+        from radflow.runtime.dicom_sr import read_source
 
         structures = answer.get("structures")
         if not isinstance(structures, list) or not structures:
@@ -614,19 +613,7 @@ class InferenceService:
             )
 
         def build() -> bytes:
-            import pydicom
-
-            source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            masks = np.stack([decode_rle(s["rle"], f"structure {s['structure']}") for s in structures])
-            seg = build_dicom_seg(
-                source,
-                masks,
-                [str(s["structure"]) for s in structures],
-                model_name=str(answer["model"]["name"]),
-                model_version=str(answer["model"]["version"]),
-                lesion_structures=LESION_STRUCTURES,
-            )
-            return encode_dicom_seg(seg)
+            return encode_dicom_seg(build_seg(read_source(data), answer))
 
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, build)
 

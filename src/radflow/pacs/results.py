@@ -35,7 +35,7 @@ from radflow.errors import DataError
 from radflow.pacs.send import Delivery, send_cstore, send_stow
 from radflow.pacs.settings import ResultSettings
 
-__all__ = ["ResultWriter", "build_results"]
+__all__ = ["ResultWriter", "build_results", "build_seg"]
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,29 @@ def build_results(source_bytes: bytes, answer: dict[str, Any], uid_root: str | N
     if answer.get("findings") or answer.get("prediction") is not None or answer.get("boxes"):
         out.append(build_dicom_sr(source, answer, model_name=name, model_version=version, uid_root=uid_root))
     if answer.get("structures"):
-        out.append(_seg(source, answer["structures"], name, version, uid_root))
+        out.append(build_seg(source, answer, uid_root))
     if not out:
         raise DataError("the answer holds no findings, prediction, boxes or structures: no DICOM result to send.")
     return out
 
 
-def _seg(source: Dataset, structures: list[dict[str, Any]], name: str, version: str, uid_root: str | None) -> Dataset:
+def build_seg(source: Dataset, answer: dict[str, Any], uid_root: str | None = None) -> Dataset:
+    """The DICOM SEG of a segmentation ``answer`` on its parsed ``source``: one segment per structure's RLE mask.
+
+    The one SEG builder of an answer: the results sent to PACS (:func:`build_results`) and
+    ``/v1/predict?format=dicom-seg`` (:meth:`radflow.inference.InferenceService.dicom_seg`) both call
+    it. New Series and SOP Instance UIDs are made under ``uid_root`` (``None``: ``2.25.``).
+    """
     from radflow.runtime.dicom_seg import build_dicom_seg
     from radflow.runtime.dicom_sr import new_uid
     from radflow.runtime.masks import decode_rle
     from radflow.tasks.segmentation import LESION_STRUCTURES
 
+    structures = answer.get("structures")
+    model = answer.get("model") or {}
+    name, version = str(model.get("name") or "radflow model"), str(model.get("version") or "")
+    if not isinstance(structures, list) or not structures:
+        raise DataError(f"model {name!r} answers no masks: a DICOM SEG is built from a segmentation answer.")
     masks = np.stack([decode_rle(s["rle"], f"structure {s['structure']}") for s in structures])
     seg = build_dicom_seg(
         source,
