@@ -51,6 +51,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert demo.exit_code == 0, demo.output
     copy = tmp_path_factory.mktemp("annotate") / "workspace"
     shutil.copytree(demo.workdir, copy, symlinks=True)
+    # A fresh serving store: other tests (the demo's simulated clinic) may have served the shared workspace.
+    for stale in ("serving.db", "serving.db-wal", "serving.db-shm"):
+        (copy / stale).unlink(missing_ok=True)
+    shutil.rmtree(copy / "inputs", ignore_errors=True)
     # New runs' artifacts go to the copy (MLflow keeps the experiment's artifact folder as an absolute path).
     with sqlite3.connect(copy / "mlflow.db") as db:
         db.execute(
