@@ -284,6 +284,7 @@ class InferenceService:
         routing_key: str | None = None,
         size: tuple[int, int] | None = None,
         spacing: tuple[float, float] | None = None,
+        modality: str | None = None,
     ) -> Any:
         """What every door does after scoring one image: the prediction log, the score metrics, the drift window.
 
@@ -307,6 +308,7 @@ class InferenceService:
             shadow=arm_label == "shadow",
             request_id=request_id,
             study_key=study_key(routing_key),
+            modality=modality or None,
         )
         if self.settings.store_inputs:
             self.require_store().log(record, pixels, upload)
@@ -386,6 +388,7 @@ class InferenceService:
             routing_key=routing_key,  # its hash lets feedback export refuse held-out studies
             size=prepared.size,
             spacing=prepared.spacing,
+            modality=prepared.decoded.meta.get("modality"),  # the worklist filters on it
         )
         answer = {
             "id": record.id,

@@ -78,6 +78,11 @@ def _study_key(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE predictions ADD COLUMN study_key VARCHAR(64)"))
 
 
+def _modality(conn: Connection) -> None:
+    if "modality" not in {column["name"] for column in inspect(conn).get_columns("predictions")}:
+        conn.execute(text("ALTER TABLE predictions ADD COLUMN modality VARCHAR(16)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "version record on the unversioned schema (predictions, feedback, alerts)", _baseline),
     Migration(2, "indexes for the per-model online window and the feedback `since` filter", _window_and_since_indexes),
@@ -85,6 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4, "predictions.study_key: a hash of the routing key, to keep held-out studies out of training", _study_key
     ),
+    Migration(5, "predictions.modality: the input's DICOM Modality, for the worklist's filter", _modality),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "one migration per version, in order"
 

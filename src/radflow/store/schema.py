@@ -43,7 +43,7 @@ __all__ = [
     "utc",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this radflow writes; a database at a higher version is refused."""
 
 metadata = MetaData()
@@ -66,6 +66,8 @@ PREDICTIONS = Table(
     # v4: sha256 of the request's routing key (a caller's hashed study id), never the key itself: feedback
     # export refuses films of held-out patients and studies by it (radflow.feedback.HeldOutScreen).
     Column("study_key", String(64)),
+    # v5: the DICOM Modality of the input (CR, DX, ...; empty for PNG/JPEG): the worklist filters on it.
+    Column("modality", String(16)),
     # v2: the online window ranks each model version's predictions by time.
     Index("ix_predictions_model_created_at", "model_name", "model_version", "arm", "shadow", "created_at"),
 )

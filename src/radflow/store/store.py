@@ -126,6 +126,8 @@ class PredictionRecord:
     request_id: str | None = None
     study_key: str | None = None
     """:func:`study_key` of the request's routing key."""
+    modality: str | None = None
+    """The input's DICOM Modality (``CR``, ``DX``, ...), None for other formats."""
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
