@@ -43,7 +43,7 @@ def test_phantom_boxes_train_evaluate_register_export_and_answer_boxes(tmp_path:
     _cli("split", str(ds), "--val", "0.25", "--test", "0.25")
     labels = Dataset.open(ds).labels
 
-    args = ("train", str(ds), "--arch", "fcos_small", "--epochs", "1", "--batch-size", "4", "--workers", "0")
+    args = ("train", str(ds), "--arch", "fcos_small", "--epochs", "1", "--batch-size", "4", "--loader-workers", "0")
     first = _cli(*args, "--tracking-uri", uri, "--out-dir", str(tmp_path / "ck"), *TINY)
     evaluation = first["evaluation"]
     headline = evaluation["headline"]

@@ -1,93 +1,113 @@
-"""Data-parallel training (``train.workers`` = 2, gloo on CPU): one MLflow run, rank 0's checkpoints, resume, a dying rank.
+"""Data-parallel training (`train.workers` = 2, gloo on CPU): one MLflow run, rank 0 checkpoints, a dying rank, resume.
 
-Every spawned rank imports torch and MLflow, so the module trains once (one epoch, then a resume to
-two) and the assertions share that run.
+Every spawned rank imports torch and MLflow, so the module launches twice and the assertions share
+those runs: a 2-epoch run whose rank 1 dies in epoch 2 (FAILED, rank named), then
+``radflow train --workers 2 --resume`` finishing it in the same MLflow run.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from radflow.cli import app
 from radflow.config import Params
 from radflow.errors import ConfigError, RadflowError
 from radflow.train.checkpoint import load_checkpoint
 from radflow.train.data import ShardBatches, make_loader
 from radflow.train.distributed import EXIT_AT_ENV, Group, check_workers
-from radflow.train.loop import TrainResult, train
+from radflow.train.loop import train
 from tests.fixtures import make_dataset
 
-
-def _params(**overrides: object) -> Params:
-    base = {
-        "train.workers": 2,
-        "train.epochs": 1,
-        "train.batch_size": 8,
-        "train.num_workers": 0,
-        "train.early_stopping_patience": 0,
-        "train.threads": 1,
-    }
-    return Params().with_overrides({**base, **overrides})
+_SETTINGS = {
+    "train.workers": 2,
+    "train.epochs": 2,
+    "train.batch_size": 8,
+    "train.max_steps": 2,  # two global steps an epoch: rank 1's 4th step is the 2nd of epoch 2
+    "train.num_workers": 0,
+    "train.early_stopping_patience": 0,
+    "train.threads": 1,
+}
 
 
 @pytest.fixture(scope="module")
-def ddp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A 2-rank run of one epoch, resumed from its last.pt to two epochs."""
-    root = tmp_path_factory.mktemp("ddp")
-    ds = make_dataset(root / "ds", n=40, size=32)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    first = train(ds, _params(), uri, experiment="ddp", out_dir=root / "ck", progress=False)
-    resumed = train(
-        ds, _params(**{"train.epochs": 2}), uri, experiment="ddp", out_dir=root / "ck", resume=True, progress=False
-    )
-    return {"root": root, "ds": ds, "uri": uri, "first": first, "resumed": resumed}
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ddp") / "ds", n=40, size=32)
 
 
-def test_two_ranks_log_one_run_with_one_value_per_metric_and_epoch(ddp: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def ddp(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The 2-rank run whose rank 1 dies at its 4th step, read back, then resumed from last.pt by the CLI."""
     from mlflow.tracking import MlflowClient
 
-    first, resumed = ddp["first"], ddp["resumed"]
+    root = tmp_path_factory.mktemp("ddp-run")
+    uri, ck = f"sqlite:///{root / 'mlflow.db'}", root / "ck"
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RadflowError) as failed:
+        mp.setenv(EXIT_AT_ENV, "1:4")
+        train(dataset, Params().with_overrides(_SETTINGS), uri, experiment="ddp", out_dir=ck, progress=False)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    after_failure = {
+        "error": str(failed.value),
+        "status": run.info.status,
+        "val_loss_steps": [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")],
+        "last_epoch": load_checkpoint(ck / "last.pt")["epoch"],
+    }
+    args = ["train", str(dataset), "--workers", "2", "--batch-size", "8", "--epochs", "2", "--loader-workers", "0"]
+    args += ["-S", "train.max_steps=2", "-S", "train.threads=1", "-S", "train.early_stopping_patience=0"]
+    args += ["--tracking-uri", uri, "--experiment", "ddp", "--out-dir", str(ck), "--resume", "--no-evaluate", "--json"]
+    resumed = CliRunner().invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    return {
+        "uri": uri,
+        "ck": ck,
+        "run_id": run.info.run_id,
+        "failed": after_failure,
+        "resumed": json.loads(resumed.stdout),
+    }
+
+
+def test_a_dying_rank_fails_the_run_and_names_the_rank(ddp: dict[str, Any]) -> None:
+    failed = ddp["failed"]
+    assert "rank 1 of 2 exited with code 3" in failed["error"] and "marked FAILED" in failed["error"]
+    assert failed["status"] == "FAILED"
+    # Epoch 1 was logged and checkpointed once; nothing of the half epoch 2.
+    assert failed["val_loss_steps"] == [1] and failed["last_epoch"] == 1
+
+
+def test_resume_finishes_the_same_run_with_one_value_per_metric_and_epoch(ddp: dict[str, Any]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    resumed, run_id = ddp["resumed"], ddp["run_id"]
     client = MlflowClient(ddp["uri"])
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
-    assert [r.info.run_id for r in runs] == [first.run_id] and runs[0].info.status == "FINISHED"
-    assert runs[0].data.params["train.workers"] == "2"
+    assert [r.info.run_id for r in runs] == [run_id] == [resumed["run_id"]]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["train.workers"] == "2"
+    assert runs[0].data.tags["radflow.resumed_at_epoch"] == "1"
     for name in ("train_loss", "val_loss", "val_macro_auroc", "lr", "train_images_per_s"):
-        assert [m.step for m in client.get_metric_history(first.run_id, name)] == [1, 2], name
-    assert first.epochs_run == 1 and resumed.resumed_from_epoch == 1
-    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.history[0] == first.history[0]
-    assert resumed.model_uri and client.get_run(first.run_id).data.tags["radflow.resumed_at_epoch"] == "1"
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2], name
+    assert resumed["resumed_from_epoch"] == 1 and [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["model_uri"]
 
 
 def test_rank_zero_writes_the_checkpoints(ddp: dict[str, Any]) -> None:
-    resumed: TrainResult = ddp["resumed"]
-    ck = ddp["root"] / "ck"
+    ck = ddp["ck"]
     assert sorted(p.name for p in ck.iterdir()) == ["best.pt", "last.pt"]
     last = load_checkpoint(ck / "last.pt")
-    assert last["epoch"] == 2 and last["run_id"] == resumed.run_id
+    assert last["epoch"] == 2 and last["run_id"] == ddp["run_id"]
     # The replica's weights, not DDP's wrapper: a plain model loads them.
     assert not any(key.startswith("module.") for key in last["model_state"])
 
 
-def test_a_dying_rank_fails_the_run_and_names_the_rank(
-    ddp: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mlflow.tracking import MlflowClient
-
-    monkeypatch.setenv(EXIT_AT_ENV, "1:2")  # rank 1 exits before its second step
-    with pytest.raises(RadflowError, match=r"rank 1 of 2 exited with code 3.*marked FAILED"):
-        train(ddp["ds"], _params(), ddp["uri"], experiment="ddp-fault", out_dir=ddp["root"] / "f", progress=False)
-    client = MlflowClient(ddp["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("ddp-fault").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
-
-
-def test_the_ranks_split_the_single_process_batches(ddp: dict[str, Any]) -> None:
+def test_the_ranks_split_the_single_process_batches(dataset: Path) -> None:
     from radflow.data.dataset import Dataset
 
-    ds = Dataset.open(ddp["ds"])
+    ds = Dataset.open(dataset)
     rows = ds.indices("train")
     data = ShardBatches(ds, rows, ds.spec, ds.targets(rows))
     seed, epoch = 1_000_003, 3

@@ -65,7 +65,17 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Initial learning rate.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Data-parallel training processes (torch DDP; train.workers): --batch-size is the global batch, "
+            "split evenly across them.",
+        ),
+    ] = None,
+    loader_workers: Annotated[
+        int | None, typer.Option(min=0, help="DataLoader worker processes per training process (train.num_workers).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local state-dict file to start from.")] = None,
     config: Annotated[
@@ -116,7 +126,8 @@ def train_command(
             "train.batch_size": batch_size,
             "train.lr": lr,
             "train.device": device,
-            "train.num_workers": workers,
+            "train.workers": workers,
+            "train.num_workers": loader_workers,
             "train.seed": seed,
             "train.weights": str(weights) if weights is not None else None,
             **parse_sets(sets or []),
