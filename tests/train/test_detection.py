@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from radflow.config import Params
+from radflow.config import AugmentConfig, Params
 from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError
 from radflow.tasks import get_task
 from radflow.train.checkpoint import load_model
-from radflow.train.data import ShardBatches, box_targets
+from radflow.train.data import ShardBatches, augment, box_targets
 from radflow.train.loop import train
 from radflow.train.models import create_model, list_models, model_network
 from radflow.train.predict import predict_dataset
@@ -71,6 +71,21 @@ def test_the_detector_is_registered_and_returns_its_own_loss_terms_or_anchor_out
         create_model("fcos_small", 2, channels=16)
 
 
+def test_boxes_go_through_the_train_augmentation_into_the_detector_loss(det: Path) -> None:
+    ds = Dataset.open(det)
+    rows = ds.indices("train")
+    x, y, _ = ShardBatches(ds, rows, ds.spec, ds.targets(rows), boxes=box_targets(ds, rows))[list(range(len(rows)))]
+    cfg = AugmentConfig(rotation_deg=20, scale=0.2, hflip=True)
+    ax, ay = augment(x, cfg, torch.Generator().manual_seed(0), boxes=y)
+    assert ax.shape == x.shape and ay.shape == y.shape and not torch.equal(ax, x)
+    kept = ~torch.isnan(ay[..., 0])
+    assert kept.any() and not torch.equal(ay[kept], y[kept])  # the boxes moved with their images
+    assert (ay[kept][:, :4] >= 0).all() and (ay[kept][:, :4] <= 32).all()
+    assert torch.equal(ay[kept][:, 4], y[kept][:, 4])  # labels unchanged
+    terms = create_model("fcos_small", 1)(ax, targets=ay)
+    assert torch.isfinite(terms).all()
+
+
 def test_detection_trains_with_the_default_arch_and_its_checkpoint_predicts(det: Path, tmp_path: Path) -> None:
     params = Params().with_overrides(
         {
@@ -92,7 +107,7 @@ def test_detection_trains_with_the_default_arch_and_its_checkpoint_predicts(det:
     )
     assert result.monitor == "val_map50" and result.epochs_run == 2
     assert any("training fcos_small" in w for w in result.warnings)
-    assert any("augmentation is off for detection" in w for w in result.warnings)
+    assert params.train.augment.enabled and not any("augmentation" in w for w in result.warnings)
     for epoch in result.history:
         assert np.isfinite(epoch["train_loss"]) and np.isfinite(epoch["val_loss"])
         assert 0.0 <= epoch["val_map50"] <= 1.0

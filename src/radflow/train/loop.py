@@ -194,8 +194,6 @@ def _prepare(dataset_path: Path, cfg: TrainConfig) -> _Prepared:
     pos_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     spec = ds.spec.__class__.from_dict(meta.preprocess)
     train_boxes, val_boxes = (box_targets(ds, rows) if detection else None for rows in (train_rows, val_rows))
-    if detection and cfg.augment.enabled:
-        warnings.append("augmentation is off for detection: the boxes do not move with the image yet.")
     train_data = ShardBatches(
         ds, train_rows, spec, train_targets, extra_inputs(ds, train_rows, meta), masks=dense, boxes=train_boxes
     )
@@ -567,6 +565,8 @@ class _Epochs:
             network = self.prep.kind.network
             if network == "dense":
                 x, y = augment(x, self.cfg.augment, self.aug_gen, masks=y)
+            elif network == "detection":  # each image's boxes go through its affine and flip
+                x, y = augment(x, self.cfg.augment, self.aug_gen, boxes=y)
             elif network == "pooled":
                 x = augment(x, self.cfg.augment, self.aug_gen)
             with torch.autocast(device.type, dtype=torch.float16, enabled=setup.use_amp):
