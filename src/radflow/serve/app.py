@@ -24,6 +24,7 @@ from radflow.serve.common import RequestMiddleware, install_error_handlers
 from radflow.serve.ml_backend import ml_backend
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
+from radflow.serve.worklist import worklist
 from radflow.ui import ui_router
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     # Every router behind the one access check (radflow.serve.auth decides what each route needs).
     guarded = [Depends(authorize)]
     app.include_router(v1, dependencies=guarded)
+    app.include_router(worklist, dependencies=guarded)  # GET /v1/worklist (triage order)
     app.include_router(v2, dependencies=guarded)
     app.include_router(admin, dependencies=guarded)
     app.include_router(ui_router(), dependencies=guarded)
