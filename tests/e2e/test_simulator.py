@@ -76,6 +76,9 @@ def test_simulate_sends_the_clinics_new_patients_and_posts_ground_truth_feedback
     assert 0 < summary["feedback_posted"] < summary["answered"]
     assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
     assert sum(summary["arms"].values()) == summary["answered"]
+    triage = summary["triage"]  # the reading room replayed in worklist and in arrival order
+    assert triage["studies"] == summary["answered"] and triage["readers"] == 1 and triage["read_s"] == 0.09
+    assert (triage["worklist"] is None) == (triage["fifo"] is None) == (triage["urgent_studies"] == 0)
 
     predictions, feedback = _stored(served.store_url)
     assert len(predictions) - len(before_predictions) == summary["answered"]

@@ -51,6 +51,15 @@ def _render(summary: dict[str, Any]) -> None:
         )
     for arm, count in summary["arms"].items():
         table.add_row(f"answered by {arm}", str(count))
+    triage = summary.get("triage")
+    if triage and triage["worklist"]:
+        w, f = triage["worklist"], triage["fifo"]
+        table.add_row(
+            f"urgent time-to-read p50 / p90 ({triage['urgent_studies']} urgent studies)",
+            f"worklist {w['p50']:.1f} / {w['p90']:.1f} s · arrival order {f['p50']:.1f} / {f['p90']:.1f} s",
+        )
+        room = f"{triage['readers']} reader(s), {triage['read_s']:.2f} s a study, {triage['flagged']} flagged urgent"
+        table.add_row("reading room", room)
     console.print(table)
     if clinic and clinic["dropped"]:
         console.print(f"{clinic['dropped']} phantoms left out of the pool: each resembles a held-out image")
@@ -92,6 +101,18 @@ def simulate_command(
     concurrency: Annotated[int, typer.Option("--concurrency", help="Most requests in flight at once.")] = 16,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before a request counts as failed.")] = 30.0,
     reader: Annotated[str, typer.Option("--reader", help="Reader id written with the feedback.")] = "simulator",
+    urgent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--urgent",
+            help="LABEL=P urgency threshold of the triage figure (repeat; the worklist's kafka.urgent); "
+            "none: the model's positive findings are urgent.",
+        ),
+    ] = None,
+    readers: Annotated[int, typer.Option("--readers", help="Readers of the modelled reading room.")] = 1,
+    read_seconds: Annotated[
+        float | None, typer.Option("--read-seconds", help="Seconds a read takes; default: readers 90% busy.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Send a clinic's images (new patients by default) as it would: Poisson arrivals, optional drift, feedback."""
@@ -115,6 +136,9 @@ def simulate_command(
             concurrency=concurrency,
             timeout=timeout,
             reader=reader,
+            urgent=_thresholds(urgent or []),
+            readers=readers,
+            read_seconds=read_seconds,
         )
         if not as_json:
             console.print(f"simulating {rate:g} img/s for {duration:g} s against {url} (Ctrl-C stops)", highlight=False)
@@ -123,3 +147,18 @@ def simulate_command(
         return simulate(config).to_dict()
 
     emit(run_command(body), as_json, _render)
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    from radflow.errors import ConfigError
+
+    out: dict[str, float] = {}
+    for item in items:
+        label, sep, value = item.partition("=")
+        try:
+            out[label.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not label.strip():
+            raise ConfigError(f"--urgent {item!r}: expected LABEL=PROBABILITY, e.g. --urgent Pneumothorax=0.5.")
+    return out

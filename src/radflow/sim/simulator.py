@@ -22,7 +22,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,9 @@ from radflow.sim.arrivals import arrivals
 from radflow.sim.clinic import ClinicPool, build_clinic_pool
 from radflow.sim.drift import DriftSpec, apply_drift
 from radflow.sim.traffic import Case, CaseSource, feedback_payload
+from radflow.sim.triage import ReadStudy, triage_report, truly_urgent
 from radflow.tasks import get_task
+from radflow.triage import urgency
 
 __all__ = [
     "BackgroundSimulation",
@@ -53,6 +55,8 @@ __all__ = [
 DEFAULT_READER = "simulator"
 MAX_BACKLOG = 1000
 """Arrived requests allowed to wait for a connection; beyond it new arrivals are dropped (bounded memory)."""
+MAX_READ = 20_000
+"""Answered studies the triage figure is computed over (the latest; bounded memory in a long demo)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,12 @@ class SimulationConfig:
     """Reader id written with each feedback."""
     wait_ready: float = 0.0
     """Seconds to wait for ``/v2/health/ready`` before sending (0: send at once)."""
+    urgent: dict[str, float] = field(default_factory=dict)
+    """Per-label urgency thresholds of the triage figure (the worklist's ``kafka.urgent``); none: positive findings."""
+    readers: int = 1
+    """Radiologists of the modelled reading room (:mod:`radflow.sim.triage`)."""
+    read_seconds: float | None = None
+    """Seconds one read takes in the reading room; None: a load of 0.9 at ``rate``."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -106,6 +116,13 @@ class SimulationConfig:
             raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout:g}.")
         if self.clinic_images < 1:
             raise ConfigError(f"--clinic-images must be at least 1, got {self.clinic_images}.")
+        if self.readers < 1:
+            raise ConfigError(f"--readers must be at least 1, got {self.readers}.")
+        if self.read_seconds is not None and not self.read_seconds > 0:
+            raise ConfigError(f"--read-seconds must be > 0, got {self.read_seconds:g}.")
+        for label, threshold in self.urgent.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ConfigError(f"--urgent {label}={threshold:g}: a threshold is a probability in [0, 1].")
 
     @property
     def source(self) -> str:
@@ -157,6 +174,10 @@ class SimulationSummary:
     """Answers per model version and arm."""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     interrupted: bool = False
+    read: deque[ReadStudy] = field(default_factory=lambda: deque(maxlen=MAX_READ), repr=False)
+    """The latest answered classification studies: arrival, answer time, urgency, truth (the triage figure)."""
+    readers: int = 1
+    read_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         elapsed = max(self.elapsed_s, 1e-9)
@@ -194,6 +215,9 @@ class SimulationSummary:
             "answered_rate": round(self.answered / elapsed, 3),
             "latency_ms": latency,
             "arms": dict(sorted(self.arms.items())),
+            "triage": triage_report(list(self.read), self.target_rate, self.read_seconds, self.readers)
+            if self.read
+            else None,
             "interrupted": self.interrupted,
         }
 
@@ -224,6 +248,8 @@ class Simulator:
             source=config.source,
             dataset_version=self._dataset.version,
             warnings=[held_out_warning(str(config.split))] if config.held_out else [],
+            readers=config.readers,
+            read_seconds=config.read_seconds,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -319,7 +345,7 @@ class Simulator:
                     if len(tasks) >= cfg.concurrency + MAX_BACKLOG:
                         continue  # the server fell far behind: this image is dropped (counted as not sent)
                     request = self.prepare()
-                    task = asyncio.create_task(self._one(client, slots, request))
+                    task = asyncio.create_task(self._one(client, slots, request, at, start))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 self.summary.elapsed_s = time.monotonic() - start
@@ -334,7 +360,9 @@ class Simulator:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _one(self, client: httpx.AsyncClient, slots: asyncio.Semaphore, request: _Request) -> None:
+    async def _one(
+        self, client: httpx.AsyncClient, slots: asyncio.Semaphore, request: _Request, at: float, start: float
+    ) -> None:
         s = self.summary
         case = request.case
         async with slots:
@@ -361,6 +389,11 @@ class Simulator:
             s.latencies_ms.append((time.perf_counter() - t0) * 1000.0)
             s.answered += 1
             answer = response.json()
+            if answer.get("findings"):
+                urgent = self.config.urgent
+                s.read.append(
+                    ReadStudy(at, time.monotonic() - start, urgency(answer, urgent), truly_urgent(case.truth, urgent))
+                )
             model = answer.get("model") or {}
             s.arms[f"{model.get('name', '?')} v{model.get('version', '?')} ({answer.get('arm', '?')})"] += 1
             if request.feedback:
