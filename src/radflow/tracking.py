@@ -10,6 +10,10 @@ MLflow would otherwise leave an empty ``mlflow.db`` in whatever folder the comma
 later commands would then mistake for a workspace's store. Only the training run creates one
 (:func:`ensure_experiment`); elsewhere a missing SQLite store is a clear error (:func:`require_store`).
 
+A team shares one server instead (:func:`tracking_server_command`, ``radflow tracking-server``): runs and
+registry in PostgreSQL, artifacts proxied through the server (``mlflow-artifacts:/`` URIs); a workspace
+points at it with ``MLFLOW_TRACKING_URI=http://HOST:PORT``.
+
 This module owns MLflow's environment: telemetry off, its log level and download progress bars
 (:func:`set_mlflow_verbosity`, quiet unless ``radflow -v``), and ``MLFLOW_TRACKING_URI``.
 :func:`env_scope` is radflow's one way to change environment variables for a block.
@@ -38,8 +42,11 @@ __all__ = [
     "DEFAULT_DB",
     "PROGRESS_ENV",
     "artifact_root",
+    "artifacts_destination",
+    "check_database",
     "check_tracking",
     "client",
+    "database_uri",
     "ensure_experiment",
     "env_scope",
     "git_state",
@@ -49,6 +56,7 @@ __all__ = [
     "server_command",
     "set_mlflow_verbosity",
     "telemetry_off",
+    "tracking_server_command",
     "tracking_uri_scope",
 ]
 
@@ -251,3 +259,90 @@ def quiet_downloads() -> contextlib.AbstractContextManager[None]:
     A bar would land in the middle of radflow's output (and of ``--json``) or of the server's log.
     """
     return env_scope(**{PROGRESS_ENV: os.environ.get(PROGRESS_ENV) or "false"})
+
+
+# --- A shared tracking server: `radflow tracking-server` -------------------------------------------------------------
+
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "sqlite")
+
+
+def database_uri(uri: str) -> str:
+    """``uri`` as SQLAlchemy should open it: a bare ``postgresql://`` gets radflow's driver (psycopg 3).
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2, which radflow does not install; anything but a
+    database URL (a server's http URL, a folder) is refused with what to pass instead.
+    """
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme.split("+", 1)[0] not in _DATABASE_SCHEMES:
+        raise RadflowError(
+            f"--backend-store-uri {uri!r} is not a database URL: pass postgresql://USER[:PASSWORD]@HOST[:PORT]/DB "
+            "(the shared store a team's runs and registry live in)."
+        )
+    if scheme == "postgresql":
+        return "postgresql+psycopg://" + uri.split("://", 1)[1]
+    return uri
+
+
+def check_database(uri: str, timeout: float = 5.0) -> None:
+    """Connect once to the backend store ``uri``; an unreachable or refusing database is a clear RadflowError."""
+    import sqlalchemy
+
+    args = {"connect_timeout": int(max(1, timeout))} if uri.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=args)
+    try:
+        with engine.connect():
+            return
+    except Exception as exc:  # SQLAlchemy wraps every driver's failure differently: name the database and why
+        shown = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RadflowError(
+            f"the tracking server's backend store {shown} is unreachable ({reason}). Start the database, or fix "
+            "--backend-store-uri.",
+            status_code=503,
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def artifacts_destination(destination: str) -> str:
+    """Where a tracking server keeps the artifacts it proxies: a URI as given, a local path as a ``file://`` URI."""
+    if "://" in destination:
+        return destination
+    # Not created here (a --dry-run makes nothing): MLflow makes the folders as artifacts arrive.
+    return Path(destination).expanduser().resolve().as_uri()
+
+
+def tracking_server_command(
+    backend_store_uri: str,
+    artifacts: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 1,
+    allowed_hosts: str | None = None,
+) -> list[str]:
+    """The ``mlflow server`` a team shares: runs and registry in a database, artifacts proxied by the server.
+
+    ``--serve-artifacts`` makes new experiments' artifact URIs ``mlflow-artifacts:/...``: clients upload
+    and download through the server, so no workspace needs credentials for (or a path to) the store behind it.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        database_uri(backend_store_uri),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination(artifacts),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    if allowed_hosts:
+        # MLflow's security middleware answers only these Host headers (default: localhost), e.g. a container's name.
+        command += ["--allowed-hosts", allowed_hosts]
+    return command

@@ -22,6 +22,7 @@ from radflow.cli import simulate as _simulate  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401
 from radflow.cli import synth as _synth  # noqa: F401
 from radflow.cli import token as _token  # noqa: F401
+from radflow.cli import tracking as _tracking  # noqa: F401
 from radflow.cli import train as _train  # noqa: F401
 from radflow.cli import worker as _worker  # noqa: F401
 from radflow.cli import workspace as _workspace  # noqa: F401

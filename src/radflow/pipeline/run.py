@@ -33,6 +33,7 @@ from radflow.config import load_params
 from radflow.errors import ConfigError, RadflowError
 from radflow.pipeline import dvc_yaml as paths
 from radflow.pipeline.workspace import commit_first_run, find_workspace, git_env
+from radflow.tracking import check_tracking, resolve_tracking_uri
 
 __all__ = ["SIGNATURE_FILE", "is_dvc_notice", "parse_sets", "pipeline_signature", "run_pipeline"]
 
@@ -176,6 +177,8 @@ def run_pipeline(
     sets = list(sets or [])
     # Validate before DVC sees anything: the file itself, then each override's key and value.
     load_params(root / "params.yaml").with_overrides(parse_sets(sets))
+    # A tracking server (MLFLOW_TRACKING_URI) that does not answer fails now, not at the train stage minutes in.
+    check_tracking(resolve_tracking_uri(workspace=root))
     started = time.perf_counter()
     if not sets and not name and _unchanged(root):
         if on_line:
