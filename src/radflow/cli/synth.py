@@ -1,4 +1,4 @@
-"""``radflow synth chest|hand``: phantom radiographs in CheXpert's or RSNA bone age's on-disk layout."""
+"""``radflow synth chest|hand|spine``: phantoms in CheXpert's or RSNA bone age's layout, spine MR with its truth."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def _render(info: dict[str, Any]) -> None:
         )
         shares = " · ".join(f"{label} {share:.1%}" for label, share in info["prevalence"].items())
         console.print(f"positives: {shares}")
+    elif info["kind"] == "spine":
+        console.print(
+            f"{info['patients']} patients · {info['vertebrae']} vertebrae ({', '.join(info['levels'])}) · "
+            f"{info['schmorl_nodes']} Schmorl's nodes in {info['images_with_nodes']} images · MR DICOM, "
+            f"{info['pixel_spacing_mm']} mm pixels"
+        )
+        console.print(f"truth: {' · '.join(info['truth'].values())}")
     else:
         console.print(f"{info['boys']} boys · bone age mean {info['boneage_mean']} months, sd {info['boneage_sd']}")
     if "masks" in info:
@@ -87,4 +94,24 @@ def hand_command(
     from radflow.data.synth import synth_hand
 
     info = run_command(lambda: synth_hand(out, n, seed, size, workers, masks))
+    emit(info, as_json, _render)
+
+
+@synth_app.command("spine")
+def spine_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write.")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    size: Annotated[int, typer.Option(help="Image side in pixels (square).")] = 256,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Phantom sagittal lumbar spine MR (DICOM) with each vertebra's box and level and its Schmorl's nodes.
+
+    annotations.json (COCO, category Vertebra) makes a detection source for `radflow ingest OUT --format
+    coco-boxes`; vertebrae.csv holds each vertebra's box, level and node (the truth of the per-vertebra step).
+    """
+    from radflow.data.synth.spine import synth_spine
+
+    info = run_command(lambda: synth_spine(out, n, seed, size, workers))
     emit(info, as_json, _render)

@@ -52,6 +52,7 @@ __all__ = [
 
 _DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 _CR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.1")
+_MR_IMAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 
 WRITABLE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
@@ -395,7 +396,10 @@ def write_dicom(
     transfer_syntax: str = ExplicitVRLittleEndian,
     uid_seed: str = "",
 ) -> None:
-    """Write a Part-10 DX (or CR, when ``attributes["Modality"] == "CR"``) image file.
+    """Write a Part-10 DX image file (CR or MR when ``attributes["Modality"]`` says so).
+
+    An MR image carries its stored values as they are (``rescale_*`` must stay 1 and 0); its
+    MR-specific elements (ScanningSequence, EchoTime, ImageOrientationPatient, ...) come in ``attributes``.
 
     ``stored`` holds unsigned stored values (shape (rows, columns), or (rows, columns, 3) for RGB),
     written as 16-bit words with BitsStored ``bits_stored`` and HighBit ``bits_stored - 1``.
@@ -427,7 +431,10 @@ def write_dicom(
         )
 
     modality = str(attributes.get("Modality", "DX")).upper()
-    sop_class = _CR_IMAGE if modality == "CR" else _DX_FOR_PRESENTATION
+    sop_class = {"CR": _CR_IMAGE, "MR": _MR_IMAGE}.get(modality, _DX_FOR_PRESENTATION)
+    mr = modality == "MR"  # MR Image: stored values as they are (no rescale, no Presentation LUT)
+    if mr and (rescale_slope != 1.0 or rescale_intercept != 0.0):
+        raise ConfigError("an MR image has no rescale: write its values as stored (rescale_slope 1, intercept 0).")
     sop_uid = generate_uid(entropy_srcs=[uid_seed, "sop"])
 
     meta = FileMetaDataset()
@@ -443,7 +450,8 @@ def write_dicom(
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])
     ds.Modality = modality
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.PatientOrientation = ""
+    if not mr:  # an MR image's orientation is its ImageOrientationPatient (attributes)
+        ds.PatientOrientation = ""
     ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
     if photometric == "RGB":
         ds.PlanarConfiguration = 0
@@ -453,7 +461,11 @@ def write_dicom(
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
-    if photometric != "RGB":
+    if photometric != "RGB" and mr:
+        if window is not None:
+            ds.WindowCenter = f"{window[0]:g}"
+            ds.WindowWidth = f"{window[1]:g}"
+    elif photometric != "RGB":
         ds.RescaleSlope = f"{rescale_slope:g}"
         ds.RescaleIntercept = f"{rescale_intercept:g}"
         ds.RescaleType = "US"
