@@ -38,6 +38,8 @@ __all__ = [
     "SplitConfig",
     "SynthConfig",
     "TrainConfig",
+    "WorkflowConfig",
+    "WorkflowStepConfig",
     "describe_params",
     "flatten_params",
     "load_params",
@@ -504,6 +506,52 @@ class KafkaConfig(_Strict):
     """Per-label urgency thresholds (probability); an answer with a finding at or over one also goes to urgent_topic."""
 
 
+class WorkflowStepConfig(_Strict):
+    """One step of a workflow: a registered model, or glue (crop, resize, aggregate) between models."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="The step's name, unique in its workflow.")
+    model: str | None = Field(
+        default=None, description="Run this model: models:/NAME@ALIAS, models:/NAME/N (or any MODEL reference)."
+    )
+    crop: Literal["box", "mask"] | None = Field(
+        default=None, description="Cut the image at each box (box) or each structure's mask extent (mask) of `input`."
+    )
+    resize: int | None = Field(
+        default=None, ge=8, le=4096, description="Resize each image of `input` to this square side."
+    )
+    aggregate: Literal["max", "mean", "any"] | None = Field(
+        default=None, description="Per-crop results of `input` back to one per image: max, mean or any (findings)."
+    )
+    input: str | None = Field(
+        default=None,
+        description="The step whose output this step takes; `image` is the request's image. Default: the step before.",
+    )
+    image: str = Field(default="image", description="crop: the step whose image is cut (`image`: the request's).")
+    margin: float = Field(
+        default=0.1, ge=0, le=2, description="crop: added on each side, a fraction of the box's side."
+    )
+    labels: list[str] | None = Field(default=None, description="crop: only boxes or structures of these labels.")
+    min_score: float = Field(default=0.0, ge=0, le=1, description="crop by box: only boxes scoring at least this.")
+    batch_size: int = Field(default=16, ge=1, le=1024, description="A model on crops: crops per ONNX Runtime call.")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> WorkflowStepConfig:
+        given = [k for k in ("model", "crop", "resize", "aggregate") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"step {self.name!r} needs exactly one of model, crop, resize, aggregate (it has {given or 'none'})"
+            )
+        return self
+
+
+class WorkflowConfig(_Strict):
+    """A workflow: a DAG of registered models and glue steps served as one (``/v1/workflows/NAME/predict``)."""
+
+    description: str = Field(default="", description="What the workflow answers, for the listing.")
+    steps: list[WorkflowStepConfig] = Field(min_length=1, description="The steps; each takes `input`'s output.")
+    output: str | None = Field(default=None, description="The step whose output is the answer (default: the last).")
+
+
 class Params(_Strict):
     """The whole params.yaml."""
 
@@ -520,6 +568,9 @@ class Params(_Strict):
         description="The model owner's statements in the evaluation report's model card.",
     )
     kafka: KafkaConfig = Field(default_factory=lambda: KafkaConfig(), description="Kafka worker settings.")
+    workflows: dict[str, WorkflowConfig] = Field(
+        default_factory=dict, description="Workflows by name: models and glue steps served as one (radflow.workflow)."
+    )
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:
         """A copy with dotted keys replaced, e.g. ``{"train.epochs": 3, "train.augment.hflip": True}``.
@@ -736,9 +787,11 @@ def params_yaml(params: Params) -> str:
         if number:
             lines.append("")
         comment(info.description, "")
-        lines.append(f"{section}:")
         model = _sub_model(info.annotation)
-        assert model is not None
+        if model is None:  # a mapping of named entries (workflows): written as given
+            lines.append(yaml.safe_dump({section: values[section]}, sort_keys=False).rstrip("\n"))
+            continue
+        lines.append(f"{section}:")
         walk(model, values[section], "  ")
     return "\n".join(lines) + "\n"
 
