@@ -75,6 +75,13 @@ def gateway_command(
         Path | None,
         typer.Option("--dead-letter", help="Keep refused results here, with why (dead-letter.jsonl)."),
     ] = None,
+    result_heatmaps: Annotated[
+        bool,
+        typer.Option(
+            "--result-heatmaps",
+            help="Also send each positive finding's heatmap as a Secondary Capture (not for diagnostic use).",
+        ),
+    ] = False,
     pull_from: Annotated[
         str | None, typer.Option("--pull-from", help="Also pull studies from this DICOMweb root (QIDO-RS, WADO-RS).")
     ] = None,
@@ -141,10 +148,12 @@ def gateway_command(
                     stow_url=result_stow,
                     uid_root=uid_root,
                     dead_letter_dir=dead_letter,
+                    heatmaps=result_heatmaps,
                 )
-            elif uid_root is not None or dead_letter is not None:
+            elif uid_root is not None or dead_letter is not None or result_heatmaps:
                 raise ConfigError(
-                    "--uid-root and --dead-letter need a result destination (--result-ae or --result-stow)."
+                    "--uid-root, --dead-letter and --result-heatmaps need a result destination "
+                    "(--result-ae or --result-stow)."
                 )
             settings = GatewaySettings(
                 ae_title=ae_title,

@@ -308,8 +308,10 @@ class Gateway:
                 return None
         self.metrics.images_scored.labels("ok").inc()
         if self.results is not None:
+            model = answer.get("model") or {}
+            arm = service.require_router().find(str(model.get("name")), str(model.get("version")))
             try:
-                await self.results.deliver(data, answer)
+                await self.results.deliver(data, answer, arm.model if arm is not None else None)
             except RadflowError as exc:
                 log.warning("study %s: no DICOM result could be built: %s", key[:12], exc)
         return answer

@@ -4,9 +4,11 @@
 scoring each image, the Kafka worker after each message. It builds the result from the source's
 Part-10 bytes and the answer (:func:`radflow.runtime.dicom_sr.build_dicom_sr` for findings, values
 and boxes; :func:`radflow.runtime.dicom_seg.build_dicom_seg` as well for a segmentation answer's
-masks), sends it to each destination (:mod:`radflow.pacs.send`) and records what came back:
+masks; with ``ResultSettings.heatmaps``, a Secondary Capture of each positive finding's heatmap,
+:mod:`radflow.pacs.capture`), sends it to each destination (:mod:`radflow.pacs.send`) and records what
+came back:
 
-* ``radflow_pacs_results_total{kind, outcome}`` (kind SR/SEG; outcome delivered, refused, unreachable);
+* ``radflow_pacs_results_total{kind, outcome}`` (kind SR/SEG/SC; outcome delivered, refused, unreachable);
 * a refused or unreachable result is logged with the destination's status and reason and, with
   ``dead_letter_dir`` set, kept there as its DICOM file beside a ``dead-letter.jsonl`` line (time,
   kind, destination, status, reason, model, the file's name) so an operator can send it again.
@@ -23,9 +25,9 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
@@ -35,7 +37,12 @@ from radflow.errors import DataError
 from radflow.pacs.send import Delivery, send_cstore, send_stow
 from radflow.pacs.settings import ResultSettings
 
-__all__ = ["ResultWriter", "build_results", "build_seg"]
+if TYPE_CHECKING:
+    from radflow.runtime import RadflowModel
+
+__all__ = ["ResultWriter", "build_results", "build_seg", "result_kind"]
+
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +52,19 @@ def _study_name(dataset: Dataset) -> str:
     return hashlib.sha256(str(dataset.get("StudyInstanceUID", "")).encode()).hexdigest()[:12]
 
 
-def build_results(source_bytes: bytes, answer: dict[str, Any], uid_root: str | None = None) -> list[Dataset]:
-    """The DICOM results of one answer on its source: an SR when it has findings, a value or boxes; a SEG for masks."""
-    from radflow.runtime.dicom_sr import build_dicom_sr, read_source
+def build_results(
+    source_bytes: bytes,
+    answer: dict[str, Any],
+    uid_root: str | None = None,
+    heatmaps: Mapping[str, np.ndarray] | None = None,
+) -> list[Dataset]:
+    """The DICOM results of one answer on its source: an SR when it has findings, a value or boxes; a SEG for masks.
+
+    And a Secondary Capture per ``heatmaps`` overlay (``{label: RGB uint8}``,
+    :func:`radflow.pacs.capture.heatmap_overlays`), numbered in the given order.
+    """
+    from radflow.pacs.capture import build_heatmap_capture
+    from radflow.runtime.dicom_sr import build_dicom_sr, new_uid, read_source
 
     source = read_source(source_bytes)
     model = answer.get("model") or {}
@@ -59,7 +76,25 @@ def build_results(source_bytes: bytes, answer: dict[str, Any], uid_root: str | N
         out.append(build_seg(source, answer, uid_root))
     if not out:
         raise DataError("the answer holds no findings, prediction, boxes or structures: no DICOM result to send.")
+    series = new_uid(uid_root)
+    for number, (label, overlay) in enumerate((heatmaps or {}).items(), start=1):
+        capture = build_heatmap_capture(
+            source,
+            overlay,
+            label,
+            model_name=name,
+            model_version=version,
+            uid_root=uid_root,
+            series_instance_uid=series,
+            instance_number=number,
+        )
+        out.append(capture)
     return out
+
+
+def result_kind(dataset: Dataset) -> str:
+    """What a result is called in metrics and logs: ``SR``, ``SEG`` or ``SC`` (a heatmap's Secondary Capture)."""
+    return "SC" if dataset.SOPClassUID == _SECONDARY_CAPTURE else str(dataset.Modality)
 
 
 def build_seg(source: Dataset, answer: dict[str, Any], uid_root: str | None = None) -> Dataset:
@@ -101,7 +136,7 @@ class ResultWriter:
         self.settings = settings
         self.results = Counter(
             "radflow_pacs_results",
-            "DICOM results sent to a destination, by kind (SR, SEG) and outcome (delivered, refused, unreachable).",
+            "DICOM results sent to a destination, by kind (SR, SEG, SC) and outcome (delivered, refused, unreachable).",
             ["kind", "outcome"],
             registry=registry,
         )
@@ -115,8 +150,13 @@ class ResultWriter:
             self._senders.append(send_stow)
         self._dead_letter_lock = threading.Lock()
 
-    async def deliver(self, source_bytes: bytes, answer: dict[str, Any]) -> list[Delivery]:
+    async def deliver(
+        self, source_bytes: bytes, answer: dict[str, Any], model: RadflowModel | None = None
+    ) -> list[Delivery]:
         """Build the answer's results and send each to every destination; what each destination answered.
+
+        With ``settings.heatmaps`` and the ``model`` that answered, each positive finding's CAM goes as a
+        Secondary Capture too (:mod:`radflow.pacs.capture`; a model without CAMs sends none).
 
         A refusal is counted, logged and dead-lettered here and returned, not raised: the image was
         scored and logged, only its way back failed. An answer or source no result can be built
@@ -124,7 +164,7 @@ class ResultWriter:
         """
         loop = asyncio.get_running_loop()
         try:
-            datasets = await loop.run_in_executor(None, build_results, source_bytes, answer, self.settings.uid_root)
+            datasets = await loop.run_in_executor(None, self._build, source_bytes, answer, model)
         except DataError:
             self.build_failures.inc()
             raise
@@ -136,8 +176,16 @@ class ResultWriter:
                 deliveries.append(delivery)
         return deliveries
 
+    def _build(self, source_bytes: bytes, answer: dict[str, Any], model: RadflowModel | None) -> list[Dataset]:
+        from radflow.pacs.capture import heatmap_labels, heatmap_overlays
+
+        heatmaps = None
+        if self.settings.heatmaps and model is not None:
+            heatmaps = heatmap_overlays(model, source_bytes, heatmap_labels(answer))
+        return build_results(source_bytes, answer, self.settings.uid_root, heatmaps)
+
     def _record(self, dataset: Dataset, answer: dict[str, Any], delivery: Delivery) -> None:
-        kind = str(dataset.Modality)
+        kind = result_kind(dataset)
         self.results.labels(kind, delivery.outcome).inc()
         study = _study_name(dataset)
         if delivery.ok:
@@ -191,7 +239,7 @@ class ResultWriter:
         record = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "study": study,
-            "kind": str(dataset.Modality),
+            "kind": result_kind(dataset),
             "destination": delivery.destination,
             "outcome": delivery.outcome,
             "status": delivery.status,

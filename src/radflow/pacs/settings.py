@@ -46,6 +46,8 @@ class ResultSettings(BaseModel):
     """Refused results are kept here (the DICOM file, a ``dead-letter.jsonl`` line with the reason); none: log only."""
     timeout_s: float = Field(default=30, gt=0)
     """Seconds to wait for the destination (association, C-STORE response, HTTP)."""
+    heatmaps: bool = False
+    """Also send each positive finding's heatmap (the model's CAM) as a Secondary Capture, not for diagnostic use."""
 
     @field_validator("calling_ae")
     @classmethod
