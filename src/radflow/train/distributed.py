@@ -16,6 +16,10 @@ the very permutation one process would walk: each global step trains on the same
 
 A rank that raises or dies ends the whole run: :func:`run_ranks` terminates the others and raises
 a :class:`RadflowError` naming the rank and what happened to it.
+
+The ranks are spawned, not forked (CUDA and threads do not survive a fork), so they re-import the
+caller's main module: a script that calls :func:`radflow.train.loop.train` with ``train.workers`` > 1
+needs the ``if __name__ == "__main__":`` guard (``radflow`` and ``bench/ddp.py`` have it).
 """
 
 from __future__ import annotations
