@@ -247,6 +247,15 @@ def score_command(
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 export (registry or run).")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help=_TRACKING_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Score on a Ray cluster instead: auto (the cluster this machine belongs to) or the head's HOST:PORT. "
+            "One ONNX Runtime session per actor, one actor per cluster CPU; the dataset folder must be readable at "
+            "the same path on every node. Same Parquet as without --ray.",
+        ),
+    ] = None,
 ) -> None:
     """Score a dataset split in batches with the ONNX runtime and write the predictions as Parquet."""
     from radflow.data.dataset import Dataset
@@ -258,17 +267,29 @@ def score_command(
     def body() -> dict[str, Any]:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+        if ray is not None:
+            from radflow.scale.cluster import connect
+
+            connect(ray)  # an unreachable cluster fails here, before the model or the data is read
         ds = Dataset.open(dataset)
         total = len(ds.indices(split))
         runtime = load_runtime(model, tracking_uri, int8)
         with progress_bar("score", quiet=as_json) as bar:
             task = bar.add_task("score", total=total)
-            frame = score_dataset(
-                runtime, ds, split, batch_size, progress=lambda done: bar.update(task, completed=done)
-            )
+            if ray is None:
+                frame = score_dataset(
+                    runtime, ds, split, batch_size, progress=lambda done: bar.update(task, completed=done)
+                )
+            else:
+                from radflow.scale.score import score_dataset_ray
+
+                frame = score_dataset_ray(
+                    runtime, dataset, split, batch_size, ray, progress=lambda done: bar.update(task, completed=done)
+                )
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(out, index=False)
-        return {"out": str(out), "images": len(frame), "split": split, "labels": runtime.labels, "model": model}
+        summary = {"out": str(out), "images": len(frame), "split": split, "labels": runtime.labels, "model": model}
+        return summary | ({"ray": ray} if ray is not None else {})
 
     def render(summary: dict[str, Any]) -> None:
         console.print(

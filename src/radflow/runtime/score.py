@@ -17,7 +17,7 @@ from radflow.errors import ConfigError
 from radflow.runtime.metadata import sex_feature
 from radflow.runtime.session import RadflowModel
 
-__all__ = ["score_dataset"]
+__all__ = ["score_batch", "score_dataset", "scores_frame"]
 
 
 def score_dataset(
@@ -37,14 +37,28 @@ def score_dataset(
     rows = ds.indices(split)
     out = np.zeros((len(rows), len(model.labels)), np.float32)
     done = 0
-    for chunk, pixels in ds.iter_batches(split, batch_size):
-        extra = sex_feature(ds.manifest["sex"].to_numpy()[chunk]) if model.needs_sex else None
-        scores, _ = model.run(pixels, extra, cam=False)
-        out[done : done + len(chunk)] = scores
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        out[done : done + len(chunk)] = score_batch(model, ds, chunk)
         done += len(chunk)
         if progress is not None:
             progress(done)
+    return scores_frame(ds, rows, model.labels, out)
+
+
+def score_batch(model: RadflowModel, ds: Dataset, rows: np.ndarray) -> np.ndarray:
+    """Scores ``(len(rows), L)`` of manifest rows ``rows``: their pixels (and sex, for regression) through the model.
+
+    One batch of :func:`score_dataset`; Ray actors (:mod:`radflow.scale.score`) call it on theirs.
+    """
+    extra = sex_feature(ds.manifest["sex"].to_numpy()[rows]) if model.needs_sex else None
+    scores, _ = model.run(ds.images(rows), extra, cam=False)
+    return np.asarray(scores, np.float32)
+
+
+def scores_frame(ds: Dataset, rows: np.ndarray, labels: list[str], scores: np.ndarray) -> pd.DataFrame:
+    """The scored Parquet's table: ``image_id`` of ``rows`` then one float32 column per label."""
     frame = pd.DataFrame({"image_id": ds.manifest["image_id"].to_numpy()[rows]})
-    for j, label in enumerate(model.labels):
-        frame[label] = out[:, j]
+    for j, label in enumerate(labels):
+        frame[label] = scores[:, j]
     return frame
