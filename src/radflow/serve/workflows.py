@@ -1,0 +1,150 @@
+"""``/v1/workflows``: the workspace's workflows (:mod:`radflow.workflow`) listed and served, one endpoint each.
+
+The workflows of the served workspace's ``workflows:`` block are loaded once, on the first call of a
+workflow route, each model resolved through the registry as the server's own model is. A workflow
+that does not load (an unknown model or alias, a cycle, a step that cannot take its input) is listed
+with its error and answers 503 saying why; the others serve. Uploads are read as ``/v1/predict``
+reads them (multipart field ``file`` or a raw image body, the same size limit), under the same
+admission (503 at capacity) and the same roles (``predict``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from radflow.data.decode import sniff_format
+from radflow.errors import NotFoundError, did_you_mean
+from radflow.inference.errors import ServiceError, UnsupportedMediaError
+from radflow.runtime import InvalidInputError
+from radflow.serve.common import error_responses, json_answer, multipart_file, read_body, service_of
+from radflow.workflow import Workflow, WorkflowError, load_workflows, run_workflow
+
+__all__ = ["workflows"]
+
+workflows = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": _BINARY["schema"]}, "required": ["file"]}
+            },
+            "application/octet-stream": {**_BINARY, "description": "Any raw PNG, JPEG or DICOM; the type is sniffed."},
+        },
+    }
+}
+
+
+async def _loaded(request: Request) -> dict[str, Workflow | WorkflowError]:
+    """The app's workflows by name (loaded on first use, once, in a thread: models are opened)."""
+    state = request.app.state
+    found: dict[str, Workflow | WorkflowError] | None = getattr(state, "workflows", None)
+    if found is not None:
+        return found
+    lock = getattr(state, "workflows_lock", None)
+    if lock is None:
+        lock = state.workflows_lock = asyncio.Lock()
+    async with lock:
+        if getattr(state, "workflows", None) is None:
+            state.workflows = await asyncio.to_thread(_load, request)
+    loaded: dict[str, Workflow | WorkflowError] = state.workflows
+    return loaded
+
+
+def _load(request: Request) -> dict[str, Workflow | WorkflowError]:
+    from radflow.config import load_params
+
+    s = service_of(request).settings
+    params = s.workspace / "params.yaml" if s.workspace is not None else None
+    if params is None or not params.is_file():
+        return {}
+    return load_workflows(
+        load_params(params).workflows,
+        tracking_uri=s.resolved_tracking_uri(),
+        threads=s.threads,
+        max_pixels=s.max_pixels,
+        max_aspect_ratio=s.max_aspect_ratio,
+    )
+
+
+def _describe(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
+    if isinstance(workflow, WorkflowError):
+        return {"name": name, "ready": False, "error": str(workflow)}
+    steps = [
+        {
+            "name": s.name,
+            "action": s.action,
+            "kind": str(s.kind),
+            "inputs": s.inputs,
+            **({"model": s.resolved.uri} if s.resolved is not None else {}),
+        }
+        for s in workflow.steps
+    ]
+    return {
+        "name": name,
+        "ready": True,
+        "description": workflow.config.description,
+        "output": workflow.output,
+        "steps": steps,
+        "endpoint": f"/v1/workflows/{name}/predict",
+    }
+
+
+@workflows.get("", summary="The workspace's workflows, their steps and models", responses=error_responses(503))
+async def list_workflows(request: Request) -> Response:
+    """Shape: ``{"workflows": [{"name", "ready", "description", "output", "endpoint", "steps": [{"name",
+    "action", "kind", "inputs", "model"?}]} | {"name", "ready": false, "error"}]}``."""
+    loaded = await _loaded(request)
+    return json_answer({"workflows": [_describe(n, w) for n, w in loaded.items()]})
+
+
+async def _upload(request: Request) -> bytes:
+    """The image: multipart field ``file``, or a raw body whose bytes are PNG, JPEG or DICOM."""
+    body = await read_body(request, service_of(request).settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        upload = multipart_file(body, content_type)
+        if upload is None:
+            raise InvalidInputError("a multipart upload needs the image in a file field named 'file'.")
+        return upload
+    if sniff_format(body) is None:
+        raise UnsupportedMediaError(
+            "the body is not a PNG, JPEG or DICOM image; "
+            "send it with curl -F file=@image.png or --data-binary @image.png."
+        )
+    return body
+
+
+@workflows.post(
+    "/{name}/predict",
+    summary="Run one workflow on a radiograph (PNG, JPEG or DICOM) as multipart field `file` or raw body",
+    openapi_extra=_UPLOAD,
+    responses={
+        200: {"description": "Per-step outputs and latency; `found: false` with a message when a step found nothing."},
+        **error_responses(400, 404, 413, 415, 422, 503),
+    },
+)
+async def predict_workflow(request: Request, name: str) -> Response:
+    loaded = await _loaded(request)
+    workflow = loaded.get(name)
+    if workflow is None:
+        names = sorted(loaded)
+        known = (
+            f" Workflows: {', '.join(names)}."
+            if names
+            else " This workspace declares none (workflows: in params.yaml)."
+        )
+        raise NotFoundError(f"no workflow {name!r}.{did_you_mean(name, names)}{known}")
+    if isinstance(workflow, WorkflowError):
+        raise ServiceError(f"workflow {name!r} is not available: {workflow}", status_code=503)
+    service = service_of(request)
+    with service.admission.enter():
+        data = await _upload(request)
+        answer = await asyncio.to_thread(run_workflow, workflow, data)
+    return json_answer(answer)
