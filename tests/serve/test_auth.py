@@ -149,6 +149,7 @@ def _example(
 _NOT_FOR_THIS_MODEL = {
     "/v1/predictions/{prediction_id}/mask.png": 422,
     "/v1/ui/registry/versions/{model_version}/report.html": 404,  # served from a file: no registry versions
+    "/v1/workflows/{name}/predict": 404,  # no workspace, so no workflows (tests/workflow serves one)
 }
 """Routes whose valid call needs another model than this test's multi-label file, and what they answer."""
 

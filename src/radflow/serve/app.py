@@ -24,6 +24,7 @@ from radflow.serve.common import RequestMiddleware, install_error_handlers
 from radflow.serve.ml_backend import ml_backend
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
+from radflow.serve.workflows import workflows
 from radflow.serve.worklist import worklist
 from radflow.ui import ui_router
 
@@ -65,6 +66,7 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     guarded = [Depends(authorize)]
     app.include_router(v1, dependencies=guarded)
     app.include_router(worklist, dependencies=guarded)  # GET /v1/worklist (triage order)
+    app.include_router(workflows, dependencies=guarded)  # /v1/workflows (radflow.workflow)
     app.include_router(v2, dependencies=guarded)
     app.include_router(admin, dependencies=guarded)
     app.include_router(ui_router(), dependencies=guarded)

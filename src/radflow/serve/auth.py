@@ -95,6 +95,8 @@ _EXACT: dict[tuple[str, str], AccessRule] = {
     ("POST", "/v1/feedback"): AccessRule("feedback", "feedback"),
     ("GET", "/v1/monitoring"): AccessRule("monitor"),
     ("GET", "/v1/worklist"): AccessRule("view", "list_worklist"),
+    ("GET", "/v1/workflows"): AccessRule("predict"),
+    ("POST", "/v1/workflows/{name}/predict"): AccessRule("predict"),
     ("GET", "/v1/ui/recent"): AccessRule("view", "list_recent"),
     ("GET", "/v1/ui/predictions/{prediction_id}/image.png"): AccessRule("view", "view_image"),
     ("GET", "/v1/ui/summary"): AccessRule("monitor"),
