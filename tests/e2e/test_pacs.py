@@ -1,4 +1,5 @@
-"""Hospital integration end to end: dcmtk's storescu -> radflow gateway -> DICOM SR in a real Orthanc, and pull.
+"""Hospital integration end to end: dcmtk's storescu -> radflow gateway -> DICOM SR in a real Orthanc, and pull;
+a segmentation model's masks as a DICOM SEG over gateway -> Kafka (Tansu) -> radflow worker -> Orthanc.
 
 The modality is dcmtk's ``storescu``, the PACS Debian's Orthanc with its DICOMweb plugin: a study
 sent to the gateway is scored and its SRs land in Orthanc (C-STORE), found there by QIDO-RS,
@@ -10,6 +11,7 @@ the DICOM results (the store, the stored inputs, the logs).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import subprocess
@@ -18,16 +20,21 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from radflow.gateway import Gateway, GatewaySettings
-from radflow.inference import ServeSettings
+from radflow.inference import InferenceService, ServeSettings
 from radflow.pacs import DicomWebSource, ResultSettings
 from tests.gateway.test_gateway import CALLING, Running, make_instance
+from tests.kafka.topics import kafka_settings, rows
 from tests.orthanc import ORTHANC_AE, Orthanc, ensure_storescu, orthanc  # noqa: F401  (the fixture)
 from tests.runtime.test_dicom_seg import check_with_dciodvfy
+from tests.serve.models import make_onnx
+from tests.tansu import TansuBroker, tansu  # noqa: F401  (the session's broker)
 
 ROOT = "1.2.826.0.1.3680043.10.4242."
 PHI = {"PatientName": "Smith^Alice", "PatientID": "MRN-31337-PHI", "PatientBirthDate": "19480512"}
@@ -164,3 +171,74 @@ def _assert_no_phi(workdir: Path, logs: str) -> None:
             assert value.encode() not in data and value.split("^")[0].encode() not in data, path.name
     for value in PHI.values():
         assert value not in logs and value.split("^")[0] not in logs
+
+
+def test_a_segmentation_models_masks_come_back_over_kafka_as_a_seg_in_orthanc(
+    tansu: TansuBroker,  # noqa: F811
+    orthanc: Orthanc,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from radflow.kafka import Worker
+    from radflow.runtime.masks import decode_rle
+
+    caplog.set_level(logging.INFO, logger="radflow")
+    kafka = kafka_settings(tansu, session_timeout_s=2)
+    tansu.topics(kafka.topics())
+    db = tmp_path / "store" / "serving.db"
+    db.parent.mkdir()
+    results = ResultSettings(destination_ae=ORTHANC_AE, destination_port=orthanc.dicom_port, uid_root=ROOT)
+    settings = GatewaySettings(
+        port=0,
+        allowed_aes=[CALLING],
+        stable_after_s=0.3,
+        results=results,
+        kafka=kafka,
+        kafka_group_id=f"{kafka.group_id}.gateway",
+        drain_s=2,
+    )
+    running = Running(Gateway(settings))  # Kafka mode: the worker holds the segmentation model
+    model = make_onnx(tmp_path / "seg-model", task="segmentation", n=8)
+    service = InferenceService(ServeSettings(model=str(model), store_url=f"sqlite:///{db}", drift=False))
+    worker = Worker(kafka, service)
+    stop = asyncio.Event()
+
+    async def start_worker() -> asyncio.Task[None]:
+        await service.start()
+        await worker.start()
+        return asyncio.create_task(worker.run(stop))
+
+    task = running.run(start_worker())
+    try:
+        study, files = _study(tmp_path / "seg-study", 1)
+        _storescu(running.gateway.port, "RADFLOW", files)
+        pacs = DicomWebSource(orthanc.dicomweb_url)
+        deadline = time.monotonic() + 25
+        while not pacs.series_of(study, "SEG"):
+            assert time.monotonic() < deadline, "no SEG series in the PACS within 25 s"
+            time.sleep(0.1)
+        found = [pydicom.dcmread(io.BytesIO(b)) for b in pacs.retrieve(study)]
+        source = pydicom.dcmread(files[0])
+        logged = service.require_store().predictions()
+        assert len(logged) == 1 and len(rows(db)) == 1  # one image, one prediction row
+    finally:
+        running.loop.call_soon_threadsafe(stop.set)
+        running.run(asyncio.wait_for(asyncio.shield(task), 30))
+        running.run(service.stop())
+        running.close()
+
+    (seg_ds,) = [d for d in found if d.Modality == "SEG"]
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(_part10(seg_ds))
+    assert check_with_dciodvfy(path) == []
+    seg = hd.seg.segread(path)
+    assert seg.SOPInstanceUID.startswith(ROOT) and seg.StudyInstanceUID == study
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
+        source.SOPInstanceUID
+    )
+    structures = logged[0]["outputs"]["structures"]
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [s["structure"] for s in structures]
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=False)
+    for k, structure in enumerate(structures):  # the SEG holds the worker's masks at the source's size
+        assert np.array_equal(pixels[0, :, :, k].astype(bool), decode_rle(structure["rle"], structure["structure"]))
+    _assert_no_phi(tmp_path, caplog.text)
