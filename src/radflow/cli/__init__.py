@@ -20,6 +20,7 @@ from radflow.cli import registry as _registry  # noqa: F401
 from radflow.cli import serve as _serve  # noqa: F401
 from radflow.cli import simulate as _simulate  # noqa: F401
 from radflow.cli import split as _split  # noqa: F401
+from radflow.cli import sweep as _sweep  # noqa: F401
 from radflow.cli import synth as _synth  # noqa: F401
 from radflow.cli import token as _token  # noqa: F401
 from radflow.cli import tracking as _tracking  # noqa: F401

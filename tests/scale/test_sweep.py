@@ -1,0 +1,71 @@
+"""``radflow sweep`` on the shared two-node Ray cluster: 4 trials as 4 child runs of one parent, a failing trial
+marked failed while the others finish, the best registered through the gates and recorded in sweep.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.config import Params, params_yaml
+from radflow.tracking import client, resolve_tracking_uri
+from tests.fixtures import make_dataset
+from tests.ray_cluster import RayCluster
+
+TINY = {
+    "train.epochs": 1,
+    "train.max_steps": 3,
+    "train.batch_size": 8,
+    "train.num_workers": 0,
+    "evaluate.n_bootstrap": 20,
+    "gates.min_macro_auroc": 0,  # three steps on 60 images is near chance; the gate must still pass
+    "gates.min_positives": 1,
+    "gates.min_negatives": 1,
+    "export.opset": 17,
+}
+
+
+def _workspace(root: Path) -> Path:
+    """The parts of a workspace a sweep reads: params.yaml, data/split and the DVC markers find_workspace looks for."""
+    root.mkdir()
+    (root / "params.yaml").write_text(params_yaml(Params().with_overrides(TINY)))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / ".dvc").mkdir()
+    make_dataset(root / "data" / "split", n=60, size=32)
+    return root
+
+
+def test_four_trial_sweep_registers_the_best_and_survives_a_failing_trial(ray_cluster: RayCluster, tmp_path: Path):
+    ws = _workspace(tmp_path / "ws")
+    grid = ["--grid", "train.lr=0.001,0.01", "--grid", "train.arch=small_cnn,no_such_net"]
+    result = CliRunner().invoke(
+        app,
+        ["sweep", *grid, "--workspace", str(ws), "--ray", ray_cluster.address, "--name", "s1", "--apply", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((ws / "sweeps" / "s1" / "sweep.json").read_text())
+    assert [t["status"] for t in record["trials"]] == ["finished", "failed", "finished", "failed"]
+    assert all("no_such_net" in t["error"] for t in record["trials"] if t["status"] == "failed")
+
+    mlflow = client(resolve_tracking_uri(workspace=ws))
+    parent = mlflow.get_run(record["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["radflow.sweep"] == "s1"
+    children = mlflow.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    by_trial = {int(r.data.tags["radflow.sweep.trial"]): r for r in children}
+    assert [by_trial[i].info.status for i in range(4)] == ["FINISHED", "FAILED", "FINISHED", "FAILED"]
+    assert by_trial[2].data.params["train.lr"] == "0.01"  # each child is the ordinary training run of its params
+
+    finished = [t for t in record["trials"] if t["status"] == "finished"]
+    best = max(finished, key=lambda t: t["value"])
+    assert record["best"]["run_id"] == best["run_id"] == parent.data.tags["radflow.sweep.best_run"]
+    reg = record["registration"]
+    assert reg["run_id"] == best["run_id"] and reg["passed"] and reg["alias"] == "challenger"
+    version = mlflow.get_model_version(reg["name"], reg["version"])
+    assert version.run_id == best["run_id"]
+    assert record["chosen_params"] == best["params"]
+    assert record["dvc_command"].startswith("radflow run -S train.lr=")
+    applied = (ws / "params.yaml").read_text()
+    assert f"lr: {best['params']['train.lr']}" in applied
