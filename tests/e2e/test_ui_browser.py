@@ -216,6 +216,14 @@ def test_reader_scores_png_and_dicom_and_dashboard_counts_feedback(server: UiSer
     )
     dropped = _upload(page, None, before)
     assert server.service.require_store().get_prediction(dropped)["input_format"] == "jpeg"
+    # The worklist lists the unread studies (a prediction without a study key is its own), not the one read;
+    # Open shows the study's image.
+    page.locator(f'#worklist tr[data-study="prediction:{dropped}"]').wait_for()
+    assert page.locator(f'#worklist tr[data-study="prediction:{pid}"]').count() == 0
+    page.locator(f'#history tr[data-id="{pid}"] button').click()
+    page.wait_for_function("pid => document.querySelector('#model-info .mono').textContent === pid", arg=pid)
+    page.locator(f'#worklist tr[data-study="prediction:{dropped}"] button').click()
+    page.wait_for_function("pid => document.querySelector('#model-info .mono').textContent === pid", arg=dropped)
 
     dicom_id = _upload(page, dicom)
     assert dicom_id != pid

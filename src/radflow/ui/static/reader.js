@@ -30,6 +30,7 @@
       show(answer, file.name);
       setStatus(status, "Scored " + file.name + " in " + answer.latency_ms.toFixed(1) + " ms.", "ok");
       loadHistory();
+      loadWorklist();
     } catch (err) {
       setStatus(status, "Could not score " + file.name + ": " + err.message, "error");
     }
@@ -374,6 +375,7 @@
       });
       setStatus(status, "Feedback saved (#" + saved.id + " at " + timeOf(saved.created_at) + ").", "ok");
       loadHistory();
+      loadWorklist();
     } catch (err) {
       setStatus(status, "Feedback not saved: " + err.message, "error");
     }
@@ -456,6 +458,50 @@
     );
   }
 
+  // GET /v1/worklist: unread studies, the model's urgent findings first (radflow.triage); Open shows its first image
+  async function loadWorklist() {
+    const body = document.querySelector("#worklist tbody");
+    let data;
+    try {
+      data = await api("/v1/worklist?status=unread&limit=15");
+    } catch (err) {
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: "Worklist unavailable: " + err.message })));
+      return;
+    }
+    if (!data.items.length) {
+      body.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: "No unread studies." })));
+      return;
+    }
+    body.replaceChildren(
+      ...data.items.map((item) => {
+        const urgent = item.urgent.map((f) => f.label + " " + (100 * f.probability).toFixed(0) + "%").join(", ");
+        return el(
+          "tr",
+          { "data-study": item.study, class: item.urgency > 0 ? "urgent" : "" },
+          el("td", { text: timeOf(item.arrived) }),
+          el("td", { text: urgent || "none" }),
+          el("td", { text: item.modality || "" }),
+          el("td", { text: String(item.predictions.length) }),
+          el(
+            "td",
+            {},
+            el("button", {
+              type: "button",
+              text: "Open",
+              "aria-label": "Open study from " + timeOf(item.arrived),
+              onclick: async () => {
+                const r = await api("/v1/predictions/" + encodeURIComponent(item.predictions[0]));
+                const model = { name: r.model_name, version: r.model_version, alias: r.model_alias };
+                show(Object.assign({ id: r.id, model, arm: r.arm, latency_ms: r.latency_ms, feedback: null }, r.outputs));
+                $("result").scrollIntoView({ behavior: "smooth" });
+              },
+            })
+          )
+        );
+      })
+    );
+  }
+
   function wireDrop() {
     const drop = $("drop");
     for (const kind of ["dragenter", "dragover"]) {
@@ -482,5 +528,7 @@
   $("feedback").addEventListener("submit", sendFeedback);
   $("confirm-all").addEventListener("click", confirmAll);
   $("refresh-history").addEventListener("click", loadHistory);
+  $("refresh-worklist").addEventListener("click", loadWorklist);
   loadHistory();
+  loadWorklist();
 })();
