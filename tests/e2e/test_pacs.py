@@ -221,6 +221,7 @@ def test_a_segmentation_models_masks_come_back_over_kafka_as_a_seg_in_orthanc(
         source = pydicom.dcmread(files[0])
         logged = service.require_store().predictions()
         assert len(logged) == 1 and len(rows(db)) == 1  # one image, one prediction row
+        assert logged[0]["modality"] == "DX"  # from the gateway, in the message: the worklist's filter
     finally:
         running.loop.call_soon_threadsafe(stop.set)
         running.run(asyncio.wait_for(asyncio.shield(task), 30))

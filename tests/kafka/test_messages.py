@@ -20,7 +20,7 @@ STUDY = hashlib.sha256(b"1.2.3.4.5").hexdigest()
 
 
 def test_round_trip_keeps_every_field() -> None:
-    message = ImageMessage.create(png_bytes(0), study=STUDY, model="chest-xray", sex="F")
+    message = ImageMessage.create(png_bytes(0), study=STUDY, model="chest-xray", sex="F", modality="DX")
     assert ImageMessage.decode(message.encode()) == message
     assert str(uuid.UUID(message.id)) == message.id
 
@@ -37,6 +37,7 @@ def test_round_trip_keeps_every_field() -> None:
         (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "sha256": "0" * 64}).encode(), "field 'sha256'"),
         (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "study": "MRN-4711"}).encode(), "by hash only"),
         (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "sex": "X"}).encode(), "field 'sex'"),
+        (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "modality": "x ray"}).encode(), "field 'modality'"),
         (json.dumps({"v": 2, "id": str(uuid.uuid4()), "image": "AAAA"}).encode(), "field 'v'"),
     ],
 )

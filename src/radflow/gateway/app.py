@@ -277,7 +277,9 @@ class Gateway:
             self.metrics.series.labels("skipped", name).inc()
             return []
         if self.remote is not None:
-            results = await asyncio.gather(*(self._publish(study.key, data) for data in series.instances.values()))
+            results = await asyncio.gather(
+                *(self._publish(study.key, data, info.modality) for data in series.instances.values())
+            )
         else:
             service = self.services[rule.model or self.default_model]
             results = await asyncio.gather(
@@ -287,11 +289,11 @@ class Gateway:
         self.metrics.series.labels("scored" if len(answers) == len(results) else "failed", name).inc()
         return answers
 
-    async def _publish(self, key: str, data: bytes) -> dict[str, Any] | None:
+    async def _publish(self, key: str, data: bytes, modality: str | None = None) -> dict[str, Any] | None:
         """Kafka mode: hand the image to the workers; ``{"id", "status": "queued"}`` or None when not sent."""
         assert self.remote is not None
         async with self._limit:
-            message_id = await self.remote.submit(key, data)
+            message_id = await self.remote.submit(key, data, modality)
         return None if message_id is None else {"id": message_id, "status": "queued"}
 
     async def _score_image(self, service: InferenceService, key: str, data: bytes) -> dict[str, Any] | None:

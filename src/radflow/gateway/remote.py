@@ -141,7 +141,7 @@ class RemoteScoring:
             await self.producer.stop()
             self.producer = None
 
-    async def submit(self, study: str, data: bytes) -> str | None:
+    async def submit(self, study: str, data: bytes, modality: str | None = None) -> str | None:
         """Publish one image (its source kept when results go back); the message id, or None when not sent."""
         if self.producer is None:
             raise RuntimeError("the gateway's Kafka mode is not started")
@@ -149,7 +149,9 @@ class RemoteScoring:
         if self.results is not None:  # kept before sending: the answer may come before send_and_wait returns
             self._keep(message_id, study, data)
         try:
-            await publish_image(self.producer, self.settings, data, study=study, message_id=message_id)
+            await publish_image(
+                self.producer, self.settings, data, study=study, message_id=message_id, modality=modality
+            )
         except (RadflowError, KafkaError) as exc:
             self._forget(message_id)
             if isinstance(exc, RadflowError):  # its pixels cannot be de-identified: the image can never go

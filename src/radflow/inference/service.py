@@ -320,7 +320,9 @@ class InferenceService:
         self._observe_drift(arm, summary, scores, embedding, view)
         return record
 
-    async def predict(self, data: bytes, routing_key: str | None = None, sex: str | None = None) -> dict[str, Any]:
+    async def predict(
+        self, data: bytes, routing_key: str | None = None, sex: str | None = None, modality: str | None = None
+    ) -> dict[str, Any]:
         """Score one image with the routed arm (and the shadow arm in the background); log both.
 
         Every door that receives images calls this: ``/v1/predict``, the web UI, and the streaming
@@ -336,7 +338,9 @@ class InferenceService:
             shadow = router.shadow_arm()
             shadow = shadow.acquire() if shadow is not None and shadow is not arm else None
             try:
-                answer, prepared, sex_arr, request_id = await self._predict(arm, shadow, data, sex, start, routing_key)
+                answer, prepared, sex_arr, request_id = await self._predict(
+                    arm, shadow, data, sex, start, routing_key, modality
+                )
             except BaseException:
                 if shadow is not None:
                     shadow.release()
@@ -357,6 +361,7 @@ class InferenceService:
         sex: str | None,
         start: float,
         routing_key: str | None = None,
+        modality: str | None = None,
     ) -> tuple[dict[str, Any], PreparedImage, np.ndarray | None, str]:
         arms = [arm, *([shadow] if shadow is not None else [])]
         loop = asyncio.get_running_loop()
@@ -388,7 +393,8 @@ class InferenceService:
             routing_key=routing_key,  # its hash lets feedback export refuse held-out studies
             size=prepared.size,
             spacing=prepared.spacing,
-            modality=prepared.decoded.meta.get("modality"),  # the worklist filters on it
+            # the worklist filters on it; a de-identified PNG from Kafka has it from its message
+            modality=modality or prepared.decoded.meta.get("modality"),
         )
         answer = {
             "id": record.id,

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from radflow.inference.errors import OverloadedError
-from radflow.kafka.messages import HEX64, ImageMessage, InvalidMessageError, deidentified_image
+from radflow.kafka.messages import HEX64, MODALITY, ImageMessage, InvalidMessageError, deidentified_image
 from radflow.kafka.settings import KafkaSettings
 
 __all__ = ["MAX_MESSAGE_BYTES", "KafkaHandoff", "create_producer", "ensure_topics", "publish_image"]
@@ -46,6 +46,7 @@ async def publish_image(
     model: str | None = None,
     sex: str | None = None,
     message_id: str | None = None,
+    modality: str | None = None,
 ) -> str:
     """Send one image to the images topic, de-identified (:func:`deidentified_image`); its prediction's id.
 
@@ -53,9 +54,12 @@ async def publish_image(
     message key, so a study's images land on one partition, and the worker's routing key. The call
     returns once the brokers acknowledged the message. ``message_id`` (a UUID) names the message instead of
     a fresh one, for a sender that must know the id before its answer can arrive (the gateway's Kafka mode).
+    ``modality`` is the source's DICOM Modality (the worklist filters on it; the PNG has no header to carry it).
     """
     image, header_sex = await asyncio.to_thread(deidentified_image, data)
-    message = ImageMessage.create(image, study=study, model=model, sex=sex or header_sex)
+    modality = (modality or "").strip().upper()
+    kept = modality if MODALITY.match(modality) else None  # an odd header value is left out, not a dead letter
+    message = ImageMessage.create(image, study=study, model=model, sex=sex or header_sex, modality=kept)
     if message_id is not None:
         message = replace(message, id=message_id)
     key = (study or message.id).encode()

@@ -3,7 +3,8 @@
 An image message is JSON (so any producer, in any language, can write one)::
 
     {"v": 1, "id": "<uuid>", "image": "<base64 PNG>", "sha256": "<hex of the image bytes>",
-     "study": "<sha256 hex of the study id>" | null, "model": "<model name>" | null, "sex": "M" | "F" | null}
+     "study": "<sha256 hex of the study id>" | null, "model": "<model name>" | null, "sex": "M" | "F" | null,
+     "modality": "<DICOM Modality, e.g. DX>" | null}
 
 No PHI: the image is a plain 8-bit grey PNG of the de-identified pixels (:func:`deidentified_image`: a
 DICOM header, PNG text chunks or JPEG EXIF never reach the topic), and the study is only named by a
@@ -37,6 +38,7 @@ __all__ = [
 
 MESSAGE_VERSION = 1
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MODALITY = re.compile(r"^[A-Z0-9]{1,16}$")
 """A sha256 hex digest: the only form in which a message names a study."""
 
 
@@ -58,13 +60,21 @@ class ImageMessage:
     """The model the sender routed the image to (None: whichever the worker serves)."""
     sex: str | None = None
     """``M``/``F`` for models that take it (bone age); the PNG has no header to carry it."""
+    modality: str | None = None
+    """The source's DICOM Modality (``DX``, ``CR``, ...), kept on the prediction row for the worklist's filter."""
 
     @classmethod
     def create(
-        cls, image: bytes, *, study: str | None = None, model: str | None = None, sex: str | None = None
+        cls,
+        image: bytes,
+        *,
+        study: str | None = None,
+        model: str | None = None,
+        sex: str | None = None,
+        modality: str | None = None,
     ) -> ImageMessage:
         """A new message with a fresh id (the id its prediction will have)."""
-        return cls(id=str(uuid.uuid4()), image=image, study=study, model=model, sex=sex)
+        return cls(id=str(uuid.uuid4()), image=image, study=study, model=model, sex=sex, modality=modality)
 
     def encode(self) -> bytes:
         body = {
@@ -75,6 +85,7 @@ class ImageMessage:
             "study": self.study,
             "model": self.model,
             "sex": self.sex,
+            "modality": self.modality,
         }
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -118,7 +129,10 @@ class ImageMessage:
         sex = body.get("sex")
         if sex is not None and sex not in ("M", "F"):
             raise InvalidMessageError(f"field 'sex': {sex!r} is not M or F.")
-        return cls(id=message_id, image=image, study=study, model=model, sex=sex)
+        modality = body.get("modality")
+        if modality is not None and (not isinstance(modality, str) or not MODALITY.match(modality)):
+            raise InvalidMessageError(f"field 'modality': {modality!r} is not a DICOM Modality (e.g. DX, CR).")
+        return cls(id=message_id, image=image, study=study, model=model, sex=sex, modality=modality)
 
 
 def deidentified_image(data: bytes, name: str = "image") -> tuple[bytes, str | None]:

@@ -298,7 +298,9 @@ class Worker:
         while True:
             try:
                 with prediction_id_scope(message.id):
-                    answer = await self.service.predict(message.image, routing_key=message.study, sex=message.sex)
+                    answer = await self.service.predict(
+                        message.image, routing_key=message.study, sex=message.sex, modality=message.modality
+                    )
                 break
             except RadflowError as exc:
                 if exc.status_code < 500:
