@@ -39,7 +39,7 @@ class PhantomWorkspace:
     root: Path
     tracking_uri: str
     phantoms: list[Path]
-    """Chest phantom PNGs (64 px wide, 77 high)."""
+    """Chest phantom PNGs (``size`` px wide, 1.2x high)."""
 
 
 def make_detector(path: Path, class_bias: float) -> Path:
@@ -68,16 +68,19 @@ def _register(client: MlflowClient, experiment: str, name: str, path: Path) -> N
     client.create_model_version(name, f"runs:/{run_id}/onnx", run_id=run_id)
 
 
-def make_workspace(root: Path, workflows: dict[str, Any]) -> PhantomWorkspace:
+def make_workspace(root: Path, workflows: dict[str, Any], size: int = 64, threads: int | None = 1) -> PhantomWorkspace:
     """``root`` with phantoms, the registered models (detector v1 @champion finds boxes, v2 @challenger
-    finds none; classifier v1 @champion) and a params.yaml declaring ``workflows``."""
+    finds none; classifier v1 @champion) and a params.yaml declaring ``workflows``.
+
+    ``size``: the phantoms' width (height is 1.2x); ``threads``: ONNX Runtime threads of the served models.
+    """
     from radflow.data.synth.chest import synth_chest
     from radflow.registry import promote
     from radflow.tracking import client as make_client
     from tests.serve.models import make_onnx
 
     root.mkdir(parents=True, exist_ok=True)
-    synth_chest(root / "phantoms", n=6, seed=0, size=64, boxes=True, workers=1)
+    synth_chest(root / "phantoms", n=6, seed=0, size=size, boxes=True, workers=1)
     phantoms = sorted((root / "phantoms").rglob("*.png"))
     models = root / "models"
     finds = make_detector(models / "detector-finds.onnx", -4.0)
@@ -92,7 +95,8 @@ def make_workspace(root: Path, workflows: dict[str, Any]) -> PhantomWorkspace:
             _register(client, experiment, name, path)
         promote(name, "1", uri)
     client.set_registered_model_alias(DETECTOR, "challenger", "2")
-    params = {"registry": {"name": CLASSIFIER}, "serve": {"drift": False, "threads": 1}, "workflows": workflows}
+    serve = {"drift": False, **({"threads": threads} if threads else {})}
+    params = {"registry": {"name": CLASSIFIER}, "serve": serve, "workflows": workflows}
     (root / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(params)), sort_keys=False))
     return PhantomWorkspace(root, uri, phantoms)
 
