@@ -154,12 +154,14 @@ def deidentified_image(data: bytes, name: str = "image") -> tuple[bytes, str | N
 
 
 def is_urgent(answer: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
-    """The labels of ``answer`` whose probability is at or over their urgency threshold (empty: not urgent)."""
-    return [
-        str(f["label"])
-        for f in answer.get("findings") or []
-        if f.get("label") in thresholds and float(f.get("probability", 0.0)) >= thresholds[f["label"]]
-    ]
+    """The labels of ``answer`` at or over their urgency threshold, most probable first (empty: not urgent).
+
+    The worklist's rule (:func:`radflow.triage.urgent_findings`), with thresholds only: without any set,
+    nothing goes to the urgent topic.
+    """
+    from radflow.triage import urgent_findings
+
+    return [str(f["label"]) for f in urgent_findings(answer, thresholds)] if thresholds else []
 
 
 def answer_message(answer: dict[str, Any], message: ImageMessage, urgent: list[str] | None = None) -> bytes:
