@@ -82,7 +82,7 @@ class ServeSettings(ServeConfig, WorkspaceSettings):
     model_name: str = "chest-xray"
     """Registered model name served by default and used by promote/rollback."""
     tracking_uri: str | None = None
-    """MLflow tracking URI (default: the workspace's mlflow.db, else MLFLOW_TRACKING_URI, else ./mlflow.db)."""
+    """MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the workspace's mlflow.db, else ./mlflow.db)."""
     store_url: str | None = None
     """SQLAlchemy URL of the prediction/feedback store (default: sqlite serving.db in the workspace, WAL)."""
     inputs_dir: Path | None = None
@@ -108,7 +108,10 @@ class ServeSettings(ServeConfig, WorkspaceSettings):
         if self.tracking_uri:
             return self.tracking_uri
         if self.workspace is not None:
-            return f"sqlite:///{(self.root / 'mlflow.db')}"
+            from radflow.tracking import resolve_tracking_uri
+
+            # MLFLOW_TRACKING_URI (a shared server) > the workspace's mlflow.db, as for every other command
+            return resolve_tracking_uri(None, self.root)
         return None
 
     def resolved_store_url(self) -> str:
