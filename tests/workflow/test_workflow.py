@@ -158,6 +158,10 @@ def test_each_bad_workflow_is_refused_naming_the_workflow_and_the_step(ws: Phant
     on_crops = _error(ws, [detect, {"name": "crop", "crop": "box"}, {"name": "again", "model": detect["model"]}])
     assert on_crops.startswith("workflow 'bad', step 'again': detection models run on the whole image")
 
+    label = _error(ws, [detect, {"name": "crop", "crop": "box", "labels": ["Pneumothorx"]}])
+    assert label.startswith("workflow 'bad', step 'crop': its labels ['Pneumothorx'] are not answered by step")
+    assert "did you mean 'pneumothorax'" in label.lower()
+
     missing = _error(ws, [detect, {"name": "crop", "crop": "box", "input": "detct"}])
     assert missing.startswith("workflow 'bad', step 'crop': its input 'detct' is no step") and "'detect'" in missing
     twice = _error(ws, [detect, {**detect}])

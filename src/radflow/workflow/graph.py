@@ -184,6 +184,18 @@ def _kind_of(workflow: str, s: WorkflowStepConfig, given: dict[str, Kind], model
     return Kind(source.what)
 
 
+def _check_labels(workflow: str, s: WorkflowStepConfig, source: str, model: RadflowModel) -> None:
+    """A crop's ``labels`` must be labels its input's model answers (a misspelt one would crop nothing, silently)."""
+    unknown = [label for label in s.labels or [] if label not in model.labels]
+    if unknown:
+        raise _fail(
+            workflow,
+            s.name,
+            f"its labels {unknown} are not answered by step {source!r}, which answers "
+            f"{', '.join(model.labels)}.{did_you_mean(unknown[0], model.labels)}",
+        )
+
+
 def build_workflow(
     name: str,
     config: WorkflowConfig,
@@ -203,6 +215,8 @@ def build_workflow(
         s = by_name[step_name]
         model, resolved = models.get(step_name, (None, None))
         kind = _kind_of(name, s, {role: kinds[t] for role, t in inputs[step_name].items()}, model)
+        if s.crop is not None and s.labels:
+            _check_labels(name, s, inputs[step_name]["input"], models[inputs[step_name]["input"]][0])
         kinds[step_name] = kind
         steps.append(Step(s, inputs[step_name], kind, model, resolved))
     output = config.output or config.steps[-1].name
