@@ -517,7 +517,7 @@ class WorkflowStepConfig(_Strict):
         default=None, description="Cut the image at each box (box) or each structure's mask extent (mask) of `input`."
     )
     resize: int | None = Field(
-        default=None, ge=8, le=4096, description="Resize each image of `input` to this square side."
+        default=None, ge=8, le=4096, description="Resize each crop of `input` to this square side."
     )
     aggregate: Literal["max", "mean", "any"] | None = Field(
         default=None, description="Per-crop results of `input` back to one per image: max, mean or any (findings)."

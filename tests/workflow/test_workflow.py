@@ -153,6 +153,8 @@ def test_each_bad_workflow_is_refused_naming_the_workflow_and_the_step(ws: Phant
         "workflow 'bad', step 'crop': a crop by box needs boxes of the whole image (a detection or segmentation "
         "model) (its input gives findings)."
     )
+    resize = _error(ws, [{"name": "resize", "resize": 64}, detect])
+    assert resize.startswith("workflow 'bad', step 'resize': a resize takes crops")
     whole = _error(ws, [detect, {"name": "agg", "aggregate": "max"}])
     assert whole.startswith("workflow 'bad', step 'agg': an aggregate takes findings or values per crop")
     on_crops = _error(ws, [detect, {"name": "crop", "crop": "box"}, {"name": "again", "model": detect["model"]}])

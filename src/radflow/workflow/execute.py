@@ -75,9 +75,6 @@ def _run_step(step: Step, values: dict[str, Any], image: DecodedImage) -> tuple[
             )
         return crops, {"count": len(crops), "crops": [_where(cr) for cr in crops]}, missing
     if c.resize is not None:
-        if not step.kind.per_crop:
-            resized = resize_crops([Crop(source.pixels, [0, 0, 0, 0], {})], c.resize)[0].pixels
-            return DecodedImage(resized, source.format, source.bits, source.meta), {"size": c.resize}, None
         crops = resize_crops(source, c.resize)
         return crops, {"count": len(crops), "size": c.resize}, None
     assert c.aggregate is not None

@@ -174,8 +174,9 @@ def _kind_of(workflow: str, s: WorkflowStepConfig, given: dict[str, Kind], model
             raise _fail(workflow, s.name, f"a crop cuts the whole image; its image step gives {given['image']}.")
         return Kind("image", per_crop=True)
     if s.resize is not None:
-        if source.what != "image":
-            raise refuse("a resize takes an image or crops")
+        # A whole image is resized by each model itself; resizing it here would move its boxes off the source.
+        if source != Kind("image", per_crop=True):
+            raise refuse("a resize takes crops (a model resizes a whole image itself)")
         return source
     if not source.per_crop or source.what not in ("findings", "value"):
         raise refuse("an aggregate takes findings or values per crop (a model run on crops)")
