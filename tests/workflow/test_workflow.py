@@ -21,7 +21,7 @@ from radflow.errors import ConfigError
 from radflow.inference import ServeSettings
 from radflow.runtime import RadflowModel
 from radflow.workflow import Workflow, WorkflowError, load_workflow, run_workflow
-from tests.serve.harness import AppHarness
+from tests.serve.harness import AppHarness, metric_value
 from tests.workflow.models import CLASSIFIER, DETECTOR, PhantomWorkspace, findings_workflow, make_workspace
 
 WORKFLOWS = {
@@ -207,6 +207,11 @@ def test_served_workflow_answers_as_in_process_and_is_listed(
     assert unknown.status_code == 404 and "did you mean 'findings'" in unknown.json()["error"].lower()
     not_image = app.request("POST", "/v1/workflows/findings/predict", content=b"hello")
     assert not_image.status_code == 415
+
+    metrics = app.request("GET", "/metrics").text  # the two good answers of 'findings', step by step
+    for step in ("detect", "crop", "classify", "findings", "total"):
+        count = metric_value(metrics, "radflow_workflow_step_seconds_count", workflow="findings", step=step)
+        assert count == 2, (step, count)
 
 
 def test_a_workflow_runs_without_torch(ws: PhantomWorkspace) -> None:

@@ -5,7 +5,9 @@ workflow route, each model resolved through the registry as the server's own mod
 that does not load (an unknown model or alias, a cycle, a step that cannot take its input) is listed
 with its error and answers 503 saying why; the others serve. Uploads are read as ``/v1/predict``
 reads them (multipart field ``file`` or a raw image body, the same size limit), under the same
-admission (503 at capacity) and the same roles (``predict``).
+admission (503 at capacity) and the same roles (``predict``). Each step's latency is a Prometheus
+histogram on the service's ``/metrics``: ``radflow_workflow_step_seconds{workflow, step}`` (step
+``total`` for the whole answer, decode included).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from radflow.workflow import Workflow, WorkflowError, load_workflows, run_workfl
 __all__ = ["workflows"]
 
 workflows = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+
+_STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _UPLOAD = {
@@ -52,9 +56,23 @@ async def _loaded(request: Request) -> dict[str, Workflow | WorkflowError]:
         lock = state.workflows_lock = asyncio.Lock()
     async with lock:
         if getattr(state, "workflows", None) is None:
+            state.workflow_steps = _step_histogram(request)
             state.workflows = await asyncio.to_thread(_load, request)
     loaded: dict[str, Workflow | WorkflowError] = state.workflows
     return loaded
+
+
+def _step_histogram(request: Request) -> Any:
+    """``radflow_workflow_step_seconds`` on the service's own registry (created once per app, under the load lock)."""
+    from prometheus_client import Histogram
+
+    return Histogram(
+        "radflow_workflow_step_seconds",
+        "Time of each workflow step (step 'total': the whole answer, decode included).",
+        ["workflow", "step"],
+        buckets=_STEP_BUCKETS,
+        registry=service_of(request).metrics.registry,
+    )
 
 
 def _load(request: Request) -> dict[str, Workflow | WorkflowError]:
@@ -147,4 +165,8 @@ async def predict_workflow(request: Request, name: str) -> Response:
     with service.admission.enter():
         data = await _upload(request)
         answer = await asyncio.to_thread(run_workflow, workflow, data)
+    steps = request.app.state.workflow_steps
+    for step in answer["steps"]:
+        steps.labels(name, step["name"]).observe(step["latency_ms"] / 1000)
+    steps.labels(name, "total").observe(answer["latency_ms"]["total"] / 1000)
     return json_answer(answer)
