@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.demo import MODEL_NAME
+from radflow.inference import ServeSettings
 from radflow.pipeline.dvc_yaml import REGISTRATION
 from radflow.pipeline.workspace import init_workspace
 from radflow.tracking import DEFAULT_DB
@@ -136,6 +137,7 @@ def test_a_full_run_logs_and_registers_on_the_shared_server(
     result = CliRunner().invoke(app, ["run", "--workspace", str(workspace)])
     assert result.exit_code == 0, result.output
     assert not (workspace / DEFAULT_DB).exists()  # nothing went to a local store
+    assert ServeSettings(workspace=workspace).resolved_tracking_uri() == url  # serving reads the same setting
 
     registration = json.loads((workspace / REGISTRATION).read_text())
     mlflow = MlflowClient(tracking_uri=url)
