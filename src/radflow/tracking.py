@@ -124,8 +124,8 @@ def check_tracking(uri: str, timeout: float = 3.0) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise RadflowError(
-                f"MLflow tracking server {uri} is unreachable ({reason}). Start it (e.g. `mlflow server` or "
-                "`radflow ui`), fix --tracking-uri / MLFLOW_TRACKING_URI, or unset them to use the local "
+                f"MLflow tracking server {uri} is unreachable ({reason}). Start it (e.g. `radflow tracking-server` "
+                "or `radflow ui`), fix --tracking-uri / MLFLOW_TRACKING_URI, or unset them to use the local "
                 "sqlite store.",
                 status_code=503,
             ) from None
