@@ -46,6 +46,7 @@ def test_four_trial_sweep_registers_the_best_and_survives_a_failing_trial(ray_cl
     )
     assert result.exit_code == 0, result.output
     record = json.loads((ws / "sweeps" / "s1" / "sweep.json").read_text())
+    assert json.loads(result.stdout)["trials"] == record["trials"], result.stdout[:3000]  # --json: sweep.json only
     assert [t["status"] for t in record["trials"]] == ["finished", "failed", "finished", "failed"]
     assert all("no_such_net" in t["error"] for t in record["trials"] if t["status"] == "failed")
 

@@ -100,7 +100,7 @@ def _render(record: dict[str, Any]) -> None:
     for column in ("trial", *record["grid"], "status", record["monitor"], "run"):
         table.add_column(column)
     for trial in record["trials"]:
-        value = "" if trial["status"] != "finished" else f"{trial['value']:.4f}"
+        value = "" if trial["value"] is None else f"{trial['value']:.4f}"
         table.add_row(
             str(trial["trial"]),
             *(str(trial["params"][k]) for k in record["grid"]),

@@ -14,8 +14,8 @@ single-process scorer's thread count (bench/ray_score.py measures what the engin
 
 from __future__ import annotations
 
-import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +36,13 @@ __all__ = ["BatchScorer", "cluster_cpus", "score_dataset_ray"]
 class BatchScorer:
     """The Ray Data callable class: one ONNX Runtime session per actor, a batch of row positions per call."""
 
-    def __init__(self, onnx: bytes, dataset: str, rows: np.ndarray, threads: int = 1):
+    def __init__(self, onnx: Any, dataset: str, rows: np.ndarray, threads: int = 1):
+        import ray
+
         folder = Path(tempfile.mkdtemp(prefix="radflow-ray-model-"))
         path = folder / "model.onnx"
-        path.write_bytes(onnx)
+        # The model's bytes come through the object store once per node, not inside every actor's pickled UDF.
+        path.write_bytes(ray.get(onnx) if isinstance(onnx, ray.ObjectRef) else onnx)
         self.model = RadflowModel.load(path, threads=threads)
         self.ds = Dataset.open(dataset)
         self.rows = rows
@@ -55,7 +58,9 @@ def cluster_cpus(ray: Any) -> int:
 
 
 def _quiet_data(ray: Any) -> None:
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data (re)configures its loggers when a dataset runs, at the level this variable names; a scoring job
+    # reports its own progress, so its INFO lines ("execution finished") are noise.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -91,7 +96,7 @@ def score_dataset_ray(
         )
         scored = positions.map_batches(
             BatchScorer,
-            fn_constructor_args=(Path(model.source).read_bytes(), str(Path(dataset).resolve()), rows),
+            fn_constructor_args=(ray.put(Path(model.source).read_bytes()), str(Path(dataset).resolve()), rows),
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool),

@@ -20,10 +20,12 @@ Design, in the order a sweep runs:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -136,7 +138,6 @@ def run_sweep(
     ``sweep.json``. Returns ``{"name", "parent_run_id", "grid", "monitor", "mode", "trials", "best",
     "chosen_params", "registration", "dvc_command", "seconds"}``.
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from radflow.data.dataset import Dataset
@@ -190,9 +191,11 @@ def run_sweep(
         ),
     )
     try:
-        grid_result = tuner.fit()
+        # Tune prints its trial table and errors on stdout whatever `verbose` says; stdout is radflow's (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            grid_result = tuner.fit()
         trials = _trials(grid_result, configs, tracking, parent_id)
-        finished = [t for t in trials if t["status"] == "finished" and math.isfinite(t["value"])]
+        finished = [t for t in trials if t["status"] == "finished" and t["value"] is not None]
         best = (max if mode == "max" else min)(finished, key=lambda t: t["value"]) if finished else None
         if best is not None:
             tracking.set_tag(parent_id, "radflow.sweep.best_run", best["run_id"])
@@ -202,7 +205,6 @@ def run_sweep(
         tracking.set_terminated(parent_id, "FAILED")
         raise
     tracking.set_terminated(parent_id, "FINISHED")
-    mlflow.set_tracking_uri(uri)
     chosen = dict(best["params"]) if best is not None else None
     record = {
         "name": name,
@@ -249,7 +251,7 @@ def _trials(grid_result: Any, configs: list[dict[str, Any]], tracking: Any, pare
                 "trial": number,
                 "params": configs[number],
                 "status": "failed" if error is not None else "finished",
-                "value": float(metrics.get("value", math.nan)) if error is None else math.nan,
+                "value": _finite(metrics.get("value")) if error is None else None,
                 "run_id": child.info.run_id if child is not None else None,
                 "run_status": child.info.status if child is not None else None,
                 "checkpoint": metrics.get("checkpoint"),
@@ -257,6 +259,11 @@ def _trials(grid_result: Any, configs: list[dict[str, Any]], tracking: Any, pare
             }
         )
     return sorted(rows, key=lambda r: r["trial"])
+
+
+def _finite(value: Any) -> float | None:
+    """The trial's metric, ``None`` when it has none (sweep.json stays plain JSON: no NaN)."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
 def _error_line(error: BaseException | None, child: Any) -> str | None:
