@@ -59,6 +59,10 @@ _GITIGNORE = """\
 # The server's prediction log and stored inputs: `radflow feedback export` turns them into data/feedback
 /serving.db*
 /inputs/
+# radflow sweep: the trials' checkpoints, Tune's files and the best trial's export (sweeps/NAME/sweep.json is kept)
+/sweeps/*/trial-*/
+/sweeps/*/tune/
+/sweeps/*/best/
 """
 
 
