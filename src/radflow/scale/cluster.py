@@ -84,9 +84,12 @@ def connect(address: str) -> Any:
             configure_logging=True,
         )
     except ConnectionError as exc:
-        raise RayUnreachableError(
-            f"--ray {address}: {str(exc).splitlines()[0]} Start a cluster (`ray start --head`) or give its address."
-        ) from None
+        if target is None:
+            raise RayUnreachableError(
+                "--ray auto: no Ray cluster found for this machine (none started here with `ray start`, RAY_ADDRESS "
+                "unset); start one with `ray start --head` or give the head's address: --ray HOST:PORT."
+            ) from None
+        raise RayUnreachableError(f"--ray {address}: {str(exc).splitlines()[0]}") from None
     return ray
 
 
