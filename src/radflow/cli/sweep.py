@@ -13,7 +13,21 @@ from radflow.cli._app import app, console, emit, run_command
 __all__ = ["sweep_command"]
 
 
-@app.command("sweep")
+_HELP = (
+    "Search params.yaml keys with Ray Tune in a workspace; register the best trial through the usual gates.\n\n"
+    "Each trial trains on the workspace's split dataset (data/split, from `radflow run`) with the workspace's "
+    "params.yaml plus its grid values, as a child MLflow run of one parent run named after the sweep; a trial that "
+    "fails is marked FAILED and the others go on. Trials report their best val metric (the task kind's monitored "
+    "one) once, at their end: training has no per-epoch hook, so early stopping is train.early_stopping_patience "
+    "within each trial. The best finished trial is evaluated, exported and registered as the register stage does.\n\n"
+    "Recorded in the workspace: sweeps/NAME/sweep.json (every trial's params, status, metric, child run and error; "
+    "the chosen params; the registration) and dvc_command, the `radflow run -S KEY=VALUE ...` that reruns the "
+    "chosen params as a DVC experiment (`dvc exp show` then lists it); --apply writes them into params.yaml.\n\n"
+    "Example: radflow sweep --grid train.lr=1e-3,3e-3 --grid train.arch=small_cnn,resnet18 --ray 10.0.0.5:6379"
+)
+
+
+@app.command("sweep", help=_HELP)
 def sweep_command(
     grid: Annotated[
         list[str],
@@ -41,20 +55,7 @@ def sweep_command(
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print sweep.json.")] = False,
 ) -> None:
-    """Search params.yaml keys with Ray Tune in a workspace; register the best trial through the usual gates.
-
-    Each trial trains on the workspace's split dataset (data/split, from `radflow run`) with the workspace's
-    params.yaml plus its grid values, as a child MLflow run of one parent run named after the sweep; a trial that
-    fails is marked FAILED and the others go on. Trials report their best val metric (the task kind's monitored
-    one) once, at their end: training has no per-epoch hook, so early stopping is train.early_stopping_patience
-    within each trial. The best finished trial is evaluated, exported and registered as the register stage does.
-
-    Recorded in the workspace: sweeps/NAME/sweep.json (every trial's params, status, metric, child run and error;
-    the chosen params; the registration) and dvc_command, the `radflow run -S KEY=VALUE ...` that reruns the
-    chosen params as a DVC experiment (`dvc exp show` then lists it); --apply writes them into params.yaml.
-
-    Example: radflow sweep --grid train.lr=1e-3,3e-3 --grid train.arch=small_cnn,resnet18 --ray 10.0.0.5:6379
-    """
+    """Search params.yaml keys with Ray Tune in a workspace; register the best trial through the usual gates."""
     from radflow.config import load_params, params_yaml
     from radflow.pipeline import dvc_yaml as paths
     from radflow.pipeline.workspace import find_workspace
