@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.config import Params, params_yaml
+from radflow.scale.sweep import parse_grid, trial_configs
 from radflow.tracking import client, resolve_tracking_uri
 from tests.fixtures import make_dataset
 from tests.ray_cluster import RayCluster
@@ -70,3 +71,33 @@ def test_four_trial_sweep_registers_the_best_and_survives_a_failing_trial(ray_cl
     assert record["dvc_command"].startswith("radflow run -S train.lr=")
     applied = (ws / "params.yaml").read_text()
     assert f"lr: {best['params']['train.lr']}" in applied
+
+
+def test_grid_mistakes_are_refused_before_any_trial(tmp_path: Path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(params_yaml(Params().with_overrides(TINY)))
+    (ws / "dvc.yaml").write_text("stages: {}\n")
+    (ws / ".dvc").mkdir()
+    runner = CliRunner()
+
+    def sweep(*args: str) -> str:
+        result = runner.invoke(app, ["sweep", *args, "--workspace", str(ws), "--ray", "127.0.0.1:1"])
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.split())
+
+    assert "Did you mean 'lr'?" in sweep("--grid", "train.learning_rate=1e-3,3e-3")
+    assert "train.lr" in sweep("--grid", "train.lr=0.001,-1")  # lr > 0: a value the schema refuses
+    assert "--grid expects KEY=V1,V2" in sweep("--grid", "train.lr")
+    assert "no Ray cluster answers at 127.0.0.1:1" in sweep("--grid", "train.lr=1e-3,3e-3")
+    assert not (ws / "sweeps").exists() and not (ws / "mlflow.db").exists()  # nothing ran, nothing was recorded
+
+
+def test_grid_values_are_typed():
+    grid = parse_grid(["train.lr=1e-3,3e-3", "train.arch=small_cnn,resnet18", "train.augment.hflip=true,false"])
+    assert grid == {
+        "train.lr": [0.001, 0.003],
+        "train.arch": ["small_cnn", "resnet18"],
+        "train.augment.hflip": [True, False],
+    }
+    assert len(trial_configs(Params(), grid)) == 8

@@ -52,10 +52,22 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             raise ConfigError(f"--grid expects KEY=V1,V2,... (e.g. train.lr=1e-3,3e-3), got {item!r}.")
         if key in grid:
             raise ConfigError(f"--grid names {key!r} twice; give all its values in one --grid.")
-        grid[key] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+        grid[key] = [_scalar(v.strip()) for v in values.split(",")]
     if not grid:
         raise ConfigError("radflow sweep needs at least one --grid KEY=V1,V2,...")
     return grid
+
+
+def _scalar(text: str) -> Any:
+    """A YAML scalar, and a number for what YAML 1.1 leaves a string (``1e-3`` has no dot)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    return value
 
 
 def trial_configs(params: Params, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
