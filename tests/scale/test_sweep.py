@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from radflow.cli import app
@@ -38,13 +39,23 @@ def _workspace(root: Path) -> Path:
     return root
 
 
-def test_four_trial_sweep_registers_the_best_and_survives_a_failing_trial(ray_cluster: RayCluster, tmp_path: Path):
+def test_four_trial_sweep_registers_the_best_and_survives_a_failing_trial(
+    ray_cluster: RayCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow as fluent
+
     ws = _workspace(tmp_path / "ws")
+    # An earlier in-process training run (another test, a notebook) leaves MLflow's fluent URI on its own store:
+    # the sweep must still log and register the best trial in the workspace's.
+    # (radflow's train() gives the environment variable back, as here; the fluent setting stays.)
+    fluent.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     grid = ["--grid", "train.lr=0.001,0.01", "--grid", "train.arch=small_cnn,no_such_net"]
     result = CliRunner().invoke(
         app,
         ["sweep", *grid, "--workspace", str(ws), "--ray", ray_cluster.address, "--name", "s1", "--apply", "--json"],
     )
+    fluent.set_tracking_uri(None)
     assert result.exit_code == 0, result.output
     record = json.loads((ws / "sweeps" / "s1" / "sweep.json").read_text())
     assert json.loads(result.stdout)["trials"] == record["trials"], result.stdout[:3000]  # --json: sweep.json only

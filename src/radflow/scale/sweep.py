@@ -293,7 +293,7 @@ def _register(best: dict[str, Any], params: Params, dataset: Path, out_dir: Path
     from radflow.evaluate.report import evaluate_and_log, log_gated_report
     from radflow.export.pipeline import export_model
     from radflow.registry import EVAL_HELD_OUT_TAG, register
-    from radflow.tracking import client, env_scope
+    from radflow.tracking import client, tracking_uri_scope
 
     chosen = params.with_overrides(best["params"])
     run_id = best["run_id"]
@@ -303,7 +303,8 @@ def _register(best: dict[str, Any], params: Params, dataset: Path, out_dir: Path
     model = folder / "model.pt"
     # Evaluation writes thresholds into the checkpoint it scores: a copy keeps the trial's own.
     shutil.copyfile(best["checkpoint"], model)
-    with env_scope(MLFLOW_TRACKING_URI=uri):
+    # The fluent API too (export logs the ONNX model with it): an earlier in-process run may have left it elsewhere.
+    with tracking_uri_scope(uri):
         evaluate_and_log(run_id, model, dataset, chosen.evaluate, uri, gates=chosen.gates, model_card=chosen.model_card)
         client(uri).set_tag(run_id, EVAL_HELD_OUT_TAG, held_out_version(Dataset.open(dataset)))
         cfg = chosen.export
