@@ -1,8 +1,11 @@
 """A team's shared MLflow: ``radflow tracking-server`` on a real PostgreSQL, a full ``radflow run`` logging into it.
 
-The workspace is as tiny as tests/pipeline/tiny.py's (60 phantoms at 32 px, one epoch) and is pointed at
-the server with its one setting, ``MLFLOW_TRACKING_URI``. The same workspace then shares its data through a
-DVC remote on a local path, as a team's shared folder: ``dvc push`` there, a second clone ``dvc pull``s it.
+The workspace is a copy of the session's tiny demo workspace (tests/pipeline/tiny.py: 60 phantoms at 32 px,
+one epoch) with its local MLflow store removed, pointed at the server with its one setting,
+``MLFLOW_TRACKING_URI``; ``radflow run`` with a new train seed reruns train, evaluate, export and register
+into the server (the data stages are DVC-cached, so the run costs what a team's next experiment costs).
+The same workspace then shares its data through a DVC remote on a local path, as a team's shared folder:
+``dvc push`` there, a second clone ``dvc pull``s it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from radflow.inference import ServeSettings
 from radflow.pipeline.dvc_yaml import REGISTRATION
 from radflow.pipeline.workspace import init_workspace
 from radflow.tracking import DEFAULT_DB
-from tests.pipeline.tiny import TINY_SETS
+from tests.pipeline.tiny import TINY_SETS, tiny_demo
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +107,22 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def demo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared tiny demo workspace, run once already, without its local MLflow store."""
+    demo = tiny_demo(tmp_path_factory.getbasetemp())
+    assert demo.exit_code == 0, demo.output
+    copy = tmp_path_factory.mktemp("tracked-demo") / "workspace"
+    shutil.copytree(demo.workdir, copy, symlinks=True)
+    for local in (DEFAULT_DB, "mlruns", "mlartifacts", "serving.db", "serving.db-wal", "serving.db-shm", "inputs"):
+        path = copy / local
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return copy
+
+
 def test_tracking_server_refuses_a_bad_store_and_prints_its_command() -> None:
     runner = CliRunner()
     bad = runner.invoke(app, ["tracking-server", "--backend-store-uri", "http://mlflow:5000"])
@@ -128,13 +147,14 @@ def test_an_unreachable_tracking_server_fails_the_run_before_any_stage(
 
 
 def test_a_full_run_logs_and_registers_on_the_shared_server(
-    server: tuple[str, Path], workspace: Path, monkeypatch: pytest.MonkeyPatch
+    server: tuple[str, Path], demo_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow.tracking import MlflowClient
 
     url, artifacts = server
+    workspace = demo_copy
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the workspace's one setting
-    result = CliRunner().invoke(app, ["run", "--workspace", str(workspace)])
+    result = CliRunner().invoke(app, ["run", "--workspace", str(workspace), "-S", "train.seed=7"])
     assert result.exit_code == 0, result.output
     assert not (workspace / DEFAULT_DB).exists()  # nothing went to a local store
     assert ServeSettings(workspace=workspace).resolved_tracking_uri() == url  # serving reads the same setting
@@ -165,7 +185,8 @@ def _git(cwd: Path, *args: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_a_shared_dvc_remote_gives_a_second_clone_the_same_data(workspace: Path, tmp_path: Path) -> None:
+def test_a_shared_dvc_remote_gives_a_second_clone_the_same_data(demo_copy: Path, tmp_path: Path) -> None:
+    workspace = demo_copy
     if not (workspace / "dvc.lock").is_file():
         pytest.skip("the pipeline run above did not complete")
     shared = tmp_path / "team-dvc-remote"  # a mounted share in real life; any path or URL DVC knows works
