@@ -53,7 +53,7 @@ e2e: $(STAMP)
 
 # Everything CI runs: lint, then the whole suite (unit and e2e) in one session, so servers start once.
 test: lint $(STAMP)
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=40
 
 # The benches also need the `bench` extra (LitServe, psutil); bench/serve.py installs wrk itself (apt-get).
 BENCH_STAMP := $(VENV)/.installed-bench
