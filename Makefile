@@ -22,11 +22,15 @@ install: $(STAMP)
 # Label Studio pins older NumPy/PyArrow than radflow: it gets its own venv, which `radflow annotate server` and
 # tests/label_studio.py start it from (its own .gitignore keeps it out of git).
 LS_VENV := .venv-label-studio
+# Its pip install needs nothing of radflow's venv, so `make -j2` runs the two installs side by side.
 LS_STAMP := $(LS_VENV)/.installed
-$(LS_STAMP): | $(STAMP)
+LS_PIP := $(LS_VENV)/.installed-pip
+$(LS_PIP):
 	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
 	echo '*' > $(LS_VENV)/.gitignore
 	$(LS_VENV)/bin/python -m pip install -q --no-compile 'label-studio==1.23.*'
+	touch $(LS_PIP)
+$(LS_STAMP): $(LS_PIP) | $(STAMP)
 	$(BIN)/python -m radflow.annotate.server --make-template
 	touch $(LS_STAMP)
 

@@ -4,6 +4,7 @@ marked failed while the others finish, the best registered through the gates and
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,17 +46,21 @@ def test_four_trial_sweep_registers_the_best_and_survives_a_failing_trial(
     import mlflow as fluent
 
     ws = _workspace(tmp_path / "ws")
-    # An earlier in-process training run (another test, a notebook) leaves MLflow's fluent URI on its own store:
-    # the sweep must still log and register the best trial in the workspace's.
-    # (radflow's train() gives the environment variable back, as here; the fluent setting stays.)
+    # An earlier in-process training run (another test, a notebook) leaves MLflow's fluent URI on its own store
+    # (radflow's train() gives the environment variable back; the fluent setting stays): the sweep must still
+    # log and register the best trial in the workspace's.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # what teardown restores: as it was before
     fluent.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri wrote it too
     grid = ["--grid", "train.lr=0.001,0.01", "--grid", "train.arch=small_cnn,no_such_net"]
-    result = CliRunner().invoke(
-        app,
-        ["sweep", *grid, "--workspace", str(ws), "--ray", ray_cluster.address, "--name", "s1", "--apply", "--json"],
-    )
-    fluent.set_tracking_uri(None)
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["sweep", *grid, "--workspace", str(ws), "--ray", ray_cluster.address, "--name", "s1", "--apply", "--json"],
+        )
+    finally:
+        fluent.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert result.exit_code == 0, result.output
     record = json.loads((ws / "sweeps" / "s1" / "sweep.json").read_text())
     assert json.loads(result.stdout)["trials"] == record["trials"], result.stdout[:3000]  # --json: sweep.json only
