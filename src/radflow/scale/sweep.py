@@ -9,8 +9,16 @@ Design, in the order a sweep runs:
   (``mlflow.parentRunId``) and hands it to :func:`radflow.train.loop.train` through ``MLFLOW_RUN_ID``, so the
   child is the ordinary training run: params, per-epoch metrics, checkpoint and model. A trial that raises is
   marked FAILED (in MLflow and in Tune) and the sweep goes on.
-- Trials report to Tune once, at their end: ``train()`` has no per-epoch callback to report through, so Tune's
-  schedulers cannot stop a trial early; within a trial ``train.early_stopping_patience`` stops a bad run.
+- Early stopping of bad trials (on unless ``early_stop=False``): each trial reports its best monitored val metric
+  so far to Tune after every epoch but its last (``train(on_epoch=...)``) and once more when it has finished
+  (``final``), and Tune's ASHA scheduler (asynchronous successive halving) stops a trial whose value at a rung
+  (``grace_epochs`` x ``reduction_factor``^k epochs) is below the best 1/``reduction_factor`` of those that reached
+  the rung before it. ``max_t`` is the longest trial's ``train.epochs``, so a trial that reached its last epoch
+  is never cut before its model is logged. Tune stops a trial by ``sys.exit`` inside its report: ``train()``
+  ends the child run ``KILLED`` (not ``FAILED``), and the driver marks any child still ``RUNNING`` (an actor
+  killed before it could) the same way, tagged ``radflow.sweep.stopped_at_epoch``; sweep.json says
+  ``stopped``. Stopped trials keep their checkpoints but are not candidates for registration. Within a trial
+  ``train.early_stopping_patience`` still stops a run that stops improving.
 - The best finished trial by the task kind's monitored val metric is evaluated, exported and registered with the
   same library calls the pipeline's evaluate/export/register stages make (``evaluate_and_log``,
   ``export_model``, :func:`radflow.registry.register` with params.yaml's gates, ``log_gated_report``).
@@ -36,7 +44,7 @@ from radflow.config import Params
 from radflow.errors import ConfigError
 from radflow.scale.cluster import connect
 
-__all__ = ["SWEEP_TAG", "parse_grid", "run_sweep", "trial_configs"]
+__all__ = ["SWEEP_TAG", "parse_grid", "run_sweep", "scheduler_spec", "trial_configs"]
 
 SWEEP_TAG = "radflow.sweep"
 """Tag naming the sweep on its parent and on every child run."""
@@ -87,7 +95,7 @@ def trial_configs(params: Params, grid: dict[str, list[Any]]) -> list[dict[str, 
 
 
 def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
-    """One Tune trial: its child MLflow run, :func:`train` on its overrides, one report at the end."""
+    """One Tune trial: its child MLflow run, :func:`train` on its overrides, reports per epoch and at the end."""
     from mlflow.tracking import MlflowClient
     from ray import tune
 
@@ -103,6 +111,17 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         run_name=name,
         tags={"mlflow.parentRunId": spec["parent_run_id"], SWEEP_TAG: spec["name"], "radflow.sweep.trial": str(number)},
     ).info.run_id
+    monitor, mode = spec["monitor"], spec["mode"]
+    best: list[float] = []  # the best monitored value so far: what ASHA compares at its rungs
+
+    def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(monitor, math.nan)
+        if math.isfinite(value) and (not best or (value > best[0] if mode == "max" else value < best[0])):
+            best[:] = [value]
+        if epoch < params.train.epochs:  # the last epoch's report is the final one, after the model is logged
+            # Tune stops a trial here, by sys.exit: train() then ends the child run KILLED.
+            tune.report({"value": best[0] if best else math.nan, "epoch": epoch})
+
     try:
         params = Params.model_validate(spec["params"]).with_overrides(overrides)
         with env_scope(MLFLOW_RUN_ID=child):
@@ -113,20 +132,23 @@ def _trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
                 spec["experiment"],
                 out_dir=Path(spec["out_dir"]) / f"trial-{number}" / "checkpoints",
                 progress=False,
+                on_epoch=report_epoch if spec["early_stop"] else None,
             )
+    except SystemExit:
+        raise  # stopped by the scheduler: not an error of the trial (the driver records it)
     except BaseException as exc:
         tracking.set_tag(child, "radflow.error", f"{type(exc).__name__}: {exc}"[:4000])
         if tracking.get_run(child).info.status == "RUNNING":  # train() ends the runs it opened itself
             tracking.set_terminated(child, "FAILED")
         raise
-    best = result.best_metric if result.best_metric is not None else math.nan
     tune.report(
         {
-            "value": best,
+            "value": result.best_metric if result.best_metric is not None else math.nan,
+            "epoch": result.epochs_run,
+            "final": True,
             "monitor": result.monitor,
             "run_id": result.run_id,
             "checkpoint": str(result.checkpoint_path),
-            "epochs_run": result.epochs_run,
         }
     )
 
@@ -143,11 +165,17 @@ def run_sweep(
     cpus_per_trial: int = 1,
     name: str | None = None,
     register_best: bool = True,
+    early_stop: bool = True,
+    grace_epochs: int = 1,
+    reduction_factor: float = 2.0,
+    max_concurrent: int | None = None,
 ) -> dict[str, Any]:
     """Run ``grid`` on the Ray cluster at ``address``; write and return ``sweep.json``'s content.
 
     ``out_dir`` receives each trial's checkpoints (``trial-N/checkpoints``), Tune's own files (``tune/``) and
-    ``sweep.json``. Returns ``{"name", "parent_run_id", "grid", "monitor", "mode", "trials", "best",
+    ``sweep.json``. ``early_stop`` runs ASHA with ``grace_epochs`` and ``reduction_factor`` (see the module
+    docstring); ``max_concurrent`` caps trials running at once (default: as many as the cluster's CPUs hold).
+    Returns ``{"name", "parent_run_id", "grid", "monitor", "mode", "scheduler", "trials", "best",
     "chosen_params", "registration", "dvc_command", "seconds"}``.
     """
     from mlflow.tracking import MlflowClient
@@ -158,7 +186,10 @@ def run_sweep(
 
     if cpus_per_trial < 1:
         raise ConfigError(f"--cpus-per-trial must be at least 1, got {cpus_per_trial}.")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be at least 1, got {max_concurrent}.")
     configs = trial_configs(params, grid)
+    scheduler = scheduler_spec(params, configs, early_stop, grace_epochs, reduction_factor)
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking(uri)
     ds = Dataset.open(dataset)
@@ -186,6 +217,9 @@ def run_sweep(
         "parent_run_id": parent_id,
         "out_dir": str(out_dir),
         "cpus_per_trial": cpus_per_trial,
+        "monitor": monitor,
+        "mode": mode,
+        "early_stop": scheduler is not None,
     }
     space = {"__trial": tune.grid_search(list(range(len(configs))))}
     trainable = tune.with_resources(
@@ -194,7 +228,11 @@ def run_sweep(
     tuner = tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            reuse_actors=True,
+            scheduler=_asha(scheduler, mode) if scheduler is not None else None,
+            max_concurrent_trials=max_concurrent,
+        ),
         run_config=tune.RunConfig(
             name="tune",
             storage_path=str(out_dir),
@@ -225,6 +263,7 @@ def run_sweep(
         "grid": grid,
         "monitor": monitor,
         "mode": mode,
+        "scheduler": scheduler,
         "trials": trials,
         "best": best and {k: best[k] for k in ("trial", "run_id", "value")},
         "chosen_params": chosen,
@@ -234,6 +273,48 @@ def run_sweep(
     }
     (out_dir / "sweep.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+def scheduler_spec(
+    params: Params, configs: list[dict[str, Any]], early_stop: bool, grace_epochs: int, reduction_factor: float
+) -> dict[str, Any] | None:
+    """ASHA's settings for these trials as sweep.json records them; ``None`` without early stopping.
+
+    Checked before any trial (and by the CLI before it joins the cluster).
+    """
+    if not early_stop:
+        return None
+    if grace_epochs < 1:
+        raise ConfigError(f"--grace-epochs must be at least 1, got {grace_epochs}.")
+    if reduction_factor <= 1:
+        raise ConfigError(f"--reduction-factor must be above 1, got {reduction_factor}.")
+    trial_params = [params.with_overrides(c) for c in configs]
+    parallel = sorted({p.train.workers for p in trial_params if p.train.workers > 1})
+    if parallel:
+        raise ConfigError(
+            f"early stopping reports every epoch from the trial's own process; train.workers={parallel[0]} trains in "
+            "several. Use --no-early-stop for data-parallel trials."
+        )
+    max_t = max(p.train.epochs for p in trial_params)
+    return {
+        "name": "asha",
+        "grace_epochs": min(grace_epochs, max_t),
+        "reduction_factor": reduction_factor,
+        "max_epochs": max_t,
+    }
+
+
+def _asha(spec: dict[str, Any], mode: str) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration",  # one report per epoch
+        metric="value",
+        mode=mode,
+        max_t=spec["max_epochs"],
+        grace_period=spec["grace_epochs"],
+        reduction_factor=spec["reduction_factor"],
+    )
 
 
 def _grid_trial(config: dict[str, Any], spec: dict[str, Any], configs: list[dict[str, Any]]) -> None:
@@ -258,12 +339,21 @@ def _trials(grid_result: Any, configs: list[dict[str, Any]], tracking: Any, pare
         child = children.get(number)
         error = result.error
         metrics = result.metrics or {}
+        status = "failed" if error is not None else "finished" if metrics.get("final") else "stopped"
+        epochs = metrics.get("epoch")
+        if status == "stopped" and child is not None:
+            # Tune stopped it after an epoch's report; train() ended the run KILLED unless the actor went first.
+            if child.info.status == "RUNNING":
+                tracking.set_terminated(child.info.run_id, "KILLED")
+            tracking.set_tag(child.info.run_id, "radflow.sweep.stopped_at_epoch", str(epochs))
+            child = tracking.get_run(child.info.run_id)
         rows.append(
             {
                 "trial": number,
                 "params": configs[number],
-                "status": "failed" if error is not None else "finished",
+                "status": status,
                 "value": _finite(metrics.get("value")) if error is None else None,
+                "epochs": int(epochs) if epochs is not None else None,
                 "run_id": child.info.run_id if child is not None else None,
                 "run_status": child.info.status if child is not None else None,
                 "checkpoint": metrics.get("checkpoint"),

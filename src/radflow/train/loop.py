@@ -23,6 +23,7 @@ import os
 import platform
 import time
 import warnings as pywarnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +46,10 @@ from radflow.train.losses import LossFn, make_loss
 from radflow.train.models import create_model, list_models, load_weights, model_network
 from radflow.train.predict import extra_inputs, outputs_to_predictions
 
-__all__ = ["TrainResult", "fit_arch", "resolve_device", "train"]
+__all__ = ["EpochCallback", "TrainResult", "fit_arch", "resolve_device", "train"]
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+"""``on_epoch(epoch, metrics)``: the epoch's logged metrics (``train_loss``, the monitored val metric, ``lr``...)."""
 
 _console = Console(stderr=True)
 
@@ -305,22 +309,31 @@ def train(
     out_dir: Path | None = None,
     *,
     progress: bool = True,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """Train ``params.train.arch`` on ``dataset_path`` and track the run; see the module docstring.
 
     Checkpoints go to ``out_dir`` (default ``./checkpoints``): ``last.pt`` every epoch, ``best.pt``
     when the validation metric improves. ``resume`` continues from ``last.pt`` (same MLflow run).
     With ``train.workers`` > 1 the run is data-parallel (:func:`_launch`, :mod:`radflow.train.distributed`).
+    ``on_epoch(epoch, metrics)`` is called after each epoch is logged and checkpointed (single process only);
+    an exception it raises ends the run (``KILLED`` for ``SystemExit``/``KeyboardInterrupt``, else ``FAILED``).
     """
     threads = torch.get_num_threads()
     # Thread count is process-wide; give the caller's back when training ends.
     torch.set_num_threads(params.train.threads or available_cores())
     # Undo what ``mlflow.set_tracking_uri`` writes into the environment, which later subprocesses would inherit.
+    # (The fluent setting stays on the run's store: ``radflow train`` evaluates the logged model through it.)
     try:
         with env_scope(MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI")):
             if params.train.workers > 1:
+                if on_epoch is not None:
+                    raise ConfigError(
+                        "a per-epoch callback (radflow sweep's early stopping) needs single-process training "
+                        f"(train.workers=1, got {params.train.workers}); use --no-early-stop for data-parallel trials."
+                    )
                 return _launch(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress)
-            return _train(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress)
+            return _train(dataset_path, params, tracking_uri, experiment, resume, out_dir, progress, on_epoch=on_epoch)
     finally:
         torch.set_num_threads(threads)
 
@@ -477,8 +490,10 @@ class _Epochs:
         out_dir: Path,
         progress: _Progress,
         group: Group = SINGLE,
+        on_epoch: EpochCallback | None = None,
     ):
         self.cfg, self.prep, self.setup, self.loss_fn, self.device = cfg, prep, setup, loss_fn, device
+        self.on_epoch = on_epoch
         self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
         self.state = progress
         self.group, self.steps_run = group, 0
@@ -543,6 +558,8 @@ class _Epochs:
                 score = metrics[self.setup.monitor]
                 bar.update(task_id, metric=f"{self.setup.monitor} {score:.4f}")
                 stop = self._end_epoch(epoch, metrics, score)
+                if self.on_epoch is not None and self.group.is_main:
+                    self.on_epoch(epoch, metrics)
                 if stop:
                     _console.print(
                         f"early stopping: {self.setup.monitor} did not improve for {self.state.bad_epochs} epoch(s)"
@@ -695,6 +712,7 @@ def _train(
     progress: bool,
     group: Group = SINGLE,
     run_id: str | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
     """One process's training; on several ranks (``group``) rank 0 alone opens ``run_id``, logs and checkpoints."""
     import mlflow
@@ -724,7 +742,7 @@ def _train(
     state.run_id = _open_run(uri, experiment, wanted, _run_name(cfg, prep.ds)) if group.is_main else wanted
     prep.meta.run_id = state.run_id
     try:
-        epochs = _Epochs(cfg, prep, setup, loss_fn, device, out_dir, state, group)
+        epochs = _Epochs(cfg, prep, setup, loss_fn, device, out_dir, state, group, on_epoch)
         if group.is_main and resume_state is None:
             _log_run_start(params, prep, device, setup.monitor)
         elif group.is_main:
@@ -732,9 +750,10 @@ def _train(
         epochs.run(progress and group.is_main)
         group.barrier()  # every rank trained every epoch before the run can finish
         model_uri = _log_outcome(params, epochs.best_path, setup.monitor, state.best) if group.is_main else None
-    except BaseException:
+    except BaseException as exc:
         if group.is_main:
-            mlflow.end_run(status="FAILED")
+            # Stopped from outside (Ctrl-C, a scheduler's sys.exit) is not a failure of the run itself.
+            mlflow.end_run(status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
     if group.is_main:
         mlflow.end_run()
