@@ -56,8 +56,11 @@ e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e --durations=10
 
 # Everything CI runs: lint, then the whole suite (unit and e2e) in one session, so servers start once.
+# Two workers (tests/conftest.py groups the tests by file and shared fixture): the suite waits on servers and
+# subprocesses much of the time, so two cores keep busier. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: lint $(STAMP)
-	$(BIN)/pytest -q --durations=40
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=40
 
 # The benches also need the `bench` extra (LitServe, psutil); bench/serve.py installs wrk itself (apt-get).
 BENCH_STAMP := $(VENV)/.installed-bench

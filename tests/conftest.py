@@ -25,11 +25,39 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 
+# `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Each test file is one unit of
+# work, so a module's fixtures (a server, a trained model) are made once; files that share one session-wide
+# thing whose making is the cost (the tiny demo workspace, the two-node Ray cluster) are one unit, run in
+# file order, because each worker would otherwise make its own.
+_SHARED_GROUPS = {
+    "tiny-demo": (  # tests/pipeline/tiny.py: each adds model versions to the one workspace
+        "tests/e2e/test_demo.py",
+        "tests/e2e/test_loop.py",
+        "tests/e2e/test_workspace.py",
+        "tests/e2e/test_tracking_server.py",
+        "tests/e2e/test_label_studio.py",
+    ),
+    "ray-cluster": ("tests/scale/",),
+}
+_ROOT = Path(__file__).parent.parent
+
+
+def _group(path: Path) -> str:
+    rel = path.relative_to(_ROOT).as_posix()
+    for name, members in _SHARED_GROUPS.items():
+        if any(rel == m or (m.endswith("/") and rel.startswith(m)) for m in members):
+            return name
+    return rel
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``make unit`` (``-m "not e2e"``) leaves out exactly the tests under tests/e2e."""
+    """``make unit`` (``-m "not e2e"``) leaves out exactly the tests under tests/e2e; each test gets its xdist group."""
     for item in items:
-        if _E2E in Path(str(item.fspath)).parents:
+        path = Path(str(item.fspath))
+        if _E2E in path.parents:
             item.add_marker(pytest.mark.e2e)
+        item.add_marker(pytest.mark.xdist_group(_group(path)))
 
 
 @pytest.fixture(scope="session")

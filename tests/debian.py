@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 __all__ = ["ensure_debian_package"]
 
 # The package lists are fetched once per test session: `apt-get update` takes tens of seconds and
-# its answer does not change between the packages one session installs.
+# its answer does not change between the packages one session installs. The session's xdist workers share
+# that (a stamp named by the run's id) and take turns at apt-get (dpkg's lock refuses a second apt-get).
 _lists_updated = False
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+
+
+@contextmanager
+def _apt_turn() -> Iterator[None]:
+    with open(Path(tempfile.gettempdir()) / "radflow-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _updated_stamp() -> Path | None:
+    return Path(tempfile.gettempdir()) / f"radflow-tests-apt-{_RUN}.updated" if _RUN else None
 
 
 def _run(cmd: list[str], package: str) -> None:
@@ -33,9 +54,15 @@ def ensure_debian_package(package: str, present: Callable[[], bool]) -> None:
         return
     if shutil.which("apt-get") is None:
         pytest.skip(f"{package} is not installed and apt-get is not available to install it.")
-    if not _lists_updated:
-        _run(["apt-get", "update"], package)
+    with _apt_turn():
+        if present():  # another worker installed it while this one waited
+            return
+        stamp = _updated_stamp()
+        if not _lists_updated and not (stamp is not None and stamp.exists()):
+            _run(["apt-get", "update"], package)
+            if stamp is not None:
+                stamp.touch()
         _lists_updated = True
-    _run(["apt-get", "install", "-y", package], package)
+        _run(["apt-get", "install", "-y", package], package)
     if not present():
         pytest.skip(f"apt-get installed {package} but it is still not usable here.")

@@ -25,6 +25,9 @@ def test_round_trip_keeps_every_field() -> None:
     assert str(uuid.UUID(message.id)) == message.id
 
 
+_ID = "2f1c6a53-8b0e-4d4e-9a57-3c1f0e2b7d90"  # a valid UUID, fixed so every xdist worker collects the same ids
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -32,13 +35,13 @@ def test_round_trip_keeps_every_field() -> None:
         (b"{not json", "not JSON"),
         (b"[1, 2]", "a JSON list"),
         (json.dumps({"id": "42", "image": "AA=="}).encode(), "field 'id'"),
-        (json.dumps({"id": str(uuid.uuid4())}).encode(), "field 'image': missing"),
-        (json.dumps({"id": str(uuid.uuid4()), "image": "%%%"}).encode(), "not valid base64"),
-        (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "sha256": "0" * 64}).encode(), "field 'sha256'"),
-        (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "study": "MRN-4711"}).encode(), "by hash only"),
-        (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "sex": "X"}).encode(), "field 'sex'"),
-        (json.dumps({"id": str(uuid.uuid4()), "image": "AAAA", "modality": "x ray"}).encode(), "field 'modality'"),
-        (json.dumps({"v": 2, "id": str(uuid.uuid4()), "image": "AAAA"}).encode(), "field 'v'"),
+        (json.dumps({"id": _ID}).encode(), "field 'image': missing"),
+        (json.dumps({"id": _ID, "image": "%%%"}).encode(), "not valid base64"),
+        (json.dumps({"id": _ID, "image": "AAAA", "sha256": "0" * 64}).encode(), "field 'sha256'"),
+        (json.dumps({"id": _ID, "image": "AAAA", "study": "MRN-4711"}).encode(), "by hash only"),
+        (json.dumps({"id": _ID, "image": "AAAA", "sex": "X"}).encode(), "field 'sex'"),
+        (json.dumps({"id": _ID, "image": "AAAA", "modality": "x ray"}).encode(), "field 'modality'"),
+        (json.dumps({"v": 2, "id": _ID, "image": "AAAA"}).encode(), "field 'v'"),
     ],
 )
 def test_a_bad_message_is_refused_naming_the_field(body: bytes, reason: str) -> None:
