@@ -226,25 +226,14 @@ def _export(root: Path, params: Params) -> dict[str, Any]:
 def _register(root: Path, params: Params) -> dict[str, Any]:
     from radflow.evaluate.report import log_gated_report
     from radflow.pipeline.lineage import record_lineage
-    from radflow.registry import register
+    from radflow.registry import register, registration_summary
 
     run_id = _read_json(root / paths.TRAIN_METRICS, "train")["run_id"]
     result = register(run_id, params.registry.name, params.gates)
     # The logged report.html now shows the gates' verdicts instead of their preview.
     log_gated_report(run_id, result, gates=params.gates)
     lineage = record_lineage(root, params, result["name"], result["version"], run_id)
-    summary = {
-        "name": result["name"],
-        "version": result["version"],
-        "run_id": run_id,
-        "passed": result["passed"],
-        "alias": result["alias"],
-        "failures": [f["message"] for f in result["failures"]],
-        "checks": [c["message"] for c in result["checks"]],
-        "champion": result["champion"],
-        "notes": result["notes"],
-        "lineage": lineage,
-    }
+    summary = {**registration_summary(result, run_id), "lineage": lineage}
     _write_json(root / paths.REGISTRATION, summary)
     return summary
 

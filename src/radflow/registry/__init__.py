@@ -21,7 +21,7 @@ from radflow.modelref import CHALLENGER, CHAMPION, CHECKPOINT_ARTIFACT
 from radflow.registry.aliases import PREVIOUS_CHAMPION_TAG, promote, rollback
 from radflow.registry.gates import EVAL_DATASET_TAG, EVAL_HELD_OUT_TAG, EVAL_SPLIT_TAG, PairedScores, check_gates
 from radflow.registry.listing import list_models
-from radflow.registry.registration import GATE_TAG, HEADLINE_METRICS, LINEAGE_TAGS, register
+from radflow.registry.registration import GATE_TAG, HEADLINE_METRICS, LINEAGE_TAGS, register, registration_summary
 from radflow.registry.resolution import resolve_model, resolve_model_run
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "list_models",
     "promote",
     "register",
+    "registration_summary",
     "resolve_model",
     "resolve_model_run",
     "rollback",

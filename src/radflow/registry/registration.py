@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-__all__ = ["GATE_TAG", "HEADLINE_METRICS", "LINEAGE_TAGS", "register"]
+__all__ = ["GATE_TAG", "HEADLINE_METRICS", "LINEAGE_TAGS", "register", "registration_summary"]
 
 GATE_TAG = "gate"
 # Run-level numbers copied onto every version so the registry UI shows them without opening the run.
@@ -142,4 +142,20 @@ def register(
         "champion": champion["version"] if champion else None,
         "tags": tags,
         "tracking_uri": uri,
+    }
+
+
+def registration_summary(result: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """What a registration leaves for people and scripts (the register stage's registration.json, sweep.json):
+    the version, its verdict and alias, the gates' failures and checks as sentences, the champion compared with."""
+    return {
+        "name": result["name"],
+        "version": result["version"],
+        "run_id": run_id,
+        "passed": result["passed"],
+        "alias": result["alias"],
+        "failures": [f["message"] for f in result["failures"]],
+        "checks": [c["message"] for c in result["checks"]],
+        "champion": result["champion"],
+        "notes": result["notes"],
     }

@@ -382,7 +382,7 @@ def _register(best: dict[str, Any], params: Params, dataset: Path, out_dir: Path
     from radflow.data.split import held_out_version
     from radflow.evaluate.report import evaluate_and_log, log_gated_report
     from radflow.export.pipeline import export_model
-    from radflow.registry import EVAL_HELD_OUT_TAG, register
+    from radflow.registry import EVAL_HELD_OUT_TAG, register, registration_summary
     from radflow.tracking import client, tracking_uri_scope
 
     chosen = params.with_overrides(best["params"])
@@ -410,11 +410,4 @@ def _register(best: dict[str, Any], params: Params, dataset: Path, out_dir: Path
         )
         result = register(run_id, chosen.registry.name, chosen.gates, uri)
         log_gated_report(run_id, result, uri, gates=chosen.gates)
-    return {
-        "name": result["name"],
-        "version": result["version"],
-        "run_id": run_id,
-        "passed": result["passed"],
-        "alias": result["alias"],
-        "failures": [f["message"] for f in result["failures"]],
-    }
+    return registration_summary(result, run_id)

@@ -702,6 +702,19 @@ def _log_outcome(params: Params, best_path: Path, monitor: str, best: float | No
     return model_uri
 
 
+def _checked(dataset_path: Path, params: Params) -> tuple[Params, _Prepared, LossFn]:
+    """The checks a user can fail, before the first expensive step: architecture, data, loss.
+
+    Returns the params as the run trains them (the architecture the data asks for: the run is logged,
+    checkpointed and resumed as that one), the prepared data and the loss.
+    """
+    model_network(params.train.arch)  # unknown architecture -> did-you-mean, before touching data
+    prep = _prepare(dataset_path, params.train)
+    if prep.meta.arch != params.train.arch:
+        params = params.with_overrides({"train.arch": prep.meta.arch})
+    return params, prep, make_loss(params.train.loss, prep.ds.task, prep.pos_weight)
+
+
 def _train(
     dataset_path: Path,
     params: Params,
@@ -717,17 +730,10 @@ def _train(
     """One process's training; on several ranks (``group``) rank 0 alone opens ``run_id``, logs and checkpoints."""
     import mlflow
 
-    cfg = params.train
     dataset_path = Path(dataset_path)
     out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "checkpoints"
-    # Every check a user can fail runs before the first expensive step.
-    model_network(cfg.arch)  # unknown architecture -> did-you-mean, before touching data
-    prep = _prepare(dataset_path, cfg)
-    if prep.meta.arch != cfg.arch:
-        # The run is logged, checkpointed and resumed as the architecture it trains.
-        params = params.with_overrides({"train.arch": prep.meta.arch})
-        cfg = params.train
-    loss_fn = make_loss(cfg.loss, prep.ds.task, prep.pos_weight)
+    params, prep, loss_fn = _checked(dataset_path, params)
+    cfg = params.train
     device = group.device(resolve_device(cfg.device))
     uri = resolve_tracking_uri(tracking_uri)
     if group.is_main:
@@ -792,15 +798,10 @@ def _launch(
     """
     from mlflow.tracking import MlflowClient
 
-    cfg = params.train
     dataset_path = Path(dataset_path)
     out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "checkpoints"
-    model_network(cfg.arch)
-    prep = _prepare(dataset_path, cfg)
-    if prep.meta.arch != cfg.arch:
-        params = params.with_overrides({"train.arch": prep.meta.arch})
-        cfg = params.train
-    make_loss(cfg.loss, prep.ds.task, prep.pos_weight)
+    params, prep, _ = _checked(dataset_path, params)
+    cfg = params.train
     device = resolve_device(cfg.device)
     check_workers(cfg.workers, cfg.batch_size, device)
     uri = resolve_tracking_uri(tracking_uri)
