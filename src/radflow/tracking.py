@@ -189,25 +189,18 @@ def git_state(path: Path | None = None) -> tuple[str, bool]:
     return commit or "unknown", bool(status.strip())
 
 
+def _mlflow_server(backend_store_uri: str, host: str, port: int, workers: int) -> list[str]:
+    """``python -m mlflow server`` on a store, address and worker count: what both server commands start with."""
+    where = ["--host", host, "--port", str(port), "--workers", str(workers)]
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri, *where]
+
+
 def server_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The ``mlflow server`` invocation that shows the runs and models of store ``uri``."""
     if uri.startswith(("http://", "https://")):
         raise RadflowError(f"{uri} is already an MLflow server; open it in a browser instead of starting a UI.")
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        # One worker: a personal UI needs no more, and it starts far faster than the default four.
-        "--workers",
-        "1",
-    ]
+    # One worker: a personal UI needs no more, and it starts far faster than the default four.
+    command = _mlflow_server(uri, host, port, workers=1)
     artifacts = artifact_root(uri)
     if artifacts is not None:
         # Experiments made in the UI then keep their artifacts in mlartifacts/ too.
@@ -325,23 +318,8 @@ def tracking_server_command(
     ``--serve-artifacts`` makes new experiments' artifact URIs ``mlflow-artifacts:/...``: clients upload
     and download through the server, so no workspace needs credentials for (or a path to) the store behind it.
     """
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        database_uri(backend_store_uri),
-        "--serve-artifacts",
-        "--artifacts-destination",
-        artifacts_destination(artifacts),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
+    command = _mlflow_server(database_uri(backend_store_uri), host, port, workers)
+    command += ["--serve-artifacts", "--artifacts-destination", artifacts_destination(artifacts)]
     if allowed_hosts:
         # MLflow's security middleware answers only these Host headers (default: localhost), e.g. a container's name.
         command += ["--allowed-hosts", allowed_hosts]
