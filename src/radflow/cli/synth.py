@@ -58,18 +58,24 @@ def _render(info: dict[str, Any]) -> None:
         console.print(f"boxes in {info['boxes']['file']}: {counts}")
 
 
+# The options every phantom command takes, spelled once.
+Seed = Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")]
+Workers = Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
 @synth_app.command("chest")
 def chest_command(
     out: Annotated[Path, typer.Argument(help="Folder to write (its name prefixes the CSV paths, as in CheXpert).")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    seed: Seed = 0,
     size: Annotated[int, typer.Option(help="Image width in pixels (height is 1.2x).")] = 256,
     dicom_fraction: Annotated[float, typer.Option(help="Share of images written as DICOM instead of PNG.")] = 0.0,
     valid_fraction: Annotated[float, typer.Option(help="Share of patients put in valid.csv.")] = 0.1,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    workers: Workers = None,
     masks: Annotated[bool, typer.Option("--masks", help=_MASKS_HELP)] = False,
     boxes: Annotated[bool, typer.Option("--boxes", help=_BOXES_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Phantom frontal chest radiographs with CheXpert's train.csv / valid.csv and folder layout."""
     from radflow.data.synth import synth_chest
@@ -84,11 +90,11 @@ def chest_command(
 def hand_command(
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    seed: Seed = 0,
     size: Annotated[int, typer.Option(help="Image width in pixels (height is 1.25x).")] = 256,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    workers: Workers = None,
     masks: Annotated[bool, typer.Option("--masks", help=_MASKS_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Phantom hand radiographs with RSNA bone age's boneage-training-dataset.csv layout."""
     from radflow.data.synth import synth_hand
@@ -101,10 +107,10 @@ def hand_command(
 def spine_command(
     out: Annotated[Path, typer.Argument(help="Folder to write.")],
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 500,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
+    seed: Seed = 0,
     size: Annotated[int, typer.Option(help="Image side in pixels (square).")] = 256,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    workers: Workers = None,
+    as_json: AsJson = False,
 ) -> None:
     """Phantom sagittal lumbar spine MR (DICOM) with each vertebra's box and level and its Schmorl's nodes.
 
