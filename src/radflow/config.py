@@ -533,6 +533,16 @@ class WorkflowStepConfig(_Strict):
     labels: list[str] | None = Field(default=None, description="crop: only boxes or structures of these labels.")
     min_score: float = Field(default=0.0, ge=0, le=1, description="crop by box: only boxes scoring at least this.")
     batch_size: int = Field(default=16, ge=1, le=1024, description="A model on crops: crops per ONNX Runtime call.")
+    levels: Literal["spine"] | list[str] | None = Field(
+        default=None,
+        description="crop by box: name the crops by vertical order (listed top to bottom): `spine` (T12..L5) "
+        "or the names, top first; per-crop results then carry their `level`.",
+    )
+    levels_from: Literal["bottom", "top"] = Field(
+        default="bottom",
+        description="levels: count from the lowest box up (bottom: as lumbar levels are counted from the sacrum) "
+        "or from the highest down; boxes beyond the names get none.",
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> WorkflowStepConfig:
@@ -541,6 +551,10 @@ class WorkflowStepConfig(_Strict):
             raise ValueError(
                 f"step {self.name!r} needs exactly one of model, crop, resize, aggregate (it has {given or 'none'})"
             )
+        if self.levels is not None and self.crop != "box":
+            raise ValueError(f"step {self.name!r}: levels name the boxes of a crop by box (crop: box)")
+        if isinstance(self.levels, list) and (not self.levels or len(set(self.levels)) != len(self.levels)):
+            raise ValueError(f"step {self.name!r}: levels must be distinct names, top first (got {self.levels})")
         return self
 
 
@@ -550,6 +564,11 @@ class WorkflowConfig(_Strict):
     description: str = Field(default="", description="What the workflow answers, for the listing.")
     steps: list[WorkflowStepConfig] = Field(min_length=1, description="The steps; each takes `input`'s output.")
     output: str | None = Field(default=None, description="The step whose output is the answer (default: the last).")
+    gates: dict[str, float] = Field(
+        default_factory=dict,
+        description="`radflow workflow evaluate`: minimums of end-to-end metrics (e.g. end_to_end_sensitivity: 0.6, "
+        "detection_recall: 0.9); the verdict is in the result and on the parent MLflow run.",
+    )
 
 
 class Params(_Strict):

@@ -26,6 +26,7 @@ from radflow.cli import token as _token  # noqa: F401
 from radflow.cli import tracking as _tracking  # noqa: F401
 from radflow.cli import train as _train  # noqa: F401
 from radflow.cli import worker as _worker  # noqa: F401
+from radflow.cli import workflow as _workflow  # noqa: F401
 from radflow.cli import workspace as _workspace  # noqa: F401
 from radflow.cli._app import app, main
 

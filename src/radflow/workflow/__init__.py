@@ -9,7 +9,16 @@ kinds that flow between steps checked), run torch-free on one image by :func:`ru
 from __future__ import annotations
 
 from radflow.workflow.execute import run_workflow
-from radflow.workflow.glue import Crop, aggregate_findings, aggregate_values, crop_boxes, crop_masks, resize_crops
+from radflow.workflow.glue import (
+    Crop,
+    aggregate_findings,
+    aggregate_values,
+    crop_boxes,
+    crop_masks,
+    name_levels,
+    patient_summary,
+    resize_crops,
+)
 from radflow.workflow.graph import IMAGE, Kind, Step, Workflow, WorkflowError, build_workflow, model_kind
 from radflow.workflow.load import load_workflow, load_workflows
 
@@ -28,6 +37,8 @@ __all__ = [
     "load_workflow",
     "load_workflows",
     "model_kind",
+    "name_levels",
+    "patient_summary",
     "resize_crops",
     "run_workflow",
 ]

@@ -3,8 +3,10 @@
 Steps run in the workflow's checked order, each on its inputs' outputs: a model step through its
 :class:`~radflow.runtime.RadflowModel` (on crops, in batches of ``batch_size`` after each crop's own
 preprocessing), glue through :mod:`radflow.workflow.glue`. Boxes and cuts are in the input's
-original pixels, as a detection answer's are. A crop step that finds nothing is an answer too: the
-steps after it get no crops, and the answer says which step found nothing (``found: false``).
+original pixels, as a detection answer's are; a crop step with ``levels`` lists its crops top to bottom,
+each with its ``level`` (and so does every per-crop output after it). A crop step that finds nothing is
+an answer too: the steps after it get no crops, and the answer says which step found nothing
+(``found: false``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import numpy as np
 from radflow.data.decode import decode_image
 from radflow.data.decoded import DecodedImage
 from radflow.runtime import Prediction, RadflowModel, sex_feature
-from radflow.workflow.glue import Crop, aggregate_findings, aggregate_values, crop_boxes, crop_masks, resize_crops
+from radflow.workflow.glue import (
+    Crop,
+    aggregate_findings,
+    aggregate_values,
+    crop_boxes,
+    crop_masks,
+    name_levels,
+    resize_crops,
+)
 from radflow.workflow.graph import IMAGE, Step, Workflow
 
 __all__ = ["run_workflow"]
@@ -45,7 +55,8 @@ def _predict_crops(model: RadflowModel, crops: list[Crop], image: DecodedImage, 
 
 
 def _where(crop: Crop) -> dict[str, Any]:
-    return {"box": crop.box, "source": crop.source}
+    level = {"level": crop.source["level"]} if "level" in crop.source else {}
+    return {**level, "box": crop.box, "source": crop.source}
 
 
 def _run_step(step: Step, values: dict[str, Any], image: DecodedImage) -> tuple[Any, dict[str, Any], str | None]:
@@ -63,6 +74,8 @@ def _run_step(step: Step, values: dict[str, Any], image: DecodedImage) -> tuple[
         pixels = values[step.inputs["image"]].pixels
         if c.crop == "box":
             crops = crop_boxes(pixels, source.boxes or [], c.margin, c.labels, c.min_score)
+            if c.levels is not None:
+                crops = name_levels(crops, c.levels, c.levels_from)
         else:
             crops = crop_masks(pixels, source.structures or [], c.margin, c.labels)
         missing = None

@@ -15,8 +15,22 @@ from typing import Any
 import numpy as np
 
 from radflow.data.preprocess import prepare_pixels
+from radflow.data.synth.spine import SPINE_LEVELS
 
-__all__ = ["Crop", "aggregate_findings", "aggregate_values", "crop_boxes", "crop_masks", "resize_crops"]
+__all__ = [
+    "Crop",
+    "aggregate_findings",
+    "aggregate_values",
+    "crop_boxes",
+    "crop_masks",
+    "level_names",
+    "name_levels",
+    "patient_summary",
+    "resize_crops",
+]
+
+LEVEL_SETS: dict[str, tuple[str, ...]] = {"spine": SPINE_LEVELS}
+"""Named level lists a crop step's ``levels`` may give instead of the names (``spine``: T12..L5)."""
 
 
 @dataclass
@@ -76,6 +90,34 @@ def crop_masks(
     return crops
 
 
+def level_names(levels: str | Sequence[str]) -> list[str]:
+    """The names, top first, of a crop step's ``levels``: a named set (:data:`LEVEL_SETS`) or the names."""
+    return list(LEVEL_SETS[levels]) if isinstance(levels, str) else list(levels)
+
+
+def name_levels(crops: Sequence[Crop], levels: str | Sequence[str], start: str = "bottom") -> list[Crop]:
+    """The crops top to bottom, each named by its place: ``source["level"]`` (None beyond the names).
+
+    Order is by the centre height of the box each crop was cut for. ``start`` ``bottom`` gives the lowest
+    box the last name and counts up (lumbar levels are counted from the sacrum: L5 is the body above
+    it), so a missed body at the top shifts no name below it; ``top`` gives the highest box the first.
+    """
+    names = level_names(levels)
+
+    def centre(crop: Crop) -> float:
+        box = crop.source.get("box") or crop.box
+        return (float(box[1]) + float(box[3])) / 2
+
+    ordered = sorted(crops, key=centre)  # stable: boxes at one height keep the detector's order
+    n = len(ordered)
+    out = []
+    for k, crop in enumerate(ordered):
+        place = k if start == "top" else len(names) - n + k
+        level = names[place] if 0 <= place < len(names) else None
+        out.append(Crop(crop.pixels, crop.box, {**crop.source, "level": level}))
+    return out
+
+
 def resize_crops(crops: Sequence[Crop], size: int) -> list[Crop]:
     """Each crop padded to a square and resampled to ``size`` x ``size`` (the data layer's own resize)."""
     return [Crop(prepare_pixels(np.asarray(c.pixels, np.float32), size), c.box, c.source) for c in crops]
@@ -109,3 +151,36 @@ def aggregate_values(values: Sequence[float], method: str) -> float | None:
         return None
     arr = np.asarray(values, np.float64)
     return float(arr.mean() if method == "mean" else arr.max())
+
+
+def patient_summary(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One patient's result from the answers of several of their images (each the ``answer`` of a workflow
+    whose output aggregates findings): per label the highest probability and positive when any image's
+    was; per level (crops named by ``levels``) the same over the crops of that level in every image.
+
+    Shape: ``{"images": n, "findings": [{"label", "probability", "positive"}], "levels": {LEVEL: [same]}}``;
+    ``probability`` is None for a label no image answered (no crop found).
+    """
+
+    def merge(groups: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+        merged: dict[str, dict[str, Any]] = {}
+        for findings in groups:
+            for f in findings:
+                m = merged.setdefault(f["label"], {"label": f["label"], "probability": None, "positive": False})
+                if f.get("probability") is not None:
+                    p = float(f["probability"])
+                    m["probability"] = p if m["probability"] is None else max(m["probability"], p)
+                m["positive"] = bool(m["positive"] or f.get("positive"))
+        return list(merged.values())
+
+    per_level: dict[str, list[list[dict[str, Any]]]] = {}
+    for answer in answers:
+        for crop in answer.get("crops", []):
+            level = crop.get("level")
+            if level is not None:
+                per_level.setdefault(str(level), []).append(crop.get("findings") or [])
+    return {
+        "images": len(answers),
+        "findings": merge([a.get("findings") or [] for a in answers]),
+        "levels": {level: merge(groups) for level, groups in per_level.items()},
+    }

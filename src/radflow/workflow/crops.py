@@ -1,0 +1,404 @@
+"""Crop datasets for a workflow's crop -> classify step: each labelled box cut as the workflow cuts it when serving.
+
+A workflow such as detect -> crop -> classify trains its classifier on crops of the boxes the detector
+learnt. :func:`build_crops` makes that classification dataset from
+
+* a **box table**: a COCO JSON (``annotations.json``, boxes as ``bbox``, per-box attributes as keys of the
+  annotation or of its ``attributes`` dict) or a CSV with ``path, x, y, width, height`` and attribute
+  columns (``vertebrae.csv`` of ``radflow synth spine``), paths below the table's folder (or its
+  ``images/``) as ``radflow ingest`` reads them; one attribute (0/1) is the crop's label, others
+  (``keep``) stay per crop in ``crops.parquet``;
+* the **detection dataset** ingested from the same images, which says who each image belongs to and
+  where it went in the split: an image is found there by its file's sha256, and every crop of it keeps
+  its patient, study, split and official split (the crops of a test image are test crops, and a later
+  ``radflow split`` of the crops keeps them there). A table image the dataset does not hold is skipped
+  and listed.
+
+The cut is :func:`radflow.workflow.glue.crop_boxes` (``margin`` a fraction of the box's side, clipped
+to the image) on the decoded original image, then :func:`radflow.workflow.glue.resize_crops` to
+``size``: the pixels a served workflow's crop and resize steps give the classifier for the same box.
+
+``crops.parquet`` (one row per crop, keyed by the manifest's ``image_id``): ``source_image_id``,
+``x0, y0, x1, y1`` (the box, original pixels), ``cut_x0 .. cut_y1`` (the cut, margin included,
+exclusive ends) and the kept attributes as text. Bad input (an unknown column or field, a box
+field missing or outside the image, a label that is not 0/1) is an error naming the table, row or
+annotation, and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from radflow.config import WorkflowStepConfig
+from radflow.data.dataset import MANIFEST_COLUMNS, SHARD_DIR, SPLITS, Dataset, ShardWriter, write_dataset
+from radflow.data.decode import decode_image
+from radflow.data.preprocess import PreprocessSpec, training_spacing
+from radflow.data.sources.maskfolder import IN_IMAGES
+from radflow.data.sources.paths import AS_WRITTEN, SourceFolder, SourcePathError
+from radflow.data.split import EXTRA_SPLIT
+from radflow.errors import ConfigError, DataError, NotFoundError, did_you_mean
+from radflow.workflow.glue import crop_boxes, resize_crops
+
+__all__ = ["CROPS_FILE", "BoxTable", "LabelledBox", "build_crops", "read_box_table", "table_images"]
+
+CROPS_FILE = "crops.parquet"
+DEFAULT_MARGIN: float = WorkflowStepConfig.model_fields["margin"].default
+"""A crop step's own default margin, so a crop dataset built with defaults matches a workflow declared with them."""
+CSV_BOX_COLUMNS = ("path", "x", "y", "width", "height")
+
+
+@dataclass
+class LabelledBox:
+    """One box of the table: original pixels, where it was written, and its attributes as written."""
+
+    box: tuple[float, float, float, float]
+    """``x0, y0, x1, y1`` in the image's pixel edges."""
+    where: str
+    """``TABLE, row N`` (CSV, header = 1) or ``TABLE, annotation K (id N)`` (COCO), for messages."""
+    values: dict[str, Any]
+
+
+@dataclass
+class TableImage:
+    """One image the table names: its file (inside the table's folder) and its boxes."""
+
+    written: str
+    path: Path | None
+    """None: the file is not in the folder (``missing`` says why, without the path)."""
+    boxes: list[LabelledBox] = field(default_factory=list)
+    missing: str | None = None
+
+
+@dataclass
+class BoxTable:
+    """A box table read and checked: its images in table order."""
+
+    path: Path
+    images: list[TableImage]
+
+
+def _fail(where: str, why: str) -> DataError:
+    return DataError(f"{where}: {why}")
+
+
+def _number(value: Any, where: str, name: str) -> float:
+    """A finite number of field ``name``, else the error naming the place and the field."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise _fail(where, f"field {name!r} is missing")
+    if isinstance(value, bool):
+        raise _fail(where, f"field {name!r} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _fail(where, f"field {name!r} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise _fail(where, f"field {name!r} must be a finite number, got {value!r}")
+    return number
+
+
+def _corners(x: Any, y: Any, w: Any, h: Any, where: str) -> tuple[float, float, float, float]:
+    x0, y0 = _number(x, where, "x"), _number(y, where, "y")
+    width, height = _number(w, where, "width"), _number(h, where, "height")
+    if width <= 0 or height <= 0:
+        raise _fail(where, f"the box has no area (width {width:g}, height {height:g}); both must be positive")
+    return x0, y0, x0 + width, y0 + height
+
+
+def _unknown(table: Path, name: str, known: Sequence[str], what: str) -> DataError:
+    return DataError(f"no {what} {name!r} (it has {', '.join(known) or 'none'}).{did_you_mean(name, known)}", table)
+
+
+def _read_csv_table(path: Path, fields: Sequence[str]) -> list[tuple[str, LabelledBox]]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh, skipinitialspace=True)
+        columns = [str(c).strip() for c in reader.fieldnames or []]
+        for name in (*CSV_BOX_COLUMNS, *fields):
+            if name not in columns:
+                raise _unknown(path, name, columns, "column")
+        out = []
+        for line, raw in enumerate(reader, start=2):
+            row = {str(k).strip(): (v.strip() if isinstance(v, str) else v) for k, v in raw.items() if k is not None}
+            where = f"{path}, row {line}"
+            box = _corners(row["x"], row["y"], row["width"], row["height"], where)
+            if not row["path"]:
+                raise _fail(where, "field 'path' is missing")
+            out.append((str(row["path"]), LabelledBox(box, where, {f: row.get(f) for f in fields})))
+    return out
+
+
+def _annotation_fields(ann: dict[str, Any]) -> dict[str, Any]:
+    """An annotation's attributes: its own keys, then those of its ``attributes`` dict (CVAT/Label Studio style)."""
+    nested = ann.get("attributes")
+    return {**ann, **(nested if isinstance(nested, dict) else {})}
+
+
+def _read_coco_table(
+    path: Path, fields: Sequence[str], box_label: str | None
+) -> tuple[list[str], list[tuple[str, LabelledBox]]]:
+    try:
+        coco = json.loads(path.read_text())
+        categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+        files = {int(im["id"]): str(im["file_name"]) for im in coco["images"]}
+        annotations = list(coco.get("annotations", []))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"not a COCO JSON with images and categories ({type(exc).__name__}: {exc})", path) from None
+    if box_label is not None and box_label not in categories.values():
+        raise _unknown(path, box_label, list(categories.values()), "category")
+    present = {k for ann in annotations if isinstance(ann, dict) for k in _annotation_fields(ann)}
+    for name in fields:
+        if name not in present:
+            known = sorted(present - {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "attributes"})
+            raise _unknown(path, name, known, "annotation field")
+    out = []
+    for k, ann in enumerate(annotations):
+        where = f"{path}, annotation {k}" + (f" (id {ann['id']})" if isinstance(ann, dict) and "id" in ann else "")
+        if not isinstance(ann, dict):
+            raise _fail(where, "an annotation must be an object")
+        image_id = ann.get("image_id")
+        if not isinstance(image_id, int) or image_id not in files:
+            raise _fail(where, f"field 'image_id' {image_id!r} names no image of the JSON")
+        if box_label is not None and categories.get(ann.get("category_id", -1)) != box_label:
+            continue
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise _fail(where, f"field 'bbox' must be [x, y, width, height], got {bbox!r}")
+        values = _annotation_fields(ann)
+        corners = _corners(bbox[0], bbox[1], bbox[2], bbox[3], where)
+        out.append((files[image_id], LabelledBox(corners, where, {f: values.get(f) for f in fields})))
+    return list(files.values()), out
+
+
+def read_box_table(table: Path, fields: Sequence[str], box_label: str | None = None) -> BoxTable:
+    """The images and boxes of a COCO JSON or a CSV box table with the per-box ``fields`` of each box.
+
+    ``table`` may be the file or a folder holding ``annotations.json``. ``box_label``: only COCO boxes of
+    that category. A COCO JSON lists every image (those without a box too); a CSV the images with a box.
+    Raises :class:`DataError` for an unknown column or field, a box field that is missing, not a
+    number or without area, naming the table and row (annotation) and the field.
+    """
+    path = Path(table)
+    if path.is_dir():
+        path = path / "annotations.json"
+    if not path.is_file():
+        raise NotFoundError(f"box table not found: {path} (a COCO JSON or a CSV with {', '.join(CSV_BOX_COLUMNS)})")
+    if path.suffix.lower() == ".json":
+        names, rows = _read_coco_table(path, fields, box_label)
+    else:
+        if box_label is not None:
+            raise ConfigError(f"a box label ({box_label!r}) selects COCO categories; {path.name} is a CSV")
+        names, rows = [], _read_csv_table(path, fields)
+    folder = SourceFolder(path.parent)
+    images: dict[str, TableImage] = {}
+    for name in [*names, *(written for written, _ in rows)]:
+        if name in images:
+            continue
+        try:
+            images[name] = TableImage(name, folder.resolve(name, (AS_WRITTEN, IN_IMAGES), table=path))
+        except SourcePathError as exc:
+            images[name] = TableImage(name, None, missing=exc.reason)
+    for written, box in rows:
+        images[written].boxes.append(box)
+    return BoxTable(path, list(images.values()))
+
+
+def table_images(table: BoxTable, dataset: Dataset) -> tuple[list[tuple[TableImage, int, bytes]], list[dict[str, Any]]]:
+    """Each table image found in ``dataset`` (by file sha256) with its manifest row and bytes, and those skipped.
+
+    Skipped entries name the table and why (never the path: it can name a patient).
+    """
+    rows = {sha: i for i, sha in reversed(list(enumerate(dataset.manifest["sha256"].astype(str))))}
+    found, skipped = [], []
+    for image in table.images:
+        if image.path is None:
+            skipped.append({"table": table.path.name, "boxes": len(image.boxes), "error": image.missing})
+            continue
+        data = image.path.read_bytes()
+        row = rows.get(hashlib.sha256(data).hexdigest())
+        if row is None:
+            skipped.append(
+                {"table": table.path.name, "boxes": len(image.boxes), "error": "image not in the dataset (by sha256)"}
+            )
+            continue
+        found.append((image, row, data))
+    return found, skipped
+
+
+def binary_value(value: Any, where: str, name: str) -> float:
+    """A 0/1 label (numbers, booleans, '0'/'1', 'true'/'false'), else the error naming the place and field."""
+    if (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, float) and math.isnan(value))
+    ):
+        raise _fail(where, f"field {name!r} is missing")
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text in ("true", "false"):
+        return 1.0 if text == "true" else 0.0
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if number not in (0.0, 1.0):
+        raise _fail(where, f"field {name!r} must be 0 or 1, got {value!r}")
+    return number
+
+
+def _check_inside(box: LabelledBox, height: int, width: int) -> None:
+    """A box must lie inside its image (pixel edges: ``0 <= x0``, ``x1 <= width``); the error names the fields."""
+    x0, y0, x1, y1 = box.box
+    outside = [
+        text
+        for bad, text in (
+            (x0 < 0, f"x = {x0:g} < 0"),
+            (y0 < 0, f"y = {y0:g} < 0"),
+            (x1 > width, f"x + width = {x1:g} > {width}"),
+            (y1 > height, f"y + height = {y1:g} > {height}"),
+        )
+        if bad
+    ]
+    if outside:
+        raise _fail(
+            box.where, f"the box lies outside its {width} x {height} (width x height) image: {'; '.join(outside)}"
+        )
+
+
+def _crop_id(image_id: str, index: int, box: tuple[float, float, float, float]) -> str:
+    """A crop's ``image_id``: its image's, the box's place in the table and its corners, hashed (20 hex digits)."""
+    return hashlib.sha256(f"{image_id}:{index}:{','.join(f'{v:g}' for v in box)}".encode()).hexdigest()[:20]
+
+
+def _cut_all(
+    found: list[tuple[TableImage, int, bytes]],
+    manifest: pd.DataFrame,
+    writer: ShardWriter,
+    label: str,
+    keep: Sequence[str],
+    margin: float,
+    size: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The crop manifest rows and ``crops.parquet`` rows of every box, each crop's pixels added to ``writer``."""
+    rows: list[dict[str, Any]] = []
+    extra_rows: list[dict[str, Any]] = []
+    for image, row, data in found:
+        if not image.boxes:
+            continue
+        decoded = decode_image(data, name=image.boxes[0].where)
+        height, width = decoded.pixels.shape
+        src = manifest.iloc[row]
+        spacing = decoded.meta.get("spacing")
+        for index, box in enumerate(image.boxes):
+            _check_inside(box, int(height), int(width))
+            target = binary_value(box.values[label], box.where, label)
+            cut = crop_boxes(decoded.pixels, [{"label": label, "score": 1.0, "box": list(box.box)}], margin)
+            crop = resize_crops(cut, size)[0]
+            shard, offset = writer.add(np.asarray(crop.pixels))
+            left, top, right, bottom = cut[0].box
+            row_mm, col_mm = (
+                training_spacing((float(spacing[0]), float(spacing[1])), bottom - top, right - left, size)
+                if spacing
+                else (math.nan, math.nan)
+            )
+            crop_id = _crop_id(str(src["image_id"]), index, box.box)
+            split, official = str(src["split"] or ""), str(src["official_split"] or "")
+            rows.append({
+                **{c: src[c] for c in MANIFEST_COLUMNS if c in src.index},
+                "image_id": crop_id,
+                "official_split": split if split in SPLITS and official != EXTRA_SPLIT else official,
+                "shard": shard, "offset": offset,
+                "spacing_row_mm": row_mm, "spacing_col_mm": col_mm,
+                label: target,
+            })  # fmt: skip
+            extra_rows.append({
+                "image_id": crop_id, "source_image_id": str(src["image_id"]),
+                "x0": box.box[0], "y0": box.box[1], "x1": box.box[2], "y1": box.box[3],
+                "cut_x0": left, "cut_y0": top, "cut_x1": right, "cut_y1": bottom,
+                **{k: None if box.values.get(k) is None else str(box.values[k]) for k in keep},
+            })  # fmt: skip
+    return rows, extra_rows
+
+
+def build_crops(
+    dataset: Path,
+    out: Path,
+    table: Path,
+    label: str,
+    *,
+    keep: Sequence[str] = (),
+    margin: float = DEFAULT_MARGIN,
+    size: int = 64,
+    box_label: str | None = None,
+) -> dict[str, Any]:
+    """Write the crop dataset of ``table``'s boxes (label: attribute ``label``) at ``out``; returns its dataset.json.
+
+    ``dataset``: the detection dataset ingested from the same images (patients and split come from it);
+    ``keep``: attributes kept per crop in ``crops.parquet`` (e.g. ``level``); ``margin``, ``size``: as the
+    workflow's crop and resize steps. See the module docstring.
+    """
+    dataset, out = Path(dataset), Path(out)
+    if out.resolve() == dataset.resolve():
+        raise ConfigError(f"--out {out} is the detection dataset itself; write the crops to their own folder.")
+    if not 0 <= margin <= 2:
+        raise ConfigError(f"margin must be between 0 and 2 (a fraction of the box's side), got {margin:g}.")
+    spec = PreprocessSpec(size=size)
+    source = Dataset.open(dataset)
+    boxes = read_box_table(table, [label, *[k for k in keep if k != label]], box_label)
+    found, skipped = table_images(boxes, source)
+    if not found:
+        raise DataError(
+            f"none of the table's {len(boxes.images)} images is in the dataset {dataset} (matched by file sha256); "
+            "give the detection dataset ingested from this table's images.",
+            boxes.path,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    # New shards beside the current ones, swapped in once every box is cut: a bad row keeps the old dataset.
+    fresh = out / f".{SHARD_DIR}-new"
+    writer = ShardWriter(out, size, subdir=fresh.name)
+    try:
+        rows, extra_rows = _cut_all(found, source.manifest, writer, label, keep, margin, size)
+        writer.close()
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if not rows:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise DataError(f"the table's images in the dataset hold no box to crop (label field {label!r}).", boxes.path)
+    shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
+    fresh.rename(out / SHARD_DIR)
+    frame = pd.DataFrame(rows)
+    split_info = {k: v for k, v in source.info.get("split", {}).items() if k != "held_out_version"}
+    info = write_dataset(
+        out,
+        frame,
+        labels=[label],
+        task="multilabel",
+        spec=spec,
+        source={"format": "crops", "dataset": source.version, "table": boxes.path.name},
+        skipped=skipped,
+        extra={
+            "crops": {
+                "file": CROPS_FILE,
+                "from_dataset": source.version,
+                "label": label,
+                "keep": list(keep),
+                "margin": margin,
+                "size": size,
+                "box_label": box_label,
+                "cut": "radflow.workflow.glue.crop_boxes (margin, clipped) then resize_crops (pad-to-square, resize)",
+                "source_images": len({r["source_image_id"] for r in extra_rows}),
+            },
+            **({"split": {**split_info, "from_dataset": source.version}} if split_info else {}),
+        },
+    )
+    pd.DataFrame(extra_rows).to_parquet(out / CROPS_FILE, index=False)
+    return info
