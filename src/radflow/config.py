@@ -533,6 +533,14 @@ class WorkflowStepConfig(_Strict):
     labels: list[str] | None = Field(default=None, description="crop: only boxes or structures of these labels.")
     min_score: float = Field(default=0.0, ge=0, le=1, description="crop by box: only boxes scoring at least this.")
     batch_size: int = Field(default=16, ge=1, le=1024, description="A model on crops: crops per ONNX Runtime call.")
+    challenger: str | None = Field(
+        default=None,
+        description="A model step: a challenger model (e.g. models:/NAME@challenger) answering `challenger_weight` "
+        "of the requests, routed as the server routes its own challenger (X-Routing-Key sticky).",
+    )
+    challenger_weight: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of requests the step's challenger answers; 0 = never."
+    )
     levels: Literal["spine"] | list[str] | None = Field(
         default=None,
         description="crop by box: name the crops by vertical order (listed top to bottom): `spine` (T12..L5) "
@@ -551,6 +559,8 @@ class WorkflowStepConfig(_Strict):
             raise ValueError(
                 f"step {self.name!r} needs exactly one of model, crop, resize, aggregate (it has {given or 'none'})"
             )
+        if self.challenger is not None and self.model is None:
+            raise ValueError(f"step {self.name!r}: a challenger is for a model step (it has {given[0]})")
         if self.levels is not None and self.crop != "box":
             raise ValueError(f"step {self.name!r}: levels name the boxes of a crop by box (crop: box)")
         if isinstance(self.levels, list) and (not self.levels or len(set(self.levels)) != len(self.levels)):

@@ -66,7 +66,8 @@ class WorklistEntry:
     """One study of the worklist."""
 
     study: str
-    """The study's hashed key (``study_key``), or ``prediction:<id>`` for a prediction without one."""
+    """The study's hashed key (``study_key``), or ``prediction:<id>`` for a prediction without one (``request:<id>``
+    for a workflow answer's step rows without one)."""
     arrived: datetime
     """When its first prediction was logged."""
     modality: str | None
@@ -124,7 +125,18 @@ def worklist(
     read = select(FEEDBACK.c.prediction_id, func.count().label("n")).group_by(FEEDBACK.c.prediction_id).subquery()
     p = PREDICTIONS.c
     query = (
-        select(p.id, p.created_at, p.model_name, p.model_version, p.outputs, p.study_key, p.modality, read.c.n)
+        select(
+            p.id,
+            p.created_at,
+            p.model_name,
+            p.model_version,
+            p.outputs,
+            p.study_key,
+            p.modality,
+            p.workflow,
+            p.request_id,
+            read.c.n,
+        )
         .outerjoin(read, read.c.prediction_id == p.id)
         .where(p.shadow == false())
         .order_by(p.created_at.desc(), p.id.desc())
@@ -137,7 +149,9 @@ def worklist(
     studies: dict[str, WorklistEntry] = {}
     best: dict[str, dict[str, float]] = {}
     for row in reversed(rows):  # oldest first: arrival is the first prediction
-        key = row["study_key"] or f"prediction:{row['id']}"
+        # A workflow answer's step rows are one image however many steps and crops it has.
+        alone = f"request:{row['request_id']}" if row["workflow"] and row["request_id"] else f"prediction:{row['id']}"
+        key = row["study_key"] or alone
         created = utc(row["created_at"])
         entry = studies.get(key)
         if entry is None:

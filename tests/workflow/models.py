@@ -22,6 +22,7 @@ __all__ = [
     "CLASSIFIER",
     "DETECTOR",
     "FINDINGS",
+    "SERVED_WORKFLOWS",
     "PhantomWorkspace",
     "findings_workflow",
     "make_detector",
@@ -112,3 +113,20 @@ def findings_workflow(detector: str = f"models:/{DETECTOR}@champion") -> dict[st
             {"name": "findings", "aggregate": "max"},
         ],
     }
+
+
+def _canary() -> dict[str, Any]:
+    declared = findings_workflow()
+    declared["steps"][0] |= {"challenger": f"models:/{DETECTOR}@challenger", "challenger_weight": 0.5}
+    return declared
+
+
+SERVED_WORKFLOWS: dict[str, Any] = {
+    "findings": findings_workflow(),
+    "findings-v2": findings_workflow(f"models:/{DETECTOR}/2"),  # a version that finds nothing
+    "broken": findings_workflow(f"models:/{DETECTOR}@nope"),
+    "canary": _canary(),  # the detector's challenger (v2, finds none) answers half the requests
+    "spare": findings_workflow(f"models:/{DETECTOR}@spare"),  # tests/workflow/conftest.py sets the alias
+    CLASSIFIER: findings_workflow(),  # named like the served model: refused when served
+}
+"""The workflows of the served workspace of tests/workflow/conftest.py (test_workflow.py, test_serving.py)."""

@@ -22,18 +22,14 @@ from radflow.inference import ServeSettings
 from radflow.runtime import RadflowModel
 from radflow.workflow import Workflow, WorkflowError, load_workflow, run_workflow
 from tests.serve.harness import AppHarness, metric_value
-from tests.workflow.models import CLASSIFIER, DETECTOR, PhantomWorkspace, findings_workflow, make_workspace
+from tests.workflow.models import CLASSIFIER, DETECTOR, SERVED_WORKFLOWS, PhantomWorkspace
 
-WORKFLOWS = {
-    "findings": findings_workflow(),
-    "findings-v2": findings_workflow(f"models:/{DETECTOR}/2"),  # a version that finds nothing
-    "broken": findings_workflow(f"models:/{DETECTOR}@nope"),
-}
+WORKFLOWS = SERVED_WORKFLOWS
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory: pytest.TempPathFactory) -> PhantomWorkspace:
-    return make_workspace(tmp_path_factory.mktemp("workflow-ws"), WORKFLOWS)
+def ws(workflow_workspace: PhantomWorkspace) -> PhantomWorkspace:
+    return workflow_workspace  # tests/workflow/conftest.py: shared with test_serving.py
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,7 @@ __all__ = [
     "gate_warnings",
     "load_model",
     "route_point",
+    "takes_challenger",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,18 @@ def route_point(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def takes_challenger(weight: float, key: str | None, rng: random.Random) -> bool:
+    """The routing rule: a request goes to the challenger when its key's point (else a random one) is below ``weight``.
+
+    The one rule of the service's own champion/challenger (:meth:`Router.choose`) and of a workflow step's
+    challenger (:mod:`radflow.serve.workflows`): one ``X-Routing-Key`` lands on the same side of both.
+    """
+    if weight <= 0:
+        return False
+    point = route_point(key) if key else rng.random()
+    return point < weight
+
+
 @dataclass
 class Router:
     """Which arm answers; weights and shadow mode change at run time."""
@@ -267,10 +280,9 @@ class Router:
     _rng: random.Random = field(default_factory=random.Random)
 
     def choose(self, key: str | None = None) -> ModelArm:
-        if self.challenger is None or self.shadow or self.weight <= 0:
+        if self.challenger is None or self.shadow:
             return self.champion
-        point = route_point(key) if key else self._rng.random()
-        return self.challenger if point < self.weight else self.champion
+        return self.challenger if takes_challenger(self.weight, key, self._rng) else self.champion
 
     def shadow_arm(self) -> ModelArm | None:
         """The arm that scores in the background, or None."""

@@ -30,7 +30,15 @@ from radflow.inference.admission import Admission
 from radflow.inference.batching import CpuGate
 from radflow.inference.errors import OverloadedError, UnsupportedMediaError
 from radflow.inference.metrics import ServiceMetrics
-from radflow.inference.routing import CHALLENGER_ARM, CHAMPION_ARM, LoadedModel, ModelArm, Router, load_model
+from radflow.inference.routing import (
+    CHALLENGER_ARM,
+    CHAMPION_ARM,
+    UNREGISTERED,
+    LoadedModel,
+    ModelArm,
+    Router,
+    load_model,
+)
 from radflow.inference.settings import ServeSettings
 from radflow.monitor.drift import DriftAlert, DriftThresholds, DriftTracker
 from radflow.monitor.reference import (
@@ -41,14 +49,16 @@ from radflow.monitor.reference import (
     load_reference,
     output_feature_values,
 )
-from radflow.runtime import InvalidInputError
+from radflow.runtime import InvalidInputError, RadflowModel
 from radflow.runtime.metadata import IMAGE_INPUT, SEX_INPUT, sex_feature
 from radflow.tasks import Prediction, validate_feedback
 
 if TYPE_CHECKING:
+    from radflow.modelref import ResolvedModel
     from radflow.store import Store
+    from radflow.workflow import Trace
 
-__all__ = ["InferenceService", "PreparedImage", "preload"]
+__all__ = ["InferenceService", "PreparedImage", "model_identity", "preload"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +92,14 @@ class PreparedImage:
         """The upload's (height, width): a segmentation answer's masks are at this size."""
         height, width = self.decoded.pixels.shape
         return int(height), int(width)
+
+
+def model_identity(model: RadflowModel, resolved: ResolvedModel | None) -> tuple[str, str, str | None]:
+    """(name, version, alias) that label a workflow step model's logs and metrics, as :func:`load_model` names."""
+    if resolved is not None and resolved.name is not None and resolved.version is not None:
+        return resolved.name, resolved.version, resolved.alias
+    stem = Path(model.source).stem
+    return model.meta.name or stem, UNREGISTERED, None
 
 
 def preload(settings: ServeSettings) -> dict[str, LoadedModel]:
@@ -160,18 +178,26 @@ class InferenceService:
 
     def _track(self, loaded: LoadedModel) -> None:
         """Give the model version a drift monitor with its reference (fetched from MLflow when it came from there)."""
+        self.track_model(loaded.model, loaded.name, loaded.version, in_mlflow=loaded.in_mlflow)
+
+    def track_model(self, model: RadflowModel, name: str, version: str, *, in_mlflow: bool) -> None:
+        """A drift monitor for model ``name`` ``version`` (blocking: in a thread); also for a workflow step's model."""
         if self.drift is None:
             return
-        model = loaded.model
-        if loaded.in_mlflow:
+        if in_mlflow:
             # Fetched on every load, as the ONNX file is: a re-export may have replaced the run's reference.
             runs = [model.meta.run_id or "", Path(model.source).parent.name]
             fetch_reference(model.source, runs, self.settings.resolved_tracking_uri())
         reference, reason = load_reference(model.source, model.labels)
-        self.drift.register(loaded.name, loaded.version, reference, reason)
+        self.drift.register(name, version, reference, reason)
         self._embedding_outputs[id(model)] = (
             embedding_source([o.name for o in model.session.get_outputs()]) if reference is not None else None
         )
+
+    def embedding_output(self, model: RadflowModel) -> list[str]:
+        """The graph output drift needs beside the scores for ``model`` (none when it is not tracked)."""
+        source = self._embedding_outputs.get(id(model))
+        return [source] if source else []
 
     async def _every(self, interval_s: float, job: Callable[[], Awaitable[Any]]) -> None:
         while True:
@@ -255,15 +281,27 @@ class InferenceService:
     def _observe_drift(
         self, arm: ModelArm, summary: np.ndarray | None, scores: np.ndarray, embedding: np.ndarray | None, view: str
     ) -> None:
+        self._observe_drift_of(arm.model, arm.name, arm.version, summary, scores, embedding, view)
+
+    def _observe_drift_of(
+        self,
+        model: RadflowModel,
+        name: str,
+        version: str,
+        summary: np.ndarray | None,
+        scores: np.ndarray,
+        embedding: np.ndarray | None,
+        view: str,
+    ) -> None:
         if self.drift is None or summary is None:
             return
-        monitor = self.drift.get(arm.name, arm.version)
+        monitor = self.drift.get(name, version)
         if monitor is None:
             return
         # Maps (K, S, S) or a detector's anchors (A, 4 + K): the window holds their output features
         # (area:<s>; boxes:<l>, top_score:<l> of the boxes answered), not the raw outputs.
-        if arm.model.dense or arm.model.meta.kind.network == "detection":
-            scores = output_feature_values(scores[None], arm.model.labels, monitor.outputs)[0]
+        if model.dense or model.meta.kind.network == "detection":
+            scores = output_feature_values(scores[None], model.labels, monitor.outputs)[0]
         monitor.observe(summary, scores, embedding, view)
 
     def _log(
@@ -319,6 +357,60 @@ class InferenceService:
         self._observe_scores(arm, arm_label, prediction)
         self._observe_drift(arm, summary, scores, embedding, view)
         return record
+
+    def log_workflow(
+        self, workflow: str, trace: Trace, *, upload: bytes, routing_key: str | None = None
+    ) -> tuple[str, dict[str, list[str]]]:
+        """What :meth:`_log` does, for each model step of one workflow answer (blocking: in a thread).
+
+        One prediction row per model step (per crop for a model run on crops), each under that step's model
+        name and version, with the answer it gave, tagged ``workflow`` and ``step`` and linked by one
+        ``request_id``; the score histograms and the model version's drift window (tracked by
+        :meth:`track_model` when the workflows were loaded) as for ``/v1``. A whole-image step's stored input
+        is the upload, a crop's the crop's own pixels. Returns (request id, {step: prediction ids in order}).
+        """
+        from radflow.store import PredictionRecord, study_key
+
+        store = self.require_store()
+        decoded = trace.image
+        assert decoded is not None, "run_workflow fills the trace's image"
+        request_id = str(uuid.uuid4())
+        sha = hashlib.sha256(upload).hexdigest()
+        key = study_key(routing_key)
+        modality = decoded.meta.get("modality") or None
+        ids: dict[str, list[str]] = {}
+        for run in trace.runs:
+            name, version, alias = model_identity(run.model, run.resolved)
+            emb_name = next(iter(run.extra), None)
+            embeddings = embeddings_from(run.extra[emb_name], emb_name) if emb_name else None
+            for i, prediction in enumerate(run.predictions):
+                crop = run.crops[i] if run.crops is not None else None
+                pixels = decoded.pixels if crop is None else np.ascontiguousarray(crop.pixels)
+                record = PredictionRecord(
+                    model_name=name,
+                    model_version=version,
+                    model_alias=alias,
+                    arm=run.arm,
+                    outputs=prediction.to_dict(),
+                    input_sha256=sha if crop is None else hashlib.sha256(pixels.tobytes()).hexdigest(),
+                    input_format=decoded.format if crop is None else "crop",
+                    latency_ms=run.latency_ms,
+                    request_id=request_id,
+                    study_key=key,
+                    modality=modality,
+                    workflow=workflow,
+                    step=run.step,
+                )
+                if self.settings.store_inputs:
+                    store.log(record, pixels, upload if crop is None else None)
+                else:
+                    store.log(record)
+                ids.setdefault(run.step, []).append(record.id)
+                self._observe_prediction(name, version, run.arm, prediction)
+                summary = input_summary(run.pixels[i]) if self.drift is not None else None
+                embedding = embeddings[i] if embeddings is not None else None
+                self._observe_drift_of(run.model, name, version, summary, run.scores[i], embedding, _view(decoded))
+        return request_id, ids
 
     async def predict(
         self, data: bytes, routing_key: str | None = None, sex: str | None = None, modality: str | None = None
@@ -507,10 +599,13 @@ class InferenceService:
         Each finding's probability goes to ``radflow_label_score``, a value to ``radflow_predicted_value``;
         an answer with neither (a kind whose output is not one number per label) is not observed.
         """
+        self._observe_prediction(arm.name, arm.version, arm_label, prediction)
+
+    def _observe_prediction(self, name: str, version: str, arm_label: str, prediction: Prediction) -> None:
         for finding in prediction.findings or []:
-            self.metrics.scores.labels(arm.name, arm.version, arm_label, finding.label).observe(finding.probability)
+            self.metrics.scores.labels(name, version, arm_label, finding.label).observe(finding.probability)
         if prediction.value is not None:
-            self.metrics.values.labels(arm.name, arm.version, arm_label).observe(prediction.value)
+            self.metrics.values.labels(name, version, arm_label).observe(prediction.value)
 
     async def get_prediction(self, prediction_id: str) -> dict[str, Any]:
         """A logged prediction as the API shows it (NotFoundError for an unknown id)."""

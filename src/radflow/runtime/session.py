@@ -258,11 +258,15 @@ class RadflowModel:
         are padded and resampled by ``prepare_pixels``; ``extra`` is the regression model's sex
         feature ``(N, 1)`` (unknown = 0.5 when omitted).
         """
+        names = [self.meta.output, *([CAM_OUTPUT] if cam and self.has_cam else [])]
+        outs = self.run_outputs(pixels, names, extra)
+        return outs[0], outs[1] if len(outs) > 1 else None
+
+    def run_outputs(self, pixels: np.ndarray, names: list[str], extra: np.ndarray | None = None) -> list[np.ndarray]:
+        """The graph outputs ``names`` for ``uint8`` pixels ``(N, H, W)`` in one ONNX Runtime call (as :meth:`run`)."""
         batch = self._batch(pixels)
         feeds = {IMAGE_INPUT: to_model_input(batch, self.spec), **self._extra(len(batch), extra)}
-        names = [self.meta.output, *([CAM_OUTPUT] if cam and self.has_cam else [])]
-        outs = self.session.run(names, feeds)
-        return outs[0], outs[1] if len(outs) > 1 else None
+        return list(self.session.run(names, feeds))
 
     @property
     def dense(self) -> bool:

@@ -21,6 +21,7 @@ from radflow.inference.errors import AdminError
 from radflow.inference.service import InferenceService
 from radflow.serve.auth import AUTH_RESPONSES, audit_detail, authorize
 from radflow.serve.common import error_responses, service_of
+from radflow.serve.workflows import reload_workflows
 
 __all__ = ["admin"]
 
@@ -84,10 +85,14 @@ async def put_routing(request: Request, body: RoutingIn, service: InferenceServi
 async def reload(
     request: Request, body: ReloadIn | None = None, service: InferenceService = Depends(_admin)
 ) -> dict[str, Any]:
+    """The models again (a new champion or challenger, or the same aliases re-resolved), then the workspace's
+    workflows (:func:`radflow.serve.workflows.reload_workflows`): ``routing`` state plus ``workflows``, each
+    ``ready`` or listed with the ``error`` that keeps it from loading."""
     body = body or ReloadIn()
     audit_detail(request, model=body.model, challenger=body.challenger, drop_challenger=body.drop_challenger or None)
     change = service.reload(body.model, body.challenger, body.drop_challenger)
-    return await _change(request, "reload", change, sent=(body.model, body.challenger))
+    routing = await _change(request, "reload", change, sent=(body.model, body.challenger))
+    return {**routing, "workflows": await _change(request, "reload", reload_workflows(request))}
 
 
 @admin.post("/promote", responses=error_responses(400, 422))

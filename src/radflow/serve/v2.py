@@ -15,11 +15,23 @@ ready ``{"name", "ready"}``) as well as the status codes probes read. Model meta
 protocol's extension ``parameters`` (flat string/number/boolean values): the task, labels and the
 preprocessing a client needs to build the ``image`` tensor from a radiograph
 (:func:`radflow.runtime.metadata.preprocessing_parameters`).
+
+Each ready workflow of the workspace (:mod:`radflow.serve.workflows`) is one more model here, as a Triton
+ensemble or a KServe InferenceGraph is: platform ``ensemble``, one ``BYTES`` input ``image`` (each element an
+encoded PNG/JPEG/DICOM: raw bytes behind a 4-byte little-endian length in binary mode, base64 text in JSON)
+and one ``BYTES`` output ``answer``, the workflow's JSON answer (``/v1/workflows/{name}/predict``'s) per
+image. Its version is a digest of the step models it pins (it changes when a reload moves an alias). A
+workflow can never shadow a served model: one named like a served model is refused when it loads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import hashlib
 import json
+import struct
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -28,10 +40,13 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from radflow.errors import NotFoundError
 from radflow.inference.errors import ServiceError
 from radflow.inference.routing import ModelArm
 from radflow.runtime.metadata import preprocessing_parameters
 from radflow.serve.common import admitted, error_responses, read_body, service_of
+from radflow.serve.workflows import loaded_workflows, observe_steps, workflow_answer
+from radflow.workflow import Workflow, WorkflowError
 
 __all__ = ["BINARY_HEADER", "v2"]
 
@@ -49,6 +64,53 @@ def _radflow_version() -> str:
 
 def _arm(request: Request, name: str, model_version: str | None) -> ModelArm:
     return service_of(request).find_arm(name, model_version)
+
+
+WORKFLOW_INPUT = "image"
+WORKFLOW_OUTPUT = "answer"
+
+
+def workflow_version(workflow: Workflow) -> str:
+    """A workflow's V2 version: 12 hex digits of a digest of the models its steps pin (with their challengers)."""
+    pinned = json.dumps(workflow.models, sort_keys=True).encode()
+    return hashlib.sha256(pinned).hexdigest()[:12]
+
+
+async def _model(request: Request, name: str, model_version: str | None) -> ModelArm | Workflow:
+    """The served model ``name`` or else the workflow of that name (NotFoundError naming both kinds)."""
+    service = service_of(request)
+    arm = service.require_router().find(name, model_version)
+    if arm is not None:
+        return arm
+    workflow = (await loaded_workflows(request)).get(name)
+    if workflow is None:
+        return service.find_arm(name, model_version)  # raises, listing the served models
+    if isinstance(workflow, WorkflowError):
+        raise ServiceError(f"workflow {name!r} is not available: {workflow}", status_code=503)
+    version = workflow_version(workflow)
+    if model_version is not None and model_version != version:
+        raise NotFoundError(f"workflow {name!r} has no version {model_version!r}; it is at version {version}.")
+    return workflow
+
+
+def _workflow_metadata(workflow: Workflow) -> dict[str, Any]:
+    bytes_tensor = {"datatype": "BYTES", "shape": [-1]}
+    parameters: dict[str, str | int | float | bool] = {
+        "workflow": True,
+        "description": workflow.config.description,
+        "steps": ",".join(s.name for s in workflow.steps),
+        "output": workflow.output,
+        "models": ",".join(f"{step}={uri}" for step, uri in workflow.models.items()),
+        "content_type": "application/json",
+    }
+    return {
+        "name": workflow.name,
+        "versions": [workflow_version(workflow)],
+        "platform": "ensemble",
+        "inputs": [{"name": WORKFLOW_INPUT, **bytes_tensor}],
+        "outputs": [{"name": WORKFLOW_OUTPUT, **bytes_tensor}],
+        "parameters": parameters,
+    }
 
 
 def _dims(shape: list[Any]) -> list[int]:
@@ -121,7 +183,9 @@ async def all_stats(request: Request) -> dict[str, Any]:
 @v2.get("/models/{name}", summary="Model metadata, with the preprocessing that makes its input", responses=_MODEL)
 @v2.get("/models/{name}/versions/{model_version}", summary="Model version metadata", responses=_MODEL)
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict[str, Any]:
-    arm = _arm(request, name, model_version)
+    arm = await _model(request, name, model_version)
+    if isinstance(arm, Workflow):
+        return _workflow_metadata(arm)
     return {
         "name": arm.name,
         "versions": [arm.version],
@@ -135,7 +199,7 @@ async def model_metadata(request: Request, name: str, model_version: str | None 
 @v2.get("/models/{name}/ready", summary="Model ready", responses=_MODEL)
 @v2.get("/models/{name}/versions/{model_version}/ready", summary="Model version ready", responses=_MODEL)
 async def model_ready(request: Request, name: str, model_version: str | None = None) -> ModelReady:
-    return ModelReady(name=_arm(request, name, model_version).name, ready=True)
+    return ModelReady(name=(await _model(request, name, model_version)).name, ready=True)
 
 
 @v2.get("/models/{name}/config", summary="Model configuration (Triton's shape)", responses=_MODEL)
@@ -338,7 +402,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Outputs as JSON lists, or the JSON header followed by raw tensors when binary was asked.",
         "content": {"application/json": {}, "application/octet-stream": {}},
     },
-    **error_responses(400, 404, 413, 503, 504),
+    **error_responses(400, 404, 413, 415, 422, 503, 504),
 }
 _INFER_SUMMARY = "Inference on preprocessed tensors (JSON, or the binary tensor extension)"
 
@@ -366,7 +430,10 @@ async def infer(
     ),
 ) -> Response:
     service = service_of(request)
-    arm = _arm(request, name, model_version)
+    target = await _model(request, name, model_version)
+    if isinstance(target, Workflow):
+        return await _infer_workflow(request, target, header_length)
+    arm = target
     request.state.model = {"name": arm.name, "version": arm.version, "arm": arm.arm}
     body = await read_body(request, service.settings.max_body_bytes)
     payload, binary = _parse(body, header_length)
@@ -395,3 +462,82 @@ async def infer(
         media_type="application/octet-stream",
         headers={BINARY_HEADER: str(len(head))},
     )
+
+
+def _images(payload: dict[str, Any], binary: bytes) -> list[bytes]:
+    """The encoded images of a workflow's ``BYTES`` input ``image``: length-prefixed binary, or base64 in JSON."""
+    specs = payload["inputs"]
+    names = [spec.get("name") for spec in specs]
+    if names != [WORKFLOW_INPUT]:
+        raise ServiceError(f"a workflow takes one input {WORKFLOW_INPUT!r} (BYTES: the encoded images); got {names}.")
+    spec = specs[0]
+    shape, dtype = spec.get("shape"), spec.get("datatype")
+    if dtype != "BYTES":
+        raise ServiceError(f"input {WORKFLOW_INPUT!r}: datatype {dtype!r}; a workflow takes BYTES (encoded images).")
+    if not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:
+        raise ServiceError(f"input {WORKFLOW_INPUT!r}: shape must be [N] with N >= 1 images, got {shape!r}.")
+    count = shape[0]
+    size = _parameters(spec, f"input {WORKFLOW_INPUT!r}").get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
+            raise ServiceError(f"input {WORKFLOW_INPUT!r}: binary_data_size {size!r} is not within the binary data.")
+        chunk, pos = binary[:size], 0
+        images: list[bytes] = []
+        while pos < len(chunk):
+            if pos + 4 > len(chunk):
+                raise ServiceError(f"input {WORKFLOW_INPUT!r}: element {len(images)} lacks its 4-byte length.")
+            (length,) = struct.unpack_from("<I", chunk, pos)
+            if pos + 4 + length > len(chunk):
+                raise ServiceError(f"input {WORKFLOW_INPUT!r}: element {len(images)} is shorter than its length.")
+            images.append(chunk[pos + 4 : pos + 4 + length])
+            pos += 4 + length
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise ServiceError(
+                f"input {WORKFLOW_INPUT!r}: 'data' must be a list of base64 strings (or send binary_data_size)."
+            )
+        try:
+            images = [base64.b64decode(d, validate=True) for d in data]
+        except (binascii.Error, ValueError) as exc:
+            raise ServiceError(f"input {WORKFLOW_INPUT!r}: an element is not base64 ({exc}).") from None
+    if len(images) != count:
+        raise ServiceError(f"input {WORKFLOW_INPUT!r}: shape says {count} images, the data holds {len(images)}.")
+    return images
+
+
+async def _infer_workflow(request: Request, workflow: Workflow, header_length: str | None) -> Response:
+    """One workflow answer per image, as the JSON ``BYTES`` output ``answer`` (logged as ``/v1/workflows``')."""
+    service = service_of(request)
+    version = workflow_version(workflow)
+    request.state.model = {"name": workflow.name, "version": version, "arm": "workflow"}
+    service.require_store()
+    body = await read_body(request, service.settings.max_body_bytes)
+    payload, binary = _parse(body, header_length)
+    images = _images(payload, binary)
+    asked = payload.get("outputs") or [{"name": WORKFLOW_OUTPUT}]
+    wanted = [spec.get("name") for spec in asked]
+    if wanted != [WORKFLOW_OUTPUT]:
+        raise ServiceError(f"a workflow has one output {WORKFLOW_OUTPUT!r}; asked for {wanted}.")
+    default_binary = bool(_parameters(payload, "the inference request").get("binary_data_output", False))
+    as_binary = bool(_parameters(asked[0], f"output {WORKFLOW_OUTPUT!r}").get("binary_data", default_binary))
+    routing_key = request.headers.get("x-routing-key")
+    answers = []
+    for data in images:
+        answer = await asyncio.to_thread(workflow_answer, service, workflow, data, routing_key)
+        observe_steps(request, workflow.name, answer)
+        answers.append(json.dumps(answer).encode())
+    entry: dict[str, Any] = {"name": WORKFLOW_OUTPUT, "datatype": "BYTES", "shape": [len(answers)]}
+    blob = b""
+    if as_binary:
+        blob = b"".join(struct.pack("<I", len(a)) + a for a in answers)
+        entry["parameters"] = {"binary_data_size": len(blob)}
+    else:
+        entry["data"] = [a.decode() for a in answers]
+    out: dict[str, Any] = {"model_name": workflow.name, "model_version": version, "outputs": [entry]}
+    if "id" in payload:
+        out["id"] = payload["id"]
+    head = json.dumps(out).encode()
+    if not blob:
+        return Response(head, media_type="application/json")
+    return Response(head + blob, media_type="application/octet-stream", headers={BINARY_HEADER: str(len(head))})

@@ -8,11 +8,20 @@ reads them (multipart field ``file`` or a raw image body, the same size limit), 
 admission (503 at capacity) and the same roles (``predict``). Each step's latency is a Prometheus
 histogram on the service's ``/metrics``: ``radflow_workflow_step_seconds{workflow, step}`` (step
 ``total`` for the whole answer, decode included).
+
+Every answer is logged as ``/v1`` predictions are (:meth:`radflow.inference.InferenceService.log_workflow`):
+a prediction row per model step (per crop on crops) under the step's model name and version, arm
+``workflow``, tagged with the workflow and step and linked by the answer's ``request_id``; each model step
+entry of the answer lists its rows' ``prediction_ids`` (feedback goes to ``POST /v1/feedback`` as for any
+prediction). The score histograms and each step model's drift window (tracked when the workflows load)
+see them as they see the service's own model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,11 +30,17 @@ from fastapi.responses import Response
 from radflow.data.decode import sniff_format
 from radflow.errors import NotFoundError, did_you_mean
 from radflow.inference.errors import ServiceError, UnsupportedMediaError
+from radflow.inference.routing import takes_challenger
+from radflow.inference.service import InferenceService, model_identity
 from radflow.runtime import InvalidInputError
 from radflow.serve.common import error_responses, json_answer, multipart_file, read_body, service_of
-from radflow.workflow import Workflow, WorkflowError, load_workflows, run_workflow
+from radflow.workflow import Trace, Workflow, WorkflowError, load_workflows, run_workflow
 
-__all__ = ["workflows"]
+__all__ = ["loaded_workflows", "observe_steps", "reload_workflows", "workflow_answer", "workflows"]
+
+log = logging.getLogger(__name__)
+_rng = random.Random()
+"""Routes a step's challenger for requests without ``X-Routing-Key`` (the service's rule: ``takes_challenger``)."""
 
 workflows = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
@@ -45,21 +60,41 @@ _UPLOAD = {
 }
 
 
-async def _loaded(request: Request) -> dict[str, Workflow | WorkflowError]:
+def _lock(state: Any) -> asyncio.Lock:
+    lock: asyncio.Lock | None = getattr(state, "workflows_lock", None)
+    if lock is None:
+        lock = state.workflows_lock = asyncio.Lock()
+    return lock
+
+
+async def loaded_workflows(request: Request) -> dict[str, Workflow | WorkflowError]:
     """The app's workflows by name (loaded on first use, once, in a thread: models are opened)."""
     state = request.app.state
     found: dict[str, Workflow | WorkflowError] | None = getattr(state, "workflows", None)
     if found is not None:
         return found
-    lock = getattr(state, "workflows_lock", None)
-    if lock is None:
-        lock = state.workflows_lock = asyncio.Lock()
-    async with lock:
+    async with _lock(state):
         if getattr(state, "workflows", None) is None:
             state.workflow_steps = _step_histogram(request)
             state.workflows = await asyncio.to_thread(_load, request)
     loaded: dict[str, Workflow | WorkflowError] = state.workflows
     return loaded
+
+
+async def reload_workflows(request: Request) -> list[dict[str, Any]]:
+    """Load the workspace's workflows again (``/admin/reload``): aliases re-resolved, params.yaml read again.
+
+    The new set replaces the old in one assignment once it has loaded, so requests keep being answered (a
+    request in flight finishes on the workflow it started with). A workflow that no longer loads is listed
+    with its error and answers 503; the others serve. A params.yaml that does not parse raises (the old
+    workflows keep serving). Returns the listing ``GET /v1/workflows`` gives.
+    """
+    state = request.app.state
+    async with _lock(state):
+        if getattr(state, "workflow_steps", None) is None:
+            state.workflow_steps = _step_histogram(request)
+        state.workflows = await asyncio.to_thread(_load, request)
+    return [_describe(n, w) for n, w in state.workflows.items()]
 
 
 def _step_histogram(request: Request) -> Any:
@@ -82,13 +117,59 @@ def _load(request: Request) -> dict[str, Workflow | WorkflowError]:
     params = s.workspace / "params.yaml" if s.workspace is not None else None
     if params is None or not params.is_file():
         return {}
-    return load_workflows(
+    loaded = load_workflows(
         load_params(params).workflows,
         tracking_uri=s.resolved_tracking_uri(),
         threads=s.threads,
         max_pixels=s.max_pixels,
         max_aspect_ratio=s.max_aspect_ratio,
     )
+    service = service_of(request)
+    served = {a.name for a in service.router.arms()} if service.router is not None else set()
+    for name in sorted(served & set(loaded)):
+        loaded[name] = WorkflowError(
+            f"workflow {name!r}: its name is the served model's, so /v2/models/{name} would name both; "
+            "give the workflow another name in params.yaml."
+        )
+        log.error("%s", loaded[name])
+    _track(service, loaded)
+    return loaded
+
+
+def _track(service: InferenceService, loaded: dict[str, Workflow | WorkflowError]) -> None:
+    """A drift monitor for each step model version (each once), as the service has for its own model."""
+    seen: set[int] = set()
+    for workflow in loaded.values():
+        if isinstance(workflow, WorkflowError):
+            continue
+        for step in workflow.steps:
+            for model, resolved in ((step.model, step.resolved), (step.challenger, step.challenger_resolved)):
+                if model is None or id(model) in seen:
+                    continue
+                seen.add(id(model))
+                name, version, _ = model_identity(model, resolved)
+                in_mlflow = resolved is not None and resolved.ref.in_mlflow
+                service.track_model(model, name, version, in_mlflow=in_mlflow)
+
+
+def workflow_answer(
+    service: InferenceService, workflow: Workflow, data: bytes, routing_key: str | None
+) -> dict[str, Any]:
+    """The workflow's answer, logged (in a thread): ``request_id`` and each model step's ``prediction_ids``."""
+    trace = Trace(fetch=service.embedding_output)
+    challengers = {
+        s.name
+        for s in workflow.steps
+        if s.challenger is not None and takes_challenger(s.config.challenger_weight, routing_key, _rng)
+    }
+    answer = run_workflow(workflow, data, trace=trace, challengers=challengers)
+    request_id, ids = service.log_workflow(workflow.name, trace, upload=data, routing_key=routing_key)
+    for step in answer["steps"]:
+        if step["name"] in ids:
+            step["prediction_ids"] = ids[step["name"]]
+        elif step["action"] == "model":
+            step["prediction_ids"] = []  # a model on no crops answered nothing
+    return {"request_id": request_id, **answer}
 
 
 def _describe(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
@@ -101,6 +182,11 @@ def _describe(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
             "kind": str(s.kind),
             "inputs": s.inputs,
             **({"model": s.resolved.uri} if s.resolved is not None else {}),
+            **(
+                {"challenger": s.challenger_resolved.uri, "challenger_weight": s.config.challenger_weight}
+                if s.challenger_resolved is not None
+                else {}
+            ),
         }
         for s in workflow.steps
     ]
@@ -117,8 +203,9 @@ def _describe(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
 @workflows.get("", summary="The workspace's workflows, their steps and models", responses=error_responses(503))
 async def list_workflows(request: Request) -> Response:
     """Shape: ``{"workflows": [{"name", "ready", "description", "output", "endpoint", "steps": [{"name",
-    "action", "kind", "inputs", "model"?}]} | {"name", "ready": false, "error"}]}``."""
-    loaded = await _loaded(request)
+    "action", "kind", "inputs", "model"?, "challenger"?, "challenger_weight"?}]}
+    | {"name", "ready": false, "error"}]}``."""
+    loaded = await loaded_workflows(request)
     return json_answer({"workflows": [_describe(n, w) for n, w in loaded.items()]})
 
 
@@ -149,7 +236,7 @@ async def _upload(request: Request) -> bytes:
     },
 )
 async def predict_workflow(request: Request, name: str) -> Response:
-    loaded = await _loaded(request)
+    loaded = await loaded_workflows(request)
     workflow = loaded.get(name)
     if workflow is None:
         names = sorted(loaded)
@@ -163,10 +250,16 @@ async def predict_workflow(request: Request, name: str) -> Response:
         raise ServiceError(f"workflow {name!r} is not available: {workflow}", status_code=503)
     service = service_of(request)
     with service.admission.enter():
+        service.require_store()
         data = await _upload(request)
-        answer = await asyncio.to_thread(run_workflow, workflow, data)
+        answer = await asyncio.to_thread(workflow_answer, service, workflow, data, request.headers.get("x-routing-key"))
+    observe_steps(request, name, answer)
+    return json_answer(answer)
+
+
+def observe_steps(request: Request, name: str, answer: dict[str, Any]) -> None:
+    """Each step's latency of one answer of workflow ``name`` into ``radflow_workflow_step_seconds``."""
     steps = request.app.state.workflow_steps
     for step in answer["steps"]:
         steps.labels(name, step["name"]).observe(step["latency_ms"] / 1000)
     steps.labels(name, "total").observe(answer["latency_ms"]["total"] / 1000)
-    return json_answer(answer)

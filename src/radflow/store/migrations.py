@@ -83,6 +83,14 @@ def _modality(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE predictions ADD COLUMN modality VARCHAR(16)"))
 
 
+def _workflow_step(conn: Connection) -> None:
+    present = {column["name"] for column in inspect(conn).get_columns("predictions")}
+    if "workflow" not in present:
+        conn.execute(text("ALTER TABLE predictions ADD COLUMN workflow VARCHAR(200)"))
+    if "step" not in present:
+        conn.execute(text("ALTER TABLE predictions ADD COLUMN step VARCHAR(100)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "version record on the unversioned schema (predictions, feedback, alerts)", _baseline),
     Migration(2, "indexes for the per-model online window and the feedback `since` filter", _window_and_since_indexes),
@@ -91,6 +99,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         4, "predictions.study_key: a hash of the routing key, to keep held-out studies out of training", _study_key
     ),
     Migration(5, "predictions.modality: the input's DICOM Modality, for the worklist's filter", _modality),
+    Migration(6, "predictions.workflow, predictions.step: a workflow step's answer, per step", _workflow_step),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "one migration per version, in order"
 

@@ -75,7 +75,8 @@ def labelled_predictions(
     store: Store, window: int | None = None, *, since: datetime | None = None, siblings: bool = True
 ) -> list[LabelledPrediction]:
     """Predictions with feedback and, with ``siblings``, the other predictions of the same requests
-    (shadow rows), which inherit the labels and value; oldest prediction first.
+    (shadow rows), which inherit the labels and value; oldest prediction first. A workflow's step rows
+    (``workflow`` set) share a request too, but never inherit: each step answers its own question.
 
     ``window`` keeps, per model name + version + arm (+ shadow), the most recently *made* predictions
     that have feedback; the shadow rows of a request come along with its answered prediction.
@@ -118,6 +119,8 @@ def labelled_predictions(
                 select(sib, own.c.fb_id, own.c.fb_created_at, own.c.fb_labels, own.c.fb_value, own.c.n_feedback)
                 .join(own, and_(sib.c.request_id == own.c.request_id, sib.c.id != own.c.id))
                 .where(sib.c.id.not_in(select(latest.c.prediction_id)))
+                # A workflow's step rows share their request but each answers its own question: none inherits.
+                .where(sib.c.workflow.is_(None))
             )
             if window is not None:
                 query = query.where(own.c.recency <= window)

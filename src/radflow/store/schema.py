@@ -43,7 +43,7 @@ __all__ = [
     "utc",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this radflow writes; a database at a higher version is refused."""
 
 metadata = MetaData()
@@ -68,10 +68,14 @@ PREDICTIONS = Table(
     Column("study_key", String(64)),
     # v5: the DICOM Modality of the input (CR, DX, ...; empty for PNG/JPEG): the worklist filters on it.
     Column("modality", String(16)),
+    # v6: a workflow step's answer (radflow.workflow): the workflow and step names; the request_id links the steps.
+    Column("workflow", String(200)),
+    Column("step", String(100)),
     # v2: the online window ranks each model version's predictions by time.
     Index("ix_predictions_model_created_at", "model_name", "model_version", "arm", "shadow", "created_at"),
 )
-"""One row per model answer (the served one and any shadow scoring of the same request)."""
+"""One row per model answer (the served one and any shadow scoring of the same request; one per model step of a
+workflow answer, one per crop for a model run on crops, tagged ``workflow`` and ``step``)."""
 
 FEEDBACK = Table(
     "feedback",

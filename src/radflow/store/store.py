@@ -128,6 +128,10 @@ class PredictionRecord:
     """:func:`study_key` of the request's routing key."""
     modality: str | None = None
     """The input's DICOM Modality (``CR``, ``DX``, ...), None for other formats."""
+    workflow: str | None = None
+    """The workflow whose step this answer is (:mod:`radflow.workflow`), None for a model's own answer."""
+    step: str | None = None
+    """The workflow step that ran the model."""
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 

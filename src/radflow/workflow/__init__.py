@@ -8,7 +8,7 @@ kinds that flow between steps checked), run torch-free on one image by :func:`ru
 
 from __future__ import annotations
 
-from radflow.workflow.execute import run_workflow
+from radflow.workflow.execute import WORKFLOW_ARM, WORKFLOW_CHALLENGER_ARM, ModelRun, Trace, run_workflow
 from radflow.workflow.glue import (
     Crop,
     aggregate_findings,
@@ -24,9 +24,13 @@ from radflow.workflow.load import load_workflow, load_workflows
 
 __all__ = [
     "IMAGE",
+    "WORKFLOW_ARM",
+    "WORKFLOW_CHALLENGER_ARM",
     "Crop",
     "Kind",
+    "ModelRun",
     "Step",
+    "Trace",
     "Workflow",
     "WorkflowError",
     "aggregate_findings",

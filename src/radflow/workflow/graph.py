@@ -53,6 +53,9 @@ class Step:
     kind: Kind
     model: RadflowModel | None = None
     resolved: ResolvedModel | None = None
+    challenger: RadflowModel | None = None
+    """A model step's challenger (``challenger:``), answering ``challenger_weight`` of the requests."""
+    challenger_resolved: ResolvedModel | None = None
 
     @property
     def name(self) -> str:
@@ -81,8 +84,13 @@ class Workflow:
 
     @property
     def models(self) -> dict[str, str]:
-        """Step name -> the pinned model it runs (``models:/NAME/N`` once resolved)."""
-        return {s.name: s.resolved.uri if s.resolved else str(s.config.model) for s in self.steps if s.model}
+        """Step name -> the pinned model it runs (``models:/NAME/N`` once resolved); ``STEP.challenger``: its own."""
+        out = {s.name: s.resolved.uri if s.resolved else str(s.config.model) for s in self.steps if s.model}
+        for s in self.steps:
+            if s.challenger is not None:
+                pinned = s.challenger_resolved.uri if s.challenger_resolved else str(s.config.challenger)
+                out[f"{s.name}.challenger"] = pinned
+        return out
 
 
 def model_kind(model: RadflowModel) -> What:
@@ -197,16 +205,31 @@ def _check_labels(workflow: str, s: WorkflowStepConfig, source: str, model: Radf
         )
 
 
+def _check_challenger(workflow: str, s: WorkflowStepConfig, model: RadflowModel, challenger: RadflowModel) -> None:
+    """A challenger must answer what its champion does (the same kind and labels), or later steps would not fit."""
+    if model_kind(challenger) != model_kind(model) or challenger.labels != model.labels:
+        raise _fail(
+            workflow,
+            s.name,
+            f"its challenger {s.challenger} answers {model_kind(challenger)} of {', '.join(challenger.labels)}, "
+            f"its model {s.model} {model_kind(model)} of {', '.join(model.labels)}; a challenger must answer the same.",
+        )
+
+
 def build_workflow(
     name: str,
     config: WorkflowConfig,
     models: dict[str, tuple[RadflowModel, ResolvedModel | None]],
+    challengers: dict[str, tuple[RadflowModel, ResolvedModel | None]] | None = None,
 ) -> Workflow:
-    """The checked workflow ``name`` of ``config``; ``models`` holds each model step's loaded model by step name.
+    """The checked workflow ``name`` of ``config``; ``models`` holds each model step's loaded model by step name,
+    ``challengers`` each challenger's.
 
     Raises :class:`WorkflowError` naming the workflow and the step for an input that is no step, a cycle,
-    a step whose input's kind it cannot take, or an ``output`` that is no step.
+    a step whose input's kind it cannot take, a challenger that answers otherwise than its model, or an
+    ``output`` that is no step.
     """
+    challengers = challengers or {}
     inputs = _inputs(name, config)
     order = _order(name, inputs)
     by_name = {s.name: s for s in config.steps}
@@ -219,7 +242,11 @@ def build_workflow(
         if s.crop is not None and s.labels:
             _check_labels(name, s, inputs[step_name]["input"], models[inputs[step_name]["input"]][0])
         kinds[step_name] = kind
-        steps.append(Step(s, inputs[step_name], kind, model, resolved))
+        challenger, challenger_resolved = challengers.get(step_name, (None, None))
+        if challenger is not None:
+            assert model is not None
+            _check_challenger(name, s, model, challenger)
+        steps.append(Step(s, inputs[step_name], kind, model, resolved, challenger, challenger_resolved))
     output = config.output or config.steps[-1].name
     if output not in by_name:
         raise _fail(name, None, f"its output {output!r} is no step.{did_you_mean(output, list(by_name))}")

@@ -35,12 +35,10 @@ def load_workflow(
 ) -> Workflow:
     """The checked workflow ``name``: its models resolved and opened (``opened`` caches them by pinned URI)."""
     opened = {} if opened is None else opened
-    models: dict[str, tuple[RadflowModel, ResolvedModel | None]] = {}
-    for step in config.steps:
-        if step.model is None:
-            continue
+
+    def open_model(step: str, ref: str, what: str) -> tuple[RadflowModel, ResolvedModel]:
         try:
-            resolved = resolve_model_ref(step.model, tracking_uri)
+            resolved = resolve_model_ref(ref, tracking_uri)
             key = resolved.uri if resolved.run_id else str(resolved.path)
             if key not in opened:
                 model = RadflowModel.load(
@@ -48,9 +46,17 @@ def load_workflow(
                 )
                 opened[key] = (model, resolved)
         except RadflowError as exc:
-            raise WorkflowError(f"workflow {name!r}, step {step.name!r}: {exc}") from None
-        models[step.name] = (opened[key][0], resolved)
-    workflow = build_workflow(name, config, models)
+            raise WorkflowError(f"workflow {name!r}, step {step!r}{what}: {exc}") from None
+        return opened[key][0], resolved
+
+    models: dict[str, tuple[RadflowModel, ResolvedModel | None]] = {}
+    challengers: dict[str, tuple[RadflowModel, ResolvedModel | None]] = {}
+    for step in config.steps:
+        if step.model is not None:
+            models[step.name] = open_model(step.name, step.model, "")
+        if step.challenger is not None:
+            challengers[step.name] = open_model(step.name, step.challenger, " (its challenger)")
+    workflow = build_workflow(name, config, models, challengers)
     workflow.decode_limits = {"max_pixels": max_pixels, "max_aspect_ratio": max_aspect_ratio}
     return workflow
 
