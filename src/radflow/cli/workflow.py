@@ -1,4 +1,5 @@
-"""``radflow workflow crops``: the crop datasets of a workspace's workflows (:mod:`radflow.workflow`)."""
+"""``radflow workflow crops|list|predict|evaluate``: a workspace's workflows (:mod:`radflow.workflow`): the crop
+datasets their classifiers train on, their answers on local images (torch-free), their end-to-end evaluation."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
-from radflow.cli._app import app, console, emit, run_command
+from radflow.cli._app import app, console, emit, report_console, run_command
 
-__all__ = ["crops_command", "workflow_app"]
+__all__ = ["crops_command", "evaluate_command", "list_command", "predict_command", "workflow_app"]
 
 workflow_app = typer.Typer(
     help="Workflows (detect -> crop -> classify ...): crop datasets, local answers, end-to-end evaluation.",
@@ -18,6 +21,14 @@ workflow_app = typer.Typer(
 app.add_typer(workflow_app, name="workflow")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+WorkspaceOpt = Annotated[
+    Path, typer.Option("--workspace", "-w", help="Workspace whose params.yaml declares the workflows.")
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI of the registry (default: MLFLOW_TRACKING_URI, else the workspace's)."),
+]
+ThreadsOpt = Annotated[int, typer.Option(help="ONNX Runtime threads per model.")]
 
 
 def _render_crops(info: dict[str, Any]) -> None:
@@ -84,3 +95,217 @@ def crops_command(
         )
     )
     emit(info, as_json, _render_crops)
+
+
+def _render_list(result: dict[str, Any]) -> None:
+    out = report_console()
+    if not result["workflows"]:
+        out.print("no workflows declared (add a workflows: block to params.yaml)")
+    for w in result["workflows"]:
+        if not w["ready"]:
+            out.print(f"[bold red]{escape(w['name'])}[/]: {escape(w['error'])}", highlight=False)
+            continue
+        table = Table("step", "action", "kind", "input", "model", title=f"{w['name']}: {w['description']}")
+        for s in w["steps"]:
+            table.add_row(s["name"], s["action"], s["kind"], s["inputs"]["input"], s.get("model", "-"))
+        out.print(table)
+        if w["gates"]:
+            out.print("gates: " + ", ".join(f"{k} >= {v:g}" for k, v in w["gates"].items()), highlight=False)
+
+
+@workflow_app.command("list")
+def list_command(
+    workspace: WorkspaceOpt = Path("."),
+    tracking_uri: TrackingOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The workspace's workflows: steps, models (pinned versions) and gates, or why one does not load."""
+    from radflow.workflow.workspace import describe_workflow, workspace_workflows
+
+    def body() -> dict[str, Any]:
+        loaded = workspace_workflows(workspace, tracking_uri)
+        return {"workflows": [describe_workflow(n, w) for n, w in loaded.items()]}
+
+    emit(run_command(body), as_json, _render_list)
+
+
+def _findings_text(findings: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{f['label']} {f['probability']:.3f}{' [bold]positive[/]' if f['positive'] else ''}" for f in findings
+    )
+
+
+def _render_answers(result: dict[str, Any]) -> None:
+    out = report_console()
+    for item in result["answers"]:
+        answer = item["answer"]
+        latency = " · ".join(f"{s['name']} {s['latency_ms']:.1f}" for s in answer["steps"])
+        out.print(f"[bold]{escape(item['image'])}[/] ({latency} ms)", highlight=False)
+        if not answer["found"]:
+            out.print(f"  {escape(answer['message'])}", highlight=False)
+        output = answer["answer"]
+        if output.get("findings"):
+            out.print(f"  {answer['output']}: {_findings_text(output['findings'])}", highlight=False)
+        crops = output.get("crops") or []
+        if crops and "findings" in crops[0]:
+            table = Table("level", "box (x0, y0, x1, y1)", "detector score", "findings")
+            for c in crops:
+                score = c.get("source", {}).get("score")
+                table.add_row(
+                    str(c.get("level") or "-"),
+                    ", ".join(str(v) for v in c["box"]),
+                    "-" if score is None else f"{float(score):.3f}",
+                    _findings_text(c["findings"]),
+                )
+            out.print(table)
+    if result.get("patient"):
+        p = result["patient"]
+        out.print(f"[bold]patient[/] ({p['images']} images): {_findings_text(p['findings'])}", highlight=False)
+        for level, findings in p["levels"].items():
+            out.print(f"  {level}: {_findings_text(findings)}", highlight=False)
+
+
+@workflow_app.command("predict")
+def predict_command(
+    name: Annotated[str, typer.Argument(help="The workflow (radflow workflow list).")],
+    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM images.")],
+    patient: Annotated[
+        bool, typer.Option("--patient", help="The images are one patient's: add their per-patient summary.")
+    ] = False,
+    workspace: WorkspaceOpt = Path("."),
+    tracking_uri: TrackingOpt = None,
+    threads: ThreadsOpt = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer images with a workspace's workflow here, torch-free: the served answer, per step, per crop (level)."""
+    from radflow.errors import NotFoundError
+    from radflow.workflow import patient_summary, run_workflow
+    from radflow.workflow.workspace import workspace_workflow
+
+    def body() -> dict[str, Any]:
+        for image in images:
+            if not image.is_file():
+                raise NotFoundError(f"image {image} does not exist.")
+        workflow = workspace_workflow(workspace, name, tracking_uri, threads)
+        answers = [run_workflow(workflow, p.read_bytes(), name=p.name) for p in images]
+        result: dict[str, Any] = {
+            "workflow": name,
+            "answers": [{"image": str(p), "answer": a} for p, a in zip(images, answers, strict=True)],
+        }
+        if patient:
+            result["patient"] = patient_summary([a["answer"] for a in answers])
+        return result
+
+    emit(run_command(body), as_json, _render_answers)
+
+
+def _render_evaluation(result: dict[str, Any]) -> None:
+    out = report_console()
+    counts = result["counts"]
+    out.print(
+        f"[bold]workflow {result['workflow']}[/] on the {result['params']['split']} split of dataset "
+        f"{result['params']['dataset']}: {counts['images']} images · {counts['patients']} patients · "
+        f"{counts['truth_boxes']} true boxes, {counts['detected_boxes']} detected, {counts['matched_boxes']} matched "
+        f"at IoU {result['params']['iou']:g}",
+        highlight=False,
+    )
+    table = Table("metric", "value", "gate", title="end to end")
+    gates = {c["metric"]: c for c in result["gates"]["checks"]}
+    for metric, value in result["metrics"].items():
+        gate = gates.get(metric)
+        verdict = "" if gate is None else f"{'[green]' if gate['passed'] else '[bold red]'}>= {gate['minimum']:g}[/]"
+        table.add_row(metric, "-" if value is None else f"{value:.4f}", verdict)
+    out.print(table)
+    steps = Table("step", "model", "latency mean ms", "p95 ms", title="steps")
+    for s in result["steps"]:
+        model = s.get("model") or {}
+        shown = f"{model['name']}/{model['version']}" if model.get("name") else model.get("uri", "-")
+        lat = s["latency_ms"]
+        steps.add_row(
+            s["name"],
+            shown,
+            "-" if lat["mean"] is None else f"{lat['mean']:.2f}",
+            "-" if lat["p95"] is None else f"{lat['p95']:.2f}",
+        )
+    out.print(steps)
+    if result["mlflow"]:
+        out.print(f"MLflow parent run {result['mlflow']['parent_run_id']} ({result['mlflow']['experiment']})")
+    for failure in result["gates"]["failures"]:
+        out.print(f"[bold red]gate failed:[/] {escape(failure)}", highlight=False)
+    if result["gates"]["passed"] and result["gates"]["checks"]:
+        out.print("[green]gates passed[/]")
+
+
+def _gates(values: list[str] | None) -> dict[str, float]:
+    from radflow.errors import ConfigError
+
+    out = {}
+    for text in values or []:
+        metric, sep, minimum = text.partition("=")
+        try:
+            out[metric.strip()] = float(minimum)
+        except ValueError:
+            raise ConfigError(f"--gate {text!r}: expected METRIC=MINIMUM, e.g. end_to_end_sensitivity=0.6") from None
+        if not sep:
+            raise ConfigError(f"--gate {text!r}: expected METRIC=MINIMUM, e.g. end_to_end_sensitivity=0.6")
+    return out
+
+
+@workflow_app.command("evaluate")
+def evaluate_command(
+    name: Annotated[str, typer.Argument(help="The workflow (radflow workflow list).")],
+    dataset: Annotated[Path, typer.Argument(help="The split detection dataset of the table's images.")],
+    table: Annotated[
+        Path, typer.Option("--boxes", help="Box table with the per-box truth: a COCO JSON (or its folder) or a CSV.")
+    ],
+    label: Annotated[str, typer.Option("--label", help="The per-box 0/1 attribute the classifier is judged on.")],
+    finding: Annotated[
+        str | None, typer.Option(help="The classifier's label judged (default: its only one, else --label).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="The split judged (held out: test).")] = "test",
+    iou: Annotated[float, typer.Option(help="IoU at which a detected box matches a true one.")] = 0.5,
+    level_field: Annotated[
+        str | None, typer.Option(help="The table's level attribute, judged against the crop step's levels.")
+    ] = None,
+    box_label: Annotated[str | None, typer.Option(help="COCO: only true boxes of this category.")] = None,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option("--gate", help="METRIC=MINIMUM, over the workflow's own gates (repeatable)."),
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation runs.")] = "workflows",
+    log: Annotated[
+        bool, typer.Option("--log/--no-log", help="Log a parent run and a child per step to MLflow.")
+    ] = True,
+    workspace: WorkspaceOpt = Path("."),
+    tracking_uri: TrackingOpt = None,
+    threads: ThreadsOpt = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Judge a workflow end to end on a held-out split: detection recall/precision, per-box AUROC/sensitivity/
+    specificity on matched boxes, per-patient results, step latency; gates' verdict (exit 1 when one fails)."""
+    from radflow.tracking import resolve_tracking_uri
+    from radflow.workflow.evaluate import evaluate_workflow
+    from radflow.workflow.workspace import workspace_workflow
+
+    def body() -> dict[str, Any]:
+        workflow = workspace_workflow(workspace, name, tracking_uri, threads)
+        gates = {**workflow.config.gates, **_gates(gate)}
+        return evaluate_workflow(
+            workflow,
+            dataset,
+            table,
+            label,
+            finding=finding,
+            split=split,
+            iou=iou,
+            level_field=level_field,
+            box_label=box_label,
+            gates=gates,
+            tracking_uri=resolve_tracking_uri(tracking_uri, workspace) if log else None,
+            experiment=experiment,
+        )
+
+    result = run_command(body)
+    emit(result, as_json, _render_evaluation)
+    if not result["gates"]["passed"]:
+        raise typer.Exit(1)
