@@ -9,6 +9,7 @@ The hand-made answers below check the metrics themselves.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,14 @@ def test_the_spine_workflow_trained_declared_and_judged_end_to_end(tmp_path: Pat
     dicom = sorted(src.rglob("*.dcm"))[0]
     answered = runner.invoke(app, ["workflow", "predict", "spine", str(dicom), "-w", str(workspace), "--json"], env=env)
     assert answered.exit_code == 0, answered.output
+    # the served answer per vertebra: crops top to bottom, the lowest six named T12..L5 from the bottom up
+    steps = {st["name"]: st["output"] for st in json.loads(answered.stdout)["answers"][0]["answer"]["steps"]}
+    cut = steps["vertebrae"]["crops"]
+    centres = [(c["source"]["box"][1] + c["source"]["box"][3]) / 2 for c in cut]
+    assert cut and centres == sorted(centres)
+    named = [c["level"] for c in cut]
+    assert named[-min(6, len(cut)) :] == list(SPINE_LEVELS)[-min(6, len(cut)) :] and set(named[:-6]) <= {None}
+    assert [c["level"] for c in steps["patient"]["crops"]] == named  # every per-crop result carries its level
     judged = runner.invoke(
         app,
         ["workflow", "evaluate", "spine", str(ds), "--boxes", str(src / "vertebrae.csv"), "--label", "schmorl",

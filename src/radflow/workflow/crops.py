@@ -212,8 +212,16 @@ def read_box_table(table: Path, fields: Sequence[str], box_label: str | None = N
     return BoxTable(path, list(images.values()))
 
 
-def table_images(table: BoxTable, dataset: Dataset) -> tuple[list[tuple[TableImage, int, bytes]], list[dict[str, Any]]]:
-    """Each table image found in ``dataset`` (by file sha256) with its manifest row and bytes, and those skipped.
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_images(table: BoxTable, dataset: Dataset) -> tuple[list[tuple[TableImage, int]], list[dict[str, Any]]]:
+    """Each table image found in ``dataset`` (by file sha256) with its manifest row, and those skipped.
 
     Skipped entries name the table and why (never the path: it can name a patient).
     """
@@ -223,14 +231,13 @@ def table_images(table: BoxTable, dataset: Dataset) -> tuple[list[tuple[TableIma
         if image.path is None:
             skipped.append({"table": table.path.name, "boxes": len(image.boxes), "error": image.missing})
             continue
-        data = image.path.read_bytes()
-        row = rows.get(hashlib.sha256(data).hexdigest())
+        row = rows.get(_sha256(image.path))
         if row is None:
             skipped.append(
                 {"table": table.path.name, "boxes": len(image.boxes), "error": "image not in the dataset (by sha256)"}
             )
             continue
-        found.append((image, row, data))
+        found.append((image, row))
     return found, skipped
 
 
@@ -279,7 +286,7 @@ def _crop_id(image_id: str, index: int, box: tuple[float, float, float, float]) 
 
 
 def _cut_all(
-    found: list[tuple[TableImage, int, bytes]],
+    found: list[tuple[TableImage, int]],
     manifest: pd.DataFrame,
     writer: ShardWriter,
     label: str,
@@ -290,10 +297,10 @@ def _cut_all(
     """The crop manifest rows and ``crops.parquet`` rows of every box, each crop's pixels added to ``writer``."""
     rows: list[dict[str, Any]] = []
     extra_rows: list[dict[str, Any]] = []
-    for image, row, data in found:
-        if not image.boxes:
+    for image, row in found:
+        if not image.boxes or image.path is None:
             continue
-        decoded = decode_image(data, name=image.boxes[0].where)
+        decoded = decode_image(image.path.read_bytes(), name=image.boxes[0].where)
         height, width = decoded.pixels.shape
         src = manifest.iloc[row]
         spacing = decoded.meta.get("spacing")

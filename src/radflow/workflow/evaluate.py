@@ -385,7 +385,7 @@ def evaluate_workflow(
     fields = [label, *([level_field] if level_field and level_field != label else [])]
     boxes = read_box_table(table, fields, box_label)
     found, skipped = table_images(boxes, ds)
-    chosen = [(image, row, data) for image, row, data in found if row in rows]
+    chosen = [(image, row) for image, row in found if row in rows and image.path is not None]
     if not chosen:
         raise ConfigError(
             f"no image of the {split} split of {dataset} is in {boxes.path.name} ({len(found)} of its images are in "
@@ -396,10 +396,11 @@ def evaluate_workflow(
         (
             patients[row],
             str(ds.manifest["image_id"].iloc[row]),
-            run_workflow(workflow, data, name=f"image {row}"),
+            run_workflow(workflow, image.path.read_bytes(), name=f"image {row}"),
             image.boxes,
         )
-        for image, row, data in chosen
+        for image, row in chosen
+        if image.path is not None
     ]
     metrics, per_patient, tally = score_answers(answers, roles, finding, label, level_field=level_field, iou=iou)
     verdict = check_gates(metrics, gates)
