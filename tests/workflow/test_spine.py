@@ -208,3 +208,14 @@ def test_the_end_to_end_metrics_by_hand() -> None:
     assert not verdict["passed"] and [c["passed"] for c in verdict["checks"]] == [False, True]
     with pytest.raises(ConfigError, match=r"unknown workflow gate 'box_aucroc'.*Did you mean 'box_auroc'"):
         check_gates(metrics, {"box_aucroc": 0.5})
+
+
+def test_a_workflow_the_workspace_does_not_declare_is_named_with_those_it_does(tmp_path: Path) -> None:
+    from radflow.errors import NotFoundError
+    from radflow.workflow.workspace import workspace_workflow
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"workflows": {"spine": SPINE_WORKFLOW}}))
+    with pytest.raises(NotFoundError, match=r"no workflow 'spin' .*it declares spine\. Did you mean 'spine'"):
+        workspace_workflow(tmp_path, "spin")
+    done = CliRunner().invoke(app, ["workflow", "predict", "spin", str(tmp_path / "params.yaml"), "-w", str(tmp_path)])
+    assert done.exit_code == 2 and "no workflow 'spin'" in done.output
