@@ -73,7 +73,7 @@ SPINE_WORKFLOW = {
         {"name": "vertebrae", "crop": "box", "margin": 0.1, "levels": "spine"},
         {"name": "resize", "resize": 32},
         {"name": "schmorl", "model": "models:/spine-schmorl@champion", "batch_size": 64},
-        {"name": "patient", "aggregate": "max"},
+        {"name": "nodes", "aggregate": "max"},
     ],
     "gates": {"detection_recall": 0.0},
 }
@@ -147,7 +147,7 @@ def test_the_spine_workflow_trained_declared_and_judged_end_to_end(tmp_path: Pat
     assert cut and centres == sorted(centres)
     named = [c["level"] for c in cut]
     assert named[-min(6, len(cut)) :] == list(SPINE_LEVELS)[-min(6, len(cut)) :] and set(named[:-6]) <= {None}
-    assert [c["level"] for c in steps["patient"]["crops"]] == named  # every per-crop result carries its level
+    assert [c["level"] for c in steps["nodes"]["crops"]] == named  # every per-crop result carries its level
     judged = runner.invoke(
         app,
         ["workflow", "evaluate", "spine", str(ds), "--boxes", str(src / "vertebrae.csv"), "--label", "schmorl",

@@ -148,8 +148,11 @@ def check_gates(metrics: Mapping[str, float | None], gates: Mapping[str, float])
         passed = value is not None and value >= minimum
         checks.append({"metric": name, "minimum": minimum, "value": value, "passed": passed})
         if not passed:
-            shown = "not measurable here" if value is None else f"{value:.4f}"
-            failures.append(f"{name} {shown} is below the minimum {minimum:g}")
+            failures.append(
+                f"{name} could not be measured on this split, so it does not show the minimum {minimum:g}"
+                if value is None
+                else f"{name} {value:.4f} is below the minimum {minimum:g}"
+            )
     return {"passed": not failures, "checks": checks, "failures": failures}
 
 
