@@ -60,7 +60,7 @@ e2e: $(STAMP)
 # subprocesses much of the time, so two cores keep busier. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 test: lint $(STAMP)
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=40
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=40
 
 # The benches also need the `bench` extra (LitServe, psutil); bench/serve.py installs wrk itself (apt-get).
 BENCH_STAMP := $(VENV)/.installed-bench

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,10 +26,11 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 
-# `make test` runs the suite in two pytest-xdist workers (--dist loadgroup). Each test file is one unit of
-# work, so a module's fixtures (a server, a trained model) are made once; files that share one session-wide
-# thing whose making is the cost (the tiny demo workspace, the two-node Ray cluster) are one unit, run in
-# file order, because each worker would otherwise make its own.
+# `make test` runs the suite in two pytest-xdist workers. Each test file is one unit of work (so a module's
+# fixtures, a server or a trained model, are made once), and files that share one session-wide thing whose
+# making is the cost (the tiny demo workspace, the two-node Ray cluster) are one unit, run in file order,
+# because each worker would otherwise make its own. (xdist's own `loadgroup` marks do not work with pytest 9:
+# it renames `Node._nodeid`, which pytest 9 no longer reads; the scheduler below groups by path instead.)
 _SHARED_GROUPS = {
     "tiny-demo": (  # tests/pipeline/tiny.py: each adds model versions to the one workspace
         "tests/e2e/test_demo.py",
@@ -39,25 +41,33 @@ _SHARED_GROUPS = {
     ),
     "ray-cluster": ("tests/scale/",),
 }
-_ROOT = Path(__file__).parent.parent
 
 
-def _group(path: Path) -> str:
-    rel = path.relative_to(_ROOT).as_posix()
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its shared group, else its file."""
+    rel = nodeid.split("::", 1)[0]
     for name, members in _SHARED_GROUPS.items():
         if any(rel == m or (m.endswith("/") and rel.startswith(m)) for m in members):
             return name
     return rel
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scope scheduling with :func:`work_unit` as the scope (whatever ``--dist`` names)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return _ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``make unit`` (``-m "not e2e"``) leaves out exactly the tests under tests/e2e; each test gets its xdist group."""
+    """``make unit`` (``-m "not e2e"``) leaves out exactly the tests under tests/e2e."""
     for item in items:
-        path = Path(str(item.fspath))
-        if _E2E in path.parents:
+        if _E2E in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
-        item.add_marker(pytest.mark.xdist_group(_group(path)))
 
 
 @pytest.fixture(scope="session")
