@@ -391,7 +391,7 @@ class InferenceService:
                     model_version=version,
                     model_alias=alias,
                     arm=run.arm,
-                    outputs=prediction.to_dict(),
+                    outputs=run.outputs[i] if run.outputs else prediction.to_dict(),
                     input_sha256=sha if crop is None else hashlib.sha256(pixels.tobytes()).hexdigest(),
                     input_format=decoded.format if crop is None else "crop",
                     latency_ms=run.latency_ms,

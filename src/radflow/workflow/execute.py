@@ -67,6 +67,8 @@ class ModelRun:
     crops: list[Crop] | None
     """The crops the inputs were cut from (None: the whole image)."""
     latency_ms: float = 0.0
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    """Each prediction's JSON (``Prediction.to_dict``), made once for the answer and the log."""
 
 
 @dataclass
@@ -148,12 +150,20 @@ def _run_step(
     c = step.config
     source = values[step.inputs["input"]]
     if step.model is not None:
+        traced = len(trace.runs) if trace is not None else 0
         if not step.kind.per_crop:
             prediction = _predict_image(_chosen(step, challenger)[0], source, step, trace, challenger)
-            return prediction, prediction.to_dict(), None
-        predictions = _predict_crops(_chosen(step, challenger)[0], source, image, step, trace, challenger)
-        pairs = list(zip(source, predictions, strict=True))
-        return pairs, {"crops": [{**_where(cr), **p.to_dict()} for cr, p in pairs]}, None
+            outputs = [prediction.to_dict()]
+            value: Any = prediction
+            output = outputs[0]
+        else:
+            predictions = _predict_crops(_chosen(step, challenger)[0], source, image, step, trace, challenger)
+            outputs = [p.to_dict() for p in predictions]
+            value = list(zip(source, predictions, strict=True))
+            output = {"crops": [{**_where(cr), **d} for cr, d in zip(source, outputs, strict=True)]}
+        for run in trace.runs[traced:] if trace is not None else ():
+            run.outputs = outputs
+        return value, output, None
     if c.crop is not None:
         pixels = values[step.inputs["image"]].pixels
         if c.crop == "box":
