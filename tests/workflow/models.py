@@ -126,7 +126,7 @@ SERVED_WORKFLOWS: dict[str, Any] = {
     "findings-v2": findings_workflow(f"models:/{DETECTOR}/2"),  # a version that finds nothing
     "broken": findings_workflow(f"models:/{DETECTOR}@nope"),
     "canary": _canary(),  # the detector's challenger (v2, finds none) answers half the requests
-    "spare": findings_workflow(f"models:/{DETECTOR}@spare"),  # tests/workflow/conftest.py sets the alias
+    "spare": findings_workflow(f"models:/{DETECTOR}@spare"),  # test_workflow.py sets the alias
     CLASSIFIER: findings_workflow(),  # named like the served model: refused when served
 }
-"""The workflows of the served workspace of tests/workflow/conftest.py (test_workflow.py, test_serving.py)."""
+"""The workflows of tests/workflow/test_workflow.py's workspace (in process, served, logged, reloaded, V2)."""
