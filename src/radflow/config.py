@@ -72,8 +72,13 @@ class _Section(_Strict):
 
 
 class SynthConfig(_Strict):
-    """Phantom chest radiographs written by the ``synth`` stage of a synthetic workspace."""
+    """Phantom images written by the ``synth`` stage of a synthetic workspace (chest radiographs by default)."""
 
+    kind: Literal["chest", "spine"] = Field(
+        default="chest",
+        description="chest: frontal radiographs in CheXpert's layout; spine: sagittal lumbar MR (DICOM) with each "
+        "vertebra's COCO box, level and Schmorl's node (ingested as coco-boxes; `radflow init --workflow spine`).",
+    )
     n: int = Field(default=2000, ge=10, description="Number of phantom images.")
     seed: int = Field(default=0, description="Seed: the same seed writes the same bytes.")
     size: int = Field(default=256, ge=16, description="Phantom image width in pixels (height is 1.2x).")
@@ -93,14 +98,36 @@ class SynthConfig(_Strict):
     def _one_truth(self) -> SynthConfig:
         if self.masks and self.boxes:
             raise ValueError("a workspace trains one task: set masks (segmentation) or boxes (detection), not both")
+        if self.kind == "spine" and (self.masks or self.boxes or self.dicom_fraction):
+            raise ValueError("spine phantoms are DICOM with their vertebra boxes always: drop masks/boxes/dicom_fraction")
         return self
+
+
+class CropsConfig(_Strict):
+    """A crop classification dataset cut from another step's detection dataset (``data.source: crops``)."""
+
+    dataset: str = Field(
+        default="../vertebra/data/split",
+        description="The detection dataset (workspace-relative) whose images are cut; each crop keeps its image's "
+        "patient and split, so held-out images give held-out crops.",
+    )
+    table: str = Field(
+        default="../vertebra/data/raw/spine-phantom/annotations.json",
+        description="The box table with the per-box label: a COCO annotations.json or a CSV (path, x, y, width, "
+        "height, attributes), workspace-relative.",
+    )
+    label: str = Field(default="schmorl", min_length=1, description="The per-box 0/1 attribute that labels a crop.")
+    keep: list[str] = Field(default_factory=lambda: ["level"], description="Per-box attributes kept per crop.")
+    margin: float = Field(default=0.1, ge=0, le=1, description="Fraction of the box's side added around it.")
+    box_label: str | None = Field(default=None, description="Only boxes of this category (default: all).")
 
 
 class DataConfig(_Section):
     """Where the raw data comes from and how it is ingested into a dataset."""
 
-    source: Literal["synthetic", "chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks"] = Field(
-        default="synthetic", description="Raw data source; synthetic writes phantom CheXpert-layout images."
+    source: Literal["synthetic", "chexpert", "nih", "boneage", "folder", "dicom", "siim", "masks", "crops"] = Field(
+        default="synthetic",
+        description="Raw data source; synthetic writes phantom images; crops cuts another step's boxes (data.crops).",
     )
     raw: str = Field(default="data/raw", description="Raw data folder in the workspace (tracked by DVC).")
     size: int = Field(default=256, ge=16, description="Side of the square training image, in pixels.")
@@ -112,6 +139,9 @@ class DataConfig(_Section):
     frontal_only: bool = Field(default=False, description="Keep frontal views only.")
     labels_csv: str | None = Field(default=None, description="DICOM: labels CSV keyed by SOPInstanceUID or path.")
     synth: SynthConfig = Field(default_factory=lambda: SynthConfig(), description="Phantom data (source synthetic).")
+    crops: CropsConfig = Field(
+        default_factory=lambda: CropsConfig(), description="The crop dataset's source boxes (source crops)."
+    )
     extra: list[str] = Field(
         default_factory=list,
         description="Extra training-only folders in the workspace, in the source's layout (e.g. data/feedback from "
@@ -122,6 +152,8 @@ class DataConfig(_Section):
     def format(self) -> str:
         """The ingest format of the source (phantom data is written in CheXpert's layout, masks or boxes beside it)."""
         if self.source == "synthetic":
+            if self.synth.kind == "spine":
+                return "coco-boxes"
             return "masks" if self.synth.masks else "coco-boxes" if self.synth.boxes else "chexpert"
         return self.source
 
@@ -581,6 +613,35 @@ class WorkflowConfig(_Strict):
     )
 
 
+class WorkflowStageConfig(_Strict):
+    """The ``workflow`` stage of a workflow workspace: each step an ordinary pipeline in its folder, judged as one.
+
+    Each step folder holds its own params.yaml and dvc.yaml (a radflow pipeline registering one model); the
+    workspace's own dvc.yaml holds the ``workflow`` stage, which composes the versions the steps just registered
+    into workflow ``workflow``, runs it over ``dataset``'s test split against ``boxes``' per-box truth
+    (:func:`radflow.workflow.evaluate.evaluate_workflow`: one parent MLflow run, a child per step), gates the
+    end-to-end metrics (the workflow's ``gates`` minimums, and ``max_drop`` against the champion composition
+    on the same images) and, when every step passed its own gates and the workflow passed, makes the
+    composition the champion of every step.
+    """
+
+    workflow: str = Field(min_length=1, description="The `workflows:` entry the stage composes and judges.")
+    steps: list[str] = Field(min_length=1, description="Step folders (workspace-relative), each a radflow pipeline.")
+    dataset: str = Field(description="The dataset whose test split judges the workflow (workspace-relative).")
+    boxes: str = Field(description="The per-box truth table (COCO annotations.json or CSV), workspace-relative.")
+    label: str = Field(min_length=1, description="The per-box 0/1 attribute the workflow's classifier answers.")
+    level_field: str | None = Field(default=None, description="The per-box attribute naming its level, if any.")
+    iou: float = Field(default=0.5, gt=0, le=1, description="IoU at which a detected box matches a true one.")
+    max_drop: dict[str, float] = Field(
+        default_factory=dict,
+        description="End-to-end metrics that may drop at most this much against the champion composition "
+        "(e.g. vertebra_auroc: 0.02); checked when the champions differ from the new versions.",
+    )
+    promote: bool = Field(
+        default=True, description="Make every step's new version champion when all gates (steps and workflow) pass."
+    )
+
+
 class Params(_Strict):
     """The whole params.yaml."""
 
@@ -599,6 +660,11 @@ class Params(_Strict):
     kafka: KafkaConfig = Field(default_factory=lambda: KafkaConfig(), description="Kafka worker settings.")
     workflows: dict[str, WorkflowConfig] = Field(
         default_factory=dict, description="Workflows by name: models and glue steps served as one (radflow.workflow)."
+    )
+    workflow_stage: WorkflowStageConfig | None = Field(
+        default=None,
+        description="A workflow workspace (`radflow init --workflow NAME`): its step pipelines and the workflow "
+        "stage that judges their models together, end to end (radflow.pipeline.workflow).",
     )
 
     def with_overrides(self, overrides: dict[str, Any]) -> Params:

@@ -50,14 +50,26 @@ def init_command(
             help="Write a param into params.yaml: -S train.epochs=3 (keys: `radflow params`).",
         ),
     ] = None,
+    workflow: Annotated[
+        str | None,
+        typer.Option(
+            "--workflow",
+            help="A workflow workspace on phantoms: spine (vertebra detection -> crops -> Schmorl's node "
+            "classification, each step its own pipeline in steps/STEP/, judged end to end by the workflow stage). "
+            "-S STEP.KEY=V sets one step's param, -S KEY=V every step's.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Create a workspace: git + DVC, params.yaml with every tunable, and the radflow pipeline in dvc.yaml."""
     from radflow.pipeline.run import parse_sets
     from radflow.pipeline.workspace import init_workspace
 
+    overrides = parse_sets(sets or [])
     info = run_command(
-        lambda: init_workspace(directory, source, data, remote=remote, overrides=parse_sets(sets or []), task=task)
+        lambda: init_workspace(
+            directory, source, data, remote=remote, overrides=overrides, task=task, workflow=workflow
+        )
     )
     emit(info, as_json, _render_init)
 
@@ -71,6 +83,11 @@ def render_results(result: dict[str, Any]) -> None:
     for name in result["skipped"]:
         stages.add_row(name, "unchanged", "")
     console.print(stages)
+    if result.get("workflow"):
+        _render_workflow(result["workflow"])
+        if result.get("experiment"):
+            console.print(f"experiment {result['experiment']} · compare: dvc exp show · dvc metrics diff")
+        return
     metrics = result["metrics"]
     if metrics:
         table = Table("metric", "value", title=f"test metrics (dataset {metrics.get('dataset_version', '?')[:12]})")
@@ -90,6 +107,26 @@ def render_results(result: dict[str, Any]) -> None:
             console.print(f"[red]  {failure}[/]", highlight=False)
     if result.get("experiment"):
         console.print(f"experiment {result['experiment']} · compare: dvc exp show · dvc metrics diff · dvc plots show")
+
+
+def _render_workflow(judged: dict[str, Any]) -> None:
+    """A workflow workspace's run: each step's registration, the end-to-end metrics and the verdict."""
+    for name, step in judged["steps"].items():
+        verdict = "[green]passed[/]" if step["passed"] else "[red]failed[/]: " + "; ".join(step["failures"])
+        console.print(f"step {step['step']}: {name} version {step['version']} gates {verdict}", highlight=False)
+    table = Table("metric", "value", title=f"workflow {judged['workflow']} end to end (test split)")
+    for key, value in judged["metrics"].items():
+        table.add_row(key, "" if value is None else f"{value:.4f}")
+    console.print(table)
+    for check in [*judged["gates"]["checks"], *judged["max_drop"]]:
+        mark = "[green]ok[/]" if check["passed"] else "[red]failed[/]"
+        said = check.get("message") or f"{check['metric']} {check['value']} >= {check['minimum']}"
+        console.print(f"  {mark} {said}", highlight=False)
+    if judged["passed"]:
+        promoted = ", ".join(f"{n} v{v}" for n, v in judged["promoted"].items()) or "none (already champions)"
+        console.print(f"workflow [green]passed[/]: champions now {promoted}", highlight=False)
+    else:
+        console.print("workflow [red]failed[/]: the champions stay as they were", highlight=False)
 
 
 @app.command("run", epilog=settings_epilog())

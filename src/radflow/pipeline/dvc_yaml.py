@@ -23,16 +23,22 @@ __all__ = [
     "ONNX",
     "REGISTRATION",
     "ROC",
+    "SPINE_SYNTH_DIR",
     "SPLIT_DATASET",
     "STAGES",
     "SYNTH_DIR",
     "TRAIN_METRICS",
+    "WORKFLOW_METRICS",
     "dvc_yaml",
     "raw_path",
 ]
 
 SYNTH_DIR = "data/raw/CheXpert-v1.0-phantom"
 """Where the synth stage writes phantom data (the folder name prefixes CheXpert's CSV paths)."""
+SPINE_SYNTH_DIR = "data/raw/spine-phantom"
+"""Where the synth stage writes spine phantoms (``data.synth.kind: spine``)."""
+WORKFLOW_METRICS = "metrics/workflow.json"
+"""What a workflow workspace's workflow stage writes (:mod:`radflow.pipeline.workflow`)."""
 DATASET = "data/dataset"
 SPLIT_DATASET = "data/split"
 CHECKPOINTS = "models/checkpoints"
@@ -45,6 +51,7 @@ EXPORT_DIR = "models/export"
 ONNX = f"{EXPORT_DIR}/model.onnx"
 REGISTRATION = "models/registration.json"
 STAGES = ("synth", "ingest", "split", "train", "evaluate", "export", "register")
+"""The stages of an ordinary workspace; a crop step has ``crops`` for synth and ingest, a workflow root ``workflow``."""
 
 _INGEST_PARAMS = [
     "data.source",
@@ -60,7 +67,9 @@ _INGEST_PARAMS = [
 
 def raw_path(params: Params) -> str:
     """The raw data folder ingest reads: the synth stage's output for phantom data, else ``data.raw``."""
-    return SYNTH_DIR if params.data.source == "synthetic" else params.data.raw
+    if params.data.source == "synthetic":
+        return SPINE_SYNTH_DIR if params.data.synth.kind == "spine" else SYNTH_DIR
+    return params.data.raw
 
 
 def _stage(name: str, deps: list[str], params: list[str], outs: list[Any], **extra: Any) -> dict[str, Any]:
@@ -75,13 +84,32 @@ def _stage(name: str, deps: list[str], params: list[str], outs: list[Any], **ext
 
 
 def dvc_yaml(params: Params) -> dict[str, Any]:
-    """The ``dvc.yaml`` content for a workspace with these params (the synth stage only for phantom data)."""
+    """The ``dvc.yaml`` content for a workspace with these params (the synth stage only for phantom data).
+
+    A workflow workspace's root (``workflow_stage`` set) holds the workflow stage only: its steps are
+    pipelines of their own, each in its folder with its own dvc.yaml.
+    """
     stages: dict[str, Any] = {}
-    raw = raw_path(params)
-    if params.data.source == "synthetic":
-        stages["synth"] = _stage("synth", [], ["data.synth"], [raw])
-    # Extra training data (e.g. exported feedback) is a dep like the raw data: a changed folder reruns ingest.
-    stages["ingest"] = _stage("ingest", [raw, *params.data.extra], _INGEST_PARAMS, [DATASET])
+    if params.workflow_stage is not None:
+        ws = params.workflow_stage
+        stages["workflow"] = _stage(
+            "workflow",
+            [*(f"{step}/{REGISTRATION}" for step in ws.steps), ws.dataset, ws.boxes],
+            ["workflow_stage", f"workflows.{ws.workflow}"],
+            [],
+            metrics=[{WORKFLOW_METRICS: {"cache": False}}],
+        )
+        return {"stages": stages}
+    if params.data.source == "crops":
+        crops = params.data.crops
+        # The crops of another step's detection dataset, each keeping its image's patient and split.
+        stages["crops"] = _stage("crops", [crops.dataset, crops.table], ["data.crops", "data.size"], [DATASET])
+    else:
+        raw = raw_path(params)
+        if params.data.source == "synthetic":
+            stages["synth"] = _stage("synth", [], ["data.synth"], [raw])
+        # Extra training data (e.g. exported feedback) is a dep like the raw data: a changed folder reruns ingest.
+        stages["ingest"] = _stage("ingest", [raw, *params.data.extra], _INGEST_PARAMS, [DATASET])
     stages["split"] = _stage("split", [DATASET], ["split"], [SPLIT_DATASET])
     stages["train"] = _stage(
         "train",

@@ -32,7 +32,7 @@ import yaml
 from radflow.config import load_params
 from radflow.errors import ConfigError, RadflowError
 from radflow.pipeline import dvc_yaml as paths
-from radflow.pipeline.workspace import commit_first_run, find_workspace, git_env
+from radflow.pipeline.workspace import commit_first_run, find_workspace, git_env, in_folder, pipeline_folders
 from radflow.tracking import check_tracking, resolve_tracking_uri
 
 __all__ = ["SIGNATURE_FILE", "is_dvc_notice", "parse_sets", "pipeline_signature", "run_pipeline"]
@@ -73,23 +73,29 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _stage_paths(root: Path) -> tuple[list[str], list[str]]:
-    """(stage names, every dep/out/metric/plot path) of ``dvc.yaml``."""
-    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    """(stage names, every dep/out/metric/plot path) of each ``dvc.yaml``, paths from the root.
+
+    A step pipeline's stages are named as DVC names them (``steps/x/dvc.yaml:train``); its paths may
+    climb out of its folder (a crop step reads ``../vertebra/data/split``).
+    """
+    names: list[str] = []
     found: set[str] = set()
-    for stage in stages.values():
-        for kind in ("deps", "outs", "metrics", "plots"):
-            for entry in stage.get(kind, []):
-                found.add(next(iter(entry)) if isinstance(entry, dict) else str(entry))
-    return list(stages), sorted(found)
+    for folder in pipeline_folders(root):
+        stages = (yaml.safe_load((root / folder / "dvc.yaml").read_text()) or {}).get("stages", {})
+        names += [in_folder(folder, f"dvc.yaml:{name}") if folder else name for name in stages]
+        for stage in stages.values():
+            for kind in ("deps", "outs", "metrics", "plots"):
+                for entry in stage.get(kind, []):
+                    rel = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                    found.add(os.path.normpath(in_folder(folder, rel)))
+    return names, sorted(found)
 
 
 def pipeline_signature(root: Path) -> str:
     """A digest that changes when anything a stage reads or writes may have changed (see the module docstring)."""
     digest = hashlib.sha256()
     for name in (
-        "params.yaml",
-        "dvc.yaml",
-        "dvc.lock",
+        *(in_folder(f, n) for f in pipeline_folders(root) for n in ("params.yaml", "dvc.yaml", "dvc.lock")),
         *sorted(str(p.relative_to(root)) for p in [*root.glob("*.dvc"), *root.glob("data/*.dvc")]),
     ):
         path = root / name
@@ -117,6 +123,22 @@ def _unchanged(root: Path) -> bool:
 
 
 def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | None, seconds: float) -> dict[str, Any]:
+    workflow = _read(root / paths.WORKFLOW_METRICS)
+    if workflow:  # a workflow workspace: its verdict is the workflow stage's, each step's registration beside it
+        steps = {f: _read(root / f / paths.REGISTRATION) for f in pipeline_folders(root)[1:]}
+        return {
+            "workspace": str(root),
+            "ran": ran,
+            "skipped": skipped,
+            "experiment": experiment,
+            "seconds": round(seconds, 2),
+            "metrics": workflow.get("metrics", {}),
+            "training": {},
+            "registration": {},
+            "workflow": workflow,
+            "steps": steps,
+            "gates_passed": bool(workflow.get("passed")),
+        }
     registration = _read(root / paths.REGISTRATION)
     return {
         "workspace": str(root),
@@ -193,8 +215,10 @@ def run_pipeline(
     lines: list[str] = []
     # When each stage started (from DVC's "Running stage" lines), for the per-stage timing.
     marks: list[tuple[str, float]] = []
+    # Every stage logs into the workspace's store, a step pipeline's (run in its own folder) included.
+    env = {**git_env(), "MLFLOW_TRACKING_URI": resolve_tracking_uri(workspace=root)}
     with subprocess.Popen(
-        command, cwd=root, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         assert proc.stdout is not None
         try:

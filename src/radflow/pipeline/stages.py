@@ -43,9 +43,32 @@ def _synth(root: Path, params: Params) -> dict[str, Any]:
     from radflow.data.synth import synth_chest
 
     cfg = params.data.synth
-    out = root / paths.SYNTH_DIR
+    out = root / paths.raw_path(params)
     shutil.rmtree(out, ignore_errors=True)
+    if cfg.kind == "spine":
+        from radflow.data.synth.spine import synth_spine
+
+        return synth_spine(out, cfg.n, cfg.seed, cfg.size)
     return synth_chest(out, cfg.n, cfg.seed, cfg.size, cfg.dicom_fraction, masks=cfg.masks, boxes=cfg.boxes)
+
+
+def _crops(root: Path, params: Params) -> dict[str, Any]:
+    from radflow.workflow.crops import build_crops
+
+    cfg = params.data.crops
+    out = root / paths.DATASET
+    shutil.rmtree(out, ignore_errors=True)
+    keep = cfg.keep
+    return build_crops(
+        root / cfg.dataset, out, root / cfg.table, cfg.label, keep=keep, margin=cfg.margin, size=params.data.size,
+        box_label=cfg.box_label,
+    )  # fmt: skip
+
+
+def _workflow(root: Path, params: Params) -> dict[str, Any]:
+    from radflow.pipeline.workflow import run_workflow_stage
+
+    return run_workflow_stage(root, params)
 
 
 def _ingest(root: Path, params: Params) -> dict[str, Any]:
@@ -241,11 +264,13 @@ def _register(root: Path, params: Params) -> dict[str, Any]:
 STAGE_FUNCTIONS: dict[str, Callable[[Path, Params], dict[str, Any]]] = {
     "synth": _synth,
     "ingest": _ingest,
+    "crops": _crops,
     "split": _split,
     "train": _train,
     "evaluate": _evaluate,
     "export": _export,
     "register": _register,
+    "workflow": _workflow,
 }
 
 

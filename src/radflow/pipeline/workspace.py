@@ -36,7 +36,9 @@ __all__ = [
     "dvc_add",
     "find_workspace",
     "git_env",
+    "in_folder",
     "init_workspace",
+    "pipeline_folders",
     "run_git",
     "task_params",
     "use_extra_source",
@@ -195,12 +197,17 @@ def init_workspace(
     remote: str | None = None,
     overrides: dict[str, Any] | None = None,
     task: str | None = None,
+    workflow: str | None = None,
 ) -> dict[str, Any]:
     """Create a workspace in ``directory`` (new or empty); returns a summary of what was made.
 
     ``overrides`` are dotted params (``{"train.epochs": 1}``) written into params.yaml, over the
-    ones ``task`` (:func:`task_params`) starts from.
+    ones ``task`` (:func:`task_params`) starts from. ``workflow`` makes a workflow workspace instead: one
+    pipeline per model step in ``steps/STEP/`` and the workflow stage at the root
+    (:func:`radflow.pipeline.workflow.workflow_workspace_params`; overrides as it reads them).
     """
+    if workflow is not None and (task is not None or source != "synthetic" or data is not None):
+        raise ConfigError("--workflow builds its own steps on phantom data: drop --task, --source and --data.")
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}.{did_you_mean(source, SOURCES)} Sources: {', '.join(SOURCES)}.")
     overrides = {**task_params(task, source), **(overrides or {})}
@@ -214,10 +221,16 @@ def init_workspace(
             raise NotFoundError(f"--data {data} does not exist.")
     elif data is not None:
         raise ConfigError("--source synthetic generates its own data; drop --data or name the source it is in.")
-    data_section: dict[str, Any] = {"source": source}
-    if source == "synthetic":
-        data_section["raw"] = SYNTH_DIR
-    params = Params.model_validate({"data": data_section}).with_overrides(overrides)
+    steps: dict[str, Params] = {}
+    if workflow is not None:
+        from radflow.pipeline.workflow import workflow_workspace_params
+
+        params, steps = workflow_workspace_params(workflow, overrides)
+    else:
+        data_section: dict[str, Any] = {"source": source}
+        if source == "synthetic":
+            data_section["raw"] = SYNTH_DIR
+        params = Params.model_validate({"data": data_section}).with_overrides(overrides)
     root.mkdir(parents=True, exist_ok=True)
     run_git(root, "init", "-q")
     for key, value in zip(("user.name", "user.email"), GIT_USER, strict=True):
@@ -227,19 +240,30 @@ def init_workspace(
     (root / "params.yaml").write_text(params_yaml(params))
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(params), sort_keys=False))
     (root / ".gitignore").write_text(_GITIGNORE)
+    for folder, step_params in steps.items():  # each step: an ordinary pipeline in its own folder
+        (root / folder).mkdir(parents=True)
+        (root / folder / "params.yaml").write_text(params_yaml(step_params))
+        (root / folder / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml(step_params), sort_keys=False))
+        (root / folder / ".gitignore").write_text(_GITIGNORE)
     remote_url = remote or str(root / DEFAULT_REMOTE)
     if remote is None:
         (root / DEFAULT_REMOTE).mkdir()
     with _quiet_dvc():
         _setup_dvc(root, params, remote_url, data)
-    load_params(root / "params.yaml")  # what we wrote must read back
+    for folder in ["", *steps]:
+        load_params(root / folder / "params.yaml")  # what we wrote must read back
     run_git(root, "add", "-A")
-    run_git(root, "commit", "-q", "-m", f"radflow workspace ({source})")
+    run_git(root, "commit", "-q", "-m", f"radflow workspace ({f'workflow {workflow}' if workflow else source})")
     commit = run_git(root, "rev-parse", "HEAD").stdout.strip()
+    stage_names = [
+        *(f"{folder}/dvc.yaml:{name}" for folder, p in steps.items() for name in dvc_yaml(p)["stages"]),
+        *dvc_yaml(params)["stages"],
+    ]
     return {
         "workspace": str(root),
         "source": source,
-        "stages": list(dvc_yaml(params)["stages"]),
+        "workflow": workflow,
+        "stages": stage_names,
         "remote": remote_url,
         "raw_data": params.data.raw if data is not None else None,
         "raw_md5": _raw_md5(root, params) if data is not None else None,
@@ -279,15 +303,33 @@ def commit_paths(root: Path, paths: list[str], message: str) -> str | None:
     return run_git(root, "rev-parse", "HEAD").stdout.strip()
 
 
+def pipeline_folders(root: Path) -> list[str]:
+    """The folders holding a dvc.yaml of the workspace's pipeline: ``""`` (the root), then a workflow workspace's
+    step folders (``workflow_stage.steps``, each its own pipeline)."""
+    try:
+        raw = yaml.safe_load((root / "params.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return [""]
+    stage = raw.get("workflow_stage") if isinstance(raw, dict) else None
+    steps = stage.get("steps", []) if isinstance(stage, dict) else []
+    return ["", *(str(s).strip("/") for s in steps if (root / str(s) / "dvc.yaml").is_file())]
+
+
+def in_folder(folder: str, path: str) -> str:
+    """``path`` of a dvc.yaml in ``folder`` as seen from the workspace root."""
+    return f"{folder}/{path}" if folder else path
+
+
 def _uncached_outputs(root: Path) -> list[str]:
-    """The ``cache: false`` outs, metrics and plots of ``dvc.yaml``: results DVC leaves to git."""
-    stages = (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+    """The ``cache: false`` outs, metrics and plots of every ``dvc.yaml``: results DVC leaves to git."""
     found = []
-    for stage in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in stage.get(kind, []):
-                if isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False:
-                    found.append(next(iter(entry)))
+    for folder in pipeline_folders(root):
+        stages = (yaml.safe_load((root / folder / "dvc.yaml").read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for kind in ("outs", "metrics", "plots"):
+                for entry in stage.get(kind, []):
+                    if isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False:
+                        found.append(in_folder(folder, next(iter(entry))))
     return found
 
 
@@ -307,8 +349,9 @@ def commit_first_run(root: Path) -> str | None:
         return None
     results = [p for p in _uncached_outputs(root) if run_git(root, "check-ignore", "-q", p, check=False).returncode]
     ignores = run_git(root, "ls-files", "--others", "--exclude-standard", "--", ":(glob)**/.gitignore").stdout.split()
+    folders = pipeline_folders(root)
     return commit_paths(
         root,
-        ["dvc.lock", "params.yaml", *results, *ignores],
+        [*(in_folder(f, name) for f in folders for name in ("dvc.lock", "params.yaml")), *results, *ignores],
         "radflow run: the first run's dvc.lock, metrics and plots (the baseline of dvc metrics diff and dvc exp show)",
     )

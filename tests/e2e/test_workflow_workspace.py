@@ -1,0 +1,101 @@
+"""`radflow init --workflow spine` + `radflow run`: each model step trained by its own DVC pipeline, judged as one.
+
+A tiny workspace (16 spine phantoms at 64 px, two training steps a model): the vertebra step (synth -> ingest ->
+split -> fcos_small -> evaluate -> export -> register) and the Schmorl step (crops of the vertebra step's split ->
+split -> small_cnn -> ... -> register) run as DVC pipelines in their own folders, both logging into the
+workspace's one MLflow store; the workflow stage composes the two new versions, judges them end to end on the
+test split (one parent run, a child per step), and promotes both to champion. Two steps learn nothing: what is
+checked is the plumbing (held-out crops, one store, pinned versions, promotion), not the figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from radflow.cli import app
+from radflow.data.dataset import Dataset
+from radflow.pipeline import run_pipeline
+from radflow.tracking import client, resolve_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "vertebra.data.synth.n=16",
+    "vertebra.data.synth.size=64",
+    "vertebra.data.size=64",
+    "schmorl.data.size=32",
+    "train.epochs=1",
+    "train.max_steps=2",
+    "train.batch_size=8",
+    "train.num_workers=0",
+    "train.threads=1",
+    "evaluate.n_bootstrap=20",
+    "gates.min_macro_auroc=0",  # two steps learn nothing; the gates must still pass
+    "gates.min_map50=0",
+    "gates.min_positives=1",
+    "gates.min_negatives=1",
+    "split.val=0.25",
+    "split.test=0.25",
+    "export.opset=17",
+]
+STEPS = ("synth", "ingest", "split", "train", "evaluate", "export", "register")
+
+
+def test_the_spine_workspace_trains_each_step_in_its_pipeline_and_promotes_the_judged_composition(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "spine"
+    args = ["init", str(ws), "--workflow", "spine", "--json"]
+    for item in TINY:
+        args += ["-S", item]
+    made = CliRunner().invoke(app, args)
+    assert made.exit_code == 0, made.output
+    stages = json.loads(made.stdout)["stages"]
+    assert stages[-1] == "workflow" and "steps/schmorl/dvc.yaml:crops" in stages
+
+    result = run_pipeline(ws)
+    vertebra = [f"steps/vertebra/dvc.yaml:{s}" for s in STEPS]
+    schmorl = [f"steps/schmorl/dvc.yaml:{s}" for s in ("crops", *STEPS[2:])]
+    assert result["ran"] == [*vertebra, *schmorl, "workflow"], result["ran"]
+    judged = result["workflow"]
+    assert result["gates_passed"] and judged["passed"] and judged["steps_passed"]
+    versions = {"spine-vertebrae": "1", "spine-schmorl": "1"}
+    assert judged["versions"] == versions and judged["promoted"] == versions
+    assert judged["counts"]["truth_boxes"] == judged["counts"]["images"] * 6  # T12..L5 on every test image
+    assert result["steps"]["steps/schmorl"]["name"] == "spine-schmorl"
+
+    # Held-out images gave held-out crops: every crop sits in its source image's split.
+    images = Dataset.open(ws / "steps/vertebra/data/split").manifest.set_index("image_id")["split"]
+    crops = Dataset.open(ws / "steps/schmorl/data/split").manifest
+    assert len(crops) > 0 and "test" in set(crops["split"])
+    import pandas as pd
+
+    where = pd.read_parquet(ws / "steps/schmorl/data/split/crops.parquet").set_index("image_id")["source_image_id"]
+    assert all(images[where[c]] == s for c, s in zip(crops["image_id"], crops["split"], strict=True))
+
+    # One store for the whole workspace: both models, their champions, the workflow's parent run and children.
+    uri = resolve_tracking_uri(workspace=ws)
+    assert not (ws / "steps/vertebra/mlflow.db").exists() and not (ws / "steps/schmorl/mlflow.db").exists()
+    mlflow = client(uri)
+    for name, version in versions.items():
+        assert str(mlflow.get_model_version_by_alias(name, "champion").version) == version
+    parent = mlflow.get_run(judged["parent_run_id"])
+    assert parent.data.tags["radflow.workflow.verdict"] == "passed"
+    children = mlflow.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    pinned = {c.data.tags.get("radflow.workflow.model_name"): c.data.tags.get("radflow.workflow.model_version")
+              for c in children if "radflow.workflow.model_name" in c.data.tags}  # fmt: skip
+    assert pinned == versions
+
+    # Nothing changed: the next run starts no DVC and keeps the verdict.
+    again = run_pipeline(ws)
+    assert again["ran"] == [] and again["gates_passed"] and again["seconds"] < 2
+
+    # The workspace's workflow answers a phantom through the champions (torch-free, as the server runs it).
+    dicom = sorted((ws / "steps/vertebra/data/raw/spine-phantom").rglob("*.dcm"))[0]
+    answered = CliRunner().invoke(app, ["workflow", "predict", "spine", str(dicom), "-w", str(ws), "--json"])
+    assert answered.exit_code == 0, answered.output
+    assert "schmorl" in answered.stdout
