@@ -290,6 +290,7 @@ def test_each_model_step_is_logged_as_its_model_answered_linked_by_the_request(
         row = rows[pid]
         assert (row["model_name"], row["model_version"], row["step"]) == (CLASSIFIER, "1", "classify")
         assert row["outputs"]["findings"] == crop["findings"] and row["input_format"] == "crop"
+        assert row["outputs"]["crop"] == {"box": crop["box"], "source": crop["source"]}  # where it was cut
         assert logged_app.service.require_store().input_path(row["input_sha256"]).is_file()  # the crop, for relabelling
 
     # The service's score histograms and the step model's drift window saw every crop.

@@ -367,7 +367,8 @@ class InferenceService:
         name and version, with the answer it gave, tagged ``workflow`` and ``step`` and linked by one
         ``request_id``; the score histograms and the model version's drift window (tracked by
         :meth:`track_model` when the workflows were loaded) as for ``/v1``. A whole-image step's stored input
-        is the upload, a crop's the crop's own pixels. Returns (request id, {step: prediction ids in order}).
+        is the upload, a crop's the crop's own pixels (its outputs add ``crop``: where it was cut, for what, its
+        level). Returns (request id, {step: prediction ids in order}).
         """
         from radflow.store import PredictionRecord, study_key
 

@@ -39,7 +39,7 @@ from radflow.workflow.graph import IMAGE, Step, Workflow
 if TYPE_CHECKING:
     from radflow.modelref import ResolvedModel
 
-__all__ = ["WORKFLOW_ARM", "WORKFLOW_CHALLENGER_ARM", "ModelRun", "Trace", "run_workflow"]
+__all__ = ["WORKFLOW_ARM", "WORKFLOW_CHALLENGER_ARM", "ModelRun", "Trace", "crop_location", "run_workflow"]
 
 WORKFLOW_ARM = "workflow"
 """The ``arm`` of a workflow step's logged answer: apart from the service's own champion and challenger, whose
@@ -68,7 +68,8 @@ class ModelRun:
     """The crops the inputs were cut from (None: the whole image)."""
     latency_ms: float = 0.0
     outputs: list[dict[str, Any]] = field(default_factory=list)
-    """Each prediction's JSON (``Prediction.to_dict``), made once for the answer and the log."""
+    """Each prediction's JSON as logged (``Prediction.to_dict``, made once for the answer and the log), a crop's
+    with ``crop``: where it was cut and for what (:func:`crop_location`)."""
 
 
 @dataclass
@@ -138,7 +139,8 @@ def _predict_crops(
     return out
 
 
-def _where(crop: Crop) -> dict[str, Any]:
+def crop_location(crop: Crop) -> dict[str, Any]:
+    """Where a crop was cut and for what (its ``level`` when named): what the answer lists beside its results."""
     level = {"level": crop.source["level"]} if "level" in crop.source else {}
     return {**level, "box": crop.box, "source": crop.source}
 
@@ -160,7 +162,8 @@ def _run_step(
             predictions = _predict_crops(_chosen(step, challenger)[0], source, image, step, trace, challenger)
             outputs = [p.to_dict() for p in predictions]
             value = list(zip(source, predictions, strict=True))
-            output = {"crops": [{**_where(cr), **d} for cr, d in zip(source, outputs, strict=True)]}
+            output = {"crops": [{**crop_location(cr), **d} for cr, d in zip(source, outputs, strict=True)]}
+            outputs = [{**d, "crop": crop_location(cr)} for cr, d in zip(source, outputs, strict=True)]
         for run in trace.runs[traced:] if trace is not None else ():
             run.outputs = outputs
         return value, output, None
@@ -180,13 +183,13 @@ def _run_step(
             missing = (
                 f"step {c.name!r} found no {what}{which}{score} in the image (from step {step.inputs['input']!r})."
             )
-        return crops, {"count": len(crops), "crops": [_where(cr) for cr in crops]}, missing
+        return crops, {"count": len(crops), "crops": [crop_location(cr) for cr in crops]}, missing
     if c.resize is not None:
         crops = resize_crops(source, c.resize)
         return crops, {"count": len(crops), "size": c.resize}, None
     assert c.aggregate is not None
     pairs = source
-    crops_out = [{**_where(cr), **p.to_dict()} for cr, p in pairs]
+    crops_out = [{**crop_location(cr), **p.to_dict()} for cr, p in pairs]
     if step.kind.what == "findings":
         findings = aggregate_findings([[f.to_dict() for f in p.findings or []] for _, p in pairs], c.aggregate)
         return findings, {"method": c.aggregate, "findings": findings, "crops": crops_out}, None
