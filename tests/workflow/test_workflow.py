@@ -335,6 +335,8 @@ def test_each_workflow_is_a_v2_model_taking_image_bytes_and_answering_its_json(
     assert logged_app.request("GET", "/v2/models/findings/ready").json() == {"name": "findings", "ready": True}
     assert logged_app.request("GET", f"/v2/models/findings/versions/{version}/ready").status_code == 200
     assert logged_app.request("GET", "/v2/models/findings/versions/9/ready").status_code == 404
+    stats = logged_app.request("GET", "/v2/models/findings/stats")
+    assert stats.status_code == 404 and "is a workflow" in stats.json()["error"]
 
     encoded = base64.b64encode(data).decode()
     body = {"id": "r1", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [encoded]}]}

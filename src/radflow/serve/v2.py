@@ -63,7 +63,16 @@ def _radflow_version() -> str:
 
 
 def _arm(request: Request, name: str, model_version: str | None) -> ModelArm:
-    return service_of(request).find_arm(name, model_version)
+    """The served model ``name`` for config and stats (a workflow has neither: the 404 says so)."""
+    service = service_of(request)
+    if service.require_router().find(name, model_version) is None and name in (
+        getattr(request.app.state, "workflows", None) or {}
+    ):
+        raise NotFoundError(
+            f"{name!r} is a workflow: it answers metadata, ready and infer here; config and stats are a served "
+            "model's (a workflow's steps are listed by GET /v1/workflows, their latency is on /metrics)."
+        )
+    return service.find_arm(name, model_version)
 
 
 WORKFLOW_INPUT = "image"
