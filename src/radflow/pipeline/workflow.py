@@ -269,5 +269,8 @@ def workflow_workspace_params(name: str, overrides: dict[str, Any] | None = None
     for step in spine["steps"]:
         if "resize" in step:
             step["resize"] = steps["schmorl"].data.size
-    root = Params.model_validate({"workflows": {name: spine}, "workflow_stage": _SPINE_STAGE})
+    # /v1/predict of `radflow serve --workspace` answers the first step's model (the vertebra boxes); the workflow
+    # answers at /v1/workflows/spine/predict.
+    first = {"serve": {"model": "models:/spine-vertebrae@champion"}, "registry": {"name": "spine-vertebrae"}}
+    root = Params.model_validate({**first, "workflows": {name: spine}, "workflow_stage": _SPINE_STAGE})
     return root.with_overrides(root_sets), {f"steps/{step}": params for step, params in steps.items()}
