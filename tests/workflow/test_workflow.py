@@ -286,6 +286,8 @@ def test_each_model_step_is_logged_as_its_model_answered_linked_by_the_request(
     assert (detect["workflow"], detect["step"], detect["arm"]) == ("findings", "detect", WORKFLOW_ARM)
     assert detect["outputs"] == steps["detect"]["output"] and detect["input_format"] == "png"
     assert detect["study_key"] is not None and detect["study_key"] != "study-1"
+    heatmap = logged_app.request("GET", f"/v1/predictions/{detect['id']}/heatmap.png", params={"label": "x"})
+    assert heatmap.status_code == 404 and "of workflow 'findings'" in heatmap.json()["error"]  # not the champion's
     for pid, crop in zip(steps["classify"]["prediction_ids"], crops, strict=True):
         row = rows[pid]
         assert (row["model_name"], row["model_version"], row["step"]) == (CLASSIFIER, "1", "classify")

@@ -657,7 +657,14 @@ class InferenceService:
         """The CAM overlay of ``label`` for a logged prediction, drawn from the stored input pixels."""
         record, path = await self.stored_input(prediction_id, "heatmap")
         router = self.require_router()
-        arm = router.find(record["model_name"], record["model_version"]) or router.champion
+        found = router.find(record["model_name"], record["model_version"])
+        if found is None and record.get("workflow"):
+            raise NotFoundError(
+                f"prediction {prediction_id} is step {record.get('step')!r} of workflow {record['workflow']!r}, by "
+                f"{record['model_name']} version {record['model_version']}, which this server does not serve as "
+                "its own model: no heatmap is drawn for it."
+            )
+        arm = found or router.champion
 
         def draw() -> bytes:
             pixels = decode_image(path.read_bytes(), name=str(path), max_pixels=self.settings.max_pixels).pixels
