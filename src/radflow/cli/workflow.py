@@ -34,11 +34,12 @@ ThreadsOpt = Annotated[int, typer.Option(help="ONNX Runtime threads per model.")
 def _render_crops(info: dict[str, Any]) -> None:
     crops, counts = info["crops"], info["counts"]
     label = crops["label"]
-    positives = info["prevalence"]["all"][label]["positive"]
+    prevalence = info.get("prevalence", {}).get("all", {}).get(label)
+    said = f"label {label} positive {prevalence['positive']}" if prevalence else f"label {label}"
+    by = f" · by the {crops['structure']} mask" if crops.get("structure") else ""
     console.print(
         f"[bold]crop dataset {info['version']}[/] · {counts['images']} crops of {crops['source_images']} images · "
-        f"{counts['patients']} patients · label {label} positive {positives} · {crops['size']} px · "
-        f"margin {crops['margin']:g}",
+        f"{counts['patients']} patients · {said} · {crops['size']} px · margin {crops['margin']:g}{by}",
         highlight=False,
     )
     console.print(
@@ -53,17 +54,22 @@ def _render_crops(info: dict[str, Any]) -> None:
 
 @workflow_app.command("crops")
 def crops_command(
-    dataset: Annotated[Path, typer.Argument(help="The detection dataset ingested from the table's images.")],
+    dataset: Annotated[
+        Path, typer.Argument(help="The detection (or segmentation) dataset ingested from the table's images.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Crop dataset directory to write.")],
     table: Annotated[
         Path,
         typer.Option(
             "--boxes",
             help="Box table with per-box attributes: a COCO JSON (or its folder) or a CSV with path, x, y, width, "
-            "height columns (radflow synth spine writes both).",
+            "height columns (radflow synth spine writes both); with --masks a per-image CSV (path or RSNA's id "
+            "column, then the fields: boneage-training-dataset.csv).",
         ),
     ],
-    label: Annotated[str, typer.Option("--label", help="The per-box 0/1 attribute that labels each crop.")],
+    label: Annotated[
+        str, typer.Option("--label", help="The attribute that labels each crop (0/1; a number with --task regression).")
+    ],
     keep: Annotated[
         str | None, typer.Option("--keep", help="Comma-separated attributes kept per crop in crops.parquet.")
     ] = None,
@@ -75,10 +81,26 @@ def crops_command(
     ] = None,
     size: Annotated[int, typer.Option(help="Side of the square crop, in pixels (the workflow's resize).")] = 64,
     box_label: Annotated[str | None, typer.Option(help="COCO: only boxes of this category.")] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="A mask source (--format masks layout, e.g. radflow synth hand --masks): each image's box is its "
+            "mask's extent, cut as a crop by mask step cuts it.",
+        ),
+    ] = None,
+    structure: Annotated[
+        str | None, typer.Option(help="With --masks: the structure to crop by (default: the only one).")
+    ] = None,
+    task: Annotated[
+        str, typer.Option(help="multilabel (0/1 labels, a classifier) or regression (numbers, e.g. bone age).")
+    ] = "multilabel",
+    sex_field: Annotated[
+        str | None, typer.Option(help="With --masks: the field giving each crop's sex (RSNA's male).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cut each box of a box table as a served workflow cuts it (margin, resize) into a classification dataset
-    labelled by a per-box attribute; every crop keeps its image's patient and split."""
+    """Cut each box of a box table (or each image's mask extent, --masks) as a served workflow cuts it (margin,
+    resize) into a classification or regression dataset; every crop keeps its image's patient and split."""
     from radflow.workflow.crops import DEFAULT_MARGIN, build_crops
 
     kept = [k.strip() for k in (keep or "").split(",") if k.strip()]
@@ -92,6 +114,10 @@ def crops_command(
             margin=DEFAULT_MARGIN if margin is None else margin,
             size=size,
             box_label=box_label,
+            masks=masks,
+            structure=structure,
+            task=task,
+            sex_field=sex_field,
         )
     )
     emit(info, as_json, _render_crops)
