@@ -99,7 +99,7 @@ class SynthConfig(_Strict):
         if self.masks and self.boxes:
             raise ValueError("a workspace trains one task: set masks (segmentation) or boxes (detection), not both")
         if self.kind == "spine" and (self.masks or self.boxes or self.dicom_fraction):
-            raise ValueError("spine phantoms are DICOM with their vertebra boxes always: drop masks/boxes/dicom_fraction")
+            raise ValueError("spine phantoms are DICOM with their boxes always: drop masks, boxes, dicom_fraction")
         return self
 
 
