@@ -136,7 +136,11 @@ def _render_list(result: dict[str, Any]) -> None:
             table.add_row(s["name"], s["action"], s["kind"], s["inputs"]["input"], s.get("model", "-"))
         out.print(table)
         if w["gates"]:
-            out.print("gates: " + ", ".join(f"{k} >= {v:g}" for k, v in w["gates"].items()), highlight=False)
+            shown = [
+                f"{k[4:]} <= {v:g}" if k.startswith("max_") else f"{k.removeprefix('min_')} >= {v:g}"
+                for k, v in w["gates"].items()
+            ]
+            out.print("gates: " + ", ".join(shown), highlight=False)
 
 
 @workflow_app.command("list")
@@ -228,19 +232,24 @@ def predict_command(
 def _render_evaluation(result: dict[str, Any]) -> None:
     out = report_console()
     counts = result["counts"]
+    judged = (
+        f"{counts['answered']} answered, judged against {result['params']['label']} of {result['params']['table']}"
+        if result["params"].get("judged") == "values"
+        else f"{counts['truth_boxes']} true boxes, {counts['detected_boxes']} detected, {counts['matched_boxes']} "
+        f"matched at IoU {result['params']['iou']:g}"
+    )
     out.print(
         f"[bold]workflow {result['workflow']}[/] on the {result['params']['split']} split of dataset "
-        f"{result['params']['dataset']}: {counts['images']} images · {counts['patients']} patients · "
-        f"{counts['truth_boxes']} true boxes, {counts['detected_boxes']} detected, {counts['matched_boxes']} matched "
-        f"at IoU {result['params']['iou']:g}",
+        f"{result['params']['dataset']}: {counts['images']} images · {counts['patients']} patients · {judged}",
         highlight=False,
     )
     table = Table("metric", "value", "gate", title="end to end")
-    gates = {c["metric"]: c for c in result["gates"]["checks"]}
+    gates: dict[str, list[str]] = {}
+    for c in result["gates"]["checks"]:
+        bound = f">= {c['minimum']:g}" if "minimum" in c else f"<= {c['maximum']:g}"
+        gates.setdefault(c["metric"], []).append(f"{'[green]' if c['passed'] else '[bold red]'}{bound}[/]")
     for metric, value in result["metrics"].items():
-        gate = gates.get(metric)
-        verdict = "" if gate is None else f"{'[green]' if gate['passed'] else '[bold red]'}>= {gate['minimum']:g}[/]"
-        table.add_row(metric, "-" if value is None else f"{value:.4f}", verdict)
+        table.add_row(metric, "-" if value is None else f"{value:.4f}", " ".join(gates.get(metric, [])))
     out.print(table)
     steps = Table("step", "model", "latency mean ms", "p95 ms", title="steps")
     for s in result["steps"]:
@@ -280,11 +289,19 @@ def _gates(values: list[str] | None) -> dict[str, float]:
 @workflow_app.command("evaluate")
 def evaluate_command(
     name: Annotated[str, typer.Argument(help="The workflow (radflow workflow list).")],
-    dataset: Annotated[Path, typer.Argument(help="The split detection dataset of the table's images.")],
+    dataset: Annotated[Path, typer.Argument(help="The split dataset of the table's images (patients, split).")],
     table: Annotated[
-        Path, typer.Option("--boxes", help="Box table with the per-box truth: a COCO JSON (or its folder) or a CSV.")
+        Path,
+        typer.Option(
+            "--boxes",
+            help="Box table with the per-box truth: a COCO JSON (or its folder) or a CSV; for a workflow whose "
+            "answer is a value, the per-image CSV (path or RSNA's id, then --label).",
+        ),
     ],
-    label: Annotated[str, typer.Option("--label", help="The per-box 0/1 attribute the classifier is judged on.")],
+    label: Annotated[
+        str,
+        typer.Option("--label", help="The per-box 0/1 attribute the classifier is judged on (or the true value)."),
+    ],
     finding: Annotated[
         str | None, typer.Option(help="The classifier's label judged (default: its only one, else --label).")
     ] = None,
@@ -294,9 +311,14 @@ def evaluate_command(
         str | None, typer.Option(help="The table's level attribute, judged against the crop step's levels.")
     ] = None,
     box_label: Annotated[str | None, typer.Option(help="COCO: only true boxes of this category.")] = None,
+    sex_field: Annotated[
+        str | None, typer.Option(help="A value workflow: the table's sex field (RSNA's male), the regression's input.")
+    ] = None,
     gate: Annotated[
         list[str] | None,
-        typer.Option("--gate", help="METRIC=MINIMUM, over the workflow's own gates (repeatable)."),
+        typer.Option(
+            "--gate", help="METRIC=MINIMUM (or max_METRIC=MAXIMUM), over the workflow's own gates (repeatable)."
+        ),
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation runs.")] = "workflows",
     log: Annotated[
@@ -308,7 +330,8 @@ def evaluate_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Judge a workflow end to end on a held-out split: detection recall/precision, per-box AUROC/sensitivity/
-    specificity on matched boxes, per-patient results, step latency; gates' verdict (exit 1 when one fails)."""
+    specificity on matched boxes, per-patient results (or, when its answer is a value such as bone age, MAE,
+    RMSE, bias, within 12), step latency; gates' verdict (exit 1 when one fails)."""
     from radflow.tracking import resolve_tracking_uri
     from radflow.workflow.evaluate import evaluate_workflow
     from radflow.workflow.workspace import workspace_workflow
@@ -329,6 +352,7 @@ def evaluate_command(
             gates=gates,
             tracking_uri=resolve_tracking_uri(tracking_uri, workspace) if log else None,
             experiment=experiment,
+            sex_field=sex_field,
         )
 
     result = run_command(body)

@@ -120,7 +120,8 @@ def _render_workflow(judged: dict[str, Any]) -> None:
     console.print(table)
     for check in [*judged["gates"]["checks"], *judged["max_drop"]]:
         mark = "[green]ok[/]" if check["passed"] else "[red]failed[/]"
-        said = check.get("message") or f"{check['metric']} {check['value']} >= {check['minimum']}"
+        bound = f">= {check['minimum']}" if "minimum" in check else f"<= {check.get('maximum')}"
+        said = check.get("message") or f"{check['metric']} {check['value']} {bound}"
         console.print(f"  {mark} {said}", highlight=False)
     if judged["passed"]:
         promoted = ", ".join(f"{n} v{v}" for n, v in judged["promoted"].items()) or "none (already champions)"

@@ -1,4 +1,10 @@
-"""A detect -> crop -> classify workflow judged end to end on a dataset's held-out split: :func:`evaluate_workflow`.
+"""A workflow judged end to end on a dataset's held-out split: :func:`evaluate_workflow`.
+
+A workflow whose answer is a **value** (segment -> crop by mask -> regress: bone age) is judged against a
+per-image table (:func:`radflow.workflow.crops.read_value_table`: ``path`` or RSNA's ``id``, the true value
+``label``, ``sex_field`` giving each image's sex to the regression as a DICOM's PatientSex would): MAE, RMSE,
+bias, ``within_12``, ``answered`` (:mod:`radflow.workflow.values`). Gates are ``max_mae``-style
+(``max_METRIC`` / ``min_METRIC``). The rest of this docstring is the detect -> crop -> classify workflow's:
 
 The loaded workflow (:func:`radflow.workflow.run_workflow`, the served code path) answers every image of the
 split that a box table with per-box truth names (the table and dataset of :mod:`radflow.workflow.crops`:
@@ -15,10 +21,11 @@ images found in the dataset by file sha256). Its answers are compared with the t
   :func:`radflow.workflow.glue.patient_summary` over the patient's answers: AUROC, sensitivity,
   specificity, accuracy.
 
-Gates are minimums of these metrics (``workflows.NAME.gates`` in params.yaml, or given); the verdict is
-in the result. With ``tracking_uri`` the evaluation is ONE parent MLflow run (``workflow-NAME``: the
-metrics, the gates' verdict, ``evaluation.json``) with a child run per step (its model's name, version,
-alias and run id; its latency per image).
+Gates are minimums of these metrics (``workflows.NAME.gates`` in params.yaml, or given; ``min_METRIC`` and
+``max_METRIC`` name the bound's side); the verdict is in the result. With ``tracking_uri`` the evaluation
+(of either kind) is ONE parent MLflow run (``workflow-NAME``: the metrics, the gates' verdict,
+``evaluation.json``) with a child run per step (its model's name, version, alias and run id; its latency
+per image).
 """
 
 from __future__ import annotations
@@ -34,14 +41,33 @@ from typing import Any
 import numpy as np
 
 from radflow.data.dataset import Dataset
+from radflow.data.decode import decode_image
 from radflow.errors import ConfigError, did_you_mean
 from radflow.metrics.detection import box_iou
-from radflow.workflow.crops import LabelledBox, binary_value, read_box_table, table_images
+from radflow.workflow.crops import (
+    LabelledBox,
+    binary_value,
+    read_box_table,
+    read_value_table,
+    sex_value,
+    table_images,
+    target_value,
+)
 from radflow.workflow.execute import run_workflow
 from radflow.workflow.glue import aggregate_findings, patient_summary
 from radflow.workflow.graph import Kind, Step, Workflow, WorkflowError
+from radflow.workflow.values import VALUE_METRICS, score_values
 
-__all__ = ["METRICS", "WORKFLOW_TAG", "Roles", "check_gates", "evaluate_workflow", "score_answers"]
+__all__ = [
+    "METRICS",
+    "VALUE_METRICS",
+    "WORKFLOW_TAG",
+    "Roles",
+    "check_gates",
+    "evaluate_workflow",
+    "judges_values",
+    "score_answers",
+]
 
 WORKFLOW_TAG = "radflow.workflow"
 """Tag naming the workflow on the parent run and every child run."""
@@ -133,27 +159,45 @@ def _binary(y: list[float], p: list[float], positive: list[bool], prefix: str) -
     }
 
 
-def check_gates(metrics: Mapping[str, float | None], gates: Mapping[str, float]) -> dict[str, Any]:
-    """Each gate ``metric -> minimum`` checked: ``{"passed", "checks": [{"metric", "minimum", "value", "passed"}],
-    "failures": [message]}``. A metric that could not be measured (None) fails its gate."""
-    unknown = [name for name in gates if name not in METRICS]
-    if unknown:
-        raise ConfigError(
-            f"unknown workflow gate {unknown[0]!r}; gates are minimums of {', '.join(METRICS)}."
-            f"{did_you_mean(unknown[0], METRICS)}"
-        )
+def _gate_side(name: str, known: Sequence[str]) -> tuple[str, str]:
+    """(metric, ``minimum`` | ``maximum``) of gate ``name``: ``max_M`` / ``min_M``, or a plain metric (a minimum)."""
+    for prefix, side in (("max_", "maximum"), ("min_", "minimum")):
+        if name.startswith(prefix) and name[len(prefix) :] in known:
+            return name[len(prefix) :], side
+    if name in known:
+        return name, "minimum"
+    choices = [*known, *(f"max_{m}" for m in known), *(f"min_{m}" for m in known)]
+    raise ConfigError(
+        f"unknown workflow gate {name!r}; gates are minimums of {', '.join(known)} (or max_METRIC / min_METRIC)."
+        f"{did_you_mean(name, choices)}"
+    )
+
+
+def check_gates(
+    metrics: Mapping[str, float | None], gates: Mapping[str, float], known: Sequence[str] = METRICS
+) -> dict[str, Any]:
+    """Each gate checked: ``{"passed", "checks": [{"metric", "minimum" | "maximum", "value", "passed"}],
+    "failures": [message]}``. A gate is ``metric -> minimum``, or ``max_METRIC`` / ``min_METRIC`` -> the bound, of
+    the ``known`` metrics. A metric that could not be measured (None) fails its gate."""
+    sides = {name: _gate_side(name, known) for name in gates}
     checks, failures = [], []
-    for name, minimum in gates.items():
-        value = metrics.get(name)
-        passed = value is not None and value >= minimum
-        checks.append({"metric": name, "minimum": minimum, "value": value, "passed": passed})
+    for name, bound in gates.items():
+        metric, side = sides[name]
+        value = metrics.get(metric)
+        passed = value is not None and (value >= bound if side == "minimum" else value <= bound)
+        checks.append({"metric": metric, side: bound, "value": value, "passed": passed})
         if not passed:
             failures.append(
-                f"{name} could not be measured on this split, so it does not show the minimum {minimum:g}"
+                f"{metric} could not be measured on this split, so it does not show the {side} {bound:g}"
                 if value is None
-                else f"{name} {value:.4f} is below the minimum {minimum:g}"
+                else f"{metric} {value:.4f} is {'below' if side == 'minimum' else 'above'} the {side} {bound:g}"
             )
     return {"passed": not failures, "checks": checks, "failures": failures}
+
+
+def judges_values(workflow: Workflow) -> bool:
+    """Whether ``workflow``'s answer is a value (judged against per-image truth), not boxes and findings."""
+    return workflow.step(workflow.output).kind.what == "value"
 
 
 @dataclass
@@ -232,10 +276,10 @@ def _judge_image(
     }
 
 
-def _step_runs(workflow: Workflow, tally: _Tally) -> list[dict[str, Any]]:
+def _step_runs(workflow: Workflow, latency: Mapping[str, list[float]]) -> list[dict[str, Any]]:
     out = []
     for s in workflow.steps:
-        times = np.asarray(tally.latency.get(s.name, []), np.float64)
+        times = np.asarray(latency.get(s.name, []), np.float64)
         entry: dict[str, Any] = {
             "name": s.name,
             "action": s.action,
@@ -369,14 +413,22 @@ def evaluate_workflow(
     gates: Mapping[str, float] | None = None,
     tracking_uri: str | None = None,
     experiment: str = "workflows",
+    sex_field: str | None = None,
 ) -> dict[str, Any]:
     """Run ``workflow`` over ``split`` of ``dataset`` and judge it against ``table``'s boxes (see the module docstring).
 
     ``label``: the table's 0/1 per-box attribute; ``finding``: the classifier's label judged against it (default:
     its only label, else ``label``); ``gates``: minimums by metric (default: the workflow's ``gates``).
-    Returns ``{"workflow", "params", "counts", "metrics", "gates": {"passed", "checks", "failures"}, "steps",
-    "patients", "images", "mlflow"}``.
+    A workflow whose answer is a value (:func:`judges_values`) is judged against ``table``'s per-image ``label``
+    instead (``sex_field``: the table's sex field; ``finding``, ``iou``, ``level_field``, ``box_label`` do not
+    apply). Returns ``{"workflow", "params", "counts", "metrics", "gates": {"passed", "checks", "failures"},
+    "steps", "patients", "images", "mlflow"}``.
     """
+    if judges_values(workflow):
+        return _evaluate_values(
+            workflow, dataset, table, label, split=split, gates=gates, tracking_uri=tracking_uri,
+            experiment=experiment, sex_field=sex_field,
+        )  # fmt: skip
     if not 0 < iou <= 1:
         raise ConfigError(f"iou must be in (0, 1], got {iou:g}.")
     gates = dict(workflow.config.gates if gates is None else gates)
@@ -429,11 +481,81 @@ def evaluate_workflow(
         },
         "metrics": metrics,
         "gates": verdict,
-        "steps": _step_runs(workflow, tally),
+        "steps": _step_runs(workflow, tally.latency),
         "patients": per_patient,
         "images": tally.images,
         "mlflow": None,
     }
+    if tracking_uri is not None:
+        result["mlflow"] = _log(result, tracking_uri, experiment)
+    return result
+
+
+def _evaluate_values(
+    workflow: Workflow,
+    dataset: Path,
+    table: Path,
+    label: str,
+    *,
+    split: str,
+    gates: Mapping[str, float] | None,
+    tracking_uri: str | None,
+    experiment: str,
+    sex_field: str | None,
+) -> dict[str, Any]:
+    """:func:`evaluate_workflow` for a workflow whose answer is a value (see the module docstring)."""
+    gates = dict(workflow.config.gates if gates is None else gates)
+    check_gates({}, gates, VALUE_METRICS)  # an unknown gate fails before any image is run
+    ds = Dataset.open(dataset)
+    rows = set(ds.indices(split).tolist())
+    fields = [label, *([sex_field] if sex_field and sex_field != label else [])]
+    values = read_value_table(table, fields)
+    found, skipped = table_images(values, ds)
+    chosen = [(image, row) for image, row in found if row in rows and image.path is not None]
+    if not chosen:
+        raise ConfigError(
+            f"no image of the {split} split of {dataset} is in {values.path.name} ({len(found)} of its images are "
+            "in the dataset, none in that split); evaluate on the split the table's images went to."
+        )
+    manifest = ds.manifest
+    patients = manifest["patient_id"].astype(str).to_numpy()
+    latency: dict[str, list[float]] = defaultdict(list)
+    limits: dict[str, Any] = dict(workflow.decode_limits)
+    answers = []
+    for image, row in chosen:
+        assert image.path is not None
+        truth = target_value(image.values[label], image.where, label, "regression")
+        decoded = decode_image(image.path.read_bytes(), name=f"image {row}", **limits)
+        # The regression's second input: the table's sex, else the image's own (a DICOM's), else the dataset's.
+        if sex_field is not None:
+            decoded.meta["sex"] = sex_value(image.values[sex_field], image.where, sex_field)
+        elif not decoded.meta.get("sex") and str(manifest["sex"].iloc[row] or "") in ("M", "F"):
+            decoded.meta["sex"] = str(manifest["sex"].iloc[row])
+        answer = run_workflow(workflow, decoded)
+        for s in answer["steps"]:
+            latency[s["name"]].append(float(s["latency_ms"]))
+        latency["total"].append(float(answer["latency_ms"]["total"]))
+        answers.append((patients[row], str(manifest["image_id"].iloc[row]), answer, truth))
+    metrics, images = score_values(answers)
+    result: dict[str, Any] = {
+        "workflow": workflow.name,
+        "params": {
+            "dataset": str(ds.version), "split": split, "table": values.path.name, "label": label,
+            "sex_field": sex_field or "", "judged": "values",
+        },
+        "counts": {
+            "images": len(chosen),
+            "patients": len({p for p, *_ in answers}),
+            "answered": sum(1 for i in images if i["value"] is not None),
+            "skipped_images": len(skipped),
+        },
+        "metrics": metrics,
+        "gates": check_gates(metrics, gates, VALUE_METRICS),
+        "steps": _step_runs(workflow, latency),
+        "patients": [],
+        "images": images,
+        "mlflow": None,
+    }  # fmt: skip
     if tracking_uri is not None:
         result["mlflow"] = _log(result, tracking_uri, experiment)
     return result
