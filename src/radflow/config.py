@@ -74,10 +74,12 @@ class _Section(_Strict):
 class SynthConfig(_Strict):
     """Phantom images written by the ``synth`` stage of a synthetic workspace (chest radiographs by default)."""
 
-    kind: Literal["chest", "spine"] = Field(
+    kind: Literal["chest", "spine", "hand"] = Field(
         default="chest",
         description="chest: frontal radiographs in CheXpert's layout; spine: sagittal lumbar MR (DICOM) with each "
-        "vertebra's COCO box, level and Schmorl's node (ingested as coco-boxes; `radflow init --workflow spine`).",
+        "vertebra's COCO box, level and Schmorl's node (ingested as coco-boxes; `radflow init --workflow spine`); "
+        "hand: hand radiographs in RSNA bone age's layout (ingested as boneage, or with masks as the hand's "
+        "segmentation; `radflow init --workflow bone-age`).",
     )
     n: int = Field(default=2000, ge=10, description="Number of phantom images.")
     seed: int = Field(default=0, description="Seed: the same seed writes the same bytes.")
@@ -100,6 +102,8 @@ class SynthConfig(_Strict):
             raise ValueError("a workspace trains one task: set masks (segmentation) or boxes (detection), not both")
         if self.kind == "spine" and (self.masks or self.boxes or self.dicom_fraction):
             raise ValueError("spine phantoms are DICOM with their boxes always: drop masks, boxes, dicom_fraction")
+        if self.kind == "hand" and (self.boxes or self.dicom_fraction):
+            raise ValueError("hand phantoms are PNGs with their bone age (and masks): drop boxes, dicom_fraction")
         return self
 
 
@@ -116,10 +120,24 @@ class CropsConfig(_Strict):
         description="The box table with the per-box label: a COCO annotations.json or a CSV (path, x, y, width, "
         "height, attributes), workspace-relative.",
     )
-    label: str = Field(default="schmorl", min_length=1, description="The per-box 0/1 attribute that labels a crop.")
+    label: str = Field(
+        default="schmorl", min_length=1, description="The per-box attribute that labels a crop (0/1, or see task)."
+    )
     keep: list[str] = Field(default_factory=lambda: ["level"], description="Per-box attributes kept per crop.")
     margin: float = Field(default=0.1, ge=0, le=1, description="Fraction of the box's side added around it.")
     box_label: str | None = Field(default=None, description="Only boxes of this category (default: all).")
+    masks: str | None = Field(
+        default=None,
+        description="A mask source (--format masks layout, workspace-relative): table is then a per-image CSV (path "
+        "or RSNA's id) and each image's box its structure's mask extent, cut as a crop by mask step cuts it.",
+    )
+    structure: str | None = Field(default=None, description="masks: the structure to crop by (default: the only one).")
+    task: Literal["multilabel", "regression"] = Field(
+        default="multilabel", description="multilabel: 0/1 labels (a classifier); regression: numbers (bone age)."
+    )
+    sex_field: str | None = Field(
+        default=None, description="masks: the per-image field giving each crop's sex (RSNA's male)."
+    )
 
 
 class DataConfig(_Section):
@@ -154,6 +172,8 @@ class DataConfig(_Section):
         if self.source == "synthetic":
             if self.synth.kind == "spine":
                 return "coco-boxes"
+            if self.synth.kind == "hand":
+                return "masks" if self.synth.masks else "boneage"
             return "masks" if self.synth.masks else "coco-boxes" if self.synth.boxes else "chexpert"
         return self.source
 
@@ -627,19 +647,48 @@ class WorkflowStageConfig(_Strict):
 
     workflow: str = Field(min_length=1, description="The `workflows:` entry the stage composes and judges.")
     steps: list[str] = Field(min_length=1, description="Step folders (workspace-relative), each a radflow pipeline.")
+    evaluation: Literal["boxes", "values"] = Field(
+        default="boxes",
+        description="boxes: a detect -> crop -> classify workflow judged against per-box truth (`boxes`); values: "
+        "a workflow whose answer is a value (segment -> crop by mask -> regress) against per-image truth (`values`).",
+    )
     dataset: str = Field(description="The dataset whose test split judges the workflow (workspace-relative).")
-    boxes: str = Field(description="The per-box truth table (COCO annotations.json or CSV), workspace-relative.")
-    label: str = Field(min_length=1, description="The per-box 0/1 attribute the workflow's classifier answers.")
+    boxes: str | None = Field(
+        default=None, description="boxes: the per-box truth table (COCO annotations.json or CSV), workspace-relative."
+    )
+    values: str | None = Field(
+        default=None,
+        description="values: the per-image truth table (a CSV with path or RSNA's id, then label), workspace-relative.",
+    )
+    label: str = Field(
+        min_length=1, description="The per-box 0/1 attribute the classifier answers, or the per-image true value."
+    )
+    sex_field: str | None = Field(
+        default=None, description="values: the table's sex field (RSNA's male), given to the regression."
+    )
     level_field: str | None = Field(default=None, description="The per-box attribute naming its level, if any.")
     iou: float = Field(default=0.5, gt=0, le=1, description="IoU at which a detected box matches a true one.")
     max_drop: dict[str, float] = Field(
         default_factory=dict,
-        description="End-to-end metrics that may drop at most this much against the champion composition "
-        "(e.g. vertebra_auroc: 0.02); checked when the champions differ from the new versions.",
+        description="End-to-end metrics that may get worse by at most this much against the champion composition "
+        "(e.g. box_auroc: 0.02 may fall, mae: 3 may rise); checked when the champions differ from the new versions.",
     )
     promote: bool = Field(
         default=True, description="Make every step's new version champion when all gates (steps and workflow) pass."
     )
+
+    @model_validator(mode="after")
+    def _truth_table(self) -> WorkflowStageConfig:
+        if getattr(self, self.evaluation) is None:
+            raise ValueError(f"evaluation {self.evaluation} judges against a truth table: set {self.evaluation}")
+        return self
+
+    @property
+    def table(self) -> str:
+        """The truth table the stage's evaluation reads (``boxes`` or ``values``)."""
+        table = getattr(self, self.evaluation)
+        assert isinstance(table, str)
+        return table
 
 
 class Params(_Strict):

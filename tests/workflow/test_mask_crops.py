@@ -104,7 +104,7 @@ def test_bad_per_image_tables_are_refused_naming_row_and_field(hands: tuple[Path
     with pytest.raises(DataError, match=r"no structure 'Hnd'.*Did you mean 'Hand'"):
         build_crops(seg, tmp_path / "e", src / CSV, "boneage", structure="Hnd", **run)
     with pytest.raises(ConfigError, match="give masks"):
-        build_crops(seg, tmp_path / "f", src / CSV, "boneage", sex_field="male")
+        build_crops(seg, tmp_path / "f", src / CSV, "boneage", structure="Hand")
     # an image with no mask file is skipped and listed, not cut
     (src / "masks" / "boneage-training-dataset" / first / "Hand.png").rename(src / "Hand.png.away")
     try:

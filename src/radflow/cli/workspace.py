@@ -55,7 +55,8 @@ def init_command(
         typer.Option(
             "--workflow",
             help="A workflow workspace on phantoms: spine (vertebra detection -> crops -> Schmorl's node "
-            "classification, each step its own pipeline in steps/STEP/, judged end to end by the workflow stage). "
+            "classification) or bone-age (hand segmentation -> crop by the hand mask -> age regression), each step "
+            "its own pipeline in steps/STEP/, judged end to end by the workflow stage. "
             "-S STEP.KEY=V sets one step's param, -S KEY=V every step's.",
         ),
     ] = None,

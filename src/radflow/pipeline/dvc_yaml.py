@@ -18,6 +18,7 @@ __all__ = [
     "DATASET",
     "EVAL_DIR",
     "EXPORT_DIR",
+    "HAND_SYNTH_DIR",
     "METRICS",
     "MODEL",
     "ONNX",
@@ -37,6 +38,8 @@ SYNTH_DIR = "data/raw/CheXpert-v1.0-phantom"
 """Where the synth stage writes phantom data (the folder name prefixes CheXpert's CSV paths)."""
 SPINE_SYNTH_DIR = "data/raw/spine-phantom"
 """Where the synth stage writes spine phantoms (``data.synth.kind: spine``)."""
+HAND_SYNTH_DIR = "data/raw/boneage-phantom"
+"""Where the synth stage writes hand phantoms (``data.synth.kind: hand``, RSNA bone age's layout)."""
 WORKFLOW_METRICS = "metrics/workflow.json"
 """What a workflow workspace's workflow stage writes (:mod:`radflow.pipeline.workflow`)."""
 DATASET = "data/dataset"
@@ -68,7 +71,7 @@ _INGEST_PARAMS = [
 def raw_path(params: Params) -> str:
     """The raw data folder ingest reads: the synth stage's output for phantom data, else ``data.raw``."""
     if params.data.source == "synthetic":
-        return SPINE_SYNTH_DIR if params.data.synth.kind == "spine" else SYNTH_DIR
+        return {"spine": SPINE_SYNTH_DIR, "hand": HAND_SYNTH_DIR}.get(params.data.synth.kind, SYNTH_DIR)
     return params.data.raw
 
 
@@ -94,7 +97,7 @@ def dvc_yaml(params: Params) -> dict[str, Any]:
         ws = params.workflow_stage
         stages["workflow"] = _stage(
             "workflow",
-            [*(f"{step}/{REGISTRATION}" for step in ws.steps), ws.dataset, ws.boxes],
+            [*(f"{step}/{REGISTRATION}" for step in ws.steps), ws.dataset, ws.table],
             ["workflow_stage", f"workflows.{ws.workflow}"],
             [],
             metrics=[{WORKFLOW_METRICS: {"cache": False}}],
@@ -103,7 +106,8 @@ def dvc_yaml(params: Params) -> dict[str, Any]:
     if params.data.source == "crops":
         crops = params.data.crops
         # The crops of another step's detection dataset, each keeping its image's patient and split.
-        stages["crops"] = _stage("crops", [crops.dataset, crops.table], ["data.crops", "data.size"], [DATASET])
+        deps = [crops.dataset, crops.table, *([crops.masks] if crops.masks and crops.masks != crops.table else [])]
+        stages["crops"] = _stage("crops", deps, ["data.crops", "data.size"], [DATASET])
     else:
         raw = raw_path(params)
         if params.data.source == "synthetic":

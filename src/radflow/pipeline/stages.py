@@ -49,6 +49,10 @@ def _synth(root: Path, params: Params) -> dict[str, Any]:
         from radflow.data.synth.spine import synth_spine
 
         return synth_spine(out, cfg.n, cfg.seed, cfg.size)
+    if cfg.kind == "hand":
+        from radflow.data.synth import synth_hand
+
+        return synth_hand(out, cfg.n, cfg.seed, cfg.size, masks=cfg.masks)
     return synth_chest(out, cfg.n, cfg.seed, cfg.size, cfg.dicom_fraction, masks=cfg.masks, boxes=cfg.boxes)
 
 
@@ -61,7 +65,8 @@ def _crops(root: Path, params: Params) -> dict[str, Any]:
     keep = cfg.keep
     return build_crops(
         root / cfg.dataset, out, root / cfg.table, cfg.label, keep=keep, margin=cfg.margin, size=params.data.size,
-        box_label=cfg.box_label,
+        box_label=cfg.box_label, masks=None if cfg.masks is None else root / cfg.masks, structure=cfg.structure,
+        task=cfg.task, sex_field=cfg.sex_field,
     )  # fmt: skip
 
 

@@ -11,12 +11,15 @@ The stage then:
 
 1. composes the *candidate*: the workspace's workflow with each step model pinned to the version its step
    just registered (``models:/NAME/N`` for ``models:/NAME@ALIAS``);
-2. runs it over the test split of ``workflow_stage.dataset`` against the per-box truth
-   (:func:`radflow.workflow.evaluate.evaluate_workflow`): one parent MLflow run with the end-to-end
-   metrics and a child run per step, the workflow's own ``gates`` (minimums) judged;
+2. runs it over the test split of ``workflow_stage.dataset`` against the truth its ``evaluation`` names
+   (:func:`radflow.workflow.evaluate.evaluate_workflow`): ``boxes``, per-box truth for detect -> crop ->
+   classify (spine), or ``values``, per-image truth for a workflow whose answer is a value (bone age: MAE);
+   one parent MLflow run with the end-to-end metrics and a child run per step, the workflow's own ``gates``
+   judged;
 3. where every step model has a champion and they are not the candidate, runs the champion composition on
-   the same images (not logged) and checks ``max_drop``: an end-to-end metric may not fall by more than that
-   when one step is replaced;
+   the same images (not logged) and checks ``max_drop``: an end-to-end metric may not get worse by more than
+   that when one step is replaced (fall, or rise for an error such as ``mae``:
+   :data:`radflow.workflow.values.LOWER_IS_BETTER`);
 4. when every step passed its own gates and the workflow passed both checks, promotes each step's new
    version to champion (``promote``), so what serves ``models:/NAME@champion`` is always a composition
    that was judged end to end.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +95,8 @@ def _champions(names: list[str], uri: str) -> dict[str, str | None]:
 
 
 def _drops(new: dict[str, Any], old: dict[str, Any], limits: dict[str, float]) -> list[dict[str, Any]]:
+    from radflow.workflow.values import LOWER_IS_BETTER
+
     checks = []
     for metric, limit in limits.items():
         a, b = new.get(metric), old.get(metric)
@@ -98,7 +104,8 @@ def _drops(new: dict[str, Any], old: dict[str, Any], limits: dict[str, float]) -
             said = f"{metric}: not measured on both compositions; not compared"
             checks.append({"metric": metric, "passed": True, "message": said})
             continue
-        drop = float(b) - float(a)
+        # how much worse the candidate is: a fall, or a rise of an error such as mae
+        drop = float(a) - float(b) if metric in LOWER_IS_BETTER else float(b) - float(a)
         passed = drop <= limit
         verb = "within" if passed else "beyond"
         checks.append(
@@ -120,7 +127,7 @@ def run_workflow_stage(root: Path, params: Params, *, threads: int | None = 1) -
     from radflow.registry import promote
     from radflow.tracking import resolve_tracking_uri
     from radflow.workflow import load_workflow
-    from radflow.workflow.evaluate import evaluate_workflow
+    from radflow.workflow.evaluate import evaluate_workflow, judges_values
 
     stage = params.workflow_stage
     if stage is None:
@@ -142,18 +149,25 @@ def run_workflow_stage(root: Path, params: Params, *, threads: int | None = 1) -
         )
     candidate = {name: str(registered[name]["version"]) for name in models}
     champions = _champions(models, uri)
-    judged = dict(
-        dataset=root / stage.dataset, table=root / stage.boxes, label=stage.label, iou=stage.iou,
-        level_field=stage.level_field,
-    )  # fmt: skip
+    judged: dict[str, Any] = dict(dataset=root / stage.dataset, table=root / stage.table, label=stage.label)
+    if stage.evaluation == "values":
+        judged["sex_field"] = stage.sex_field
+    else:
+        judged.update(iou=stage.iou, level_field=stage.level_field)
     workflow = load_workflow(stage.workflow, pin_versions(config, candidate), tracking_uri=uri, threads=threads)
-    result = evaluate_workflow(workflow, **judged, tracking_uri=uri)  # type: ignore[arg-type]
+    if judges_values(workflow) != (stage.evaluation == "values"):
+        gives = "a value" if judges_values(workflow) else f"{workflow.step(workflow.output).kind}"
+        raise ConfigError(
+            f"workflow_stage.evaluation is {stage.evaluation}, but workflow {stage.workflow!r} answers {gives}: "
+            "values judges a workflow whose answer is a value, boxes a detect -> crop -> classify one."
+        )
+    result = evaluate_workflow(workflow, **judged, tracking_uri=uri)
     drops: list[dict[str, Any]] = []
     baseline: dict[str, Any] | None = None
     if stage.max_drop and all(champions.values()) and champions != candidate:
         pinned = {name: str(version) for name, version in champions.items() if version is not None}
         old = load_workflow(stage.workflow, pin_versions(config, pinned), tracking_uri=uri, threads=threads)
-        baseline = evaluate_workflow(old, **judged)["metrics"]  # type: ignore[arg-type]
+        baseline = evaluate_workflow(old, **judged)["metrics"]
         drops = _drops(result["metrics"], baseline, stage.max_drop)
     steps_passed = all(bool(registered[name]["passed"]) for name in models)
     passed = steps_passed and bool(result["gates"]["passed"]) and all(c["passed"] for c in drops)
@@ -188,9 +202,6 @@ def run_workflow_stage(root: Path, params: Params, *, threads: int | None = 1) -
     out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
-
-WORKSPACE_WORKFLOWS = ("spine",)
-"""The built-in workflows ``radflow init --workflow NAME`` makes a workspace for (phantoms with exact truth)."""
 
 _SPINE_STEPS: dict[str, dict[str, Any]] = {
     # Vertebra detection on the sagittal MR phantoms (COCO boxes of every vertebral body, patients from PatientID).
@@ -237,6 +248,77 @@ _SPINE_STAGE: dict[str, Any] = {
 }
 
 
+_HAND_RAW = "data/raw/boneage-phantom"
+_BONE_AGE_STEPS: dict[str, dict[str, Any]] = {
+    # Hand segmentation on the RSNA-layout hand phantoms (their exact silhouette masks, ingested as masks).
+    "hand": {
+        "data.source": "synthetic",
+        "data.synth.kind": "hand",
+        "data.synth.masks": True,
+        "data.synth.n": 400,
+        "data.synth.size": 128,
+        "data.size": 64,
+        "train.arch": "small_unet",
+        "registry.name": "boneage-hand",
+    },
+    # Bone age regressed on each hand cut at its mask's extent (the hand step's split), with the child's sex.
+    "age": {
+        "data.source": "crops",
+        "data.size": 64,
+        "data.crops.dataset": "../hand/data/split",
+        "data.crops.table": f"../hand/{_HAND_RAW}/boneage-training-dataset.csv",
+        "data.crops.masks": f"../hand/{_HAND_RAW}",
+        "data.crops.label": "boneage",
+        "data.crops.keep": [],
+        "data.crops.task": "regression",
+        "data.crops.sex_field": "male",
+        "data.crops.margin": 0.05,
+        "train.arch": "small_cnn",
+        "registry.name": "boneage-age",
+    },
+}
+_BONE_AGE_WORKFLOW: dict[str, Any] = {
+    "description": "Bone age in steps (Iglovikov et al.): segment the hand, cut it at its mask, regress the age.",
+    "steps": [
+        {"name": "hand", "model": "models:/boneage-hand@champion"},
+        {"name": "crop", "crop": "mask", "margin": 0.05, "labels": ["Hand"]},
+        {"name": "resize", "resize": 64},
+        {"name": "age", "model": "models:/boneage-age@champion"},
+        {"name": "months", "aggregate": "mean"},
+    ],
+    "gates": {"min_answered": 0.9},
+}
+_BONE_AGE_STAGE: dict[str, Any] = {
+    "workflow": "bone-age",
+    "evaluation": "values",
+    "steps": ["steps/hand", "steps/age"],
+    "dataset": "steps/hand/data/split",
+    "values": f"steps/hand/{_HAND_RAW}/boneage-training-dataset.csv",
+    "label": "boneage",
+    "sex_field": "male",
+    "max_drop": {"mae": 3.0},
+}
+
+
+@dataclass(frozen=True)
+class _BuiltIn:
+    """A built-in workflow workspace: each step folder's params, the workflow, the stage, and its crop step."""
+
+    steps: dict[str, dict[str, Any]]
+    workflow: dict[str, Any]
+    stage: dict[str, Any]
+    crop_step: str
+    """The step whose dataset is cut from another's: the served crop step takes its margin, the resize its size."""
+
+
+_BUILT_INS: dict[str, _BuiltIn] = {
+    "spine": _BuiltIn(_SPINE_STEPS, _SPINE_WORKFLOW, _SPINE_STAGE, "schmorl"),
+    "bone-age": _BuiltIn(_BONE_AGE_STEPS, _BONE_AGE_WORKFLOW, _BONE_AGE_STAGE, "age"),
+}
+WORKSPACE_WORKFLOWS = tuple(_BUILT_INS)
+"""The built-in workflows ``radflow init --workflow NAME`` makes a workspace for (phantoms with exact truth)."""
+
+
 def workflow_workspace_params(name: str, overrides: dict[str, Any] | None = None) -> tuple[Params, dict[str, Params]]:
     """(the root's params, each step folder's params) of built-in workflow ``name``.
 
@@ -248,7 +330,8 @@ def workflow_workspace_params(name: str, overrides: dict[str, Any] | None = None
             f"unknown workflow {name!r}.{did_you_mean(name, WORKSPACE_WORKFLOWS)} "
             f"Built in: {', '.join(WORKSPACE_WORKFLOWS)}."
         )
-    steps = {step: Params().with_overrides(values) for step, values in _SPINE_STEPS.items()}
+    built = _BUILT_INS[name]
+    steps = {step: Params().with_overrides(values) for step, values in built.steps.items()}
     root_sets: dict[str, Any] = {}
     step_sets: dict[str, dict[str, Any]] = {step: {} for step in steps}
     for key, value in (overrides or {}).items():
@@ -264,13 +347,17 @@ def workflow_workspace_params(name: str, overrides: dict[str, Any] | None = None
         steps = {step: params.with_overrides(step_sets[step]) for step, params in steps.items()}
     except ConfigError as exc:
         raise ConfigError(f"{exc} (a key for one step only: STEP.KEY, steps: {', '.join(steps)})") from None
-    # The served crops are resized as the crop step's dataset was cut: the classifier sees the same pixels.
-    spine = copy.deepcopy(_SPINE_WORKFLOW)
-    for step in spine["steps"]:
+    # The served crops are cut and resized as the crop step's dataset was: its model sees the same pixels.
+    declared = copy.deepcopy(built.workflow)
+    cut = steps[built.crop_step].data
+    for step in declared["steps"]:
         if "resize" in step:
-            step["resize"] = steps["schmorl"].data.size
-    # /v1/predict of `radflow serve --workspace` answers the first step's model (the vertebra boxes); the workflow
-    # answers at /v1/workflows/spine/predict.
-    first = {"serve": {"model": "models:/spine-vertebrae@champion"}, "registry": {"name": "spine-vertebrae"}}
-    root = Params.model_validate({**first, "workflows": {name: spine}, "workflow_stage": _SPINE_STAGE})
+            step["resize"] = cut.size
+        if "crop" in step:
+            step["margin"] = cut.crops.margin
+    # /v1/predict of `radflow serve --workspace` answers the first step's model (the vertebra boxes, the hand
+    # mask); the workflow answers at /v1/workflows/NAME/predict.
+    model = next(str(s["model"]) for s in declared["steps"] if "model" in s)
+    first = {"serve": {"model": model}, "registry": {"name": model.removeprefix("models:/").split("@")[0]}}
+    root = Params.model_validate({**first, "workflows": {name: declared}, "workflow_stage": built.stage})
     return root.with_overrides(root_sets), {f"steps/{step}": params for step, params in steps.items()}

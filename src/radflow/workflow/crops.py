@@ -536,7 +536,8 @@ def build_crops(
     come from it); ``keep``: attributes kept per crop in ``crops.parquet`` (e.g. ``level``); ``margin``,
     ``size``: as the workflow's crop and resize steps. ``masks`` makes ``table`` a per-image table and each
     image's box its ``structure``'s mask extent (a mask table); ``task``: ``multilabel`` (0/1 labels) or
-    ``regression`` (numbers); ``sex_field``: the per-image field giving each crop's sex. See the module docstring.
+    ``regression`` (numbers); ``sex_field``: the field giving each crop's sex (M/F, or True/False as RSNA's
+    ``male``). See the module docstring.
     """
     dataset, out = Path(dataset), Path(out)
     if out.resolve() == dataset.resolve():
@@ -547,8 +548,8 @@ def build_crops(
         raise ConfigError(
             f"unknown crop task {task!r}; one of {', '.join(CROP_TASKS)}.{did_you_mean(task, CROP_TASKS)}"
         )
-    if masks is None and (structure is not None or sex_field is not None):
-        raise ConfigError("structure and sex_field are for a mask table (per-image values with masks); give masks.")
+    if masks is None and structure is not None:
+        raise ConfigError("structure names a mask to crop by (a mask table: per-image values with masks); give masks.")
     spec = PreprocessSpec(size=size)
     source = Dataset.open(dataset)
     fields = [label, *[k for k in keep if k != label]]
