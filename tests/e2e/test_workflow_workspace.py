@@ -4,8 +4,9 @@ A tiny workspace (16 spine phantoms at 64 px, two training steps a model): the v
 split -> fcos_small -> evaluate -> export -> register) and the Schmorl step (crops of the vertebra step's split ->
 split -> small_cnn -> ... -> register) run as DVC pipelines in their own folders, both logging into the
 workspace's one MLflow store; the workflow stage composes the two new versions, judges them end to end on the
-test split (one parent run, a child per step), and promotes both to champion. Two steps learn nothing: what is
-checked is the plumbing (held-out crops, one store, pinned versions, promotion), not the figures.
+test split (one parent run, a child per step), and promotes both to champion; a changed step param reruns that
+step alone and is judged against the champion composition. Two steps learn nothing: what is checked is the
+plumbing (held-out crops, one store, pinned versions, promotion), not the figures.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from radflow.cli import app
 from radflow.data.dataset import Dataset
+from radflow.errors import ConfigError
 from radflow.pipeline import run_pipeline
 from radflow.tracking import client, resolve_tracking_uri
 
@@ -93,6 +95,19 @@ def test_the_spine_workspace_trains_each_step_in_its_pipeline_and_promotes_the_j
     # Nothing changed: the next run starts no DVC and keeps the verdict.
     again = run_pipeline(ws)
     assert again["ran"] == [] and again["gates_passed"] and again["seconds"] < 2
+
+    # One step's param changed: that step retrains from its train stage on, the workflow is judged again against
+    # the champion composition (max_drop) and the new classifier alone is promoted. A root key changes nothing
+    # any stage reads, so it is refused naming the steps.
+    with pytest.raises(ConfigError, match=r"name the step: -S STEP\.train\.lr"):
+        run_pipeline(ws, ["train.lr=0.002"])
+    second = run_pipeline(ws, ["schmorl.train.lr=0.002"])
+    assert second["ran"] == [*schmorl[2:], "workflow"], second["ran"]
+    judged = second["workflow"]
+    assert judged["versions"] == {"spine-vertebrae": "1", "spine-schmorl": "2"}
+    assert judged["champions_before"] == versions and [c["metric"] for c in judged["max_drop"]] == ["detection_recall"]
+    assert judged["passed"] and judged["promoted"] == {"spine-schmorl": "2"}
+    assert "lr: 0.002" in (ws / "steps/schmorl/params.yaml").read_text()
 
     # The workspace's workflow answers a phantom through the champions (torch-free, as the server runs it).
     dicom = sorted((ws / "steps/vertebra/data/raw/spine-phantom").rglob("*.dcm"))[0]

@@ -155,6 +155,37 @@ def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | No
     }
 
 
+def _dvc_sets(root: Path, sets: list[str]) -> list[str]:
+    """``-S`` items checked against the params they change, as ``dvc exp run -S`` takes them.
+
+    In a workflow workspace a step's param is ``STEP.KEY=V`` (``vertebra.train.lr=3e-4``), checked against that
+    step's params.yaml and handed to DVC as ``steps/STEP/params.yaml:KEY=V``; the root's own params are only
+    ``workflow_stage`` and ``workflows`` (any other root key would change nothing a stage reads).
+    """
+    params = load_params(root / "params.yaml")
+    if params.workflow_stage is None:
+        params.with_overrides(parse_sets(sets))
+        return sets
+    steps = {Path(folder).name: folder for folder in pipeline_folders(root)[1:]}
+    out = []
+    for item in sets:
+        key, value = next(iter(parse_sets([item]).items()))
+        head, _, rest = key.partition(".")
+        if head in steps and rest:
+            load_params(root / steps[head] / "params.yaml").with_overrides({rest: value})
+            out.append(f"{steps[head]}/params.yaml:{item.partition('=')[0].strip()[len(head) + 1 :]}="
+                       f"{item.partition('=')[2]}")  # fmt: skip
+        elif head in ("workflow_stage", "workflows"):
+            params.with_overrides({key: value})
+            out.append(item)
+        else:
+            raise ConfigError(
+                f"-S {key}: a workflow workspace's params are its steps'; name the step: -S STEP.{key}=... "
+                f"(steps: {', '.join(steps)}), or change workflow_stage.* / workflows.*."
+            )
+    return out
+
+
 def _stop_dvc(proc: subprocess.Popen[str], grace_s: float = 60.0) -> None:
     """After Ctrl-C, let DVC finish its own interrupt handling before radflow exits.
 
@@ -196,9 +227,8 @@ def run_pipeline(
     so ``dvc metrics diff`` and ``dvc exp show`` compare later runs to it.
     """
     root = find_workspace(workspace)
-    sets = list(sets or [])
     # Validate before DVC sees anything: the file itself, then each override's key and value.
-    load_params(root / "params.yaml").with_overrides(parse_sets(sets))
+    sets = _dvc_sets(root, list(sets or []))
     # A tracking server (MLFLOW_TRACKING_URI) that does not answer fails now, not at the train stage minutes in.
     check_tracking(resolve_tracking_uri(workspace=root))
     started = time.perf_counter()
