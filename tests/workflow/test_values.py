@@ -3,11 +3,15 @@ within 12, answered, computed by hand; max_/min_ gates; the steps each child MLf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
+from radflow.cli import app
 from radflow.config import WorkflowConfig
 from radflow.data.decode import decode_image
 from radflow.data.ingest import IngestOptions, ingest
@@ -103,3 +107,18 @@ def test_a_segment_crop_regress_workflow_is_judged_on_the_test_split(tmp_path: P
     assert result["steps"][3]["model"]["uri"] == str(regress) and result["mlflow"] is None
     with pytest.raises(ConfigError, match="unknown workflow gate 'max_dice'"):
         evaluate_workflow(workflow, tmp_path / "seg", table, "boneage", gates={"max_dice": 1})
+    # `workflow predict --sex`: the regression's second input, as a DICOM's PatientSex would give it
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"workflows": {"bone-age": config.model_dump(mode="json")}}))
+    image = str(sorted((src / "boneage-training-dataset").glob("*.png"))[0])
+    said = {}
+    for sex in ("M", "F"):
+        run = ["workflow", "predict", "bone-age", image, "--sex", sex, "-w", str(tmp_path), "--json"]
+        answered = CliRunner().invoke(app, run)
+        assert answered.exit_code == 0, answered.output
+        said[sex] = answer_value(json.loads(answered.stdout)["answers"][0]["answer"])
+    decoded = decode_image(Path(image).read_bytes())
+    decoded.meta["sex"] = "F"
+    assert said["F"] == pytest.approx(answer_value(run_workflow(workflow, decoded))) and said["M"] != said["F"]
+    shown = CliRunner().invoke(app, ["workflow", "predict", "bone-age", image, "--sex", "M", "-w", str(tmp_path)])
+    assert shown.exit_code == 0 and "months:" in shown.output and "months" in shown.output.split("months:")[1]
+    assert CliRunner().invoke(app, [*run[:-3], "--sex", "X", "-w", str(tmp_path)]).exit_code == 2

@@ -176,6 +176,10 @@ def _render_answers(result: dict[str, Any]) -> None:
         output = answer["answer"]
         if output.get("findings"):
             out.print(f"  {answer['output']}: {_findings_text(output['findings'])}", highlight=False)
+        prediction = output.get("prediction")
+        if isinstance(prediction, dict) and prediction.get("value") is not None:
+            unit = f" {prediction['unit']}" if prediction.get("unit") else ""
+            out.print(f"  {answer['output']}: {float(prediction['value']):.1f}{unit}", highlight=False)
         crops = output.get("crops") or []
         if crops and "findings" in crops[0]:
             table = Table("level", "box (x0, y0, x1, y1)", "detector score", "findings")
@@ -202,22 +206,39 @@ def predict_command(
     patient: Annotated[
         bool, typer.Option("--patient", help="The images are one patient's: add their per-patient summary.")
     ] = False,
+    sex: Annotated[
+        str | None,
+        typer.Option(
+            help="M or F: the patient's sex for a regression step (bone age), as a DICOM's PatientSex gives it; "
+            "a PNG without it is answered as unknown (0.5)."
+        ),
+    ] = None,
     workspace: WorkspaceOpt = Path("."),
     tracking_uri: TrackingOpt = None,
     threads: ThreadsOpt = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer images with a workspace's workflow here, torch-free: the served answer, per step, per crop (level)."""
-    from radflow.errors import NotFoundError
+    from radflow.data.decode import decode_image
+    from radflow.errors import ConfigError, NotFoundError
     from radflow.workflow import patient_summary, run_workflow
     from radflow.workflow.workspace import workspace_workflow
 
+    def answer(workflow: Any, path: Path) -> dict[str, Any]:
+        if sex is None:
+            return run_workflow(workflow, path.read_bytes(), name=path.name)
+        decoded = decode_image(path.read_bytes(), name=path.name, **dict(workflow.decode_limits))
+        decoded.meta["sex"] = sex.upper()
+        return run_workflow(workflow, decoded)
+
     def body() -> dict[str, Any]:
+        if sex is not None and sex.upper() not in ("M", "F"):
+            raise ConfigError(f"--sex {sex!r}: give M or F.")
         for image in images:
             if not image.is_file():
                 raise NotFoundError(f"image {image} does not exist.")
         workflow = workspace_workflow(workspace, name, tracking_uri, threads)
-        answers = [run_workflow(workflow, p.read_bytes(), name=p.name) for p in images]
+        answers = [answer(workflow, p) for p in images]
         result: dict[str, Any] = {
             "workflow": name,
             "answers": [{"image": str(p), "answer": a} for p, a in zip(images, answers, strict=True)],
