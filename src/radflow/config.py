@@ -638,11 +638,12 @@ class WorkflowStageConfig(_Strict):
 
     Each step folder holds its own params.yaml and dvc.yaml (a radflow pipeline registering one model); the
     workspace's own dvc.yaml holds the ``workflow`` stage, which composes the versions the steps just registered
-    into workflow ``workflow``, runs it over ``dataset``'s test split against ``boxes``' per-box truth
+    into workflow ``workflow``, runs it over ``dataset``'s test split against ``boxes``' per-box truth (or, with
+    ``evaluation: values``, ``values``' per-image truth: bone age's MAE)
     (:func:`radflow.workflow.evaluate.evaluate_workflow`: one parent MLflow run, a child per step), gates the
-    end-to-end metrics (the workflow's ``gates`` minimums, and ``max_drop`` against the champion composition
-    on the same images) and, when every step passed its own gates and the workflow passed, makes the
-    composition the champion of every step.
+    end-to-end metrics (the workflow's ``gates``, and ``max_drop`` against the champion composition on the
+    same images) and, when every step passed its own gates and the workflow passed, makes the composition the
+    champion of every step.
     """
 
     workflow: str = Field(min_length=1, description="The `workflows:` entry the stage composes and judges.")
