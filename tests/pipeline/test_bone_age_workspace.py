@@ -52,5 +52,5 @@ def test_the_stage_names_its_truth_and_max_drop_limits_a_rise_of_mae() -> None:
         Params().with_overrides({"data.synth.kind": "hand", "data.synth.boxes": True})
     checks = _drops({"mae": 14.0, "within_12": 0.5}, {"mae": 10.0, "within_12": 0.6}, {"mae": 3.0, "within_12": 0.2})
     assert [c["passed"] for c in checks] == [False, True]
-    assert "a drop of 4.0000, beyond max_drop 3" in checks[0]["message"]
+    assert "a rise of 4.0000 (an error: lower is better), beyond max_drop 3" in checks[0]["message"]
     assert _drops({"mae": 9.0}, {"mae": 10.0}, {"mae": 0.0})[0]["passed"]  # a lower error is no drop

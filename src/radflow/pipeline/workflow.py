@@ -115,8 +115,10 @@ def _drops(new: dict[str, Any], old: dict[str, Any], limits: dict[str, float]) -
                 "candidate": a,
                 "champion": b,
                 "drop": drop,
-                "message": f"{metric} {a:.4f} vs the champion composition's {b:.4f}: a drop of {drop:.4f}, "
-                f"{verb} max_drop {limit}",
+                "message": f"{metric} {a:.4f} vs the champion composition's {b:.4f}: "
+                + (f"a rise of {drop:.4f} (an error: lower is better)" if metric in LOWER_IS_BETTER else "")
+                + ("" if metric in LOWER_IS_BETTER else f"a drop of {drop:.4f}")
+                + f", {verb} max_drop {limit}",
             }
         )
     return checks
