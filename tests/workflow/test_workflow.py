@@ -200,6 +200,10 @@ def test_served_workflow_answers_as_in_process_and_is_listed(
         assert a["name"] == b["name"] and a["output"] == b["output"] and a["latency_ms"] > 0
     raw = app.request("POST", "/v1/workflows/findings/predict", content=data)  # a raw body is sniffed
     assert raw.status_code == 200 and raw.json()["answer"] == got["answer"]
+    # ?sex= is the patient's sex for a regression step (none here: the same answer); anything but M/F is refused
+    sexed = app.request("POST", "/v1/workflows/findings/predict?sex=F", content=data)
+    assert sexed.status_code == 200 and sexed.json()["answer"] == got["answer"]
+    assert app.request("POST", "/v1/workflows/findings/predict?sex=X", content=data).status_code == 422
 
     empty = app.request("POST", "/v1/workflows/findings-v2/predict", files={"file": ("x.png", data, "image/png")})
     assert empty.status_code == 200 and empty.json()["found"] is False
@@ -222,10 +226,10 @@ def test_served_workflow_answers_as_in_process_and_is_listed(
     not_image = app.request("POST", "/v1/workflows/findings/predict", content=b"hello")
     assert not_image.status_code == 415
 
-    metrics = app.request("GET", "/metrics").text  # the two good answers of 'findings', step by step
+    metrics = app.request("GET", "/metrics").text  # the three good answers of 'findings', step by step
     for step in ("detect", "crop", "classify", "findings", "total"):
         count = metric_value(metrics, "radflow_workflow_step_seconds_count", workflow="findings", step=step)
-        assert count == 2, (step, count)
+        assert count == 3, (step, count)
 
 
 def test_a_workflow_runs_without_torch(ws: PhantomWorkspace) -> None:

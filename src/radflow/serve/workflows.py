@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from radflow.data.decode import sniff_format
+from radflow.data.decode import DecodedImage, decode_image, sniff_format
 from radflow.errors import NotFoundError, did_you_mean
 from radflow.inference.errors import ServiceError, UnsupportedMediaError
 from radflow.inference.routing import takes_challenger
@@ -153,16 +153,24 @@ def _track(service: InferenceService, loaded: dict[str, Workflow | WorkflowError
 
 
 def workflow_answer(
-    service: InferenceService, workflow: Workflow, data: bytes, routing_key: str | None
+    service: InferenceService, workflow: Workflow, data: bytes, routing_key: str | None, sex: str | None = None
 ) -> dict[str, Any]:
-    """The workflow's answer, logged (in a thread): ``request_id`` and each model step's ``prediction_ids``."""
+    """The workflow's answer, logged (in a thread): ``request_id`` and each model step's ``prediction_ids``.
+
+    ``sex`` (M/F) is the patient's for a regression step (bone age), over what a DICOM's PatientSex says.
+    """
     trace = Trace(fetch=service.embedding_output)
     challengers = {
         s.name
         for s in workflow.steps
         if s.challenger is not None and takes_challenger(s.config.challenger_weight, routing_key, _rng)
     }
-    answer = run_workflow(workflow, data, trace=trace, challengers=challengers)
+    image: bytes | DecodedImage = data
+    if sex is not None:
+        limits: dict[str, Any] = dict(workflow.decode_limits)
+        image = decode_image(data, name="<upload>", **limits)
+        image.meta["sex"] = sex
+    answer = run_workflow(workflow, image, trace=trace, challengers=challengers)
     request_id, ids = service.log_workflow(workflow.name, trace, upload=data, routing_key=routing_key)
     for step in answer["steps"]:
         if step["name"] in ids:
@@ -235,7 +243,13 @@ async def _upload(request: Request) -> bytes:
         **error_responses(400, 404, 413, 415, 422, 503),
     },
 )
-async def predict_workflow(request: Request, name: str) -> Response:
+async def predict_workflow(
+    request: Request,
+    name: str,
+    sex: Literal["M", "F"] | None = Query(
+        None, description="The patient's sex for a regression step (bone age); else the DICOM header's."
+    ),
+) -> Response:
     loaded = await loaded_workflows(request)
     workflow = loaded.get(name)
     if workflow is None:
@@ -252,7 +266,8 @@ async def predict_workflow(request: Request, name: str) -> Response:
     with service.admission.enter():
         service.require_store()
         data = await _upload(request)
-        answer = await asyncio.to_thread(workflow_answer, service, workflow, data, request.headers.get("x-routing-key"))
+        key = request.headers.get("x-routing-key")
+        answer = await asyncio.to_thread(workflow_answer, service, workflow, data, key, sex)
     observe_steps(request, name, answer)
     return json_answer(answer)
 
