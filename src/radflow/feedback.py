@@ -66,7 +66,7 @@ from radflow.data.labels import CHEXPERT_LABELS
 from radflow.data.neardup import DEFAULT_THRESHOLD
 from radflow.data.sources.chexpert import META_COLUMNS
 from radflow.errors import ConfigError, DataError, ImageDecodeError, NotFoundError
-from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions, study_key
+from radflow.store import LabelledPrediction, Store, input_path, labelled_predictions, materialize_crop, study_key
 
 EXPORT_FORMATS = ("chexpert", "masks", "coco-boxes")
 """Layouts :func:`export_feedback` writes: findings as CheXpert, corrected masks as a mask folder, corrected
@@ -171,6 +171,8 @@ class _Item:
     """Corrected masks by structure (COCO RLE), for the masks layout."""
     boxes: list[dict[str, Any]] | None = None
     """Corrected boxes ``[{label, box: [x0, y0, x1, y1]}]`` (an empty list: no finding), for the coco-boxes layout."""
+    crop: dict[str, Any] | None = None
+    """A workflow crop row's ``outputs.crop``: its pixels are cut from the stored image (``materialize_crop``)."""
 
 
 def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
@@ -344,7 +346,7 @@ def export_feedback(
             continue
         merged += row.input_sha256 in by_image
         by_image[row.input_sha256] = _Item(
-            row.feedback_id, row.id, row.input_sha256, labels, row.study_key, masks, boxes
+            row.feedback_id, row.id, row.input_sha256, labels, row.study_key, masks, boxes, row.outputs.get("crop")
         )
         structures += [s["structure"] for s in row.outputs.get("structures") or [] if s["structure"] not in structures]
         if fmt == "coco-boxes":  # every label the model answers for (an answer lists them), then any corrected
@@ -362,6 +364,8 @@ def export_feedback(
     try:
         for item in sorted(by_image.values(), key=lambda i: i.feedback_id):
             source = input_path(inputs_dir, item.input_sha256)
+            if not source.is_file() and item.crop:
+                source = materialize_crop(inputs_dir, item.input_sha256, {"crop": item.crop}) or source
             if not source.is_file():
                 skipped["missing_pixels"] += 1
                 continue

@@ -17,6 +17,7 @@ import textwrap
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from pydantic import SecretStr
@@ -296,8 +297,19 @@ def test_each_model_step_is_logged_as_its_model_answered_linked_by_the_request(
         row = rows[pid]
         assert (row["model_name"], row["model_version"], row["step"]) == (CLASSIFIER, "1", "classify")
         assert row["outputs"]["findings"] == crop["findings"] and row["input_format"] == "crop"
-        assert row["outputs"]["crop"] == {"box": crop["box"], "source": crop["source"]}  # where it was cut
-        assert logged_app.service.require_store().input_path(row["input_sha256"]).is_file()  # the crop, for relabelling
+        # where it was cut, and from which stored image: its PNG is cut from that one on first use, not per answer
+        image = {"image_sha256": detect["input_sha256"]}
+        assert row["outputs"]["crop"] == {"box": crop["box"], "source": crop["source"], **image}
+        assert not store.input_path(row["input_sha256"]).is_file()
+    # A reader asking for a crop (the UI preview; Label Studio and feedback export read it the same way) gets
+    # exactly that cut of the stored image, written then under the crop row's hash.
+    first_crop = rows[steps["classify"]["prediction_ids"][0]]
+    preview = logged_app.request("GET", f"/v1/ui/predictions/{first_crop['id']}/image.png")
+    assert preview.status_code == 200, preview.text
+    whole = cv2.imdecode(np.frombuffer(store.input_path(detect["input_sha256"]).read_bytes(), np.uint8), 0)
+    x0, y0, x1, y1 = crops[0]["box"]
+    served = cv2.imdecode(np.frombuffer(preview.content, np.uint8), 0)
+    assert np.array_equal(served, whole[y0:y1, x0:x1]) and store.input_path(first_crop["input_sha256"]).is_file()
 
     # The service's score histograms and the step model's drift window saw every crop.
     metrics = logged_app.request("GET", "/metrics").text

@@ -387,12 +387,15 @@ class InferenceService:
             for i, prediction in enumerate(run.predictions):
                 crop = run.crops[i] if run.crops is not None else None
                 pixels = decoded.pixels if crop is None else np.ascontiguousarray(crop.pixels)
+                outputs = run.outputs[i] if run.outputs else prediction.to_dict()
+                if crop is not None:  # its pixels are cut from the stored image when a reader first asks
+                    outputs = {**outputs, "crop": {**outputs.get("crop", {}), "image_sha256": sha}}
                 record = PredictionRecord(
                     model_name=name,
                     model_version=version,
                     model_alias=alias,
                     arm=run.arm,
-                    outputs=run.outputs[i] if run.outputs else prediction.to_dict(),
+                    outputs=outputs,
                     input_sha256=sha if crop is None else hashlib.sha256(pixels.tobytes()).hexdigest(),
                     input_format=decoded.format if crop is None else "crop",
                     latency_ms=run.latency_ms,
@@ -402,9 +405,9 @@ class InferenceService:
                     workflow=workflow,
                     step=run.step,
                 )
-                if self.settings.store_inputs:
-                    store.log(record, pixels, upload if crop is None else None)
-                else:
+                if self.settings.store_inputs and crop is None:
+                    store.log(record, pixels, upload)
+                else:  # a crop's PNG is written on first use (store.materialize_crop), not per answer
                     store.log(record)
                 ids.setdefault(run.step, []).append(record.id)
                 self._observe_prediction(name, version, run.arm, prediction)
@@ -649,6 +652,11 @@ class InferenceService:
             )
         await asyncio.to_thread(store.flush)
         path = store.input_path(record["input_sha256"])
+        if not path.is_file() and record.get("input_format") == "crop":
+            from radflow.store import materialize_crop
+
+            cut = await asyncio.to_thread(materialize_crop, store.inputs_dir, record["input_sha256"], record["outputs"])
+            path = cut or path
         if not path.is_file():
             raise NotFoundError(f"the input image of prediction {prediction_id} is no longer stored.")
         return record, path

@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import cv2
 import numpy as np
 from sqlalchemy import Insert, create_engine, event, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -50,6 +51,7 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "input_path",
+    "materialize_crop",
     "plain_grey_png",
     "prediction_id_scope",
     "sqlite_file",
@@ -80,6 +82,34 @@ def sqlite_file(url: str) -> Path | None:
 def input_path(inputs_dir: Path, sha: str) -> Path:
     """Where the stored input with content hash ``sha`` lives under ``inputs_dir`` (whether or not it exists)."""
     return Path(inputs_dir) / sha[:2] / f"{sha}.png"
+
+
+def materialize_crop(inputs_dir: Path, sha: str, outputs: Mapping[str, Any]) -> Path | None:
+    """The stored input of a workflow crop row, cut from its stored whole image on first use; None without one.
+
+    A served workflow logs each crop as its own prediction, but does not write each crop's PNG when it answers
+    (one file per crop was most of the log's cost): the row's ``outputs.crop`` says where it was cut (``box``,
+    upload pixels) and from which stored image (``image_sha256``), and the crop is written the first time a
+    reader (the UI, Label Studio, a feedback export) asks for it, under the row's ``input_sha256``.
+    """
+    path = input_path(inputs_dir, sha)
+    if path.is_file():
+        return path
+    crop = outputs.get("crop") or {}
+    whole, box = crop.get("image_sha256"), crop.get("box")
+    source = input_path(inputs_dir, str(whole)) if whole else None
+    if source is None or not box or not source.is_file():
+        return None
+    grey = cv2.imdecode(np.frombuffer(source.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    cut = grey[max(0, y0) : y1, max(0, x0) : x1] if grey is not None else None
+    if cut is None or cut.size == 0:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(encode_png(np.ascontiguousarray(cut)))
+    tmp.replace(path)
+    return path
 
 
 def plain_grey_png(data: bytes) -> bool:
