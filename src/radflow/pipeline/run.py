@@ -123,29 +123,16 @@ def _unchanged(root: Path) -> bool:
 
 
 def _result(root: Path, ran: list[str], skipped: list[str], experiment: str | None, seconds: float) -> dict[str, Any]:
+    common: dict[str, Any] = {"workspace": str(root), "ran": ran, "skipped": skipped, "experiment": experiment}
+    common["seconds"] = round(seconds, 2)
     workflow = _read(root / paths.WORKFLOW_METRICS)
     if workflow:  # a workflow workspace: its verdict is the workflow stage's, each step's registration beside it
         steps = {f: _read(root / f / paths.REGISTRATION) for f in pipeline_folders(root)[1:]}
-        return {
-            "workspace": str(root),
-            "ran": ran,
-            "skipped": skipped,
-            "experiment": experiment,
-            "seconds": round(seconds, 2),
-            "metrics": workflow.get("metrics", {}),
-            "training": {},
-            "registration": {},
-            "workflow": workflow,
-            "steps": steps,
-            "gates_passed": bool(workflow.get("passed")),
-        }
+        judged = {"metrics": workflow.get("metrics", {}), "training": {}, "registration": {}}
+        return {**common, **judged, "workflow": workflow, "steps": steps, "gates_passed": bool(workflow.get("passed"))}
     registration = _read(root / paths.REGISTRATION)
     return {
-        "workspace": str(root),
-        "ran": ran,
-        "skipped": skipped,
-        "experiment": experiment,
-        "seconds": round(seconds, 2),
+        **common,
         "metrics": _read(root / paths.METRICS),
         "training": _read(root / paths.TRAIN_METRICS),
         "registration": registration,

@@ -35,6 +35,7 @@ from radflow.inference.service import InferenceService, model_identity
 from radflow.runtime import InvalidInputError
 from radflow.serve.common import error_responses, json_answer, multipart_file, read_body, service_of
 from radflow.workflow import Trace, Workflow, WorkflowError, load_workflows, run_workflow
+from radflow.workflow.workspace import describe_workflow
 
 __all__ = ["loaded_workflows", "observe_steps", "reload_workflows", "workflow_answer", "workflows"]
 
@@ -181,36 +182,14 @@ def workflow_answer(
 
 
 def _describe(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
-    if isinstance(workflow, WorkflowError):
-        return {"name": name, "ready": False, "error": str(workflow)}
-    steps = [
-        {
-            "name": s.name,
-            "action": s.action,
-            "kind": str(s.kind),
-            "inputs": s.inputs,
-            **({"model": s.resolved.uri} if s.resolved is not None else {}),
-            **(
-                {"challenger": s.challenger_resolved.uri, "challenger_weight": s.config.challenger_weight}
-                if s.challenger_resolved is not None
-                else {}
-            ),
-        }
-        for s in workflow.steps
-    ]
-    return {
-        "name": name,
-        "ready": True,
-        "description": workflow.config.description,
-        "output": workflow.output,
-        "steps": steps,
-        "endpoint": f"/v1/workflows/{name}/predict",
-    }
+    """The workflow as ``radflow workflow list`` describes it, with the endpoint that serves it."""
+    described = describe_workflow(name, workflow)
+    return {**described, "endpoint": f"/v1/workflows/{name}/predict"} if described["ready"] else described
 
 
 @workflows.get("", summary="The workspace's workflows, their steps and models", responses=error_responses(503))
 async def list_workflows(request: Request) -> Response:
-    """Shape: ``{"workflows": [{"name", "ready", "description", "output", "endpoint", "steps": [{"name",
+    """Shape: ``{"workflows": [{"name", "ready", "description", "output", "gates", "endpoint", "steps": [{"name",
     "action", "kind", "inputs", "model"?, "challenger"?, "challenger_weight"?}]}
     | {"name", "ready": false, "error"}]}``."""
     loaded = await loaded_workflows(request)

@@ -58,7 +58,8 @@ def workspace_workflow(
 
 def describe_workflow(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
     """``{"name", "ready", "description", "output", "gates", "steps": [{"name", "action", "kind", "inputs",
-    "model"?}]}``, or ``{"name", "ready": false, "error"}`` for one that did not load."""
+    "model"?, "challenger"?, "challenger_weight"?}]}``, or ``{"name", "ready": false, "error"}`` for one that did
+    not load (``GET /v1/workflows`` lists the same, with each endpoint)."""
     if isinstance(workflow, WorkflowError):
         return {"name": name, "ready": False, "error": str(workflow)}
     steps = [
@@ -68,6 +69,11 @@ def describe_workflow(name: str, workflow: Workflow | WorkflowError) -> dict[str
             "kind": str(s.kind),
             "inputs": s.inputs,
             **({"model": s.resolved.uri} if s.resolved is not None else {}),
+            **(
+                {"challenger": s.challenger_resolved.uri, "challenger_weight": s.config.challenger_weight}
+                if s.challenger_resolved is not None
+                else {}
+            ),
         }
         for s in workflow.steps
     ]
