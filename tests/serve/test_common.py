@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from radflow.inference import ServeSettings
 from radflow.serve import create_app
+from radflow.serve.common import settle_heap
 from tests.serve.harness import AppHarness, metric_value
 from tests.serve.models import png_bytes
 
@@ -167,3 +170,23 @@ def test_while_loading_every_model_route_answers_a_documented_503(onnx_pair: tup
         assert "503" in _documented(schema, method, template), template
     assert answers[0].json() == {"ready": False}
     assert live.status_code == 200 and live.json() == {"live": True}
+
+
+class _Node:
+    other: _Node | None = None
+
+
+def test_settle_heap_freezes_what_is_alive_and_frees_the_cycles_it_froze_before() -> None:
+    node = _Node()
+    node.other = node  # a cycle: only the collector frees it
+    gone = weakref.ref(node)
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert gone() is not None  # frozen: the collector's passes no longer walk it
+        settle_heap()  # thawed, collected, then what is alive frozen again
+        assert gone() is None
+    finally:
+        gc.unfreeze()

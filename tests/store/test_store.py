@@ -13,7 +13,7 @@ from sqlalchemy import event
 
 from radflow.data.decode import decode_image
 from radflow.runtime.cam import to_grey8
-from radflow.store import PredictionRecord, Store, plain_grey_png
+from radflow.store import PredictionRecord, Store, new_prediction_ids, plain_grey_png
 
 HOUR = 3600.0
 """A write window no test waits out: anything written before it ends was written because it was asked for."""
@@ -86,6 +86,27 @@ def test_a_prediction_after_a_lull_is_written_at_once_and_under_load_they_share_
         assert store.flush(timeout_s=10)  # asked for: written now, not after the window
         assert len(commits) == 1
         assert {p["id"] for p in store.predictions()} == {first.id} | {r.id for r in records}
+
+
+def test_a_workflow_answers_rows_are_handed_over_at_once_readable_queued_and_written_in_one_commit(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    whole = _png()
+    with Store(url, inputs_dir=tmp_path / "inputs", write_window_s=HOUR) as store:
+        store.log(_record())  # written at once (after a lull): the answer's rows below come within its window
+        assert store.flush(timeout_s=10)
+        commits: list[int] = []
+        event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+        ids = new_prediction_ids(4)
+        records = [PredictionRecord("chest", "1", None, "workflow", {"findings": []}, id=i) for i in ids]
+        records[0].input_sha256 = hashlib.sha256(whole).hexdigest()
+        store.log_all([(records[0], None, whole)] + [(r, None, None) for r in records[1:]])
+        assert [store.get_prediction(i)["id"] for i in ids] == ids  # each readable while queued
+        assert store.flush(timeout_s=10) and len(commits) == 1
+        assert {p["id"] for p in store.predictions()} >= set(ids)
+        assert store.input_path(str(records[0].input_sha256)).read_bytes() == whole  # the whole image's input kept
+    assert len(set(ids)) == 4 and all(len(i) == 36 and i[14] == "4" for i in ids)  # version 4 UUIDs, all distinct
 
 
 def test_feedback_on_a_queued_prediction_is_committed_after_it(tmp_path: Path) -> None:

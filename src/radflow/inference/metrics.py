@@ -39,6 +39,7 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._label_scores: dict[tuple[str, str, str, str], Any] = {}
         arm = ["endpoint", "model", "version", "arm"]
         self.requests = Counter("radflow_requests", "HTTP requests answered.", [*arm, "status"], registry=self.registry)
         self.latency = Histogram(
@@ -120,6 +121,17 @@ class ServiceMetrics:
             buckets=(12, 24, 48, 72, 96, 120, 144, 168, 192, 216, 240),
             registry=self.registry,
         )
+
+    def label_score(self, model: str, version: str, arm: str, label: str) -> Any:
+        """The ``radflow_label_score`` histogram of one label, looked up once (``labels()`` locks and checks).
+
+        A workflow answer observes a score per label per crop: tens of lookups an answer.
+        """
+        key = (model, version, arm, label)
+        child = self._label_scores.get(key)
+        if child is None:
+            child = self._label_scores[key] = self.scores.labels(*key)
+        return child
 
     def batch_observer(self, model: str, version: str) -> Callable[[int, list[float], float], None]:
         """A :class:`~radflow.inference.batching.DynamicBatcher` ``on_batch`` callback for one model."""

@@ -370,16 +370,18 @@ class InferenceService:
         is the upload, a crop's the crop's own pixels (its outputs add ``crop``: where it was cut, for what, its
         level). Returns (request id, {step: prediction ids in order}).
         """
-        from radflow.store import PredictionRecord, study_key
+        from radflow.store import PredictionRecord, new_prediction_ids, study_key
 
         store = self.require_store()
         decoded = trace.image
         assert decoded is not None, "run_workflow fills the trace's image"
-        request_id = str(uuid.uuid4())
+        request_id, *row_ids = new_prediction_ids(1 + sum(len(run.predictions) for run in trace.runs))
+        fresh = iter(row_ids)
         sha = hashlib.sha256(upload).hexdigest()
         key = study_key(routing_key)
         modality = decoded.meta.get("modality") or None
         ids: dict[str, list[str]] = {}
+        entries: list[tuple[PredictionRecord, np.ndarray | None, bytes | None]] = []
         for run in trace.runs:
             name, version, alias = model_identity(run.model, run.resolved)
             emb_name = next(iter(run.extra), None)
@@ -404,16 +406,18 @@ class InferenceService:
                     modality=modality,
                     workflow=workflow,
                     step=run.step,
+                    id=next(fresh),
                 )
                 if self.settings.store_inputs and crop is None:
-                    store.log(record, pixels, upload)
+                    entries.append((record, pixels, upload))
                 else:  # a crop's PNG is written on first use (store.materialize_crop), not per answer
-                    store.log(record)
+                    entries.append((record, None, None))
                 ids.setdefault(run.step, []).append(record.id)
                 self._observe_prediction(name, version, run.arm, prediction)
                 summary = input_summary(run.pixels[i]) if self.drift is not None else None
                 embedding = embeddings[i] if embeddings is not None else None
                 self._observe_drift_of(run.model, name, version, summary, run.scores[i], embedding, _view(decoded))
+        store.log_all(entries)  # one hand-over to the writer for every row of the answer
         return request_id, ids
 
     async def predict(
@@ -607,7 +611,7 @@ class InferenceService:
 
     def _observe_prediction(self, name: str, version: str, arm_label: str, prediction: Prediction) -> None:
         for finding in prediction.findings or []:
-            self.metrics.scores.labels(name, version, arm_label, finding.label).observe(finding.probability)
+            self.metrics.label_score(name, version, arm_label, finding.label).observe(finding.probability)
         if prediction.value is not None:
             self.metrics.values.labels(name, version, arm_label).observe(prediction.value)
 

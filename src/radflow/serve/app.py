@@ -20,7 +20,7 @@ from radflow.inference.service import InferenceService
 from radflow.inference.settings import ServeSettings
 from radflow.serve.admin import admin
 from radflow.serve.auth import authenticator_for, authorize, document_auth, log_auth_mode
-from radflow.serve.common import RequestMiddleware, install_error_handlers
+from radflow.serve.common import RequestMiddleware, install_error_handlers, settle_heap
 from radflow.serve.ml_backend import ml_backend
 from radflow.serve.v1 import v1
 from radflow.serve.v2 import v2
@@ -45,6 +45,7 @@ def create_app(settings: ServeSettings | None = None, preloaded: dict[str, Loade
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        settle_heap()  # the loaded models and every module out of the collector's full passes
         log_auth_mode(settings, service)
         app.state.kafka = _kafka_handoff(settings)
         try:

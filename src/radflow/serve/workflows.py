@@ -33,7 +33,7 @@ from radflow.inference.errors import ServiceError, UnsupportedMediaError
 from radflow.inference.routing import takes_challenger
 from radflow.inference.service import InferenceService, model_identity
 from radflow.runtime import InvalidInputError
-from radflow.serve.common import error_responses, json_answer, multipart_file, read_body, service_of
+from radflow.serve.common import error_responses, json_answer, multipart_file, read_body, service_of, settle_heap
 from radflow.workflow import Trace, Workflow, WorkflowError, load_workflows, run_workflow
 from radflow.workflow.workspace import describe_workflow
 
@@ -112,6 +112,13 @@ def _step_histogram(request: Request) -> Any:
 
 
 def _load(request: Request) -> dict[str, Workflow | WorkflowError]:
+    """The workspace's workflows, loaded; then the heap is settled (:func:`radflow.serve.common.settle_heap`)."""
+    loaded = _read_workflows(request)
+    settle_heap()
+    return loaded
+
+
+def _read_workflows(request: Request) -> dict[str, Workflow | WorkflowError]:
     from radflow.config import load_params
 
     s = service_of(request).settings

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ __all__ = [
     "StoreUnavailableError",
     "input_path",
     "materialize_crop",
+    "new_prediction_ids",
     "plain_grey_png",
     "prediction_id_scope",
     "sqlite_file",
@@ -162,13 +164,23 @@ class PredictionRecord:
     """The workflow whose step this answer is (:mod:`radflow.workflow`), None for a model's own answer."""
     step: str | None = None
     """The workflow step that ran the model."""
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: new_prediction_ids(1)[0])
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_row(self) -> dict[str, Any]:
         row = {k: getattr(self, k) for k in PREDICTIONS.columns.keys()}  # noqa: SIM118
         row["created_at"] = utc(self.created_at)  # SQLite keeps the wall time it is given: make it UTC's
         return row
+
+
+def new_prediction_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs, the ids of predictions, from one read of the OS's random source.
+
+    A workflow answer logs a row per crop: one ``os.urandom`` call (which lets go of the GIL, and waits to
+    get it back behind the other requests' threads) instead of one per row.
+    """
+    raw = os.urandom(16 * n)
+    return [str(uuid.UUID(bytes=raw[i : i + 16], version=4)) for i in range(0, 16 * n, 16)]
 
 
 _PREDICTION_ID: ContextVar[str | None] = ContextVar("radflow_prediction_id", default=None)
@@ -278,7 +290,7 @@ class Store:
             raise
         self.inputs_dir = inputs_dir
         self.write_window_s = write_window_s
-        self._queue: queue.Queue[_Queued | str] = queue.Queue()
+        self._queue: queue.Queue[list[_Queued] | str] = queue.Queue()
         self._pending: dict[str, PredictionRecord] = {}
         self._logged = 0  # predictions queued so far; the writer takes them in this order
         self._written = 0  # of those, how many the writer is done with
@@ -297,31 +309,44 @@ class Store:
         (the decoded upload) encoded as an 8-bit PNG; nothing is stored without ``pixels`` or ``upload``.
         Inside :func:`prediction_id_scope` a served record takes the scope's id (set on ``record``).
         """
+        self.log_all([(record, pixels, upload)])
+
+    def log_all(self, entries: Sequence[tuple[PredictionRecord, np.ndarray | None, bytes | None]]) -> None:
+        """:meth:`log` of several predictions (record, pixels, upload) in one hand-over to the writer.
+
+        A workflow answer logs a row per crop: one lock and one wake-up of the writer for all of them.
+        """
+        if not entries:
+            return
         scoped = _PREDICTION_ID.get()
-        if scoped is not None and not record.shadow:
-            record.id = scoped
+        now = time.monotonic()
         with self._lock:
-            self._pending[record.id] = record
-            self._logged += 1
+            items = []
+            for record, pixels, upload in entries:
+                if scoped is not None and not record.shadow:
+                    record.id = scoped
+                self._pending[record.id] = record
+                self._logged += 1
+                items.append(_Queued(self._logged, now, record, pixels, upload))
             # queued under the lock, so the queue's order is the order of ``_logged``
-            self._queue.put(_Queued(self._logged, time.monotonic(), record, pixels, upload))
+            self._queue.put(items)
 
     def _take(self) -> tuple[list[_Queued], bool]:
         """The next transaction's predictions, and whether to stop after it.
 
-        Under load (this prediction came within ``write_window_s`` of the one before) the writer
-        waits up to ``write_window_s`` for more to share the commit; a prediction after a lull is
+        Under load (these predictions came within ``write_window_s`` of the ones before) the writer
+        waits up to ``write_window_s`` for more to share the commit; predictions after a lull are
         written at once, so a caller reading the database from outside soon sees the last one.
         """
         batch: list[_Queued] = []
         item = self._queue.get()
         window = 0.0
-        if isinstance(item, _Queued):
-            window = self.write_window_s if item.at - self._last_at < self.write_window_s else 0.0
+        if isinstance(item, list):
+            window = self.write_window_s if item[0].at - self._last_at < self.write_window_s else 0.0
         deadline = time.monotonic() + window
-        while isinstance(item, _Queued):
-            self._last_at = item.at
-            batch.append(item)
+        while isinstance(item, list):
+            self._last_at = item[-1].at
+            batch.extend(item)
             if len(batch) >= _MAX_BATCH:
                 break
             wait = deadline - time.monotonic()
