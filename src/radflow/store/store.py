@@ -37,6 +37,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import orjson
 from sqlalchemy import Insert, create_engine, event, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -211,6 +212,15 @@ def _insert_new(engine: Engine) -> Insert:
     return insert(PREDICTIONS)
 
 
+def _json_text(value: Any) -> str:
+    """A JSON column's text, by orjson: the writer encodes every row's outputs, several times faster than ``json``.
+
+    NumPy values are taken as numbers; NaN and infinities are written as null, JSON every database reads
+    (``json`` wrote NaN, which PostgreSQL's json type refuses).
+    """
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(conn: Any, _record: Any) -> None:
@@ -268,7 +278,7 @@ class Store:
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
         except SQLAlchemyError as exc:
             raise StoreUnavailableError(f"cannot open the prediction store {url}: {exc}") from None
         if self.engine.dialect.name == "sqlite":
