@@ -127,3 +127,23 @@ def test_answer_feedback_and_drift_features() -> None:
         "boxes:Nodule": 1.0,
         "top_score:Nodule": pytest.approx(0.87654321),
     }
+
+
+def test_selection_is_torchvisions_batched_nms_on_random_boxes() -> None:
+    import torch
+    from torchvision.ops import batched_nms
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(1, 400))
+        xy = rng.uniform(0, 60, (n, 2))
+        wh = rng.uniform(0, 20, (n, 2))  # some of no area, which overlap nothing
+        wh[rng.random(n) < 0.05] = 0
+        anchors = np.concatenate([xy, xy + wh, rng.uniform(0, 1, (n, 2))], axis=1).astype(np.float32)
+        kept = select_detections(anchors)
+        anchor, label = np.nonzero(anchors[:, 4:] > 0.05)
+        boxes, scores = torch.from_numpy(anchors[anchor, :4]), torch.from_numpy(anchors[anchor, 4 + label])
+        order = torch.argsort(-scores, stable=True)
+        want = batched_nms(boxes[order], scores[order], torch.from_numpy(label)[order], 0.5)[:MAX_DETECTIONS]
+        assert kept[:, 5].tolist() == pytest.approx(scores[order][want].tolist())
+        assert kept[:, 4].tolist() == label[order.numpy()][want.numpy()].tolist()
