@@ -5,12 +5,14 @@ split -> fcos_small -> evaluate -> export -> register) and the Schmorl step (cro
 split -> small_cnn -> ... -> register) run as DVC pipelines in their own folders, both logging into the
 workspace's one MLflow store; the workflow stage composes the two new versions, judges them end to end on the
 test split (one parent run, a child per step), and promotes both to champion; a changed step param reruns that
-step alone and is judged against the champion composition. Two steps learn nothing: what is checked is the
-plumbing (held-out crops, one store, pinned versions, promotion), not the figures.
+step alone and is judged against the champion composition; `radflow serve --workspace` (the app in process)
+answers a held-out phantom over HTTP as `radflow workflow predict` does. Two steps learn nothing: what is checked
+is the plumbing (held-out crops, one store, pinned versions, promotion, the served answer), not the figures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,8 +22,11 @@ from typer.testing import CliRunner
 from radflow.cli import app
 from radflow.data.dataset import Dataset
 from radflow.errors import ConfigError
+from radflow.inference import ServeSettings
 from radflow.pipeline import run_pipeline
 from radflow.tracking import client, resolve_tracking_uri
+from radflow.workflow.glue import LEVEL_SETS
+from tests.serve.harness import AppHarness
 
 pytestmark = pytest.mark.slow
 
@@ -110,8 +115,46 @@ def test_the_spine_workspace_trains_each_step_in_its_pipeline_and_promotes_the_j
     assert judged["passed"] and judged["promoted"] == {"spine-schmorl": "2"}, judged["steps"]
     assert "lr: 0.002" in (ws / "steps/schmorl/params.yaml").read_text()
 
-    # The workspace's workflow answers a phantom through the champions (torch-free, as the server runs it).
-    dicom = sorted((ws / "steps/vertebra/data/raw/spine-phantom").rglob("*.dcm"))[0]
+    # The workspace's workflow answers a held-out phantom through the champions (torch-free, as the server runs
+    # it), and `radflow serve --workspace` answers it the same over HTTP (the app in process): per-vertebra results
+    # named by level, each model step's logged rows.
+    dicom = held_out_files(ws / "steps/vertebra", "*.dcm")[0]
     answered = CliRunner().invoke(app, ["workflow", "predict", "spine", str(dicom), "-w", str(ws), "--json"])
     assert answered.exit_code == 0, answered.output
-    assert "schmorl" in answered.stdout
+    here = json.loads(answered.stdout)["answers"][0]["answer"]
+    harness = AppHarness(ServeSettings(workspace=ws, auth="off"))
+    try:
+        listed = harness.request("GET", "/v1/workflows")
+        served = harness.request("POST", "/v1/workflows/spine/predict", files={"file": ("x.dcm", dicom.read_bytes())})
+    finally:
+        harness.close()
+    assert listed.status_code == 200, listed.text
+    (spine,) = [w for w in listed.json()["workflows"] if w["name"] == "spine"]
+    assert spine["ready"] and spine["endpoint"] == "/v1/workflows/spine/predict"
+    models = [s["model"] for s in spine["steps"] if s["action"] == "model"]
+    assert models == ["models:/spine-vertebrae/1", "models:/spine-schmorl/2"]  # the champions, resolved
+    assert served.status_code == 200, served.text
+    got = served.json()
+    assert got["found"] and [s["name"] for s in got["steps"]] == [s["name"] for s in here["steps"]]
+    for a, b in zip(got["steps"], here["steps"], strict=True):
+        assert a["output"] == b["output"] and a.get("model") == b.get("model"), a["name"]  # same boxes and scores
+    assert got["answer"] == here["answer"]
+    steps = {s["name"]: s for s in got["steps"]}
+    crops = got["answer"]["crops"]
+    assert crops and len(steps["detect"]["prediction_ids"]) == 1
+    assert len(steps["schmorl"]["prediction_ids"]) == len(crops)
+    assert all(c["findings"][0]["label"] == "schmorl" for c in crops)
+    # counted up from the lowest box: the bottom six named T12..L5, any box above them unnamed
+    levels = [c["level"] for c in sorted(crops, key=lambda c: c["source"]["box"][1] + c["source"]["box"][3])]
+    spine_levels = LEVEL_SETS["spine"]  # the workflow's `levels: spine`
+    named = list(spine_levels[-min(len(crops), len(spine_levels)) :])
+    assert levels[len(levels) - len(named) :] == named and not any(levels[: len(levels) - len(named)])
+
+
+def held_out_files(step: Path, pattern: str) -> list[Path]:
+    """A step's test-split source files (the manifest's sha256 is that of each file's bytes), sorted."""
+    manifest = Dataset.open(step / "data/split").manifest
+    test = set(manifest.loc[manifest["split"] == "test", "sha256"])
+    found = sorted(p for p in (step / "data/raw").rglob(pattern) if hashlib.sha256(p.read_bytes()).hexdigest() in test)
+    assert found, f"no test-split {pattern} under {step}"
+    return found
