@@ -6,6 +6,8 @@ The end-to-end run (train -> evaluate_and_log -> register) is in tests/test_regi
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +280,15 @@ def test_segmentation_distances_are_in_mm_when_every_test_image_has_a_pixel_spac
                 assert mm[metric] == pytest.approx(0.5 * px[metric])
                 compared += 1
     assert compared > 0
+
+
+def test_the_report_module_draws_with_matplotlib_only_when_a_figure_is_drawn() -> None:
+    # `radflow stage register` reads the module for log_gated_report and draws nothing: importing matplotlib and
+    # scikit-learn there cost every register stage ~1.7 s of its ~6 s. The plotter is found on the first figure.
+    code = (
+        "import sys; import radflow.evaluate.report as r; "
+        "print('matplotlib' in sys.modules, 'sklearn' in sys.modules, r._plotter('scatter').__name__, "
+        "'matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "regression_scatter", "True"]

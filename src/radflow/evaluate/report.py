@@ -40,7 +40,6 @@ from rich.table import Table
 from radflow.config import EvaluateConfig, GateConfig, ModelCardConfig
 from radflow.data.dataset import Dataset
 from radflow.errors import DataError
-from radflow.evaluate import plots
 from radflow.evaluate.html import REPORT_ARTIFACT, write_report
 from radflow.registry import EVAL_DATASET_TAG, EVAL_SPLIT_TAG
 from radflow.registry.comparison import PREDICTIONS_FILE
@@ -166,16 +165,23 @@ def predict_boxes(
     return np.concatenate(kept) if kept else np.zeros((0, 1, 6), np.float32), pad_rows(truths, width, 5)
 
 
-_PLOTS: dict[str, Callable[..., Path]] = {
-    "roc": plots.roc_curves,
-    "pr": plots.pr_curves,
-    "reliability": plots.reliability_diagram,
-    "confusion": plots.confusion_matrices,
-    "scatter": plots.regression_scatter,
-    "error_by_band": plots.regression_error_by_band,
-    "worst_cases": plots.worst_cases,
-    "froc": plots.froc_curves,
-}
+def _plotter(name: str) -> Callable[..., Path]:
+    """The drawing function a kind's ``Figure.plot`` names. Matplotlib and scikit-learn are imported here, on the
+    first figure, not with the module: ``radflow stage register`` reads it for ``log_gated_report`` and draws nothing.
+    """
+    from radflow.evaluate import plots
+
+    drawers: dict[str, Callable[..., Path]] = {
+        "roc": plots.roc_curves,
+        "pr": plots.pr_curves,
+        "reliability": plots.reliability_diagram,
+        "confusion": plots.confusion_matrices,
+        "scatter": plots.regression_scatter,
+        "error_by_band": plots.regression_error_by_band,
+        "worst_cases": plots.worst_cases,
+        "froc": plots.froc_curves,
+    }
+    return drawers[name]
 
 
 def _image_frame(manifest: Any) -> Any:
@@ -257,7 +263,7 @@ def _write_plots(figures: list[Figure], out_dir: Path, ds: Dataset, rows: np.nda
             shown = rows[list(f.images)]
             args["images"] = ds.images(shown)
             args["image_ids"] = ds.manifest["image_id"].astype(str).to_numpy()[shown].tolist()
-        written.append(_PLOTS[f.plot](**args, path=out_dir / f.file).name)
+        written.append(_plotter(f.plot)(**args, path=out_dir / f.file).name)
     return written
 
 
