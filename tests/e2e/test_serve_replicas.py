@@ -129,3 +129,15 @@ def test_workers_over_a_sqlite_store_are_refused() -> None:
     check_replicable(settings, 1)
     with pytest.raises(ConfigError, match=r"--workers 2 needs a store the processes share.*postgresql"):
         check_replicable(settings, 2)
+
+
+def test_workers_share_the_cores_out_unless_threads_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from radflow.inference import ServeSettings
+    from radflow.serve import server
+
+    monkeypatch.setattr(server, "available_cores", lambda: 8)
+    settings = ServeSettings(model="m.onnx", store_url="postgresql+psycopg://u@h/db")
+    assert server.per_worker(settings, 1).threads is None  # one process: ONNX Runtime's own default
+    assert server.per_worker(settings, 2).threads == 4 and server.per_worker(settings, 3).threads == 2
+    assert server.per_worker(settings, 16).threads == 1
+    assert server.per_worker(settings.model_copy(update={"threads": 6}), 2).threads == 6  # set: kept
