@@ -11,7 +11,7 @@ bias is set so it answers about twenty boxes an image, each one a crop the class
    inverse the in-process img/s; measured before and after the server and averaged;
 2. ``radflow serve --workspace`` (uvicorn subprocess, auth off) driven by wrk (``bench/_wrk.lua``; the
    httpx client of bench/serve.py where wrk is missing, which takes CPU from the server on a small
-   machine) posting multipart PNGs at 1, 2 and 4 connections, after a warm-up (the first call loads
+   machine) posting multipart PNGs at 1, 2, 4 and 8 connections, after a warm-up (the first call loads
    the workflow); the per-step latency the served answers carry is sampled after the load. Two setups:
    one process over the default SQLite log, and ``--workers 2`` over a PostgreSQL log (Debian's, as
    tests/postgres.py runs it; ``--no-workers`` skips it). One process is bound by the GIL, not the
@@ -45,7 +45,7 @@ from serve import CONTENT_TYPE, Load, Server, _clients, _free_port, _httpx_load,
 from _table import print_ratio, print_table
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-LEVELS = (1, 2, 4)
+LEVELS = (1, 2, 4, 8)
 GOAL = 0.85
 NAME = "findings"
 

@@ -452,3 +452,40 @@ def test_admin_reload_reloads_the_workflows_and_lists_one_that_no_longer_loads(
         client.set_registered_model_alias(DETECTOR, "spare", "1")
         assert logged_app.request("POST", "/admin/reload", headers=TOKEN).status_code == 200
     assert _steps(_post(logged_app, "findings", data))["detect"]["model"]["version"] == "1"
+
+
+def test_workflow_answers_beyond_the_cores_wait_their_turn(
+    logged_app: AppHarness, ws: PhantomWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+    import time
+
+    from radflow.hardware import available_cores
+    from radflow.serve import workflows as served
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    answer = served.workflow_answer
+
+    def counted(*args: Any) -> dict[str, Any]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.1)  # long enough for every request to be in at once
+        try:
+            return answer(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(served, "workflow_answer", counted)
+    data = ws.phantoms[0].read_bytes()
+    n = available_cores() + 3
+
+    async def burst() -> list[int]:
+        sent = [logged_app.client.post("/v1/workflows/findings/predict", content=data) for _ in range(n)]
+        return [r.status_code for r in await asyncio.gather(*sent)]
+
+    assert logged_app.run(burst()) == [200] * n  # each answered, in its turn
+    assert most[0] == available_cores()

@@ -26,7 +26,6 @@ workflow can never shadow a served model: one named like a served model is refus
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -45,7 +44,7 @@ from radflow.inference.errors import ServiceError
 from radflow.inference.routing import ModelArm
 from radflow.runtime.metadata import preprocessing_parameters
 from radflow.serve.common import admitted, error_responses, read_body, service_of
-from radflow.serve.workflows import loaded_workflows, observe_steps, workflow_answer
+from radflow.serve.workflows import answer_in_turn, loaded_workflows, observe_steps
 from radflow.workflow import Workflow, WorkflowError
 
 __all__ = ["BINARY_HEADER", "v2"]
@@ -533,7 +532,7 @@ async def _infer_workflow(request: Request, workflow: Workflow, header_length: s
     routing_key = request.headers.get("x-routing-key")
     answers = []
     for data in images:
-        answer = await asyncio.to_thread(workflow_answer, service, workflow, data, routing_key)
+        answer = await answer_in_turn(request, workflow, data, routing_key)
         observe_steps(request, workflow.name, answer)
         answers.append(json.dumps(answer).encode())
     entry: dict[str, Any] = {"name": WORKFLOW_OUTPUT, "datatype": "BYTES", "shape": [len(answers)]}

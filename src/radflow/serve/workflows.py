@@ -29,6 +29,7 @@ from fastapi.responses import Response
 
 from radflow.data.decode import DecodedImage, decode_image, sniff_format
 from radflow.errors import NotFoundError, did_you_mean
+from radflow.hardware import available_cores
 from radflow.inference.errors import ServiceError, UnsupportedMediaError
 from radflow.inference.routing import takes_challenger
 from radflow.inference.service import InferenceService, model_identity
@@ -37,7 +38,7 @@ from radflow.serve.common import error_responses, json_answer, multipart_file, r
 from radflow.workflow import Trace, Workflow, WorkflowError, load_workflows, run_workflow
 from radflow.workflow.workspace import describe_workflow
 
-__all__ = ["loaded_workflows", "observe_steps", "reload_workflows", "workflow_answer", "workflows"]
+__all__ = ["answer_in_turn", "loaded_workflows", "observe_steps", "reload_workflows", "workflow_answer", "workflows"]
 
 log = logging.getLogger(__name__)
 _rng = random.Random()
@@ -66,6 +67,20 @@ def _lock(state: Any) -> asyncio.Lock:
     if lock is None:
         lock = state.workflows_lock = asyncio.Lock()
     return lock
+
+
+def _slots(state: Any) -> asyncio.Semaphore:
+    """How many workflow answers run at once in this process: one per core.
+
+    A workflow answer is mostly Python (decode, NMS, each crop's preprocessing and answer, a logged row
+    per crop), so answers beyond the cores only take turns at the GIL, each slower: one process went from
+    142 img/s at 2 connections to 106 at 8 (bench/workflow.py, 2 cores). The others wait their turn here,
+    admitted (``max_in_flight`` still bounds them: 503 beyond).
+    """
+    slots: asyncio.Semaphore | None = getattr(state, "workflow_slots", None)
+    if slots is None:
+        slots = state.workflow_slots = asyncio.Semaphore(available_cores())
+    return slots
 
 
 async def loaded_workflows(request: Request) -> dict[str, Workflow | WorkflowError]:
@@ -190,6 +205,14 @@ def workflow_answer(
     return {"request_id": request_id, **answer}
 
 
+async def answer_in_turn(
+    request: Request, workflow: Workflow, data: bytes, routing_key: str | None, sex: str | None = None
+) -> dict[str, Any]:
+    """:func:`workflow_answer` in a thread, when one of the process's workflow slots (:func:`_slots`) is free."""
+    async with _slots(request.app.state):
+        return await asyncio.to_thread(workflow_answer, service_of(request), workflow, data, routing_key, sex)
+
+
 def _describe(name: str, workflow: Workflow | WorkflowError) -> dict[str, Any]:
     """The workflow as ``radflow workflow list`` describes it, with the endpoint that serves it."""
     described = describe_workflow(name, workflow)
@@ -255,7 +278,7 @@ async def predict_workflow(
         service.require_store()
         data = await _upload(request)
         key = request.headers.get("x-routing-key")
-        answer = await asyncio.to_thread(workflow_answer, service, workflow, data, key, sex)
+        answer = await answer_in_turn(request, workflow, data, key, sex)
     observe_steps(request, name, answer)
     return json_answer(answer)
 
