@@ -46,6 +46,7 @@ from radflow.errors import ConfigError, did_you_mean
 from radflow.metrics.detection import box_iou
 from radflow.workflow.crops import (
     LabelledBox,
+    TableImage,
     binary_value,
     read_box_table,
     read_value_table,
@@ -399,6 +400,20 @@ def score_answers(
     return metrics, per_patient, tally
 
 
+def _in_split(
+    found: list[tuple[TableImage, int]], ds: Dataset, split: str, dataset: Path, table: Path
+) -> list[tuple[TableImage, int]]:
+    """The table's images found in the dataset (with their rows) that are in ``split``; ConfigError if none."""
+    rows = set(ds.indices(split).tolist())
+    chosen = [(image, row) for image, row in found if row in rows and image.path is not None]
+    if not chosen:
+        raise ConfigError(
+            f"no image of the {split} split of {dataset} is in {table.name} ({len(found)} of its images are in "
+            "the dataset, none in that split); evaluate on the split the table's images went to."
+        )
+    return chosen
+
+
 def evaluate_workflow(
     workflow: Workflow,
     dataset: Path,
@@ -436,16 +451,10 @@ def evaluate_workflow(
     roles, classify = _roles(workflow)
     finding = _finding(classify, finding, label)
     ds = Dataset.open(dataset)
-    rows = set(ds.indices(split).tolist())
     fields = [label, *([level_field] if level_field and level_field != label else [])]
     boxes = read_box_table(table, fields, box_label)
     found, skipped = table_images(boxes, ds)
-    chosen = [(image, row) for image, row in found if row in rows and image.path is not None]
-    if not chosen:
-        raise ConfigError(
-            f"no image of the {split} split of {dataset} is in {boxes.path.name} ({len(found)} of its images are in "
-            "the dataset, none in that split); evaluate on the split the table's images went to."
-        )
+    chosen = _in_split(found, ds, split, dataset, boxes.path)
     patients = ds.manifest["patient_id"].astype(str).to_numpy()
     answers = [
         (
@@ -507,16 +516,10 @@ def _evaluate_values(
     gates = dict(workflow.config.gates if gates is None else gates)
     check_gates({}, gates, VALUE_METRICS)  # an unknown gate fails before any image is run
     ds = Dataset.open(dataset)
-    rows = set(ds.indices(split).tolist())
     fields = [label, *([sex_field] if sex_field and sex_field != label else [])]
     values = read_value_table(table, fields)
     found, skipped = table_images(values, ds)
-    chosen = [(image, row) for image, row in found if row in rows and image.path is not None]
-    if not chosen:
-        raise ConfigError(
-            f"no image of the {split} split of {dataset} is in {values.path.name} ({len(found)} of its images are "
-            "in the dataset, none in that split); evaluate on the split the table's images went to."
-        )
+    chosen = _in_split(found, ds, split, dataset, values.path)
     manifest = ds.manifest
     patients = manifest["patient_id"].astype(str).to_numpy()
     latency: dict[str, list[float]] = defaultdict(list)
