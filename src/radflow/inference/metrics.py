@@ -39,7 +39,7 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._label_scores: dict[tuple[str, str, str, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         arm = ["endpoint", "model", "version", "arm"]
         self.requests = Counter("radflow_requests", "HTTP requests answered.", [*arm, "status"], registry=self.registry)
         self.latency = Histogram(
@@ -122,16 +122,14 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
-    def label_score(self, model: str, version: str, arm: str, label: str) -> Any:
-        """The ``radflow_label_score`` histogram of one label, looked up once (``labels()`` locks and checks).
-
-        A workflow answer observes a score per label per crop: tens of lookups an answer.
-        """
-        key = (model, version, arm, label)
-        child = self._label_scores.get(key)
-        if child is None:
-            child = self._label_scores[key] = self.scores.labels(*key)
-        return child
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` locks and checks its values on every call, and a
+        workflow answer observes a score per label per crop (tens of lookups an answer)."""
+        key = (id(metric), labels)  # the metrics live as long as the service
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def batch_observer(self, model: str, version: str) -> Callable[[int, list[float], float], None]:
         """A :class:`~radflow.inference.batching.DynamicBatcher` ``on_batch`` callback for one model."""

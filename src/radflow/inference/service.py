@@ -610,10 +610,11 @@ class InferenceService:
         self._observe_prediction(arm.name, arm.version, arm_label, prediction)
 
     def _observe_prediction(self, name: str, version: str, arm_label: str, prediction: Prediction) -> None:
+        m = self.metrics
         for finding in prediction.findings or []:
-            self.metrics.label_score(name, version, arm_label, finding.label).observe(finding.probability)
+            m.child(m.scores, name, version, arm_label, finding.label).observe(finding.probability)
         if prediction.value is not None:
-            self.metrics.values.labels(name, version, arm_label).observe(prediction.value)
+            m.child(m.values, name, version, arm_label).observe(prediction.value)
 
     async def get_prediction(self, prediction_id: str) -> dict[str, Any]:
         """A logged prediction as the API shows it (NotFoundError for an unknown id)."""

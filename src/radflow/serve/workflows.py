@@ -92,7 +92,6 @@ async def loaded_workflows(request: Request) -> dict[str, Workflow | WorkflowErr
     async with _lock(state):
         if getattr(state, "workflows", None) is None:
             state.workflow_steps = _step_histogram(request)
-            state.workflow_step_children = {}
             state.workflows = await asyncio.to_thread(_load, request)
     loaded: dict[str, Workflow | WorkflowError] = state.workflows
     return loaded
@@ -110,7 +109,6 @@ async def reload_workflows(request: Request) -> list[dict[str, Any]]:
     async with _lock(state):
         if getattr(state, "workflow_steps", None) is None:
             state.workflow_steps = _step_histogram(request)
-            state.workflow_step_children = {}
         state.workflows = await asyncio.to_thread(_load, request)
     return [_describe(n, w) for n, w in state.workflows.items()]
 
@@ -285,11 +283,7 @@ async def predict_workflow(
 
 def observe_steps(request: Request, name: str, answer: dict[str, Any]) -> None:
     """Each step's latency of one answer of workflow ``name`` into ``radflow_workflow_step_seconds``."""
-    histogram = request.app.state.workflow_steps
-    children: dict[tuple[str, str], Any] = request.app.state.workflow_step_children  # labels() locks: look up once
-    timed = [(s["name"], s["latency_ms"]) for s in answer["steps"]] + [("total", answer["latency_ms"]["total"])]
-    for step, ms in timed:
-        child = children.get((name, step))
-        if child is None:
-            child = children[(name, step)] = histogram.labels(name, step)
-        child.observe(ms / 1000)
+    histogram, metrics = request.app.state.workflow_steps, service_of(request).metrics
+    for step in answer["steps"]:
+        metrics.child(histogram, name, step["name"]).observe(step["latency_ms"] / 1000)
+    metrics.child(histogram, name, "total").observe(answer["latency_ms"]["total"] / 1000)
